@@ -1,0 +1,177 @@
+"""Typed configs. Every command's options are one dataclass whose fields carry their help text
+(CleanRL style) and are parsed by tyro. Presets (``cpu``, ``paper``) are functions
+``(task) -> config`` that give the defaults; any field can then be overridden on the command line:
+
+    dtrl finetune --algo grpo --task hopper-random --preset cpu --group-size 16 ...
+
+``parse_config`` does that two-stage parse and validates the result before any work starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable, Literal, TypeVar
+
+from dtrl.errors import DtrlError
+
+C = TypeVar("C")
+
+
+@dataclass
+class ModelConfig:
+    """The Decision Transformer backbone (paper Table 5 for the ``paper`` preset)."""
+
+    architecture: Literal["dt", "reinformer"] = "dt"
+    """backbone: 'dt' (RTG, state, action tokens) or 'reinformer' (state, RTG, action; max-return head)"""
+    policy: Literal["gaussian", "deterministic"] = "gaussian"
+    """action head: tanh-squashed diagonal Gaussian (ODT, needed by RL finetuning) or deterministic (DT, MSE)"""
+    n_layer: int = 4
+    """number of transformer blocks"""
+    n_head: int = 4
+    """attention heads per block"""
+    embed_dim: int = 512
+    """token embedding width"""
+    context_length: int = 20
+    """K: number of timesteps (each 3 tokens) the model attends over"""
+    dropout: float = 0.1
+    """dropout during pretraining (finetuning disables it, Table 5)"""
+    activation: Literal["silu", "gelu"] = "silu"
+    """MLP nonlinearity (Table 5: SiLU)"""
+    timestep_embedding: bool = True
+    """add a learned embedding of the episode timestep to every token (ODT drops it on AntMaze)"""
+    max_timestep: int = 1000
+    """size of the timestep embedding table (>= the task horizon)"""
+    log_std_min: float = -5.0
+    """lower bound of the Gaussian head's log standard deviation"""
+    log_std_max: float = 2.0
+    """upper bound of the Gaussian head's log standard deviation"""
+    init_temperature: float = 0.1
+    """initial entropy temperature (learned, target entropy -dim(A))"""
+    expectile: float = 0.99
+    """Reinformer: expectile for the max-return head"""
+
+    def validate(self) -> None:
+        for name in ("n_layer", "n_head", "embed_dim", "context_length", "max_timestep"):
+            if getattr(self, name) < 1:
+                raise DtrlError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.embed_dim % self.n_head:
+            raise DtrlError(f"model.embed_dim ({self.embed_dim}) must be divisible by model.n_head ({self.n_head})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise DtrlError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.log_std_min >= self.log_std_max:
+            raise DtrlError("model.log_std_min must be < model.log_std_max")
+        if self.init_temperature <= 0:
+            raise DtrlError(f"model.init_temperature must be > 0, got {self.init_temperature}")
+
+
+@dataclass
+class CommonConfig:
+    """Options every training command shares (run directory, seed, device, evaluation)."""
+
+    task: str = "hopper-medium"
+    """task name from `dtrl tasks` or any gymnasium MuJoCo env id"""
+    preset: str = "cpu"
+    """named defaults: 'cpu' (small, minutes on a laptop CPU) or 'paper' (Tables 5-6, a GPU job)"""
+    out: str = "runs/run"
+    """run directory to create (refused if it exists, unless --force)"""
+    seed: int = 0
+    """seed for torch, numpy and the environments"""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """'auto' takes CUDA when available, else CPU"""
+    force: bool = False
+    """overwrite an existing run directory"""
+    resume: bool = False
+    """continue the run in --out from its last checkpoint"""
+    eval_every: int = 10
+    """evaluate every N iterations (0: only at the end)"""
+    eval_episodes: int = 10
+    """episodes per evaluation"""
+    checkpoint_every: int = 1
+    """write a checkpoint every N iterations (a crash loses at most N)"""
+
+    def validate(self) -> None:
+        for name in ("eval_episodes", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise DtrlError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.eval_every < 0:
+            raise DtrlError(f"eval-every must be >= 0, got {self.eval_every}")
+        model = getattr(self, "model", None)
+        if isinstance(model, ModelConfig):
+            model.validate()
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise DtrlError("--device cuda was asked for but torch sees no CUDA device (use --device auto or cpu)")
+    return device
+
+
+def parse_config(
+    config_cls: type[C],
+    argv: list[str],
+    presets: dict[str, Callable[[str], C]],
+    description: str,
+    prog: str,
+) -> C:
+    """Two-stage parse: ``--task`` and ``--preset`` pick the defaults, then tyro applies overrides.
+
+    ``presets`` maps a preset name to a function of the task name returning a full config; it may
+    raise DtrlError when the preset is not defined for that task.
+    """
+    import tyro
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--task", default=None)
+    pre.add_argument("--preset", default=None)
+    known, _ = pre.parse_known_args(argv)
+    base = config_cls()
+    task = known.task or getattr(base, "task", None)
+    preset = known.preset or getattr(base, "preset", "cpu")
+    if preset not in presets:
+        raise DtrlError(f"unknown preset {preset!r} (choose from {', '.join(presets)})")
+    if "-h" in argv or "--help" in argv:
+        default = presets[preset](task) if task is not None else base
+    else:
+        if task is not None:
+            from dtrl.tasks import get_task
+
+            get_task(task)  # unknown task -> one-line error before anything else
+        default = presets[preset](task)
+    config = tyro.cli(config_cls, args=argv, default=default, description=description, prog=prog,
+                      config=(tyro.conf.FlagConversionOff,))
+    if hasattr(config, "validate"):
+        config.validate()
+    return config
+
+
+def to_dict(config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def from_dict(config_cls: type[C], data: dict) -> C:
+    """Rebuild a (possibly nested) config dataclass from ``to_dict`` output, ignoring unknown keys."""
+    kwargs = {}
+    hints = {f.name: f for f in dataclasses.fields(config_cls)}
+    for key, value in data.items():
+        if key not in hints:
+            continue
+        field_type = hints[key].type
+        default = getattr(config_cls(), key) if _has_default(config_cls, key) else None
+        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+            value = from_dict(type(default), value)
+        del field_type
+        kwargs[key] = value
+    return config_cls(**kwargs)
+
+
+def _has_default(config_cls, key: str) -> bool:
+    for f in dataclasses.fields(config_cls):
+        if f.name == key:
+            return f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+    return False
