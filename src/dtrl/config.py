@@ -143,8 +143,7 @@ def parse_config(
 
             get_task(task)  # unknown task -> one-line error before anything else
         default = presets[preset](task)
-    config = tyro.cli(config_cls, args=argv, default=default, description=description, prog=prog,
-                      config=(tyro.conf.FlagConversionOff,))
+    config = tyro.cli(config_cls, args=argv, default=default, description=description, prog=prog)
     if hasattr(config, "validate"):
         config.validate()
     return config
@@ -155,23 +154,16 @@ def to_dict(config) -> dict:
 
 
 def from_dict(config_cls: type[C], data: dict) -> C:
-    """Rebuild a (possibly nested) config dataclass from ``to_dict`` output, ignoring unknown keys."""
+    """Rebuild a (possibly nested) config dataclass from ``to_dict`` output, ignoring unknown keys
+    (so a run written by an older dtrl still loads)."""
+    defaults = config_cls()
     kwargs = {}
-    hints = {f.name: f for f in dataclasses.fields(config_cls)}
-    for key, value in data.items():
-        if key not in hints:
+    for f in dataclasses.fields(config_cls):
+        if f.name not in data:
             continue
-        field_type = hints[key].type
-        default = getattr(config_cls(), key) if _has_default(config_cls, key) else None
+        value = data[f.name]
+        default = getattr(defaults, f.name)
         if dataclasses.is_dataclass(default) and isinstance(value, dict):
             value = from_dict(type(default), value)
-        del field_type
-        kwargs[key] = value
+        kwargs[f.name] = value
     return config_cls(**kwargs)
-
-
-def _has_default(config_cls, key: str) -> bool:
-    for f in dataclasses.fields(config_cls):
-        if f.name == key:
-            return f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
-    return False
