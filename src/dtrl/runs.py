@@ -1,0 +1,541 @@
+"""Run directories: the one place a training command writes to, built so a crash loses little and
+a resumed run continues exactly where the checkpoint left it.
+
+Layout (``dtrl report`` reads only ``config.json`` and ``metrics.jsonl``)::
+
+    RUN/
+      config.json            resolved config + run_info (seed, versions, device, host, start time)
+      metrics.jsonl          one JSON object per line: iteration, env_steps, grad_updates, wall_time_s, ...
+      events.out.tfevents.*  the same numbers as TensorBoard scalars (tag = metric name)
+      checkpoints/state.pt   the latest training state (torch.save; replaced atomically)
+      policy/                the latest policy in the dtrl.models.checkpoint format
+      final.json             written once the run finished (summary); its presence = finished
+
+Typical use inside an algorithm loop::
+
+    run = RunDir.open(cfg.out, to_dict(cfg), resume=cfg.resume, force=cfg.force)
+    ... build models, optimisers, generators ...
+    state = run.load_state()                    # None for a fresh run; restores global RNGs
+    start = 0 if state is None else state["iteration"] + 1
+    for iteration in range(start, cfg.iterations):
+        ...
+        run.log({"iteration": iteration, "env_steps": ..., "grad_updates": ..., "wall_time_s": run.wall_time_s()})
+        if (iteration + 1) % cfg.checkpoint_every == 0:
+            run.save_state({"iteration": iteration, "model": model.state_dict(), ...}, iteration)
+    run.mark_finished({"eval_normalized_mean": ...})
+
+Crash safety: every metrics line is fsynced; checkpoints and JSON files are written to a temp file
+in the same directory then ``os.replace``d, so ``kill -9`` at any moment leaves either the old or
+the new file, never a torn one. On resume, metrics lines past the checkpointed iteration are
+dropped (they will be produced again) and TensorBoard purges the same steps.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from dtrl.errors import DtrlError
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+FINAL_FILE = "final.json"
+CHECKPOINT_DIR = "checkpoints"
+STATE_FILE = "state.pt"
+POLICY_DIR = "policy"
+# Config keys that say how a run was started, not what it computes: they may differ on resume.
+_LAUNCH_KEYS = ("resume", "force", "out")
+
+
+# ---------------------------------------------------------------------------------------------
+# seeding and RNG state
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, numpy's global RNG and torch (CPU and every CUDA device)."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds all CUDA devices
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """The global RNG states (python, numpy, torch CPU, CUDA if initialised), for a checkpoint."""
+    import torch
+
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": None,
+    }
+    # Only when CUDA is in use: get_rng_state_all() would otherwise initialise a CUDA context.
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Put the global RNGs back to a ``capture_rng_state()`` result; the next draws repeat exactly."""
+    import torch
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------------------------------------
+# atomic file helpers
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename itself durable; not available on every platform (e.g. Windows), where it is skipped.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Call ``write(file)`` on a temp file next to ``path``, fsync it, then rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        # Whatever happened (disk full, NaN check, KeyboardInterrupt), the old file is untouched.
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
+    """Write ``data`` as indented JSON atomically (non-finite floats become null)."""
+    text = json.dumps(_jsonable(data), indent=2, allow_nan=False) + "\n"
+    _atomic_write(Path(path), lambda handle: handle.write(text.encode()))
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain-JSON version of a metrics/config value: numpy/torch scalars unwrapped, NaN/Inf -> None."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (bool, type(None), str, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, np.generic):
+        return _jsonable(value.item())
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if hasattr(value, "item") and hasattr(value, "numel") and value.numel() == 1:  # a torch scalar tensor
+        return _jsonable(value.item())
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return str(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoint validation
+
+
+def _find_non_finite(value: Any, where: str) -> str | None:
+    """Name of the first floating tensor/array inside ``value`` holding NaN or Inf, else None.
+
+    Python float scalars are not checked: ``best_return = -inf`` is a legitimate initial value.
+    """
+    import torch
+
+    if isinstance(value, torch.nn.Module):
+        value = value.state_dict()
+    if isinstance(value, torch.Tensor):
+        if (value.is_floating_point() or value.is_complex()) and value.numel():
+            finite = torch.isfinite(value.detach())
+            if not bool(finite.all()):
+                kind = "NaN" if bool(torch.isnan(value.detach()).any()) else "Inf"
+                return f"{where} contains {kind}"
+        return None
+    if isinstance(value, np.ndarray):
+        if np.issubdtype(value.dtype, np.inexact) and value.size and not np.isfinite(value).all():
+            return f"{where} contains {'NaN' if np.isnan(value).any() else 'Inf'}"
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _find_non_finite(item, f"{where}[{key!r}]")
+            if found:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            found = _find_non_finite(item, f"{where}[{index}]")
+            if found:
+                return found
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# reading run directories (used by report and sweep; no torch import)
+
+
+def read_config(path: str | os.PathLike) -> dict:
+    """The ``config.json`` of a run directory; one-line DtrlError when missing or unreadable."""
+    file = Path(path) / CONFIG_FILE
+    if not file.is_file():
+        raise DtrlError(f"{path} is not a run directory: {CONFIG_FILE} is missing")
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DtrlError(f"cannot read {file}: {exc}") from None
+    if not isinstance(data, dict):
+        raise DtrlError(f"cannot read {file}: expected a JSON object")
+    return data
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """All lines of a run's ``metrics.jsonl`` as dicts (null stays None).
+
+    A last line without its newline is a write torn by a crash and is ignored; any other
+    unparsable line is a one-line DtrlError naming the file and line.
+    """
+    file = Path(path) / METRICS_FILE
+    if not file.is_file():
+        raise DtrlError(f"{path} has no {METRICS_FILE}")
+    try:
+        text = file.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DtrlError(f"cannot read {file}: {exc}") from None
+    return _parse_metrics(text, file)
+
+
+def _parse_metrics(text: str, file: Path) -> list[dict]:
+    lines = text.split("\n")
+    torn_tail = not text.endswith("\n")
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if torn_tail and number == len(lines):
+                break
+            raise DtrlError(f"{file}:{number}: not a JSON line ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise DtrlError(f"{file}:{number}: expected a JSON object per line")
+        rows.append(row)
+    return rows
+
+
+def is_finished(path: str | os.PathLike) -> bool:
+    """True when the run in ``path`` completed (``mark_finished`` wrote ``final.json``)."""
+    return (Path(path) / FINAL_FILE).is_file()
+
+
+def has_checkpoint(path: str | os.PathLike) -> bool:
+    return (Path(path) / CHECKPOINT_DIR / STATE_FILE).is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# the run directory
+
+
+def _now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _run_info(config: dict) -> dict:
+    import torch
+
+    from dtrl import __version__
+
+    device = str(config.get("device", "cpu"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    info = {
+        "seed": config.get("seed"),
+        "dtrl_version": __version__,
+        "torch_version": torch.__version__,
+        "numpy_version": np.__version__,
+        "python_version": platform.python_version(),
+        "device": device,
+        "device_name": torch.cuda.get_device_name(0) if device.startswith("cuda") else platform.processor() or platform.machine(),
+        "hostname": socket.gethostname(),
+        "start_time": _now_iso(),
+        "command": sys.argv,
+    }
+    return info
+
+
+class RunDir:
+    """A run directory opened for writing: ``create`` a new one or ``resume`` an existing one."""
+
+    def __init__(self, path: Path, config: dict, checkpoint_iteration: int | None, wall_time_offset: float):
+        self.path = path
+        self.config = config
+        """the config.json contents (resolved config plus ``run_info``)"""
+        self.checkpoint_iteration = checkpoint_iteration
+        """iteration of the checkpoint this run resumed from (None for a fresh run)"""
+        self._wall_time_offset = wall_time_offset
+        self._opened_at = time.monotonic()
+        self._metrics_file = open(path / METRICS_FILE, "a", encoding="utf-8")
+        self._writer = None  # TensorBoard writer, created on first log (importing it is slow)
+
+    # -- opening ------------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, config: dict, force: bool = False) -> "RunDir":
+        """Start a new run in ``path``.
+
+        An existing non-empty directory is refused unless ``force``; with ``force`` it is moved
+        aside to ``PATH.bak-<UTC timestamp>`` (never deleted), so nothing is lost by a mistyped
+        ``--force``. An existing empty directory is used as is.
+        """
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise DtrlError(f"run directory {path} exists and is a file")
+        if path.is_dir() and any(path.iterdir()):
+            if not force:
+                raise DtrlError(
+                    f"run directory {path} already exists (use --resume to continue it, or --force to start "
+                    f"over; the old one is then kept as {path.name}.bak-<time>)"
+                )
+            stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+            backup = path.with_name(f"{path.name}.bak-{stamp}")
+            suffix = 1
+            while backup.exists():
+                backup = path.with_name(f"{path.name}.bak-{stamp}-{suffix}")
+                suffix += 1
+            os.replace(path, backup)
+            print(f"dtrl: moved the existing {path} to {backup}", file=sys.stderr)
+        try:
+            (path / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DtrlError(f"cannot create run directory {path}: {exc.strerror}") from None
+        full = _jsonable(dict(config))
+        full["run_info"] = _run_info(config)
+        atomic_write_json(path / CONFIG_FILE, full)
+        return cls(path, full, checkpoint_iteration=None, wall_time_offset=0.0)
+
+    @classmethod
+    def resume(cls, path: str | os.PathLike, config: dict | None = None) -> "RunDir":
+        """Reopen the run in ``path`` to continue from its last checkpoint.
+
+        Metrics lines logged after the checkpointed iteration are dropped (the resumed run logs
+        them again). If ``config`` is given, fields that differ from the stored config (other than
+        resume/force/out) are reported on stderr and recorded in ``run_info.resumes``.
+        """
+        path = Path(path)
+        if not path.is_dir():
+            raise DtrlError(f"cannot resume {path}: no such run directory")
+        stored = read_config(path)
+        checkpoint = path / CHECKPOINT_DIR / STATE_FILE
+        if not checkpoint.is_file():
+            raise DtrlError(f"cannot resume {path}: it has no checkpoint yet ({CHECKPOINT_DIR}/{STATE_FILE}); "
+                            "start it again with --force")
+        iteration = int(_load_checkpoint(checkpoint)["iteration"])
+
+        kept = _truncate_metrics(path, iteration)
+        offset = 0.0
+        for row in kept:
+            if isinstance(row.get("wall_time_s"), (int, float)):
+                offset = max(offset, float(row["wall_time_s"]))
+
+        changed = {}
+        if config is not None:
+            new = _jsonable(dict(config))
+            for key in sorted(set(new) | set(stored)):
+                if key in _LAUNCH_KEYS or key == "run_info":
+                    continue
+                if new.get(key) != stored.get(key):
+                    changed[key] = {"was": stored.get(key), "now": new.get(key)}
+            if changed:
+                print(f"dtrl: warning: resuming {path} with changed settings: {', '.join(changed)}", file=sys.stderr)
+                stored.update({k: v["now"] for k, v in changed.items()})
+        stored.setdefault("run_info", {}).setdefault("resumes", []).append(
+            {"time": _now_iso(), "from_iteration": iteration, "hostname": socket.gethostname(), "changed": changed}
+        )
+        atomic_write_json(path / CONFIG_FILE, stored)
+        run = cls(path, stored, checkpoint_iteration=iteration, wall_time_offset=offset)
+        return run
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, config: dict, resume: bool = False, force: bool = False) -> "RunDir":
+        """``resume(path, config)`` when ``resume`` else ``create(path, config, force)``."""
+        if resume and force:
+            raise DtrlError("--resume and --force contradict each other (continue the run, or start it over?)")
+        return cls.resume(path, config) if resume else cls.create(path, config, force=force)
+
+    # -- logging ------------------------------------------------------------------------------
+
+    def wall_time_s(self) -> float:
+        """Seconds of training so far, counting the time before a resume (from the kept metrics)."""
+        return self._wall_time_offset + (time.monotonic() - self._opened_at)
+
+    def _tensorboard(self):
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step hides events a crashed run wrote past its checkpoint, as metrics.jsonl does.
+            purge = None if self.checkpoint_iteration is None else self.checkpoint_iteration + 1
+            self._writer = SummaryWriter(log_dir=str(self.path), purge_step=purge, flush_secs=30)
+        return self._writer
+
+    def log(self, metrics: dict) -> None:
+        """Append one line to metrics.jsonl (flushed and fsynced) and the numbers to TensorBoard."""
+        if "iteration" not in metrics:
+            raise ValueError("metrics must contain 'iteration' (the TensorBoard step and the resume key)")
+        row = _jsonable(metrics)
+        self._metrics_file.write(json.dumps(row, allow_nan=False) + "\n")
+        self._metrics_file.flush()
+        os.fsync(self._metrics_file.fileno())
+        step = int(metrics["iteration"])
+        writer = self._tensorboard()
+        for key, value in row.items():
+            if key == "iteration" or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            writer.add_scalar(key, value, global_step=step)
+
+    # -- checkpoints --------------------------------------------------------------------------
+
+    def save_state(self, state: dict, iteration: int) -> None:
+        """Checkpoint ``state`` (anything torch.save takes) for ``iteration`` atomically.
+
+        Every floating tensor / array inside (model and optimiser state dicts included) is
+        checked first: a NaN or Inf raises DtrlError naming it, and the previous checkpoint stays.
+        The global RNG states are saved with it and restored by ``load_state``.
+        """
+        import torch
+
+        problem = _find_non_finite(state, "state")
+        if problem:
+            raise DtrlError(f"not checkpointing iteration {iteration}: {problem} (the training diverged; "
+                            f"the checkpoint of iteration {self.checkpoint_iteration} is kept)")
+        payload = {"format": 1, "iteration": int(iteration), "state": state, "rng": capture_rng_state(),
+                   "saved_at": _now_iso()}
+        _atomic_write(self.path / CHECKPOINT_DIR / STATE_FILE, lambda handle: torch.save(payload, handle))
+        self.checkpoint_iteration = int(iteration)
+        if self._writer is not None:
+            self._writer.flush()
+
+    def load_state(self, restore_rng: bool = True) -> dict | None:
+        """The ``state`` dict of the last checkpoint (None if there is none).
+
+        With ``restore_rng`` the global python/numpy/torch RNGs are put back to their state at
+        save time; call it after building models and optimisers (which draw random numbers), right
+        before the loop, so the resumed run draws the same numbers as the uninterrupted one.
+        """
+        checkpoint = self.path / CHECKPOINT_DIR / STATE_FILE
+        if not checkpoint.is_file():
+            return None
+        payload = _load_checkpoint(checkpoint)
+        if restore_rng and payload.get("rng") is not None:
+            restore_rng_state(payload["rng"])
+        return payload["state"]
+
+    def save_policy(self, model, normalizer, task_name: str, extra: dict | None = None) -> Path:
+        """Write the policy to ``RUN/policy`` (dtrl.models.checkpoint format, loadable by ``dtrl eval``)."""
+        from dtrl.models.checkpoint import save_policy
+
+        target = self.path / POLICY_DIR
+        save_policy(target, model, normalizer, task_name, extra=extra)
+        return target
+
+    # -- finishing ----------------------------------------------------------------------------
+
+    def mark_finished(self, summary: dict) -> None:
+        """Write ``final.json`` (summary + finish time); ``is_finished`` and sweeps look for it."""
+        data = dict(summary)
+        data.setdefault("finished_at", _now_iso())
+        data.setdefault("wall_time_s", self.wall_time_s())
+        atomic_write_json(self.path / FINAL_FILE, data)
+        self.close()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if not self._metrics_file.closed:
+            self._metrics_file.close()
+
+    def __enter__(self) -> "RunDir":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r}, checkpoint_iteration={self.checkpoint_iteration})"
+
+
+def _load_checkpoint(file: Path) -> dict:
+    import torch
+
+    try:
+        # weights_only=False: our own checkpoints hold numpy RNG states, generator states and
+        # normaliser arrays. Only load run directories you trust (shared policies use safetensors).
+        payload = torch.load(file, map_location="cpu", weights_only=False)
+    except Exception as exc:  # a foreign or damaged file: the user must decide what to do with it
+        raise DtrlError(f"cannot read checkpoint {file}: {type(exc).__name__}: {exc}") from None
+    if not isinstance(payload, dict) or "iteration" not in payload or "state" not in payload:
+        raise DtrlError(f"{file} is not a dtrl checkpoint (no iteration/state)")
+    return payload
+
+
+def _truncate_metrics(path: Path, iteration: int) -> list[dict]:
+    """Keep only metrics lines with ``iteration <= iteration`` (rewritten atomically); return them."""
+    file = path / METRICS_FILE
+    if not file.is_file():
+        return []
+    text = file.read_text()
+    rows = _parse_metrics(text, file)
+    kept = [row for row in rows if not isinstance(row.get("iteration"), (int, float)) or row["iteration"] <= iteration]
+    torn_tail = bool(text) and not text.endswith("\n")
+    if len(kept) != len(rows) or torn_tail:
+        text = "".join(json.dumps(row, allow_nan=False) + "\n" for row in kept)
+        _atomic_write(file, lambda handle: handle.write(text.encode()))
+    return kept
+
+
+def iter_run_dirs(root: str | os.PathLike) -> Iterator[Path]:
+    """Every run directory (a folder with config.json) at or below ``root``, sorted."""
+    root = Path(root)
+    if (root / CONFIG_FILE).is_file():
+        yield root
+        return
+    for config in sorted(root.rglob(CONFIG_FILE)):
+        if ".bak-" not in str(config.parent.name):
+            yield config.parent
+
+
+def remove_run_dir(path: str | os.PathLike) -> None:
+    """Delete a run directory (used by sweeps for their own trials that never reached a checkpoint)."""
+    shutil.rmtree(path)
