@@ -1,0 +1,242 @@
+"""``load_dataset(source, task)``: one entry point for every offline dataset dtrl trains on.
+
+``source`` is any of
+  * a D4RL-layout ``.hdf5`` / ``.h5`` file (D4RL's own downloads, or ``dtrl data build`` output),
+  * a Minari dataset id such as ``mujoco/hopper/medium-v0`` (local store, else downloaded),
+  * a path to a local Minari dataset directory (the folder holding ``data/``).
+
+Whatever the source, the result is checked against the task's environment (observation and action
+dimensions), for finite values and for at least one transition, and every failure is a one-line
+``DtrlError`` naming the problem.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dtrl.data.hdf5 import read_attrs, read_d4rl
+from dtrl.data.trajectory import Trajectory, split_episodes
+from dtrl.errors import DtrlError
+from dtrl.tasks import Task, get_task
+
+HDF5_SUFFIXES = (".hdf5", ".h5")
+
+
+@dataclass
+class Dataset:
+    """An offline dataset as a list of trajectories, checked against its task."""
+
+    trajectories: list[Trajectory]
+    """episodes (or episode fragments at the end of the data), in file order"""
+    obs_dim: int
+    """flat observation size (AntMaze: observation + achieved_goal + desired_goal)"""
+    act_dim: int
+    """action size"""
+    source: str
+    """where it came from: the file path, Minari id or Minari directory as given"""
+    attrs: dict[str, Any] = field(default_factory=dict)
+    """source metadata: HDF5 root attributes, or a Minari dataset's metadata"""
+
+    @property
+    def n_transitions(self) -> int:
+        return int(sum(len(t) for t in self.trajectories))
+
+    @property
+    def n_episodes(self) -> int:
+        return len(self.trajectories)
+
+    def returns(self) -> np.ndarray:
+        """Return of each trajectory (float64)."""
+        return np.array([t.episode_return for t in self.trajectories], dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class _EnvSpaces:
+    obs_dim: int
+    act_dim: int
+    act_low: np.ndarray
+    act_high: np.ndarray
+
+
+_SPACES_CACHE: dict[tuple[str, str, str], _EnvSpaces] = {}
+
+
+def _env_spaces(task: Task) -> _EnvSpaces:
+    """Observation/action sizes the task's environment produces (what a policy trained on the data
+    will be fed online). Uses ``dtrl.envs.make`` so the flattening is the one the rollouts use."""
+    key = (task.name, task.env_id, repr(sorted(task.env_kwargs.items())))
+    if key not in _SPACES_CACHE:
+        _SPACES_CACHE[key] = _make_env_spaces(task)
+    return _SPACES_CACHE[key]
+
+
+def _make_env_spaces(task: Task) -> _EnvSpaces:
+    import dtrl.envs as envs
+
+    if hasattr(envs, "make"):
+        env = envs.make(task.name)
+    else:  # dtrl.envs.make not available (partial install): the raw gymnasium env, flattened by hand.
+        import gymnasium as gym
+
+        envs.register_all()
+        env = gym.make(task.env_id, **task.env_kwargs)
+    try:
+        obs_space, act_space = env.observation_space, env.action_space
+        if hasattr(obs_space, "spaces"):  # dict observation (AntMaze) -> flattened size
+            obs_dim = int(sum(int(np.prod(space.shape)) for space in obs_space.spaces.values()))
+        else:
+            obs_dim = int(np.prod(obs_space.shape))
+        return _EnvSpaces(obs_dim, int(np.prod(act_space.shape)),
+                          np.asarray(act_space.low, dtype=np.float32), np.asarray(act_space.high, dtype=np.float32))
+    finally:
+        env.close()
+
+
+def _flatten_observations(task: Task, observations: Any) -> np.ndarray:
+    """Minari stores AntMaze observations as a dict of arrays; dtrl policies see the flat vector."""
+    if not isinstance(observations, dict):
+        return np.asarray(observations, dtype=np.float32)
+    import dtrl.envs as envs
+
+    if hasattr(envs, "flatten_observation"):
+        return np.asarray(envs.flatten_observation(task, observations), dtype=np.float32)
+    # The contract of dtrl.envs.flatten_observation: concat(observation, achieved_goal, desired_goal).
+    keys = [k for k in ("observation", "achieved_goal", "desired_goal") if k in observations]
+    return np.concatenate([np.asarray(observations[k], dtype=np.float32) for k in keys], axis=-1)
+
+
+def _resolve_task(task: Task | str) -> Task:
+    return task if isinstance(task, Task) else get_task(task)
+
+
+def looks_like_minari_id(source: str) -> bool:
+    """``namespace/name-vN`` style ids: not an existing path, no HDF5 suffix, has a '/' and a version."""
+    return (not os.path.exists(source) and not source.endswith(HDF5_SUFFIXES) and "/" in source
+            and "-v" in source.rsplit("/", 1)[-1])
+
+
+def load_dataset(source: str | os.PathLike, task: Task | str) -> Dataset:
+    """Load and validate an offline dataset for ``task`` (see the module docstring for ``source``)."""
+    task = _resolve_task(task)
+    source_str = str(source)
+    path = Path(source_str)
+    if source_str.endswith(HDF5_SUFFIXES) or path.is_file():
+        trajectories, attrs = _load_hdf5(path)
+    elif path.is_dir():
+        trajectories, attrs = _load_minari_dir(path, task)
+    elif looks_like_minari_id(source_str):
+        trajectories, attrs = _load_minari_id(source_str, task)
+    else:
+        raise DtrlError(f"dataset {source_str!r} is neither an existing .hdf5 file, a Minari dataset directory "
+                        "nor a Minari id (like mujoco/hopper/medium-v0)")
+    return validate(trajectories, task, source_str, attrs)
+
+
+def _load_hdf5(path: Path) -> tuple[list[Trajectory], dict[str, Any]]:
+    arrays = read_d4rl(path)
+    lengths = {key: len(arrays[key]) for key in ("observations", "actions", "rewards", "terminals", "timeouts")}
+    if len(set(lengths.values())) != 1:
+        detail = ", ".join(f"{k} {v}" for k, v in lengths.items())
+        raise DtrlError(f"dataset file {path} has arrays of different lengths ({detail})")
+    for key in ("observations", "actions"):
+        if arrays[key].ndim != 2:
+            raise DtrlError(f"dataset file {path}: {key} must be 2-D [N, dim], got shape {arrays[key].shape}")
+    trajectories = split_episodes(arrays["observations"], arrays["actions"], np.reshape(arrays["rewards"], -1),
+                                  np.reshape(arrays["terminals"], -1), np.reshape(arrays["timeouts"], -1))
+    return trajectories, read_attrs(path)
+
+
+def _load_minari_id(dataset_id: str, task: Task) -> tuple[list[Trajectory], dict[str, Any]]:
+    import minari
+
+    try:
+        dataset = minari.load_dataset(dataset_id, download=False)
+    except FileNotFoundError:
+        try:
+            dataset = minari.load_dataset(dataset_id, download=True)
+        except Exception as exc:  # network, unknown id, remote errors: all mean "cannot get it"
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise DtrlError(f"Minari dataset {dataset_id} is not stored locally and could not be downloaded: "
+                            f"{reason}") from None
+    except Exception as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DtrlError(f"Minari dataset {dataset_id} could not be read from the local store: {reason}") from None
+    return _minari_trajectories(dataset, task, dataset_id)
+
+
+def _load_minari_dir(path: Path, task: Task) -> tuple[list[Trajectory], dict[str, Any]]:
+    from minari import MinariDataset
+
+    data_path = path / "data" if (path / "data").is_dir() else path
+    try:
+        dataset = MinariDataset(data_path)
+    except Exception as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DtrlError(f"{path} is not a readable Minari dataset directory: {reason}") from None
+    return _minari_trajectories(dataset, task, str(path))
+
+
+def _minari_trajectories(dataset: Any, task: Task, name: str) -> tuple[list[Trajectory], dict[str, Any]]:
+    trajectories = []
+    try:
+        episodes = list(dataset.iterate_episodes())
+    except Exception as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DtrlError(f"Minari dataset {name} could not be read (corrupt?): {reason}") from None
+    for episode in episodes:
+        # Minari keeps T+1 observations (the final one after the last action); D4RL rows keep T.
+        observations = _flatten_observations(task, episode.observations)[:-1]
+        terminated = bool(np.any(episode.terminations))
+        trajectories.append(Trajectory(
+            observations=observations,
+            actions=np.asarray(episode.actions, dtype=np.float32).reshape(len(episode.actions), -1),
+            rewards=np.asarray(episode.rewards, dtype=np.float32).reshape(-1),
+            terminated=terminated,
+            truncated=not terminated,
+        ))
+    metadata = getattr(dataset, "storage", None)
+    attrs: dict[str, Any] = {"minari_id": getattr(dataset, "id", None) or name}
+    if metadata is not None and hasattr(metadata, "metadata"):
+        for key in ("dataset_id", "algorithm_name", "ref_min_score", "ref_max_score", "env_spec", "minari_version"):
+            if key in metadata.metadata and metadata.metadata[key] is not None:
+                attrs[key] = metadata.metadata[key] if not isinstance(metadata.metadata[key], (dict, list)) else str(
+                    metadata.metadata[key])
+    return trajectories, attrs
+
+
+def validate(trajectories: list[Trajectory], task: Task | str, source: str, attrs: dict[str, Any] | None = None,
+             ) -> Dataset:
+    """Check trajectories against the task's env and wrap them in a ``Dataset`` (one-line DtrlError on
+    any problem). Actions are clipped into the env's action box: D4RL/Minari human data holds actions
+    slightly outside it, which the simulator clips anyway, and a tanh policy cannot represent them."""
+    task = _resolve_task(task)
+    trajectories = [t for t in trajectories if len(t) > 0]
+    if not trajectories:
+        raise DtrlError(f"dataset {source} is empty (no transitions)")
+    spaces = _env_spaces(task)
+    first = trajectories[0]
+    obs_dim = first.observations.shape[-1] if first.observations.ndim == 2 else -1
+    act_dim = first.actions.shape[-1] if first.actions.ndim == 2 else -1
+    if obs_dim != spaces.obs_dim:
+        raise DtrlError(f"dataset {source} has observations of dimension {obs_dim} but task {task.name} "
+                        f"({task.env_id}) expects {spaces.obs_dim}")
+    if act_dim != spaces.act_dim:
+        raise DtrlError(f"dataset {source} has actions of dimension {act_dim} but task {task.name} "
+                        f"({task.env_id}) expects {spaces.act_dim}")
+    for index, traj in enumerate(trajectories):
+        if traj.observations.shape != (len(traj), obs_dim) or traj.actions.shape != (len(traj), act_dim):
+            raise DtrlError(f"dataset {source}: episode {index} has inconsistent shapes "
+                            f"(observations {traj.observations.shape}, actions {traj.actions.shape}, "
+                            f"rewards {traj.rewards.shape})")
+        for key in ("observations", "actions", "rewards"):
+            values = getattr(traj, key)
+            if not np.all(np.isfinite(values)):
+                raise DtrlError(f"dataset {source} has non-finite (NaN or inf) {key} in episode {index}")
+        if np.any(traj.actions < spaces.act_low) or np.any(traj.actions > spaces.act_high):
+            traj.actions = np.clip(traj.actions, spaces.act_low, spaces.act_high)
+    return Dataset(trajectories=trajectories, obs_dim=obs_dim, act_dim=act_dim, source=source, attrs=dict(attrs or {}))
