@@ -1,0 +1,272 @@
+"""Pieces every online finetuning loop shares (stable-baselines3 style, kept small): seeding and RNG
+state, the trajectory FIFO buffer (ODT, PPO, GRPO-Q), the transition replay buffer (TD3 and IQL
+critics), the run-directory glue (create or resume, checkpoint, evaluation schedule) and loading the
+``--init`` policy. The loops themselves stay in their own files so each reads top to bottom.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from dtrl.config import to_dict
+from dtrl.data.trajectory import Trajectory
+from dtrl.errors import DtrlError
+
+
+# ----------------------------------------------------------------------------------------------
+# Seeding (global RNG states are checkpointed by RunDir; the loop's own Generator is saved by us)
+
+
+def seed_everything(seed: int) -> np.random.Generator:
+    """Seed python, numpy and torch; return the numpy Generator the loop draws its samples from."""
+    from dtrl.runs import seed_everything as seed_globals
+
+    seed_globals(seed)
+    return np.random.default_rng(seed)
+
+
+# ----------------------------------------------------------------------------------------------
+# Buffers
+
+
+class TrajectoryBuffer:
+    """FIFO buffer of whole trajectories, sampled with probability proportional to their length
+    (ODT's replay buffer; Algorithm 1/2 line 3).
+
+    ODT seeds it with the top offline trajectories by return and then replaces the oldest entries by
+    online ones; PPO and GRPO-Q use it empty-started as a plain FIFO of recent rollouts.
+    """
+
+    def __init__(self, capacity: int):
+        if capacity < 1:
+            raise DtrlError(f"trajectory buffer capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self.trajectories: list[Trajectory] = []
+        self.extras: list[dict[str, np.ndarray]] = []
+
+    def __len__(self) -> int:
+        return len(self.trajectories)
+
+    @property
+    def num_transitions(self) -> int:
+        return sum(len(t) for t in self.trajectories)
+
+    def add(self, trajectory: Trajectory, extra: dict[str, np.ndarray] | None = None) -> None:
+        """Append one trajectory (with optional per-step arrays, e.g. sampling-time log-probs and
+        RTGs); the oldest is dropped once the buffer is full."""
+        if len(trajectory) == 0:
+            return
+        self.trajectories.append(trajectory)
+        self.extras.append(extra or {})
+        if len(self.trajectories) > self.capacity:
+            del self.trajectories[0]
+            del self.extras[0]
+
+    def seed_with_top(self, trajectories: Sequence[Trajectory]) -> None:
+        """Fill the buffer with the ``capacity`` highest-return trajectories, in increasing order of
+        return so the FIFO replaces the worst ones first (ODT)."""
+        ranked = sorted(trajectories, key=lambda t: t.episode_return)
+        for trajectory in ranked[-self.capacity:]:
+            self.add(trajectory)
+
+    def sample_indices(self, count: int, rng: np.random.Generator) -> np.ndarray:
+        """Indices of ``count`` trajectories drawn with replacement, p(tau) = |tau| / sum |tau'|."""
+        if not self.trajectories:
+            raise DtrlError("cannot sample from an empty trajectory buffer")
+        lengths = np.array([len(t) for t in self.trajectories], dtype=np.float64)
+        return rng.choice(len(lengths), size=count, replace=True, p=lengths / lengths.sum())
+
+    def state_dict(self) -> dict:
+        return {"capacity": self.capacity, "trajectories": [_trajectory_to_dict(t) for t in self.trajectories],
+                "extras": self.extras}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.capacity = state["capacity"]
+        self.trajectories = [_trajectory_from_dict(d) for d in state["trajectories"]]
+        self.extras = list(state["extras"])
+
+
+def _trajectory_to_dict(t: Trajectory) -> dict:
+    return {"observations": t.observations, "actions": t.actions, "rewards": t.rewards,
+            "terminated": t.terminated, "truncated": t.truncated}
+
+
+def _trajectory_from_dict(d: dict) -> Trajectory:
+    return Trajectory(np.asarray(d["observations"]), np.asarray(d["actions"]), np.asarray(d["rewards"]),
+                      bool(d["terminated"]), bool(d["truncated"]))
+
+
+class ReplayBuffer:
+    """Ring buffer of transitions (s, a, r, s', done) for TD3 / IQL critics.
+
+    ``done`` is 1 only for true terminations: a time-limit cut still bootstraps from s'. The last
+    step of a truncated trajectory has no recorded s' in a D4RL-layout dataset; it is kept out of the
+    buffer unless the caller passes ``final_observation``.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, capacity: int):
+        if capacity < 1:
+            raise DtrlError(f"replay buffer capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self.observations = np.zeros((capacity, obs_dim), dtype=np.float32)
+        self.actions = np.zeros((capacity, act_dim), dtype=np.float32)
+        self.rewards = np.zeros(capacity, dtype=np.float32)
+        self.next_observations = np.zeros((capacity, obs_dim), dtype=np.float32)
+        self.dones = np.zeros(capacity, dtype=np.float32)
+        self.position = 0
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def add_batch(self, obs, actions, rewards, next_obs, dones) -> None:
+        count = len(rewards)
+        if count > self.capacity:  # only the newest `capacity` transitions survive anyway
+            obs, actions, rewards, next_obs, dones = (x[-self.capacity:] for x in (obs, actions, rewards, next_obs, dones))
+            count = self.capacity
+        idx = (self.position + np.arange(count)) % self.capacity
+        self.observations[idx] = obs
+        self.actions[idx] = actions
+        self.rewards[idx] = rewards
+        self.next_observations[idx] = next_obs
+        self.dones[idx] = dones
+        self.position = int((self.position + count) % self.capacity)
+        self.size = int(min(self.size + count, self.capacity))
+
+    def add_trajectory(self, trajectory: Trajectory, final_observation: np.ndarray | None = None,
+                       reward_transform=None) -> None:
+        """Add the transitions of one trajectory. ``final_observation`` is s' after the last action
+        (needed to keep the last transition of a time-limit-truncated episode)."""
+        T = len(trajectory)
+        if T == 0:
+            return
+        obs = trajectory.observations
+        rewards = trajectory.rewards if reward_transform is None else reward_transform(trajectory.rewards)
+        dones = np.zeros(T, dtype=np.float32)
+        if trajectory.terminated:
+            dones[-1] = 1.0
+            last = obs[-1] if final_observation is None else final_observation  # unused: done masks it
+            next_obs = np.concatenate([obs[1:], np.asarray(last, np.float32)[None]], axis=0)
+            keep = T
+        elif final_observation is not None:
+            next_obs = np.concatenate([obs[1:], np.asarray(final_observation, np.float32)[None]], axis=0)
+            keep = T
+        else:
+            next_obs = obs[1:]
+            keep = T - 1
+        self.add_batch(obs[:keep], trajectory.actions[:keep], rewards[:keep], next_obs[:keep], dones[:keep])
+
+    def sample(self, batch_size: int, rng: np.random.Generator, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+        if self.size == 0:
+            raise DtrlError("cannot sample from an empty replay buffer")
+        idx = rng.integers(0, self.size, size=batch_size)
+        as_tensor = lambda x: torch.as_tensor(x[idx], device=device)  # noqa: E731
+        return {"observations": as_tensor(self.observations), "actions": as_tensor(self.actions),
+                "rewards": as_tensor(self.rewards), "next_observations": as_tensor(self.next_observations),
+                "dones": as_tensor(self.dones)}
+
+    def state_dict(self) -> dict:
+        n = self.size
+        # Stored in insertion order, oldest first, so a reload keeps the FIFO order.
+        order = (np.arange(n) + (self.position if n == self.capacity else 0)) % self.capacity
+        return {"capacity": self.capacity, "observations": self.observations[order], "actions": self.actions[order],
+                "rewards": self.rewards[order], "next_observations": self.next_observations[order],
+                "dones": self.dones[order]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.position, self.size = 0, 0
+        self.add_batch(state["observations"], state["actions"], state["rewards"], state["next_observations"], state["dones"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Small torch helpers
+
+
+def soft_update(target: torch.nn.Module, source: torch.nn.Module, tau: float) -> None:
+    """Polyak averaging: target <- tau * source + (1 - tau) * target."""
+    with torch.no_grad():
+        for t, s in zip(target.parameters(), source.parameters()):
+            t.lerp_(s, tau)
+
+
+def grad_norm_clip(parameters: Iterable[torch.nn.Parameter], max_norm: float) -> float:
+    params = [p for p in parameters if p.grad is not None]
+    if not params or max_norm <= 0:
+        return 0.0
+    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+
+# ----------------------------------------------------------------------------------------------
+# Run-directory glue
+
+
+@dataclass
+class Counters:
+    """Env steps and gradient updates so far (checkpointed, so they continue across a resume)."""
+
+    env_steps: int = 0
+    grad_updates: int = 0
+
+    def state_dict(self) -> dict:
+        return {"env_steps": self.env_steps, "grad_updates": self.grad_updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.env_steps = int(state["env_steps"])
+        self.grad_updates = int(state["grad_updates"])
+
+
+def open_run(config: Any, algo: str):
+    """Create ``config.out`` (config.json with ``algo`` set) or, with ``--resume``, reopen it.
+
+    Returns ``(run, state)``: ``state`` is the last checkpoint's dict (None for a fresh run); loading
+    it restores the global RNGs, so call this after the models are built."""
+    from dtrl.runs import RunDir
+
+    run = RunDir.open(config.out, {**to_dict(config), "algo": algo}, resume=config.resume, force=config.force)
+    state = run.load_state() if config.resume else None
+    if state is not None and state.get("algo") not in (None, algo):
+        run.close()
+        raise DtrlError(f"--resume: {config.out} holds a {state.get('algo')} run, not {algo}")
+    return run, state
+
+
+def evaluation_due(iteration: int, total_iterations: int, eval_every: int) -> bool:
+    """Evaluate every ``eval_every`` iterations (1-based) and always after the last one."""
+    return iteration == total_iterations or (eval_every > 0 and iteration % eval_every == 0)
+
+
+def checkpoint_due(iteration: int, total_iterations: int, checkpoint_every: int) -> bool:
+    return iteration == total_iterations or iteration % checkpoint_every == 0
+
+
+def iteration_metrics(iteration: int, run, counters: Counters, **metrics: Any) -> dict:
+    """One metrics.jsonl row: the contract keys first, then the algorithm's own."""
+    row: dict[str, Any] = {"iteration": iteration, "env_steps": counters.env_steps,
+                           "grad_updates": counters.grad_updates, "wall_time_s": round(run.wall_time_s(), 3)}
+    for key, value in metrics.items():
+        row[key] = float(value.detach().cpu()) if isinstance(value, torch.Tensor) else value
+    return row
+
+
+def load_init_policy(init: str | None, task, device: str):
+    """The pretrained DT (``--init RUN`` or a policy dir) as ``LoadedPolicy``; one-line errors."""
+    if not init:
+        raise DtrlError("--init is required: a pretrained DT run directory or policy directory (dtrl pretrain)")
+    from dtrl.models.checkpoint import load_policy
+
+    return load_policy(init, task=task, device=device)
+
+
+def load_offline_dataset(source: str | None, task, required: bool):
+    """``--dataset FILE|MINARI_ID`` as ``dtrl.data.Dataset`` (None when not given and not required)."""
+    if not source:
+        if required:
+            raise DtrlError("--dataset is required for this algorithm: a D4RL .hdf5 file or a Minari dataset id")
+        return None
+    from dtrl.data import load_dataset
+
+    return load_dataset(source, task)
