@@ -1,0 +1,584 @@
+"""The batched rollout engine every online algorithm uses.
+
+Two entry points, both stepping all N env copies together with one batched, KV-cached model call
+per step under ``torch.inference_mode``:
+
+- ``rollout_episodes``: N full episodes from env resets (data collection, GRPO's full trajectories,
+  evaluation with the mean action). Records everything the algorithms need per step: observations,
+  actions, rewards, raw returns-to-go, timesteps, log-probs of the taken action, the action
+  variance (GRPO's active sampling) and, when asked, env snapshots (GRPO's reset points).
+- ``rollout_from_snapshots``: GRPO's groups (Algorithm 1, line 6). Copy i is restored to the
+  snapshot of ``starts[i]`` and its model cache is prefilled with the token history before that
+  reset point, so the model sees exactly the context it saw when the trajectory was sampled. Then
+  L sampled steps (the sub-trajectory that training re-evaluates, a ``Segment``) and M mean-action
+  steps (only to score it): score_i = discounted return over the L + M steps.
+
+``segments_to_batch`` turns segments into padded tensors on which ``model.forward`` reproduces the
+sampling-time log-probs (history prefix marked as context only), which is what makes the importance
+ratio of the first update exactly 1.
+
+RTG bookkeeping (raw units): g_0 = target, g_{t+1} = g_t - r_t; the model gets g_t / reward_scale.
+States are normalised with the policy's normaliser before entering the model; everything recorded
+here is raw (unnormalised observations, unscaled RTGs) so buffers stay model-independent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, Sequence
+
+import numpy as np
+import torch
+
+from dtrl.data.trajectory import Trajectory
+from dtrl.errors import DtrlError
+
+
+class Policy(Protocol):
+    """What the rollout engine needs from a policy (``dtrl.models.checkpoint.LoadedPolicy`` fits)."""
+
+    model: Any
+    """a DecisionTransformer / Reinformer with ``new_cache``, ``act``, ``append_action``, ``forward``"""
+    normalizer: Any
+    """a StateNormalizer (``normalize(x)`` on numpy arrays)"""
+    reward_scale: float
+    """returns-to-go are divided by this before entering the model"""
+
+
+# ----------------------------------------------------------------------------------------------
+# data types
+
+
+@dataclass
+class TokenHistory:
+    """The (rtg, state, action, timestep) tokens of consecutive steps: the context a model sees."""
+
+    observations: np.ndarray
+    """[H, obs_dim] float32 raw observations"""
+    actions: np.ndarray
+    """[H, act_dim] float32 actions taken"""
+    returns_to_go: np.ndarray
+    """[H] float32 raw returns-to-go (not divided by reward_scale)"""
+    timesteps: np.ndarray
+    """[H] int64 episode timesteps"""
+
+    def __len__(self) -> int:
+        return len(self.timesteps)
+
+    @staticmethod
+    def empty(obs_dim: int, act_dim: int) -> "TokenHistory":
+        return TokenHistory(
+            np.zeros((0, obs_dim), np.float32), np.zeros((0, act_dim), np.float32),
+            np.zeros(0, np.float32), np.zeros(0, np.int64),
+        )
+
+
+@dataclass
+class RolloutTrajectory:
+    """One episode collected by ``rollout_episodes``; arrays are indexed by step t = 0..T-1."""
+
+    observations: np.ndarray
+    """[T, obs_dim] float32 raw observation s_t before action a_t"""
+    actions: np.ndarray
+    """[T, act_dim] float32 action a_t taken"""
+    rewards: np.ndarray
+    """[T] float32 reward r_t"""
+    returns_to_go: np.ndarray
+    """[T] float32 raw g_t fed (scaled) to the model at step t: target - sum of earlier rewards"""
+    timesteps: np.ndarray
+    """[T] int64 episode timestep t"""
+    log_probs: np.ndarray
+    """[T] float32 log pi(a_t | context) under the sampling distribution"""
+    action_variance: np.ndarray
+    """[T] float32 per-step action variance (``ActionDistribution.variance``), for active sampling"""
+    terminated: bool
+    """the episode ended in a terminal state"""
+    truncated: bool
+    """the episode was cut by the time limit"""
+    target_rtg: float
+    """g_0, the target return the episode was conditioned on"""
+    seed: int | None = None
+    """the env reset seed"""
+    snapshots: list | None = None
+    """env snapshot taken before step t (``len == T``), when ``record_snapshots`` was asked"""
+
+    def __len__(self) -> int:
+        return len(self.rewards)
+
+    @property
+    def episode_return(self) -> float:
+        return float(np.sum(self.rewards, dtype=np.float64))
+
+    def to_trajectory(self) -> Trajectory:
+        """The plain (obs, action, reward) episode, e.g. for a replay buffer with hindsight relabelling."""
+        return Trajectory(self.observations, self.actions, self.rewards, self.terminated, self.truncated)
+
+    def history(self, t: int, length: int) -> TokenHistory:
+        """The tokens of the (at most) ``length`` steps before step t."""
+        start = max(0, t - length)
+        return TokenHistory(
+            self.observations[start:t], self.actions[start:t], self.returns_to_go[start:t], self.timesteps[start:t]
+        )
+
+    def branch_start(self, t: int, history_length: int) -> "BranchStart":
+        """A reset point at step t (needs ``snapshots``): its env state, RTG and token history."""
+        if self.snapshots is None:
+            raise DtrlError("this trajectory was collected without record_snapshots=True: cannot branch from it")
+        if not 0 <= t < len(self):
+            raise IndexError(f"reset step {t} outside the trajectory (length {len(self)})")
+        return BranchStart(
+            snapshot=self.snapshots[t],
+            observation=self.observations[t],
+            return_to_go=float(self.returns_to_go[t]),
+            timestep=int(self.timesteps[t]),
+            history=self.history(t, history_length),
+        )
+
+
+@dataclass
+class BranchStart:
+    """A reset point: where a GRPO group starts, with the context the model had there."""
+
+    snapshot: Any
+    """env snapshot taken before the step (``env.snapshot()``)"""
+    observation: np.ndarray
+    """[obs_dim] the observation at the reset point"""
+    return_to_go: float
+    """raw g at the reset point"""
+    timestep: int
+    """episode timestep of the reset point"""
+    history: TokenHistory
+    """the tokens of the steps before the reset point (at most ``model.receptive_field`` of them)"""
+
+
+@dataclass
+class Segment:
+    """A sampled sub-trajectory: exactly what training re-evaluates, plus the context before it."""
+
+    history: TokenHistory
+    """context-only prefix (not trained on)"""
+    observations: np.ndarray
+    """[L, obs_dim] raw observations"""
+    actions: np.ndarray
+    """[L, act_dim] sampled actions"""
+    returns_to_go: np.ndarray
+    """[L] raw returns-to-go fed to the model"""
+    timesteps: np.ndarray
+    """[L] int64 episode timesteps"""
+    log_probs: np.ndarray
+    """[L] float32 sampling-time log-probs (the 'old' policy of the importance ratio)"""
+    rewards: np.ndarray
+    """[L] float32 rewards of the sampled steps"""
+
+    def __len__(self) -> int:
+        return len(self.timesteps)
+
+
+@dataclass
+class BranchResult:
+    """Output of ``rollout_from_snapshots`` for N starts."""
+
+    segments: list[Segment]
+    """the sampled part (length <= L: shorter when the episode ended) of each branch"""
+    scores: np.ndarray
+    """[N] float64 discounted return over the L + M steps (the GRPO score R(tau_sub))"""
+    lengths: np.ndarray
+    """[N] int64 env steps taken by each branch (sampled + mean), <= L + M"""
+    terminated: np.ndarray
+    """[N] bool: the branch hit a terminal state"""
+    truncated: np.ndarray
+    """[N] bool: the branch hit the time limit"""
+
+    @property
+    def env_steps(self) -> int:
+        return int(self.lengths.sum())
+
+
+@dataclass
+class SegmentBatch:
+    """Left-padded training tensors built from segments (the layout of ``SequenceSampler``)."""
+
+    states: torch.Tensor
+    """[B, T, obs_dim] normalised states"""
+    actions: torch.Tensor
+    """[B, T, act_dim]"""
+    returns_to_go: torch.Tensor
+    """[B, T] scaled returns-to-go (g / reward_scale)"""
+    timesteps: torch.Tensor
+    """[B, T] long"""
+    mask: torch.Tensor
+    """[B, T] bool: a real token (history or segment); False on padding"""
+    train_mask: torch.Tensor
+    """[B, T] bool: a segment step the loss is computed on (history is context only)"""
+    log_probs_old: torch.Tensor
+    """[B, T] sampling-time log-probs on the train_mask positions, 0 elsewhere"""
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def log_probs(self, model) -> torch.Tensor:
+        """[B, T] log-probs of the batch's actions under ``model`` (0 outside ``train_mask``)."""
+        dist = model.forward(self.states, self.actions, self.returns_to_go, self.timesteps, self.mask)
+        return torch.where(self.train_mask, dist.log_prob(self.actions), torch.zeros((), device=self.states.device))
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+def _model_inputs(policy: Policy, observations: np.ndarray, returns_to_go: np.ndarray, device):
+    states = torch.as_tensor(policy.normalizer.normalize(observations), dtype=torch.float32, device=device)
+    # Round the RTG to float32 first: that is the value recorded, and ``segments_to_batch`` scales the
+    # recorded value, so training sees bit-identical model inputs.
+    scaled = np.asarray(returns_to_go, np.float32).astype(np.float64) / policy.reward_scale
+    rtg = torch.as_tensor(scaled, dtype=torch.float32, device=device)
+    return states, rtg
+
+
+class _eval_mode:
+    """Dropout off during rollouts; the caller's train/eval mode is restored afterwards."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __enter__(self):
+        self.was_training = self.model.training
+        self.model.eval()
+
+    def __exit__(self, *exc):
+        self.model.train(self.was_training)
+
+
+def _prefill(policy: Policy, histories: Sequence[TokenHistory], device):
+    """A cache holding each row's token history, as if those steps had just been sampled.
+
+    The contract's cache steps all rows together, so rows whose history is shorter than the
+    longest (reset points near the episode start) cannot share one cache with longer ones without
+    seeing extra tokens. Rows are therefore grouped by history length, each group prefilled in its
+    own cache; ``_GroupedCache`` then steps all groups. Reset points at least
+    ``receptive_field`` steps into an episode all have full-length histories, so usually there is
+    a single group and one model call per step.
+    """
+    model = policy.model
+    by_length: dict[int, list[int]] = {}
+    for row, history in enumerate(histories):
+        by_length.setdefault(len(history), []).append(row)
+    groups = []
+    for length, rows in sorted(by_length.items()):
+        cache = model.new_cache(len(rows))
+        for h in range(length):
+            obs = np.stack([histories[r].observations[h] for r in rows])
+            rtg = np.array([histories[r].returns_to_go[h] for r in rows], dtype=np.float64)
+            states, rtg_t = _model_inputs(policy, obs, rtg, device)
+            timesteps = torch.as_tensor(np.array([histories[r].timesteps[h] for r in rows]), device=device)
+            model.act(cache, rtg_t, states, timesteps)
+            actions = torch.as_tensor(np.stack([histories[r].actions[h] for r in rows]), dtype=torch.float32,
+                                      device=device)
+            model.append_action(cache, actions)
+        groups.append((torch.as_tensor(rows, device=device), cache))
+    return _GroupedCache(model, groups, len(histories))
+
+
+class _GroupedCache:
+    """One or more model caches over disjoint row sets, stepped together as one batch."""
+
+    def __init__(self, model, groups: list[tuple[torch.Tensor, Any]], batch_size: int):
+        self.model = model
+        self.groups = groups
+        self.batch_size = batch_size
+
+    def act(self, returns_to_go: torch.Tensor, states: torch.Tensor, timesteps: torch.Tensor):
+        if len(self.groups) == 1:
+            return self.model.act(self.groups[0][1], returns_to_go, states, timesteps)
+        return _StackedDistribution(
+            [(rows, self.model.act(cache, returns_to_go[rows], states[rows], timesteps[rows]))
+             for rows, cache in self.groups],
+            self.batch_size,
+        )
+
+    def append_action(self, actions: torch.Tensor) -> None:
+        if len(self.groups) == 1:
+            self.model.append_action(self.groups[0][1], actions)
+            return
+        for rows, cache in self.groups:
+            self.model.append_action(cache, actions[rows])
+
+
+class _StackedDistribution:
+    """The per-group action distributions of ``_GroupedCache`` viewed as one over all rows."""
+
+    def __init__(self, parts, batch_size: int):
+        self.parts = parts
+        self.batch_size = batch_size
+
+    def _gather(self, values) -> torch.Tensor:
+        first = values[0]
+        out = first.new_empty((self.batch_size, *first.shape[1:]))
+        for (rows, _), value in zip(self.parts, values):
+            out[rows] = value
+        return out
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self._gather([d.mean for _, d in self.parts])
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return self._gather([d.variance for _, d in self.parts])
+
+    def sample(self) -> torch.Tensor:
+        return self._gather([d.sample() for _, d in self.parts])
+
+    def log_prob(self, actions: torch.Tensor) -> torch.Tensor:
+        return self._gather([d.log_prob(actions[rows]) for rows, d in self.parts])
+
+
+# ----------------------------------------------------------------------------------------------
+# full episodes
+
+
+def rollout_episodes(
+    policy: Policy,
+    envs,
+    task,
+    target_rtg: float,
+    seeds: Sequence[int],
+    mode: Literal["sample", "mean"] = "sample",
+    record_snapshots: bool = False,
+    device: str | torch.device = "cpu",
+    max_steps: int | None = None,
+) -> list[RolloutTrajectory]:
+    """Run ``len(seeds)`` episodes (one per env copy, ``len(seeds) == envs.num_envs``) to the end.
+
+    ``mode='sample'`` draws a ~ pi (data collection), ``'mean'`` takes the mean action
+    (evaluation, deterministic given the seeds). ``max_steps`` caps the episode length (default:
+    the task's time limit, which the env itself also enforces through ``truncated``).
+    """
+    if mode not in ("sample", "mean"):
+        raise DtrlError(f"rollout mode must be 'sample' or 'mean', got {mode!r}")
+    num_envs = len(seeds)
+    if num_envs != envs.num_envs:
+        raise DtrlError(f"{num_envs} seeds for a BatchedEnv of {envs.num_envs} copies: give one seed per copy")
+    model = policy.model
+    horizon = int(max_steps or task.max_episode_steps)
+    obs = np.asarray(envs.reset(list(seeds)), dtype=np.float32)
+    obs_dim = obs.shape[1]
+
+    # Preallocated [N, horizon, ...] records, filled column by column (no per-step Python lists).
+    observations = np.zeros((num_envs, horizon, obs_dim), np.float32)
+    actions_rec: np.ndarray | None = None
+    rewards = np.zeros((num_envs, horizon), np.float32)
+    returns_to_go = np.zeros((num_envs, horizon), np.float32)
+    log_probs = np.zeros((num_envs, horizon), np.float32)
+    variances = np.zeros((num_envs, horizon), np.float32)
+    snapshots: list[list] | None = [[] for _ in range(num_envs)] if record_snapshots else None
+    lengths = np.zeros(num_envs, np.int64)
+    terminated = np.zeros(num_envs, bool)
+    truncated = np.zeros(num_envs, bool)
+
+    rtg = np.full(num_envs, float(target_rtg), np.float64)  # float64: 1000 subtractions stay exact enough
+    active = np.ones(num_envs, bool)
+    with torch.inference_mode(), _eval_mode(model):
+        cache = model.new_cache(num_envs)
+        for t in range(horizon):
+            states, rtg_t = _model_inputs(policy, obs, rtg, device)
+            timesteps = torch.full((num_envs,), t, dtype=torch.long, device=device)
+            dist = model.act(cache, rtg_t, states, timesteps)
+            action = dist.mean if mode == "mean" else dist.sample()
+            model.append_action(cache, action)
+            action_np = action.float().cpu().numpy()
+            if actions_rec is None:
+                actions_rec = np.zeros((num_envs, horizon, action_np.shape[1]), np.float32)
+            rows = np.flatnonzero(active)
+            if snapshots is not None:
+                for row, snap in zip(rows, envs.snapshot(rows.tolist())):
+                    snapshots[row].append(snap)
+            observations[rows, t] = obs[rows]
+            actions_rec[rows, t] = action_np[rows]
+            returns_to_go[rows, t] = rtg[rows]
+            log_probs[rows, t] = dist.log_prob(action).float().cpu().numpy()[rows]
+            variances[rows, t] = dist.variance.float().cpu().numpy()[rows]
+
+            next_obs, reward, term, trunc = envs.step(action_np, active)
+            reward = np.asarray(reward, np.float64)
+            rewards[rows, t] = reward[rows]
+            rtg[rows] -= reward[rows]
+            lengths[rows] += 1
+            terminated[rows] = np.asarray(term, bool)[rows]
+            truncated[rows] = np.asarray(trunc, bool)[rows]
+            active &= ~(terminated | truncated)
+            obs = np.asarray(next_obs, dtype=np.float32)
+            if not active.any():
+                break
+    truncated |= ~terminated & (lengths == horizon)  # cut by max_steps below the env's own limit
+
+    trajectories = []
+    for i in range(num_envs):
+        n = int(lengths[i])
+        trajectories.append(RolloutTrajectory(
+            observations=observations[i, :n].copy(), actions=actions_rec[i, :n].copy(),
+            rewards=rewards[i, :n].copy(), returns_to_go=returns_to_go[i, :n].copy(),
+            timesteps=np.arange(n, dtype=np.int64), log_probs=log_probs[i, :n].copy(),
+            action_variance=variances[i, :n].copy(), terminated=bool(terminated[i]),
+            truncated=bool(truncated[i]), target_rtg=float(target_rtg), seed=int(seeds[i]),
+            snapshots=snapshots[i] if snapshots is not None else None,
+        ))
+    return trajectories
+
+
+# ----------------------------------------------------------------------------------------------
+# branches from snapshots (GRPO groups)
+
+
+def rollout_from_snapshots(
+    policy: Policy,
+    envs,
+    starts: Sequence[BranchStart],
+    sampled_steps: int,
+    mean_steps: int,
+    gamma: float,
+    device: str | torch.device = "cpu",
+) -> BranchResult:
+    """Branch copy i from ``starts[i]``: L = ``sampled_steps`` sampled steps (recorded as a
+    ``Segment``), then M = ``mean_steps`` mean-action steps; score_i = sum_j gamma^j r_j over the
+    L + M steps, stopping early when the branch terminates or hits the time limit.
+
+    ``len(starts) <= envs.num_envs``; spare copies stay idle. A GRPO group is G equal starts.
+    """
+    num_starts = len(starts)
+    if num_starts == 0:
+        raise DtrlError("rollout_from_snapshots needs at least one start")
+    if num_starts > envs.num_envs:
+        raise DtrlError(f"{num_starts} branch starts for a BatchedEnv of {envs.num_envs} copies")
+    if sampled_steps < 1 or mean_steps < 0:
+        raise DtrlError(f"need sampled_steps >= 1 and mean_steps >= 0, got {sampled_steps} and {mean_steps}")
+    model = policy.model
+    spare = envs.num_envs - num_starts
+    snapshots = [s.snapshot for s in starts] + [starts[0].snapshot] * spare
+    obs = np.asarray(envs.restore(snapshots), dtype=np.float32)
+    obs_dim = obs.shape[1]
+
+    act_dim = starts[0].history.actions.shape[1] if len(starts[0].history) else None
+    seg_obs = np.zeros((num_starts, sampled_steps, obs_dim), np.float32)
+    seg_actions: np.ndarray | None = None
+    seg_rtg = np.zeros((num_starts, sampled_steps), np.float32)
+    seg_logp = np.zeros((num_starts, sampled_steps), np.float32)
+    seg_rewards = np.zeros((num_starts, sampled_steps), np.float32)
+    seg_len = np.zeros(num_starts, np.int64)
+
+    rtg = np.array([s.return_to_go for s in starts] + [0.0] * spare, np.float64)
+    timestep0 = np.array([s.timestep for s in starts] + [0] * spare, np.int64)
+    scores = np.zeros(envs.num_envs, np.float64)
+    discount = np.ones(envs.num_envs, np.float64)
+    lengths = np.zeros(envs.num_envs, np.int64)
+    terminated = np.zeros(envs.num_envs, bool)
+    truncated = np.zeros(envs.num_envs, bool)
+    active = np.zeros(envs.num_envs, bool)
+    active[:num_starts] = True
+
+    with torch.inference_mode(), _eval_mode(model):
+        histories = [s.history for s in starts] + [starts[0].history] * spare
+        cache = _prefill(policy, histories, device)
+        for j in range(sampled_steps + mean_steps):
+            states, rtg_t = _model_inputs(policy, obs, rtg, device)
+            timesteps = torch.as_tensor(timestep0 + j, device=device)
+            dist = cache.act(rtg_t, states, timesteps)
+            sampling = j < sampled_steps
+            action = dist.sample() if sampling else dist.mean
+            cache.append_action(action)
+            action_np = action.float().cpu().numpy()
+            rows = np.flatnonzero(active[:num_starts])
+            if sampling:
+                if seg_actions is None:
+                    seg_actions = np.zeros((num_starts, sampled_steps, action_np.shape[1]), np.float32)
+                seg_obs[rows, j] = obs[rows]
+                seg_actions[rows, j] = action_np[rows]
+                seg_rtg[rows, j] = rtg[rows]
+                seg_logp[rows, j] = dist.log_prob(action).float().cpu().numpy()[rows]
+                seg_len[rows] += 1
+
+            next_obs, reward, term, trunc = envs.step(action_np, active)
+            reward = np.asarray(reward, np.float64)
+            if sampling:
+                seg_rewards[rows, j] = reward[rows]
+            scores[rows] += discount[rows] * reward[rows]
+            discount[rows] *= gamma
+            rtg[rows] -= reward[rows]
+            lengths[rows] += 1
+            terminated[rows] = np.asarray(term, bool)[rows]
+            truncated[rows] = np.asarray(trunc, bool)[rows]
+            active &= ~(terminated | truncated)
+            obs = np.asarray(next_obs, dtype=np.float32)
+            if not active.any():
+                break
+
+    if seg_actions is None:  # unreachable: every start steps at least once
+        seg_actions = np.zeros((num_starts, sampled_steps, act_dim or 0), np.float32)
+    segments = []
+    for i, start in enumerate(starts):
+        n = int(seg_len[i])
+        segments.append(Segment(
+            history=start.history, observations=seg_obs[i, :n].copy(), actions=seg_actions[i, :n].copy(),
+            returns_to_go=seg_rtg[i, :n].copy(), timesteps=timestep0[i] + np.arange(n, dtype=np.int64),
+            log_probs=seg_logp[i, :n].copy(), rewards=seg_rewards[i, :n].copy(),
+        ))
+    return BranchResult(segments=segments, scores=scores[:num_starts], lengths=lengths[:num_starts],
+                        terminated=terminated[:num_starts], truncated=truncated[:num_starts])
+
+
+# ----------------------------------------------------------------------------------------------
+# training batches
+
+
+def segments_to_batch(
+    segments: Sequence[Segment],
+    normalizer,
+    reward_scale: float,
+    device: str | torch.device = "cpu",
+    history_length: int | None = None,
+) -> SegmentBatch:
+    """Pad segments (history prefix + sampled steps) into one left-padded batch.
+
+    ``history_length`` trims each history to its last ``history_length`` steps (default: keep
+    what the segment carries, normally ``model.receptive_field``). With the full receptive field
+    kept, ``batch.log_probs(model)`` equals the sampling-time log-probs on ``train_mask``.
+    """
+    if not segments:
+        raise DtrlError("segments_to_batch needs at least one segment")
+    histories = []
+    for seg in segments:
+        h = seg.history
+        if history_length is not None and len(h) > history_length:
+            cut = len(h) - history_length
+            h = TokenHistory(h.observations[cut:], h.actions[cut:], h.returns_to_go[cut:], h.timesteps[cut:])
+        histories.append(h)
+    total = [len(h) + len(s) for h, s in zip(histories, segments)]
+    width = max(total)
+    batch = len(segments)
+    obs_dim = segments[0].observations.shape[1]
+    act_dim = segments[0].actions.shape[1]
+    obs = np.zeros((batch, width, obs_dim), np.float32)
+    actions = np.zeros((batch, width, act_dim), np.float32)
+    rtg = np.zeros((batch, width), np.float32)
+    timesteps = np.zeros((batch, width), np.int64)
+    mask = np.zeros((batch, width), bool)
+    train_mask = np.zeros((batch, width), bool)
+    logp_old = np.zeros((batch, width), np.float32)
+    for i, (h, seg) in enumerate(zip(histories, segments)):
+        start = width - total[i]
+        mid = start + len(h)
+        obs[i, start:mid], obs[i, mid:] = h.observations, seg.observations
+        actions[i, start:mid], actions[i, mid:] = h.actions, seg.actions
+        rtg[i, start:mid], rtg[i, mid:] = h.returns_to_go, seg.returns_to_go
+        timesteps[i, start:mid], timesteps[i, mid:] = h.timesteps, seg.timesteps
+        mask[i, start:] = True
+        train_mask[i, mid:] = True
+        logp_old[i, mid:] = seg.log_probs
+    # Padding rows keep zero observations; normalise only real tokens so padding stays exactly 0.
+    states = np.zeros_like(obs)
+    states[mask] = normalizer.normalize(obs[mask])
+    as_tensor = lambda x, dtype: torch.as_tensor(x, dtype=dtype, device=device)  # noqa: E731
+    return SegmentBatch(
+        states=as_tensor(states, torch.float32), actions=as_tensor(actions, torch.float32),
+        returns_to_go=as_tensor(rtg.astype(np.float64) / reward_scale, torch.float32),
+        timesteps=as_tensor(timesteps, torch.long), mask=as_tensor(mask, torch.bool),
+        train_mask=as_tensor(train_mask, torch.bool), log_probs_old=as_tensor(logp_old, torch.float32),
+    )
