@@ -6,6 +6,7 @@ critics), the run-directory glue (create or resume, checkpoint, evaluation sched
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
@@ -205,18 +206,28 @@ def grad_norm_clip(parameters: Iterable[torch.nn.Parameter], max_norm: float) ->
 
 
 @dataclass
-class Counters:
-    """Env steps and gradient updates so far (checkpointed, so they continue across a resume)."""
+class Clock:
+    """Wall time, env steps and gradient updates so far; checkpointed, so all three continue across
+    a resume (``wall_time_s`` counts only time spent running, not the gap before the resume)."""
 
+    wall_time_s: float = 0.0
     env_steps: int = 0
     grad_updates: int = 0
 
+    def __post_init__(self) -> None:
+        self._started = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return self.wall_time_s + time.perf_counter() - self._started
+
     def state_dict(self) -> dict:
-        return {"env_steps": self.env_steps, "grad_updates": self.grad_updates}
+        return {"wall_time_s": self.elapsed(), "env_steps": self.env_steps, "grad_updates": self.grad_updates}
 
     def load_state_dict(self, state: dict) -> None:
+        self.wall_time_s = float(state["wall_time_s"])
         self.env_steps = int(state["env_steps"])
         self.grad_updates = int(state["grad_updates"])
+        self._started = time.perf_counter()
 
 
 def open_run(config: Any, algo: str):
@@ -243,10 +254,10 @@ def checkpoint_due(iteration: int, total_iterations: int, checkpoint_every: int)
     return iteration == total_iterations or iteration % checkpoint_every == 0
 
 
-def iteration_metrics(iteration: int, run, counters: Counters, **metrics: Any) -> dict:
+def iteration_metrics(iteration: int, clock: Clock, **metrics: Any) -> dict:
     """One metrics.jsonl row: the contract keys first, then the algorithm's own."""
-    row: dict[str, Any] = {"iteration": iteration, "env_steps": counters.env_steps,
-                           "grad_updates": counters.grad_updates, "wall_time_s": round(run.wall_time_s(), 3)}
+    row: dict[str, Any] = {"iteration": iteration, "env_steps": clock.env_steps, "grad_updates": clock.grad_updates,
+                           "wall_time_s": round(clock.elapsed(), 3)}
     for key, value in metrics.items():
         row[key] = float(value.detach().cpu()) if isinstance(value, torch.Tensor) else value
     return row
