@@ -1,0 +1,435 @@
+"""``dtrl report RUN_DIR... [--out DIR] [--x iterations|env_steps|wall_time_s]``: the paper's Table 1
+and learning curves from run directories.
+
+Reads only ``config.json`` and ``metrics.jsonl`` of each run (a folder given that is not itself a
+run is searched for runs, so ``dtrl report runs/sweep`` works). Runs are grouped by (task,
+algorithm); runs in one group that differ in a hyperparameter (say ``clip_eps``) become separate
+columns labelled with it. A run's final score is its last ``eval_normalized_mean`` (the D4RL
+normalised return), or its last raw ``eval_return_mean`` for tasks without reference scores;
+cells are mean ± std over seeds (population std, ddof=0), with the paper's Table 1 beside them.
+
+Writes ``report.md`` (table + per-run list), ``report.csv`` (one row per group) and
+``curves_<task>.png`` (mean ± std band per algorithm over seeds).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import tyro
+
+from dtrl.errors import DtrlError
+from dtrl.runs import CONFIG_FILE, is_finished, iter_run_dirs, read_config, read_metrics
+
+# our algorithm names (config "algo") -> the paper's column names
+ALGO_NAMES = {"grpo": "GRPO-DT", "grpo-q": "GRPO-DT (Q)", "ppo": "PPO-DT", "odt": "ODT", "odt-td3": "ODT+TD3",
+              "iql": "IQL", "dt": "DT", "reinformer": "Reinformer"}
+# column order of the table: the paper's order, anything else after it
+ALGO_ORDER = ["DT", "Reinformer", "IQL", "ODT", "ODT+TD3", "PPO-DT", "GRPO-DT", "GRPO-DT (Q)"]
+X_KEYS = {"iterations": "iteration", "env_steps": "env_steps", "wall_time_s": "wall_time_s"}
+# config keys that say how or where a run was launched, never what it computes
+_NOT_HYPERPARAMETERS = {"seed", "out", "run_info", "resume", "force", "device", "init", "dataset", "task",
+                        "algo", "preset", "eval_every", "eval_episodes", "checkpoint_every", "command"}
+
+
+@dataclass
+class ReportConfig:
+    """Tables and learning curves from run directories."""
+
+    run_dirs: tyro.conf.Positional[tuple[str, ...]] = ()
+    """run directories, or folders to search for them (e.g. a sweep's out_root)"""
+    out: str = "report"
+    """folder for report.md, report.csv and the curve PNGs (created if missing)"""
+    x: Literal["iterations", "env_steps", "wall_time_s"] = "iterations"
+    """x axis of the learning curves"""
+
+
+@dataclass
+class RunResult:
+    path: Path
+    task: str
+    algo: str
+    """display name of the algorithm (GRPO-DT, ...)"""
+    seed: object
+    config: dict
+    metrics: list[dict]
+    metric: str
+    """'normalized' or 'raw' (task without reference scores)"""
+    final: float | None
+    """last evaluation score, None when never evaluated"""
+    finished: bool
+    label: str = ""
+    """column label: the algorithm plus hyperparameters that distinguish it within its task"""
+
+
+@dataclass
+class GroupResult:
+    task: str
+    label: str
+    algo: str
+    metric: str
+    runs: list[RunResult] = field(default_factory=list)
+
+    @property
+    def scores(self) -> list[float]:
+        return [r.final for r in self.runs if r.final is not None]
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.scores))
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.scores))
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+def _canonical_task(name: str) -> tuple[str, object | None]:
+    """Registry name (``hopper-random-v2`` -> ``hopper-random``) and the Task, when known."""
+    from dtrl.tasks import get_task
+
+    try:
+        task = get_task(name)
+    except DtrlError:
+        return name, None
+    return task.name, task
+
+
+def _command_of(config: dict) -> str:
+    """``pretrain``/``finetune``/... for a run without an ``algo`` key, from the recorded argv."""
+    if config.get("command"):
+        return str(config["command"])
+    argv = config.get("run_info", {}).get("command") or []
+    for index, arg in enumerate(argv):
+        if os.path.basename(str(arg)) in ("dtrl", "__main__.py", "cli.py") and index + 1 < len(argv):
+            return str(argv[index + 1])
+    return "unknown"
+
+
+def load_run(path: Path) -> RunResult:
+    config = read_config(path)
+    metrics = read_metrics(path)
+    task_name, task = _canonical_task(str(config.get("task", "unknown")))
+    algo_key = config.get("algo")
+    algo = ALGO_NAMES.get(str(algo_key), str(algo_key)) if algo_key else _command_of(config)
+    has_reference = task is not None and task.has_reference
+    key = "eval_normalized_mean" if has_reference else "eval_return_mean"
+    final = None
+    for row in metrics:
+        value = row.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            final = float(value)
+    return RunResult(path=path, task=task_name, algo=algo, seed=config.get("seed"), config=config,
+                     metrics=metrics, metric="normalized" if has_reference else "raw", final=final,
+                     finished=is_finished(path))
+
+
+def find_runs(paths: list[str]) -> list[Path]:
+    if not paths:
+        raise DtrlError("no run directories given (dtrl report RUN_DIR... ; a folder of runs works too)")
+    found: list[Path] = []
+    for given in paths:
+        path = Path(given)
+        if not path.is_dir():
+            raise DtrlError(f"{given}: no such directory")
+        runs = list(iter_run_dirs(path))
+        if not runs:
+            raise DtrlError(f"{given}: not a run directory and contains none ({CONFIG_FILE} not found)")
+        found.extend(r for r in runs if r not in found)
+    return found
+
+
+def _flatten(config: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _looks_like_path(value: object) -> bool:
+    return isinstance(value, str) and (os.sep in value or "/" in value)
+
+
+def label_variants(runs: list[RunResult]) -> None:
+    """Label each run by its algorithm plus the hyperparameters that vary within its (task, algo),
+    so a sweep over e.g. clip_eps gives one column per value instead of mixing them."""
+    by_group: dict[tuple[str, str], list[RunResult]] = defaultdict(list)
+    for run in runs:
+        by_group[(run.task, run.algo)].append(run)
+    for group in by_group.values():
+        flats = [_flatten({k: v for k, v in r.config.items() if k not in _NOT_HYPERPARAMETERS}) for r in group]
+        keys = sorted(set().union(*flats))
+        varying = [k for k in keys
+                   if len({repr(f.get(k)) for f in flats}) > 1 and not any(_looks_like_path(f.get(k)) for f in flats)]
+        for run, flat in zip(group, flats):
+            suffix = ", ".join(f"{k}={flat.get(k)}" for k in varying)
+            run.label = f"{run.algo} ({suffix})" if suffix else run.algo
+
+
+def group_runs(runs: list[RunResult]) -> dict[tuple[str, str], GroupResult]:
+    groups: dict[tuple[str, str], GroupResult] = {}
+    for run in runs:
+        key = (run.task, run.label)
+        if key not in groups:
+            groups[key] = GroupResult(task=run.task, label=run.label, algo=run.algo, metric=run.metric)
+        groups[key].runs.append(run)
+    return groups
+
+
+# ---------------------------------------------------------------------------------------------
+# the paper's Table 1
+
+
+def paper_table() -> dict[str, dict[str, tuple[float, float | None]]]:
+    """{dataset name (hopper-random-v2): {algo column: (mean, std or None)}} from package data."""
+    text = resources.files("dtrl.resources").joinpath("paper_table1.csv").read_text()
+    rows = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    table: dict[str, dict[str, tuple[float, float | None]]] = {}
+    for row in csv.DictReader(rows):
+        dataset = row.pop("dataset")
+        entry = {}
+        for column, value in row.items():
+            if column.endswith("_std") or value in (None, ""):
+                continue
+            std = row.get(f"{column}_std")
+            entry[column] = (float(value), float(std) if std not in (None, "") else None)
+        table[dataset] = entry
+    return table
+
+
+def paper_dataset_name(task: str) -> str:
+    """The D4RL dataset name the paper's table uses for one of our tasks (hopper-random -> -v2)."""
+    _, known = _canonical_task(task)
+    if known is not None and getattr(known, "d4rl_name", None):
+        return known.d4rl_name
+    return f"{task}-v2"
+
+
+# ---------------------------------------------------------------------------------------------
+# tables
+
+
+def _fmt(mean: float | None, std: float | None, bold: bool = False) -> str:
+    if mean is None:
+        return "–"
+    text = f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
+    return f"**{text}**" if bold else text
+
+
+def _column_order(labels: set[str]) -> list[str]:
+    def key(label: str):
+        base = label.split(" (", 1)[0] if label not in ALGO_ORDER else label
+        return (ALGO_ORDER.index(base) if base in ALGO_ORDER else len(ALGO_ORDER), label)
+
+    return sorted(labels, key=key)
+
+
+def markdown_table(groups: dict[tuple[str, str], GroupResult]) -> str:
+    paper = paper_table()
+    tasks = sorted({task for task, _ in groups})
+    labels = _column_order({label for _, label in groups})
+    # the paper's column for each of ours (only for plain algorithm names the paper has)
+    paper_columns = [label for label in labels if label in {"DT", "IQL", "ODT", "ODT+TD3", "PPO-DT", "GRPO-DT"}]
+    header = ["task"] + labels + [f"{label} (paper)" for label in paper_columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for task in tasks:
+        row_groups = {label: groups.get((task, label)) for label in labels}
+        scored = {label: g.mean for label, g in row_groups.items() if g is not None and g.scores}
+        best = max(scored.values()) if scored else None
+        metric = next((g.metric for g in row_groups.values() if g is not None), "normalized")
+        cells = [task if metric == "normalized" else f"{task} (raw return)"]
+        for label in labels:
+            group = row_groups[label]
+            if group is None or not group.scores:
+                cells.append("–")
+            else:
+                cells.append(_fmt(group.mean, group.std, bold=len(scored) > 1 and group.mean == best))
+        paper_row = paper.get(paper_dataset_name(task), {}) if metric == "normalized" else {}
+        paper_scores = {c: paper_row[c][0] for c in paper_columns if c in paper_row}
+        paper_best = max(paper_scores.values()) if paper_scores else None
+        for column in paper_columns:
+            if column in paper_row:
+                mean, std = paper_row[column]
+                cells.append(_fmt(mean, std, bold=len(paper_scores) > 1 and mean == paper_best))
+            else:
+                cells.append("–")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def runs_table(runs: list[RunResult]) -> str:
+    lines = ["| task | algorithm | seed | final score | evaluations | finished | run |",
+             "|---|---|---:|---:|---:|---|---|"]
+    for run in sorted(runs, key=lambda r: (r.task, r.label, str(r.seed), str(r.path))):
+        evaluations = sum(1 for row in run.metrics if row.get("eval_return_mean") is not None)
+        final = "–" if run.final is None else f"{run.final:.2f}" + (" (raw)" if run.metric == "raw" else "")
+        lines.append(f"| {run.task} | {run.label} | {run.seed} | {final} | {evaluations} | "
+                     f"{'yes' if run.finished else 'no'} | {run.path} |")
+    return "\n".join(lines)
+
+
+def csv_rows(groups: dict[tuple[str, str], GroupResult]) -> list[dict]:
+    paper = paper_table()
+    rows = []
+    for (task, label), group in sorted(groups.items()):
+        paper_entry = paper.get(paper_dataset_name(task), {}).get(label) if group.metric == "normalized" else None
+        rows.append({
+            "task": task, "algorithm": label, "metric": group.metric, "n_seeds": len(group.scores),
+            "mean": round(group.mean, 4) if group.scores else "", "std": round(group.std, 4) if group.scores else "",
+            "seeds": " ".join(str(r.seed) for r in group.runs if r.final is not None),
+            "scores": " ".join(f"{s:.4f}" for s in group.scores),
+            "paper_mean": paper_entry[0] if paper_entry else "",
+            "paper_std": paper_entry[1] if paper_entry and paper_entry[1] is not None else "",
+        })
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# learning curves
+
+
+def curve_points(run: RunResult, x_key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(x, score) of every evaluation in a run, sorted by x."""
+    y_key = "eval_normalized_mean" if run.metric == "normalized" else "eval_return_mean"
+    points = [(row.get(x_key), row.get(y_key)) for row in run.metrics]
+    points = [(float(x), float(y)) for x, y in points
+              if isinstance(x, (int, float)) and isinstance(y, (int, float)) and math.isfinite(y)]
+    points.sort()
+    return np.array([p[0] for p in points]), np.array([p[1] for p in points])
+
+
+def mean_std_curve(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean and std over seeds. Identical x grids are used as they are; otherwise every seed is
+    linearly interpolated onto 100 points of the x range all seeds cover (no extrapolation)."""
+    curves = [(x, y) for x, y in curves if len(x)]
+    if not curves:
+        return np.array([]), np.array([]), np.array([])
+    first_x = curves[0][0]
+    if all(len(x) == len(first_x) and np.array_equal(x, first_x) for x, _ in curves):
+        ys = np.stack([y for _, y in curves])
+        return first_x, ys.mean(0), ys.std(0)
+    lo = max(x[0] for x, _ in curves)
+    hi = min(x[-1] for x, _ in curves)
+    if hi <= lo:  # the seeds' ranges do not overlap: use the union, holding end values
+        lo, hi = min(x[0] for x, _ in curves), max(x[-1] for x, _ in curves)
+    grid = np.linspace(lo, hi, 100) if hi > lo else np.array([lo])
+    ys = np.stack([np.interp(grid, x, y) for x, y in curves])
+    return grid, ys.mean(0), ys.std(0)
+
+
+def plot_task(task: str, groups: list[GroupResult], x_name: str, out_file: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x_key = X_KEYS[x_name]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    order = _column_order({g.label for g in groups})
+    for group in sorted(groups, key=lambda g: order.index(g.label)):
+        x, mean, std = mean_std_curve([curve_points(r, x_key) for r in group.runs])
+        if not len(x):
+            continue
+        n = sum(1 for r in group.runs if len(curve_points(r, x_key)[0]))
+        line = ax.plot(x, mean, label=f"{group.label} (n={n})", marker="o" if len(x) < 15 else None)[0]
+        ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
+    metric = groups[0].metric
+    ax.set_xlabel({"iterations": "iteration", "env_steps": "environment steps", "wall_time_s": "wall time (s)"}[x_name])
+    ax.set_ylabel("D4RL normalised return" if metric == "normalized" else "return")
+    ax.set_title(task)
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = out_file.with_name(f".{out_file.name}.tmp")
+    fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    os.replace(tmp, out_file)
+
+
+# ---------------------------------------------------------------------------------------------
+# command
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def build_report(config: ReportConfig) -> dict:
+    """Load, group, write the files; returns {"markdown", "files", "groups", "runs"}."""
+    if config.x not in X_KEYS:
+        raise DtrlError(f"--x must be one of {', '.join(X_KEYS)}, got {config.x!r}")
+    runs = [load_run(path) for path in find_runs(list(config.run_dirs))]
+    evaluated = [r for r in runs if r.final is not None]
+    if not evaluated:
+        raise DtrlError(f"none of the {len(runs)} run(s) has an evaluation yet (no eval_return_mean in metrics.jsonl)")
+    label_variants(runs)
+    groups = group_runs(runs)
+    out = Path(config.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DtrlError(f"cannot create report folder {out}: {exc.strerror}") from None
+
+    table = markdown_table(groups)
+    seeds = sorted({len(g.scores) for g in groups.values() if g.scores})
+    seed_note = f"{seeds[0]} seed(s) per cell" if len(seeds) == 1 else "seeds per cell vary (see report.csv)"
+    not_evaluated = [r for r in runs if r.final is None]
+    markdown = "\n\n".join([
+        "# dtrl report",
+        "Final D4RL-normalised return (last evaluation of each run; tasks marked *raw return* have no "
+        f"reference scores), mean ± std over seeds ({seed_note}); best of ours and best of the paper's "
+        "Table 1 per task in bold.",
+        table,
+        "## Runs",
+        runs_table(runs),
+    ] + ([f"{len(not_evaluated)} run(s) without an evaluation yet are listed with –."] if not_evaluated else [])) + "\n"
+
+    files = [out / "report.md", out / "report.csv"]
+    _write_text(out / "report.md", markdown)
+    rows = csv_rows(groups)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_text(out / "report.csv", buffer.getvalue())
+
+    by_task: dict[str, list[GroupResult]] = defaultdict(list)
+    for group in groups.values():
+        by_task[group.task].append(group)
+    for task, task_groups in sorted(by_task.items()):
+        png = out / f"curves_{task.replace('/', '_')}.png"
+        plot_task(task, task_groups, config.x, png)
+        files.append(png)
+    return {"markdown": table, "files": files, "groups": groups, "runs": runs}
+
+
+def main(argv: list[str]) -> int:
+    import tyro
+
+    config = tyro.cli(ReportConfig, args=list(argv), prog="dtrl report",
+                      description="Table-1-style results (markdown, CSV) and learning curves from run directories "
+                                  "(give the run directories first, then the options).")
+    result = build_report(config)
+    print(result["markdown"])
+    print()
+    for file in result["files"]:
+        print(f"wrote {file}")
+    return 0

@@ -1,0 +1,149 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from dtrl.cli import main as cli_main
+from dtrl.errors import DtrlError
+from dtrl.report import ReportConfig, build_report, mean_std_curve, paper_dataset_name
+
+# final normalised scores we plant: (task, algo) -> one per seed
+FINALS = {
+    ("hopper-random", "grpo"): [90.0, 100.0, 110.0],
+    ("hopper-random", "odt"): [30.0, 31.0, 32.0],
+    ("walker2d-medium", "grpo"): [50.0, 60.0, 70.0],
+    ("walker2d-medium", "odt"): [80.0, 80.0, 83.0],
+}
+
+
+def make_run(path, config: dict, rows: list[dict]) -> None:
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"run_info": {"seed": config.get("seed")}, **config}))
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def eval_rows(final: float, iterations: int = 4, env_steps_per_iteration: int = 1000, every: int = 1) -> list[dict]:
+    """A learning curve rising linearly to ``final``, evaluated every ``every`` iterations."""
+    rows = []
+    for it in range(1, iterations + 1):
+        row = {"iteration": it, "env_steps": it * env_steps_per_iteration, "grad_updates": it * 10,
+               "wall_time_s": 2.0 * it, "losses/policy": 0.1}
+        if it % every == 0 or it == iterations:
+            score = final * it / iterations
+            row.update(eval_return_mean=score * 30.0, eval_normalized_mean=score, eval_normalized_std=1.0)
+        rows.append(row)
+    return rows
+
+
+@pytest.fixture
+def runs_root(tmp_path):
+    root = tmp_path / "runs"
+    for (task, algo), finals in FINALS.items():
+        for seed, final in enumerate(finals):
+            make_run(root / task / algo / f"seed{seed}", {"task": task, "algo": algo, "seed": seed, "lr": 1e-4},
+                     eval_rows(final))
+    return root
+
+
+def test_table_means_stds_bold_and_paper_column(runs_root, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert cli_main(["report", str(runs_root), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+
+    md = (out / "report.md").read_text()
+    table = [line for line in md.splitlines() if line.startswith("| ")]
+    header = [c.strip() for c in table[0].strip("|").split("|")]
+    assert header == ["task", "ODT", "GRPO-DT", "ODT (paper)", "GRPO-DT (paper)"]
+    rows = {cells[0]: cells for cells in ([c.strip() for c in line.strip("|").split("|")] for line in table[1:3])}
+    # hopper-random: GRPO 100 ± std([90,100,110]) = 8.16 is best; paper GRPO-DT 99.20 ± 3.80, ODT 30.43 ± 0.01
+    assert rows["hopper-random"][1:] == ["31.00 ± 0.82", "**100.00 ± 8.16**", "30.43 ± 0.01", "**99.20 ± 3.80**"]
+    # walker2d-medium: ODT mean 81 beats GRPO 60; paper: ODT 76.49, GRPO-DT 158.34 (bold)
+    assert rows["walker2d-medium"][1:] == ["**81.00 ± 1.41**", "60.00 ± 8.16", "76.49 ± 0.78", "**158.34 ± 3.75**"]
+    assert "3 seed(s) per cell" in md
+    assert "| hopper-random | GRPO-DT | 2 | 110.00 | 4 | no |" in md  # per-run list
+    assert "100.00 ± 8.16" in printed and str(out / "report.csv") in printed
+
+    with open(out / "report.csv") as handle:
+        csv_rows = {(r["task"], r["algorithm"]): r for r in csv.DictReader(handle)}
+    assert len(csv_rows) == 4
+    grpo = csv_rows[("hopper-random", "GRPO-DT")]
+    assert float(grpo["mean"]) == 100.0 and float(grpo["std"]) == pytest.approx(np.std([90, 100, 110]), abs=1e-4)
+    assert grpo["n_seeds"] == "3" and float(grpo["paper_mean"]) == 99.20 and float(grpo["paper_std"]) == 3.80
+
+    for task in ("hopper-random", "walker2d-medium"):
+        png = out / f"curves_{task}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_last_evaluation_counts_and_x_axes(tmp_path):
+    root = tmp_path / "runs"
+    rows = eval_rows(50.0, iterations=5, every=2)  # evaluations at 2, 4, 5
+    rows.append({"iteration": 6, "env_steps": 6000, "eval_normalized_mean": None})  # a NaN evaluation
+    make_run(root / "a", {"task": "hopper-medium-v2", "algo": "ppo", "seed": 0}, rows)
+    for x in ("env_steps", "wall_time_s"):
+        result = build_report(ReportConfig(run_dirs=(str(root),), out=str(tmp_path / x), x=x))
+        (group,) = result["groups"].values()
+        assert group.task == "hopper-medium" and group.label == "PPO-DT"  # -v2 suffix folded in
+        assert group.scores == [50.0]
+        assert (tmp_path / x / "curves_hopper-medium.png").is_file()
+
+
+def test_hyperparameter_variants_become_separate_columns(tmp_path):
+    root = tmp_path / "runs"
+    for clip, finals in ((0.1, [10.0, 20.0]), (0.2, [40.0, 60.0])):
+        for seed, final in enumerate(finals):
+            make_run(root / f"clip{clip}-seed{seed}",
+                     {"task": "hopper-random", "algo": "grpo", "seed": seed, "clip_eps": clip,
+                      "init": f"runs/pretrain/seed{seed}", "out": f"runs/clip{clip}-seed{seed}"},
+                     eval_rows(final))
+    result = build_report(ReportConfig(run_dirs=(str(root),), out=str(tmp_path / "out")))
+    means = {label: g.mean for (_, label), g in result["groups"].items()}
+    assert means == {"GRPO-DT (clip_eps=0.1)": 15.0, "GRPO-DT (clip_eps=0.2)": 50.0}
+    assert "**50.00 ± 10.00**" in result["markdown"]
+
+
+def test_raw_returns_for_tasks_without_reference_and_pretrain_runs(tmp_path):
+    root = tmp_path / "runs"
+    make_run(root / "cheetah", {"task": "HalfCheetah-v5", "algo": "grpo", "seed": 0},
+             [{"iteration": 1, "env_steps": 10, "eval_return_mean": 1234.5, "eval_normalized_mean": None}])
+    make_run(root / "pre", {"task": "hopper-random", "seed": 0, "run_info": {"command": ["/venv/bin/dtrl", "pretrain"]}},
+             [{"iteration": 1, "eval_return_mean": 300.0, "eval_normalized_mean": 9.8}])
+    result = build_report(ReportConfig(run_dirs=(str(root / "cheetah"), str(root / "pre")), out=str(tmp_path / "o")))
+    groups = result["groups"]
+    assert groups[("HalfCheetah-v5", "GRPO-DT")].metric == "raw"
+    assert groups[("HalfCheetah-v5", "GRPO-DT")].scores == [1234.5]
+    assert groups[("hopper-random", "pretrain")].scores == [9.8]
+    assert "HalfCheetah-v5 (raw return)" in result["markdown"]
+
+
+def test_curves_interpolated_when_seeds_evaluate_at_different_points():
+    a = (np.array([0.0, 10.0]), np.array([0.0, 10.0]))
+    b = (np.array([0.0, 5.0, 10.0]), np.array([0.0, 10.0, 10.0]))
+    x, mean, std = mean_std_curve([a, b])
+    assert x[0] == 0.0 and x[-1] == 10.0 and len(x) == 100
+    mid = np.argmin(abs(x - 5.0))
+    assert mean[mid] == pytest.approx((x[mid] + min(2 * x[mid], 10)) / 2)
+    same_x, same_mean, same_std = mean_std_curve([a, (a[0], np.array([2.0, 4.0]))])
+    assert same_x.tolist() == [0.0, 10.0] and same_mean.tolist() == [1.0, 7.0] and same_std.tolist() == [1.0, 3.0]
+
+
+def test_paper_names():
+    assert paper_dataset_name("hopper-random") == "hopper-random-v2"
+    assert paper_dataset_name("door-human") == "door-human-v1"
+    assert paper_dataset_name("antmaze-umaze") == "antmaze-umaze-v2"
+
+
+def test_errors_are_one_line(tmp_path, capsys):
+    with pytest.raises(DtrlError, match="no run directories"):
+        build_report(ReportConfig(run_dirs=()))
+    with pytest.raises(DtrlError, match="contains none"):
+        build_report(ReportConfig(run_dirs=(str(tmp_path),)))
+    make_run(tmp_path / "bad", {"task": "hopper-random", "algo": "grpo", "seed": 0}, [])
+    (tmp_path / "bad" / "metrics.jsonl").write_text('{"iteration": 1}\n{oops\n{"iteration": 3}\n')
+    assert cli_main(["report", str(tmp_path / "bad"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dtrl: error:") and "metrics.jsonl:2" in err and "\n" not in err
+    make_run(tmp_path / "noeval", {"task": "hopper-random", "algo": "grpo", "seed": 0}, [{"iteration": 1}])
+    with pytest.raises(DtrlError, match="has an evaluation"):
+        build_report(ReportConfig(run_dirs=(str(tmp_path / "noeval"),), out=str(tmp_path / "o")))
