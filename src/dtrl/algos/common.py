@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Literal, Sequence
 
 import numpy as np
 import torch
 
-from dtrl.config import to_dict
+from dtrl.config import CommonConfig, to_dict
 from dtrl.data.trajectory import Trajectory
 from dtrl.errors import DtrlError
 
@@ -281,3 +281,104 @@ def load_offline_dataset(source: str | None, task, required: bool):
     from dtrl.data import load_dataset
 
     return load_dataset(source, task)
+
+
+# ----------------------------------------------------------------------------------------------
+# What every Decision-Transformer finetuning loop (PPO-DT, GRPO-Q, ODT, ODT+TD3) shares
+
+
+@dataclass
+class DTFinetuneConfig(CommonConfig):
+    """Options shared by the algorithms that finetune a pretrained DT (``--init``)."""
+
+    init: str | None = None
+    """pretrained DT: a `dtrl pretrain` run directory or a policy directory (required)"""
+    dataset: str | None = None
+    """offline data (.hdf5 or Minari id): seeds ODT/ODT+TD3's buffers; accepted and ignored by PPO/GRPO-Q"""
+    iterations: int = 10
+    """online iterations (paper: 'iteration' of Algorithm 1/2 line 1)"""
+    learning_rate: float = 5e-5
+    """actor learning rate (paper Table 6 lr_a)"""
+    weight_decay: float = 1e-4
+    """actor decoupled weight decay (Table 5)"""
+    grad_clip: float = 0.5
+    """actor gradient-norm clip (Table 5; 0 disables)"""
+    optimizer: Literal["lamb", "adamw"] = "lamb"
+    """actor optimiser: LAMB (Table 5) or AdamW"""
+    init_temperature: float | None = None
+    """entropy temperature at the start of finetuning (Table 6 ETPR); None keeps the pretrained one"""
+    temperature_learning_rate: float = 1e-4
+    """Adam learning rate of the log-temperature (target entropy -dim(A)); 0 freezes the temperature"""
+    online_rtg: float | None = None
+    """target RTG of online rollouts (default: the task's, Table 6 'RTG')"""
+    eval_rtg: float | None = None
+    """target RTG of evaluation rollouts (default: the task's eval target)"""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.iterations < 1:
+            raise DtrlError(f"iterations must be >= 1, got {self.iterations}")
+        if not self.learning_rate > 0:
+            raise DtrlError(f"learning-rate must be > 0, got {self.learning_rate}")
+        if self.weight_decay < 0 or self.grad_clip < 0 or self.temperature_learning_rate < 0:
+            raise DtrlError("weight-decay, grad-clip and temperature-learning-rate must be >= 0")
+        if self.init_temperature is not None and not self.init_temperature > 0:
+            raise DtrlError(f"init-temperature must be > 0, got {self.init_temperature}")
+
+
+def prepare_policy(config: DTFinetuneConfig, task, device: str):
+    """Load ``--init``, check it is a stochastic DT (RL finetuning needs likelihoods), set the initial
+    temperature, and put the model in eval mode: finetuning disables dropout (Table 5), and eval
+    mode only affects dropout here, gradients still flow."""
+    policy = load_init_policy(config.init, task, device)
+    model = policy.model.to(device)
+    if not getattr(model, "stochastic", True):
+        raise DtrlError(f"{config.init} holds a deterministic DT (--model.policy deterministic); online finetuning "
+                        "needs a Gaussian policy head (pretrain with --loss odt)")
+    if config.init_temperature is not None:
+        with torch.no_grad():
+            model.log_temperature.fill_(float(np.log(config.init_temperature)))
+    model.eval()
+    return policy
+
+
+def build_dt_optimizers(config: DTFinetuneConfig, model):
+    """(actor optimiser over everything but the log-temperature, the log-temperature's Adam or None)."""
+    params = [p for p in model.policy_parameters() if p.requires_grad]
+    if config.optimizer == "lamb":
+        from dtrl.optim import Lamb
+
+        actor = Lamb(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    else:
+        actor = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    temperature = (torch.optim.Adam([model.log_temperature], lr=config.temperature_learning_rate)
+                   if config.temperature_learning_rate > 0 else None)
+    return actor, temperature
+
+
+def online_targets(config: DTFinetuneConfig, task) -> tuple[float, float]:
+    """(online RTG, evaluation RTG): the config's overrides or the task's Table 6 values."""
+    online = task.online_rtg if config.online_rtg is None else config.online_rtg
+    evaluation = task.eval_rtg if config.eval_rtg is None else config.eval_rtg
+    return float(online), float(evaluation)
+
+
+def evaluate_policy(policy, task, config: DTFinetuneConfig, eval_rtg: float, device: str) -> dict:
+    """Mean-action evaluation on fixed seeds disjoint from the training seeds."""
+    from dtrl.evaluation import evaluate
+
+    return evaluate(policy, task, episodes=config.eval_episodes, target_rtg=eval_rtg, seed=10_000 + config.seed,
+                    device=device)
+
+
+def episode_seeds(config: CommonConfig, iteration: int, count: int) -> list[int]:
+    """Distinct env reset seeds for the ``count`` rollouts of ``iteration`` (reproducible per run seed)."""
+    base = 1_000_000 * (config.seed + 1) + count * iteration
+    return [base + i for i in range(count)]
+
+
+def mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Average per-update metric dicts into one row (keys of the first row)."""
+    if not rows:
+        return {}
+    return {key: float(np.mean([row[key] for row in rows if key in row])) for key in rows[0]}
