@@ -25,6 +25,8 @@ def register_all() -> None:
     _registered = True
 
 
+from .batched import BatchedEnv, default_num_workers  # noqa: E402
 from .env import BranchableEnv, EnvSnapshot, flatten_observation, make  # noqa: E402
 
-__all__ = ["register_all", "make", "BranchableEnv", "EnvSnapshot", "flatten_observation"]
+__all__ = ["register_all", "make", "BranchableEnv", "EnvSnapshot", "flatten_observation", "BatchedEnv",
+           "default_num_workers"]
