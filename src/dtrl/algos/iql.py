@@ -1,0 +1,440 @@
+"""IQL: Implicit Q-Learning (Kostrikov et al., 2021) — offline pretraining then online finetuning with
+MLP actor and critics. The non-Decision-Transformer baseline of Table 1.
+
+    dtrl finetune --algo iql --task hopper-random --dataset data/hopper-random.hdf5 --out runs/iql
+
+Per gradient step, on a batch of transitions (s, a, r, s', done):
+
+    V:   L_V = E[ L2^τ( min(Q1_targ, Q2_targ)(s, a) - V(s) ) ]          expectile τ (upper expectile of Q)
+    Q:   L_Q = E[ (r + γ (1 - done) V(s') - Q_i(s, a))² ]  for i = 1, 2    no max over actions: in-sample
+    π:   L_π = -E[ exp(β (Q_targ(s, a) - V(s))) ∧ 100 · log π(a | s) ]      advantage-weighted regression
+    Q_targ <- polyak(Q, 0.005)
+
+Offline phase (``--offline-steps``) samples the dataset; the online phase (``--iterations``) then
+steps one environment with actions sampled from π, adds each transition to the same replay buffer
+(offline + online data, as IQL's finetuning does) and takes ``updates_per_env_step`` gradient steps
+per environment step. Rewards are transformed as in the IQL code: locomotion rewards are scaled by
+1000 / (max - min dataset episode return), AntMaze rewards are shifted by -1, Adroit rewards are
+used as they are.
+
+Metrics: iteration 0 is the end of the offline phase; iteration i >= 1 is after i·env_steps_per_iteration
+online steps. The actor is saved to RUN/policy (``model.safetensors`` + ``model.json`` with
+``"architecture": "iql-mlp"`` + ``normalizer.json``); it is an MLP, not a Decision Transformer, so
+``dtrl eval`` does not load it — ``dtrl.algos.iql.load_actor(RUN)`` does, and the run's own
+``eval_*`` metrics are its evaluation.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dtrl.algos.common import (
+    Clock, ReplayBuffer, checkpoint_due, evaluation_due, iteration_metrics, load_offline_dataset, open_run,
+    seed_everything, soft_update,
+)
+from dtrl.config import CommonConfig, parse_config, resolve_device
+from dtrl.errors import DtrlError
+from dtrl.objectives import expectile_loss
+from dtrl.tasks import Task, get_task
+
+ALGO = "iql"
+
+
+@dataclass
+class IQLConfig(CommonConfig):
+    """IQL offline pretraining + online finetuning (MLP actor/critics; takes no DT checkpoint)."""
+
+    dataset: str | None = None
+    """offline data: a D4RL-layout .hdf5 file or a Minari dataset id (required)"""
+    init: str | None = None
+    """not used by IQL (it trains its own MLP actor from the dataset); giving it is an error"""
+    offline_steps: int = 5_000
+    """gradient steps of offline pretraining before any environment interaction"""
+    iterations: int = 10
+    """online iterations, each env_steps_per_iteration environment steps"""
+    env_steps_per_iteration: int = 1_000
+    """environment steps per online iteration (one metrics row each)"""
+    updates_per_env_step: int = 1
+    """gradient steps per online environment step (IQL finetuning: 1)"""
+    batch_size: int = 256
+    """transitions per gradient step"""
+    hidden_dim: int = 256
+    """width of the actor, Q and V MLPs"""
+    n_layers: int = 2
+    """hidden layers of each MLP"""
+    actor_lr: float = 3e-4
+    """Adam learning rate of the actor"""
+    critic_lr: float = 3e-4
+    """Adam learning rate of the twin Q and of V"""
+    actor_cosine_schedule: bool = True
+    """cosine-decay the actor learning rate over the offline phase (IQL code)"""
+    gamma: float = 0.99
+    """discount factor"""
+    tau: float = 0.005
+    """Polyak rate of the target Q networks"""
+    expectile: float = 0.7
+    """τ of the expectile value loss (0.7 MuJoCo and Adroit, 0.9 AntMaze)"""
+    temperature: float = 3.0
+    """β, inverse temperature of the advantage weights (3.0 MuJoCo, 10 AntMaze, 0.5 Adroit)"""
+    max_weight: float = 100.0
+    """clip of the advantage weight exp(β·A)"""
+    actor_dropout: float = 0.0
+    """dropout in the actor MLP (IQL used 0.1 on Adroit)"""
+    reward_transform: Literal["auto", "locomotion", "antmaze", "none"] = "auto"
+    """'auto' picks by domain: locomotion (×1000/return range), antmaze (r - 1), none (Adroit)"""
+    replay_capacity: int = 2_000_000
+    """transitions kept in the replay buffer (offline data first, then online, FIFO)"""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.init:
+            raise DtrlError("IQL takes no --init: it pretrains its own MLP actor from --dataset (--offline-steps)")
+        if not self.dataset:
+            raise DtrlError("IQL needs --dataset (a D4RL-layout .hdf5 file or a Minari id) for its offline phase")
+        for name in ("iterations", "env_steps_per_iteration", "updates_per_env_step", "batch_size", "hidden_dim",
+                     "n_layers", "replay_capacity"):
+            if getattr(self, name) < 1:
+                raise DtrlError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.offline_steps < 0:
+            raise DtrlError(f"offline-steps must be >= 0, got {self.offline_steps}")
+        if not 0.0 < self.expectile < 1.0:
+            raise DtrlError(f"expectile must be in (0, 1), got {self.expectile}")
+        if self.temperature <= 0 or self.max_weight <= 0:
+            raise DtrlError("temperature and max-weight must be > 0")
+        if not 0.0 < self.tau <= 1.0 or not 0.0 < self.gamma <= 1.0:
+            raise DtrlError("tau and gamma must be in (0, 1]")
+
+
+def _domain_settings(task: Task) -> dict:
+    """IQL paper hyperparameters per domain (expectile, temperature, actor dropout)."""
+    if task.domain == "antmaze":
+        return dict(expectile=0.9, temperature=10.0)
+    if task.domain == "adroit":
+        return dict(expectile=0.7, temperature=0.5, actor_dropout=0.1)
+    return dict(expectile=0.7, temperature=3.0)
+
+
+def cpu_preset(task_name: str) -> IQLConfig:
+    task = get_task(task_name)
+    return IQLConfig(task=task_name, preset="cpu", offline_steps=5_000, iterations=10, env_steps_per_iteration=1_000,
+                     eval_every=5, eval_episodes=5, **_domain_settings(task))
+
+
+def paper_preset(task_name: str) -> IQLConfig:
+    # IQL finetuning: 1M offline steps then 1M online steps with one update per step.
+    task = get_task(task_name)
+    return IQLConfig(task=task_name, preset="paper", offline_steps=1_000_000, iterations=1_000,
+                     env_steps_per_iteration=1_000, eval_every=10, eval_episodes=10, **_domain_settings(task))
+
+
+PRESETS = {"cpu": cpu_preset, "paper": paper_preset}
+
+
+# ----------------------------------------------------------------------------------------------
+# The IQL losses (pure functions of network outputs: what the tests check by hand)
+
+
+def value_loss(target_q: torch.Tensor, value: torch.Tensor, expectile: float) -> torch.Tensor:
+    """L_V = E[L2^τ(Q_targ(s,a) - V(s))]: V regresses to the τ-expectile of Q over dataset actions."""
+    return expectile_loss(target_q - value, expectile)
+
+
+def q_target(rewards: torch.Tensor, dones: torch.Tensor, next_value: torch.Tensor, gamma: float) -> torch.Tensor:
+    """r + γ(1 - done)V(s'): the in-sample Bellman target (V replaces max_a Q)."""
+    return (rewards + gamma * (1.0 - dones) * next_value).detach()
+
+
+def advantage_weights(target_q: torch.Tensor, value: torch.Tensor, temperature: float, max_weight: float) -> torch.Tensor:
+    """exp(β(Q - V)) clipped at ``max_weight`` (AWR weights; no gradient)."""
+    return torch.exp(temperature * (target_q - value)).clamp(max=max_weight).detach()
+
+
+def reward_transform_for(kind: str, task: Task, trajectories) -> tuple[str, float, float]:
+    """(kind, scale, shift) with r' = r * scale + shift, resolved from ``kind`` and the dataset."""
+    if kind == "auto":
+        kind = {"antmaze": "antmaze", "adroit": "none"}.get(task.domain, "locomotion")
+    if kind == "antmaze":
+        return kind, 1.0, -1.0
+    if kind == "none":
+        return kind, 1.0, 0.0
+    returns = np.array([t.episode_return for t in trajectories], dtype=np.float64)
+    spread = float(returns.max() - returns.min())
+    return kind, (1000.0 / spread if spread > 1e-6 else 1.0), 0.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Networks
+
+
+class IQLAgent(torch.nn.Module):
+    """Actor π(a|s) (tanh-Gaussian), twin Q(s,a) with a target copy, and V(s); all MLPs."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, n_layers: int, actor_dropout: float):
+        super().__init__()
+        from dtrl.models.critics import TanhGaussianActor, TwinQ, ValueNet
+
+        # ReLU MLPs as in the IQL paper.
+        self.actor = TanhGaussianActor(obs_dim, act_dim, hidden_dim=hidden_dim, n_layers=n_layers,
+                                       activation="relu", dropout=actor_dropout)
+        self.q = TwinQ(obs_dim, act_dim, hidden_dim=hidden_dim, n_layers=n_layers, activation="relu")
+        self.q_target = copy.deepcopy(self.q).requires_grad_(False)
+        self.v = ValueNet(obs_dim, hidden_dim=hidden_dim, n_layers=n_layers, activation="relu")
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation of the MLP actor (mean action), batched over episodes
+
+
+@torch.no_grad()
+def evaluate_actor(actor, normalizer, task: Task, episodes: int, seed: int, device: str = "cpu") -> dict:
+    """Mean-action episodes in a BatchedEnv; the contract's eval_* keys."""
+    from dtrl.envs import BatchedEnv
+
+    envs = BatchedEnv(task, num_envs=episodes, seed=seed)
+    was_training = actor.training
+    actor.eval()
+    try:
+        obs = np.asarray(envs.reset([seed + i for i in range(episodes)]), dtype=np.float32)
+        returns = np.zeros(episodes, np.float64)
+        lengths = np.zeros(episodes, np.int64)
+        active = np.ones(episodes, bool)
+        for _ in range(task.max_episode_steps):
+            states = torch.as_tensor(normalizer.normalize(obs), device=device)
+            action = actor(states).mean.float().cpu().numpy()
+            obs, reward, term, trunc = envs.step(action, active)
+            obs = np.asarray(obs, dtype=np.float32)
+            returns[active] += np.asarray(reward, np.float64)[active]
+            lengths[active] += 1
+            active &= ~(np.asarray(term, bool) | np.asarray(trunc, bool))
+            if not active.any():
+                break
+    finally:
+        actor.train(was_training)
+        envs.close()
+    normalized = [task.normalize(r) for r in returns]
+    has_ref = normalized[0] is not None
+    return {
+        "eval_return_mean": float(returns.mean()), "eval_return_std": float(returns.std()),
+        "eval_normalized_mean": float(np.mean(normalized)) if has_ref else None,
+        "eval_normalized_std": float(np.std(normalized)) if has_ref else None,
+        "eval_length_mean": float(lengths.mean()),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Saving / loading the actor (safetensors, like every dtrl policy)
+
+
+def save_actor(directory: Path, actor, normalizer, task_name: str, config: IQLConfig, obs_dim: int, act_dim: int) -> None:
+    """RUN/policy: model.safetensors, model.json, normalizer.json; each file replaced atomically."""
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    meta = {"architecture": "iql-mlp", "task": task_name, "obs_dim": obs_dim, "act_dim": act_dim,
+            "hidden_dim": config.hidden_dim, "n_layers": config.n_layers, "actor_dropout": config.actor_dropout}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in actor.state_dict().items()}
+    for name, write in (
+        ("model.safetensors", lambda tmp: save_file(tensors, tmp)),
+        ("model.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2))),
+        ("normalizer.json", lambda tmp: Path(tmp).write_text(json.dumps(normalizer.to_dict()))),
+    ):
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=directory)
+        os.close(fd)
+        try:
+            write(tmp)
+            os.replace(tmp, directory / name)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def load_actor(path: str | os.PathLike, device: str = "cpu"):
+    """(actor, normalizer, meta) from an IQL run directory or its policy directory."""
+    from safetensors.torch import load_file
+
+    from dtrl.data.normalizer import StateNormalizer
+    from dtrl.models.critics import TanhGaussianActor
+
+    path = Path(path)
+    directory = path / "policy" if (path / "policy" / "model.json").is_file() else path
+    try:
+        meta = json.loads((directory / "model.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DtrlError(f"{path} holds no IQL policy (model.json: {exc})") from None
+    if meta.get("architecture") != "iql-mlp":
+        raise DtrlError(f"{path} is not an IQL policy (architecture {meta.get('architecture')!r})")
+    actor = TanhGaussianActor(meta["obs_dim"], meta["act_dim"], hidden_dim=meta["hidden_dim"],
+                              n_layers=meta["n_layers"], activation="relu", dropout=meta["actor_dropout"])
+    actor.load_state_dict(load_file(str(directory / "model.safetensors"), device=device))
+    normalizer = StateNormalizer.from_dict(json.loads((directory / "normalizer.json").read_text()))
+    return actor.to(device).eval(), normalizer, meta
+
+
+# ----------------------------------------------------------------------------------------------
+# The training loop
+
+
+def main(argv: list[str]) -> int:
+    config = parse_config(IQLConfig, argv, PRESETS, description=__doc__, prog="dtrl finetune --algo iql")
+    train(config)
+    return 0
+
+
+def train(config: IQLConfig) -> dict:
+    from dtrl.data.normalizer import StateNormalizer
+    from dtrl.envs import make
+
+    device = resolve_device(config.device)
+    task = get_task(config.task)
+    rng = seed_everything(config.seed)
+    dataset = load_offline_dataset(config.dataset, task, required=True)
+    normalizer = StateNormalizer.from_trajectories(dataset.trajectories)
+    kind, reward_scale, reward_shift = reward_transform_for(config.reward_transform, task, dataset.trajectories)
+    transform = lambda r: np.asarray(r, np.float32) * reward_scale + reward_shift  # noqa: E731
+
+    agent = IQLAgent(dataset.obs_dim, dataset.act_dim, config.hidden_dim, config.n_layers, config.actor_dropout).to(device)
+    actor_opt = torch.optim.Adam(agent.actor.parameters(), lr=config.actor_lr)
+    q_opt = torch.optim.Adam(agent.q.parameters(), lr=config.critic_lr)
+    v_opt = torch.optim.Adam(agent.v.parameters(), lr=config.critic_lr)
+    # IQL decays the actor's learning rate over the offline steps; online it stays at the final value.
+    actor_sched = torch.optim.lr_scheduler.CosineAnnealingLR(actor_opt, T_max=max(config.offline_steps, 1)) \
+        if config.actor_cosine_schedule and config.offline_steps > 0 else None
+
+    replay = ReplayBuffer(dataset.obs_dim, dataset.act_dim, config.replay_capacity)
+    for trajectory in dataset.trajectories:
+        replay.add_trajectory(trajectory, reward_transform=transform)
+    clock = Clock()
+    env = make(task.name, seed=config.seed)
+    episode = {"obs": None, "return": 0.0, "length": 0, "count": 0}
+
+    run, state = open_run(config, ALGO)
+    start_iteration = 0
+    offline_done = 0
+    if state is not None:
+        agent.load_state_dict(state["agent"])
+        actor_opt.load_state_dict(state["actor_opt"])
+        q_opt.load_state_dict(state["q_opt"])
+        v_opt.load_state_dict(state["v_opt"])
+        if actor_sched is not None and state.get("actor_sched") is not None:
+            actor_sched.load_state_dict(state["actor_sched"])
+        replay.load_state_dict(state["replay"])
+        clock.load_state_dict(state["clock"])
+        rng.bit_generator.state = state["rng"]
+        offline_done = config.offline_steps
+        start_iteration = state["iteration"] + 1
+        if state.get("env_snapshot") is not None:
+            env.reset(seed=config.seed)
+            env.restore(state["env_snapshot"])
+            episode = dict(state["episode"])
+            episode["obs"] = np.asarray(state["episode"]["obs"], np.float32)
+
+    def update(batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        obs = normalizer.normalize(batch["observations"])
+        next_obs = normalizer.normalize(batch["next_observations"])
+        actions = batch["actions"]
+        with torch.no_grad():
+            q1_t, q2_t = agent.q_target(obs, actions)
+            target_q = torch.minimum(q1_t, q2_t)
+            next_v = agent.v(next_obs)
+        # V step: expectile regression towards the target Q of dataset actions.
+        value = agent.v(obs)
+        loss_v = value_loss(target_q, value, config.expectile)
+        v_opt.zero_grad(set_to_none=True)
+        loss_v.backward()
+        v_opt.step()
+        # Actor step: advantage-weighted log-likelihood of dataset actions.
+        weights = advantage_weights(target_q, value.detach(), config.temperature, config.max_weight)
+        log_prob = agent.actor(obs).log_prob(actions)
+        loss_pi = -(weights * log_prob).mean()
+        actor_opt.zero_grad(set_to_none=True)
+        loss_pi.backward()
+        actor_opt.step()
+        if actor_sched is not None and clock.grad_updates < config.offline_steps:
+            actor_sched.step()
+        # Q step: in-sample Bellman backup through V(s').
+        target = q_target(batch["rewards"], batch["dones"], next_v, config.gamma)
+        q1, q2 = agent.q(obs, actions)
+        loss_q = F.mse_loss(q1, target) + F.mse_loss(q2, target)
+        q_opt.zero_grad(set_to_none=True)
+        loss_q.backward()
+        q_opt.step()
+        soft_update(agent.q_target, agent.q, config.tau)
+        clock.grad_updates += 1
+        return {"losses/value": loss_v.item(), "losses/q": loss_q.item(), "losses/actor": loss_pi.item(),
+                "charts/adv_weight_mean": weights.mean().item(), "charts/v_mean": value.mean().item()}
+
+    def average(stats: list[dict]) -> dict:
+        return {k: float(np.mean([s[k] for s in stats])) for k in stats[0]} if stats else {}
+
+    def checkpoint(iteration: int) -> None:
+        run.save_state({
+            "algo": ALGO, "iteration": iteration, "agent": agent.state_dict(), "actor_opt": actor_opt.state_dict(),
+            "q_opt": q_opt.state_dict(), "v_opt": v_opt.state_dict(),
+            "actor_sched": actor_sched.state_dict() if actor_sched is not None else None,
+            "replay": replay.state_dict(), "clock": clock.state_dict(), "rng": rng.bit_generator.state,
+            "env_snapshot": env.snapshot() if episode["obs"] is not None else None,
+            "episode": episode,
+        }, iteration)
+        save_actor(run.path / "policy", agent.actor, normalizer, task.name, config, dataset.obs_dim, dataset.act_dim)
+
+    def evaluate() -> dict:
+        return evaluate_actor(agent.actor, normalizer, task, config.eval_episodes, seed=10_000 + config.seed,
+                              device=device)
+
+    last_eval: dict = {}
+    try:
+        # ---- offline phase (iteration 0) ----
+        if start_iteration == 0:
+            stats = [update(replay.sample(config.batch_size, rng, device)) for _ in range(offline_done, config.offline_steps)]
+            last_eval = evaluate()
+            run.log(iteration_metrics(0, clock, **average(stats), **last_eval,
+                                      **{"charts/reward_scale": reward_scale, "charts/replay_size": len(replay)}))
+            checkpoint(0)
+            start_iteration = 1
+
+        # ---- online phase: one env step, then updates_per_env_step gradient steps ----
+        for iteration in range(start_iteration, config.iterations + 1):
+            stats, finished_returns = [], []
+            for _ in range(config.env_steps_per_iteration):
+                if episode["obs"] is None:
+                    obs, _ = env.reset(seed=int(config.seed * 1_000_003 + episode["count"]))
+                    episode.update(obs=np.asarray(obs, np.float32), length=0)
+                    episode["return"] = 0.0
+                with torch.no_grad():
+                    state_t = torch.as_tensor(normalizer.normalize(episode["obs"][None]), device=device)
+                    action = agent.actor(state_t).sample()[0].cpu().numpy()
+                next_obs, reward, terminated, truncated, _ = env.step(action)
+                next_obs = np.asarray(next_obs, np.float32)
+                replay.add_batch(episode["obs"][None], action[None], transform([reward]), next_obs[None],
+                                 np.array([float(terminated)], np.float32))
+                clock.env_steps += 1
+                episode["return"] += float(reward)
+                episode["length"] += 1
+                episode["obs"] = next_obs
+                if terminated or truncated:
+                    finished_returns.append(episode["return"])
+                    episode.update(obs=None, count=episode["count"] + 1)
+                for _ in range(config.updates_per_env_step):
+                    stats.append(update(replay.sample(config.batch_size, rng, device)))
+            evaluation = evaluate() if evaluation_due(iteration, config.iterations, config.eval_every) else {}
+            last_eval = evaluation or last_eval
+            online = {"charts/episodic_return": float(np.mean(finished_returns)) if finished_returns else None,
+                      "charts/episodes": len(finished_returns)}
+            run.log(iteration_metrics(iteration, clock, **average(stats), **online, **evaluation))
+            if checkpoint_due(iteration, config.iterations, config.checkpoint_every):
+                checkpoint(iteration)
+        run.mark_finished({k: v for k, v in last_eval.items()} | {"algo": ALGO})
+    finally:
+        env.close()
+        run.close()
+    return last_eval
