@@ -1,0 +1,560 @@
+"""GRPO-DT: online finetuning of a Decision Transformer with GRPO on sub-trajectories (paper Algorithm 1).
+
+    dtrl finetune --algo grpo --task hopper-random --init runs/pretrain-hopper-random --preset cpu
+
+One iteration, in the order of Algorithm 1 (line numbers in the comments below):
+
+  2  roll out ``trajectories_per_iteration`` full episodes with the current policy, conditioned on the
+     online target RTG, recording env snapshots; push them into a FIFO buffer of full trajectories.
+  3  sample ``trajectories_per_batch`` of them with p(τ) ∝ |τ|.
+  5  in each, sample K reset points from softmax(per-step action variance) (active sampling).
+  6  from each reset point, restore G env copies to that exact state and roll out G sub-trajectories
+     of L_traj sampled steps, then L_eval mean-action steps; score = discounted return of all of them.
+  7  advantages by Eq. (2) inside each group, groups whose scores deviate less than ε_GRPO dropped.
+  8  push (sub-trajectory, advantage) pairs into a FIFO sub-trajectory buffer.
+  9  a few epochs of minibatch updates of the clipped surrogate with the sequence-level ratio, Eq. (3).
+
+No hindsight relabeling: a sub-trajectory is trained with exactly the RTG tokens it was sampled with
+(the RTG at the reset point, decreased by rewards received), and its log-probs are recomputed with the
+same context (``model.receptive_field`` steps of history before the reset point), so the importance
+ratio of a fresh sub-trajectory is exactly 1 before the first update.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from dtrl import objectives
+from dtrl.algos.common import DTFinetuneConfig
+from dtrl.config import parse_config, resolve_device
+from dtrl.errors import DtrlError
+
+# ----------------------------------------------------------------------------------------------
+# configuration
+
+
+@dataclass
+class GRPOConfig(DTFinetuneConfig):
+    """GRPO-DT finetuning (Algorithm 1). Paper values: Table 5 (common) and Table 6 (per domain).
+
+    Inherited from the shared finetuning config: init, dataset (accepted, unused by GRPO-DT),
+    iterations (T), learning_rate (lr_a), weight_decay, grad_clip, optimizer (LAMB), init_temperature
+    (ETPR), temperature_learning_rate (α learned towards entropy -dim(A); 0 freezes it), online_rtg
+    (g_online), eval_rtg."""
+
+    trajectories_per_iteration: int = 1
+    """full episodes collected per iteration into the trajectory buffer (line 2; paper: 1, Adroit 5)"""
+    trajectory_buffer_size: int = 32
+    """capacity of the FIFO buffer of full trajectories T_replay"""
+    trajectories_per_batch: int = 16
+    """full trajectories sampled (∝ length, with replacement) per iteration to branch from (line 3)"""
+    reset_points_per_trajectory: int = 4
+    """K: reset points sampled in each of those trajectories (line 5)"""
+    group_size: int = 8
+    """G: sub-trajectories rolled out from each reset point (line 6)"""
+    sub_trajectory_length: int = 15
+    """L_traj: sampled steps of a sub-trajectory (the part that is trained on)"""
+    eval_steps: int = 400
+    """L_eval: mean-action steps after a sub-trajectory that only score it"""
+    gamma: float | None = None
+    """discount of the sub-trajectory score over the L_traj + L_eval steps (default: the task's, Table 6)"""
+    clip_eps: float = 0.2
+    """ε: the importance ratio is clipped to [1-ε, 1+ε_high]"""
+    clip_eps_high: float | None = None
+    """upper clip ε_high (default ε; larger values give DAPO-style asymmetric clipping)"""
+    min_group_deviation: float = 2.0
+    """ε_GRPO: groups whose largest |score - group mean| is below this carry no signal (Table 6)"""
+    deviation_rule: Literal["group", "member"] = "group"
+    """how ε_GRPO applies: 'group' drops whole groups below it, 'member' zeroes members close to the mean"""
+    advantage_std_floor: float = 1e-6
+    """floor of the group std in Eq. (2), so near-identical scores cannot divide by ~0"""
+    kl_beta: float = 0.0
+    """β: weight of the KL(π_old‖π_θ) penalty of Eq. (3) (k3 estimator; the paper gives no value)"""
+    ratio_level: Literal["sequence", "token", "geometric"] = "sequence"
+    """importance ratio: 'sequence' = Eq. (3) full sub-trajectory likelihood ratio, 'token' = Eq. (1)
+    per-step ratios, 'geometric' = GSPO's geometric mean (TRL's 'sequence'); ablation Fig. 1d"""
+    old_log_probs: Literal["behaviour", "refresh"] = "behaviour"
+    """π_old of the ratio: 'behaviour' = the log-probs the sub-trajectory was sampled with (sub-trajectories
+    from earlier iterations are importance-corrected towards the policy that drew them); 'refresh' =
+    recomputed with the current policy at the start of each iteration (PPO's θ_old), so every
+    first-epoch ratio is 1"""
+    sub_trajectory_buffer_size: int = 2048
+    """capacity of the FIFO sub-trajectory buffer T_sub (line 8)"""
+    epochs: int = 1
+    """passes over the sub-trajectory buffer per iteration (line 9)"""
+    minibatch_size: int = 256
+    """sub-trajectories per gradient step (Table 6 'BS')"""
+    reset_sampling: Literal["active", "uniform"] = "active"
+    """reset points drawn from softmax(action variance) ('active', Sec. 3.2) or uniformly (ablation Fig. 1e)"""
+    active_sampling_temperature: float = 1.0
+    """temperature of the active-sampling softmax (the paper: 1)"""
+    consistent_group_states: bool = True
+    """all G members of a group start from the same reset point (off: each member from its own; Fig. 1c)"""
+    full_trajectories: bool = False
+    """ablation Fig. 1b: naive GRPO on groups of G whole episodes from one initial state (no resets)"""
+    hindsight_relabel: bool = False
+    """ablation Fig. 1a: train sub-trajectories with RTG tokens relabelled by the return they achieved
+    (breaks the importance ratio; see docs/grpo.md for the exact relabeling)"""
+    num_workers: int = 0
+    """env worker processes for the group rollouts (0: step the envs in this process)"""
+    max_parallel_branches: int = 512
+    """at most this many sub-trajectories are rolled out together (more are done in chunks)"""
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.init:
+            raise DtrlError("--init is required: a pretrained DT run directory or policy directory (dtrl pretrain)")
+        positive = ("trajectories_per_iteration", "trajectory_buffer_size", "trajectories_per_batch",
+                    "reset_points_per_trajectory", "sub_trajectory_length", "sub_trajectory_buffer_size",
+                    "epochs", "minibatch_size", "max_parallel_branches")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise DtrlError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.group_size < 2:
+            raise DtrlError(f"group-size must be >= 2 (a group needs a baseline), got {self.group_size}")
+        if self.eval_steps < 0:
+            raise DtrlError(f"eval-steps must be >= 0, got {self.eval_steps}")
+        if self.gamma is not None and not 0.0 <= self.gamma <= 1.0:
+            raise DtrlError(f"gamma must be in [0, 1], got {self.gamma}")
+        if self.clip_eps <= 0 or (self.clip_eps_high is not None and self.clip_eps_high <= 0):
+            raise DtrlError("clip-eps and clip-eps-high must be > 0")
+        if self.min_group_deviation < 0 or self.kl_beta < 0:
+            raise DtrlError("min-group-deviation and kl-beta must be >= 0")
+        if self.active_sampling_temperature <= 0:
+            raise DtrlError("active-sampling-temperature must be > 0")
+        if self.num_workers < 0:
+            raise DtrlError(f"num-workers must be >= 0, got {self.num_workers}")
+
+
+# Table 6, per dataset: (BS, online RTG, gamma, lr_a, L_traj, L_eval, clip ε, ε_GRPO, ETPR).
+_TABLE6: dict[str, tuple] = {
+    "hopper-medium": (256, 7200, 0.995, 5e-5, 15, 400, 0.2, 2.0, 0.20),
+    "hopper-medium-replay": (256, 7200, 0.995, 5e-5, 15, 400, 0.2, 2.0, 0.20),
+    "hopper-random": (256, 7200, 0.995, 5e-5, 15, 400, 0.2, 2.0, 0.20),
+    "walker2d-medium": (256, 10000, 0.995, 5e-5, 15, 400, 0.3, 2.0, 0.04),
+    "walker2d-medium-replay": (256, 10000, 0.995, 5e-5, 15, 400, 0.3, 2.0, 0.04),
+    "walker2d-random": (256, 10000, 0.995, 5e-5, 15, 400, 0.3, 2.0, 0.20),
+    "ant-medium": (256, 12000, 0.995, 5e-5, 15, 200, 0.3, 2.0, 0.04),
+    "ant-medium-replay": (256, 12000, 0.995, 5e-5, 15, 200, 0.3, 2.0, 0.04),
+    "ant-random": (256, 12000, 0.995, 5e-5, 15, 200, 0.3, 2.0, 0.20),
+    "door-cloned": (512, 3000, 0.99, 3e-5, 10, 100, 0.3, 0.5, 0.10),
+    "door-human": (512, 3000, 0.99, 3e-5, 10, 100, 0.3, 0.4, 0.04),
+    "pen-cloned": (512, 6000, 0.99, 3e-5, 3, 30, 0.3, 0.0, 0.02),
+    "pen-human": (512, 6000, 0.99, 3e-5, 3, 30, 0.3, 0.0, 0.02),
+    "hammer-cloned": (512, 4000, 0.99, 3e-5, 10, 100, 0.3, 0.0, 0.05),
+    "hammer-human": (512, 4000, 0.99, 3e-5, 10, 100, 0.3, 0.8, 0.05),
+    "antmaze-umaze": (256, 2, 1.0, 5e-5, 10, 200, 0.2, 0.0, 0.05),
+    "antmaze-umaze-diverse": (256, 2, 1.0, 5e-5, 10, 200, 0.2, 0.0, 0.05),
+}
+
+
+def paper_preset(task_name: str) -> GRPOConfig:
+    """Tables 5-6 and Appendix A.3: 16 trajectories x 4 reset points x 8 members = 512
+    sub-trajectories per iteration, buffers of 32 trajectories / 2048 sub-trajectories."""
+    from dtrl.tasks import get_task
+
+    task = get_task(task_name)
+    # Generic MuJoCo envs get the locomotion row of the closest kind (random-data settings).
+    row = _TABLE6.get(task.name, _TABLE6["hopper-random"])
+    bs, rtg, gamma, lr, l_traj, l_eval, clip, eps_grpo, etpr = row
+    online_rtg = float(rtg) if task.name in _TABLE6 else None
+    return GRPOConfig(
+        task=task.name, preset="paper", out=f"runs/grpo-{task.name}-paper", iterations=500,
+        online_rtg=online_rtg, trajectories_per_iteration=5 if task.domain == "adroit" else 1,
+        trajectory_buffer_size=32, trajectories_per_batch=16, reset_points_per_trajectory=4, group_size=8,
+        sub_trajectory_length=l_traj, eval_steps=l_eval, gamma=gamma, clip_eps=clip,
+        min_group_deviation=eps_grpo, sub_trajectory_buffer_size=2048, epochs=1, minibatch_size=bs,
+        learning_rate=lr, optimizer="lamb", weight_decay=1e-4, grad_clip=0.5, init_temperature=etpr,
+        eval_every=10, eval_episodes=10, checkpoint_every=10,
+    )
+
+
+def cpu_preset(task_name: str) -> GRPOConfig:
+    """Small enough to learn visibly within an hour on a 2-core CPU (see docs/grpo.md): 4 trajectories
+    x 2 reset points x 8 members = 64 sub-trajectories per iteration (paper: 512), L_eval at most
+    100 (paper up to 400), a 256-entry sub-trajectory buffer with minibatches of 64."""
+    config = paper_preset(task_name)
+    return dataclasses.replace(
+        config, preset="cpu", out=f"runs/grpo-{config.task}-cpu", iterations=600,
+        trajectories_per_batch=4, reset_points_per_trajectory=2, group_size=8,
+        eval_steps=min(config.eval_steps, 100), sub_trajectory_buffer_size=256, minibatch_size=64, epochs=1,
+        learning_rate=1e-4, optimizer="adamw", max_parallel_branches=64,
+        eval_every=25, eval_episodes=5, checkpoint_every=25,
+    )
+
+
+PRESETS = {"cpu": cpu_preset, "paper": paper_preset}
+
+
+# ----------------------------------------------------------------------------------------------
+# the pieces of one iteration
+
+
+@dataclass
+class GroupBatch:
+    """The output of lines 5-7 for one iteration: sub-trajectories, their scores and advantages."""
+
+    segments: list
+    """[N*G] dtrl.rollout.Segment, group-major (members of group n are n*G .. n*G+G-1)"""
+    scores: np.ndarray
+    """[N, G] discounted returns over L_traj + L_eval steps"""
+    advantages: np.ndarray
+    """[N, G] Eq. (2) advantages (0 in dropped groups)"""
+    valid: np.ndarray
+    """[N] bool: the group passed the ε_GRPO rule"""
+    env_steps: int
+    """env steps spent rolling the groups out"""
+
+
+def sample_reset_points(trajectory, count: int, rng: np.random.Generator, uniform: bool,
+                        temperature: float) -> np.ndarray:
+    """Line 5: ``count`` distinct steps of ``trajectory`` (fewer distinct ones if it is shorter) drawn
+    from softmax(action variance / temperature), or uniformly."""
+    variances = torch.as_tensor(trajectory.action_variance, dtype=torch.float64)
+    probs = objectives.active_sampling_probs(variances, temperature=temperature, uniform=uniform).numpy()
+    probs = probs / probs.sum()
+    replace = count > len(probs)
+    return np.sort(rng.choice(len(probs), size=count, replace=replace, p=probs))
+
+
+def branch_starts(trajectories: list, config: GRPOConfig, history_length: int, rng: np.random.Generator) -> list:
+    """Lines 4-5: the G starts of every group, group-major. With ``consistent_group_states`` a
+    group is G copies of one reset point; without it each member has its own reset point."""
+    per_group = 1 if config.consistent_group_states else config.group_size
+    starts = []
+    for trajectory in trajectories:
+        points = sample_reset_points(trajectory, config.reset_points_per_trajectory * per_group, rng,
+                                     uniform=config.reset_sampling == "uniform",
+                                     temperature=config.active_sampling_temperature)
+        if not config.consistent_group_states:
+            rng.shuffle(points)  # members of a group come from unrelated steps
+        for k in range(config.reset_points_per_trajectory):
+            if config.consistent_group_states:
+                start = trajectory.branch_start(int(points[k]), history_length)
+                starts.extend([start] * config.group_size)
+            else:
+                for t in points[k * per_group:(k + 1) * per_group]:
+                    starts.append(trajectory.branch_start(int(t), history_length))
+    return starts
+
+
+def rollout_groups(policy, envs, starts: list, config: GRPOConfig, gamma: float, device) -> tuple[list, np.ndarray, int]:
+    """Line 6: every start rolled out for L_traj sampled + L_eval mean steps, in chunks of whole
+    groups no larger than the env batch. Returns (segments, scores [len(starts)], env steps)."""
+    from dtrl.rollout import rollout_from_snapshots
+
+    groups_per_chunk = max(1, envs.num_envs // config.group_size)
+    chunk = groups_per_chunk * config.group_size
+    segments: list = []
+    scores: list[np.ndarray] = []
+    env_steps = 0
+    for begin in range(0, len(starts), chunk):
+        result = rollout_from_snapshots(policy, envs, starts[begin:begin + chunk], config.sub_trajectory_length,
+                                        config.eval_steps, gamma, device=device)
+        segments.extend(result.segments)
+        scores.append(result.scores)
+        env_steps += result.env_steps
+    return segments, np.concatenate(scores), env_steps
+
+
+def full_trajectory_groups(policy, envs, task, config: GRPOConfig, target_rtg: float, gamma: float,
+                           seeds: list[int], device) -> GroupBatch:
+    """Ablation (Fig. 1b), naive GRPO: each group is G whole episodes from one reset seed (one initial
+    state), scored by their discounted return and trained on from the first step (no history)."""
+    from dtrl.rollout import Segment, TokenHistory, rollout_episodes
+
+    group_seeds = [seed for seed in seeds for _ in range(config.group_size)]  # group-major
+    episodes = rollout_episodes(policy, envs, task, target_rtg, group_seeds, mode="sample", device=device)
+    segments, scores = [], []
+    for ep in episodes:
+        empty = TokenHistory.empty(ep.observations.shape[1], ep.actions.shape[1])
+        segments.append(Segment(empty, ep.observations, ep.actions, ep.returns_to_go, ep.timesteps,
+                                ep.log_probs, ep.rewards))
+        scores.append(float(objectives.discounted_return(torch.as_tensor(ep.rewards, dtype=torch.float64), gamma)))
+    env_steps = sum(len(ep) for ep in episodes)
+    return _advantages(segments, np.asarray(scores).reshape(len(seeds), config.group_size), config, env_steps)
+
+
+def _advantages(segments: list, scores: np.ndarray, config: GRPOConfig, env_steps: int) -> GroupBatch:
+    """Line 7: Eq. (2) within each group with the ε_GRPO rule."""
+    advantages, valid = objectives.group_advantages(
+        torch.as_tensor(scores, dtype=torch.float64), min_std=config.advantage_std_floor,
+        min_deviation=config.min_group_deviation, deviation_rule=config.deviation_rule,
+    )
+    return GroupBatch(segments, scores, advantages.numpy(), valid.numpy(), env_steps)
+
+
+def relabel_with_achieved_return(segment, score: float, gamma: float):
+    """Ablation (Fig. 1a): hindsight relabeling of a sub-trajectory's RTG tokens.
+
+    The branch is only observed for L_traj + L_eval steps, so the achieved return from segment step j
+    is the branch's discounted return from j on, ``(score - Σ_{k<j} γ^k r_k) / γ^j``; the history
+    tokens before the reset point are shifted by the same amount as the first segment token, as ODT
+    relabels a whole trajectory. The sampling-time log-probs are kept: they were computed with the
+    original RTGs, which is exactly the mismatch the paper's Section 3.1 describes.
+    """
+    from dtrl.rollout import TokenHistory
+
+    achieved = np.empty(len(segment), np.float64)
+    remaining = float(score)
+    for j, reward in enumerate(segment.rewards):
+        achieved[j] = remaining / (gamma**j) if gamma > 0 else remaining
+        remaining -= (gamma**j) * float(reward)
+    shift = achieved[0] - float(segment.returns_to_go[0]) if len(segment) else 0.0
+    history = segment.history
+    history = TokenHistory(history.observations, history.actions,
+                           (history.returns_to_go + shift).astype(np.float32), history.timesteps)
+    return dataclasses.replace(segment, history=history, returns_to_go=achieved.astype(np.float32))
+
+
+class SubTrajectoryBuffer:
+    """T_sub (line 8): FIFO of (sub-trajectory, advantage) pairs; oldest dropped when full."""
+
+    def __init__(self, capacity: int):
+        self.items: deque = deque(maxlen=capacity)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def add(self, segment, advantage: float) -> None:
+        if len(segment):
+            self.items.append((segment, float(advantage)))
+
+    def state_dict(self) -> dict:
+        return {"capacity": self.items.maxlen, "items": list(self.items)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.items = deque(state["items"], maxlen=state["capacity"])
+
+
+def policy_outputs(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Recompute log-probs [B, T] (0 outside ``train_mask``) and the entropy estimate [B, T] of the
+    batch's sub-trajectory steps, with the same context they were sampled with."""
+    dist = model.forward(batch.states, batch.actions, batch.returns_to_go, batch.timesteps, batch.mask)
+    zero = torch.zeros((), device=batch.states.device)
+    log_probs = torch.where(batch.train_mask, dist.log_prob(batch.actions), zero)
+    return log_probs, dist.entropy()
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    maskf = mask.to(x.dtype)
+    return (x * maskf).sum() / maskf.sum().clamp_min(1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# the loop
+
+
+def train(config: GRPOConfig) -> dict:
+    """Run Algorithm 1 as ``config`` says, writing the run directory ``config.out``; returns the last
+    metrics row."""
+    from dtrl.algos.common import (Clock, build_dt_optimizers, checkpoint_due, episode_seeds, evaluate_policy,
+                                   evaluation_due, iteration_metrics, online_targets, open_run, prepare_policy,
+                                   seed_everything)
+    from dtrl.envs import BatchedEnv
+    from dtrl.rollout import rollout_episodes, segments_to_batch
+    from dtrl.tasks import get_task
+
+    task = get_task(config.task)
+    device = resolve_device(config.device)
+    online_rtg, eval_rtg = online_targets(config, task)
+    gamma = task.gamma if config.gamma is None else config.gamma
+
+    rng = seed_everything(config.seed)
+    policy = prepare_policy(config, task, device)  # ETPR set, dropout off (eval mode; gradients flow)
+    model = policy.model
+    history_length = int(model.receptive_field)  # context before a reset point that the ratio needs
+    optimizer, temperature_optimizer = build_dt_optimizers(config, model)
+    run, state = open_run(config, "grpo")  # after building the model: resuming restores the global RNGs
+    trajectory_buffer: deque = deque(maxlen=config.trajectory_buffer_size)  # T_replay
+    sub_buffer = SubTrajectoryBuffer(config.sub_trajectory_buffer_size)  # T_sub
+    clock = Clock()
+    start_iteration = 1
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if temperature_optimizer is not None:
+            temperature_optimizer.load_state_dict(state["temperature_optimizer"])
+        trajectory_buffer.extend(state["trajectory_buffer"])
+        sub_buffer.load_state_dict(state["sub_buffer"])
+        clock.load_state_dict(state["clock"])
+        rng.bit_generator.state = state["numpy_generator"]
+        start_iteration = int(state["iteration"]) + 1
+
+    if config.full_trajectories:  # G copies per initial state, all episodes of an iteration at once
+        branch_envs = BatchedEnv(task, config.trajectories_per_iteration * config.group_size,
+                                 num_workers=config.num_workers, seed=config.seed)
+    else:  # the iteration's groups, in chunks of at most max_parallel_branches (whole groups)
+        branches = config.trajectories_per_batch * config.reset_points_per_trajectory * config.group_size
+        branch_envs = BatchedEnv(task, min(branches, max(config.max_parallel_branches, config.group_size)),
+                                 num_workers=config.num_workers, seed=config.seed)
+    collect_envs = BatchedEnv(task, config.trajectories_per_iteration, num_workers=0, seed=config.seed)
+
+    last_row: dict = {}
+    try:
+        for iteration in range(start_iteration, config.iterations + 1):  # line 1
+            seeds = episode_seeds(config, iteration, config.trajectories_per_iteration)
+            rollout_stats: dict[str, Any] = {}
+            if config.full_trajectories:
+                groups = full_trajectory_groups(policy, branch_envs, task, config, online_rtg, gamma,
+                                                seeds, device)
+                clock.env_steps += groups.env_steps
+                rollout_stats["charts/rollout_return"] = float(np.mean([s.rewards.sum() for s in groups.segments]))
+            else:
+                # line 2: full trajectories with the current policy from s_1 and g_online; FIFO update
+                episodes = rollout_episodes(policy, collect_envs, task, online_rtg, seeds, mode="sample",
+                                            record_snapshots=True, device=device)
+                trajectory_buffer.extend(episodes)
+                clock.env_steps += sum(len(ep) for ep in episodes)
+                rollout_stats["charts/rollout_return"] = float(np.mean([ep.episode_return for ep in episodes]))
+                rollout_stats["charts/rollout_length"] = float(np.mean([len(ep) for ep in episodes]))
+                # line 3: a minibatch of full trajectories, p(τ) ∝ |τ|
+                lengths = np.array([len(ep) for ep in trajectory_buffer], dtype=np.float64)
+                chosen = rng.choice(len(lengths), size=config.trajectories_per_batch, replace=True,
+                                    p=lengths / lengths.sum())
+                # lines 4-5: K reset points per trajectory (action-variance distribution)
+                starts = branch_starts([trajectory_buffer[i] for i in chosen], config, history_length, rng)
+                # line 6: G sub-trajectories per reset point, L_traj sampled + L_eval mean steps
+                segments, scores, steps = rollout_groups(policy, branch_envs, starts, config, gamma, device)
+                clock.env_steps += steps
+                # line 7: advantages by Eq. (2), ε_GRPO rule
+                groups = _advantages(segments, scores.reshape(-1, config.group_size), config, steps)
+
+            # line 8: the sub-trajectory buffer takes the groups that carry a signal (FIFO)
+            for n in np.flatnonzero(groups.valid):
+                for i in range(config.group_size):
+                    index = n * config.group_size + i
+                    segment = groups.segments[index]
+                    if config.hindsight_relabel:
+                        segment = relabel_with_achieved_return(segment, float(groups.scores[n, i]), gamma)
+                    sub_buffer.add(segment, groups.advantages[n, i])
+
+            # line 9: finetune on T_sub with the clipped surrogate at `ratio_level` (Eq. 3 by default)
+            update_stats = update_policy(policy, sub_buffer, optimizer, temperature_optimizer, config, rng, device,
+                                         segments_to_batch)
+            clock.grad_updates += update_stats.pop("updates")
+
+            valid_advantages = groups.advantages[groups.valid]
+            metrics = {
+                **rollout_stats,
+                "grpo/mean_group_score": float(groups.scores.mean()),
+                "grpo/score_std_within_group": float(groups.scores.std(axis=1, ddof=1).mean()),
+                "grpo/groups_total": int(len(groups.valid)),
+                "grpo/groups_dropped": int((~groups.valid).sum()),
+                "grpo/advantage_abs_mean": float(np.abs(valid_advantages).mean()) if valid_advantages.size else 0.0,
+                "grpo/advantage_max": float(valid_advantages.max()) if valid_advantages.size else 0.0,
+                "grpo/advantage_min": float(valid_advantages.min()) if valid_advantages.size else 0.0,
+                "grpo/group_env_steps": int(groups.env_steps),
+                "grpo/sub_buffer_size": len(sub_buffer),
+                "charts/temperature": float(model.temperature),
+                **update_stats,
+            }
+            if evaluation_due(iteration, config.iterations, config.eval_every):
+                metrics.update(evaluate_policy(policy, task, config, eval_rtg, device))
+            last_row = iteration_metrics(iteration, clock, **metrics)
+            run.log(last_row)
+            if checkpoint_due(iteration, config.iterations, config.checkpoint_every):
+                run.save_state({
+                    "algo": "grpo", "iteration": iteration, "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "temperature_optimizer": None if temperature_optimizer is None else temperature_optimizer.state_dict(),
+                    "trajectory_buffer": list(trajectory_buffer), "sub_buffer": sub_buffer.state_dict(),
+                    "clock": clock.state_dict(), "numpy_generator": rng.bit_generator.state,
+                }, iteration)
+                run.save_policy(model, policy.normalizer, task.name, extra={"algo": "grpo", "iteration": iteration})
+        run.save_policy(model, policy.normalizer, task.name, extra={"algo": "grpo", "iteration": config.iterations})
+        run.mark_finished({k: v for k, v in last_row.items() if k.startswith("eval_") or k == "iteration"})
+    finally:
+        branch_envs.close()
+        collect_envs.close()
+        run.close()
+    return last_row
+
+
+def update_policy(policy, sub_buffer: SubTrajectoryBuffer, optimizer, temperature_optimizer, config: GRPOConfig,
+                  rng: np.random.Generator, device, segments_to_batch) -> dict:
+    """Line 9: ``epochs`` passes over T_sub in random minibatches. Loss = clipped surrogate (at
+    ``ratio_level``) + β·KL - α·entropy; α is then stepped towards the target entropy (ODT's rule)."""
+    model = policy.model
+    items = list(sub_buffer.items)
+    if config.old_log_probs == "refresh":
+        items = refresh_log_probs(model, policy, items, config.minibatch_size, device, segments_to_batch)
+    sums: dict[str, float] = {}
+    updates = 0
+    first_ratio_deviation = None
+    for _ in range(config.epochs):
+        order = rng.permutation(len(items))
+        for begin in range(0, len(order), config.minibatch_size):
+            chosen = [items[i] for i in order[begin:begin + config.minibatch_size]]
+            batch = segments_to_batch([seg for seg, _ in chosen], policy.normalizer, policy.reward_scale, device=device)
+            advantages = torch.tensor([adv for _, adv in chosen], dtype=torch.float32, device=device)
+            log_probs, entropy = policy_outputs(model, batch)
+            logp_old = batch.log_probs_old
+            surrogate = objectives.clipped_surrogate(log_probs, logp_old, advantages, batch.train_mask,
+                                                     config.ratio_level, config.clip_eps, config.clip_eps_high)
+            kl = objectives.approx_kl(log_probs, logp_old, batch.train_mask)
+            mean_entropy = masked_mean(entropy, batch.train_mask)
+            temperature = model.temperature.detach()
+            loss = surrogate + config.kl_beta * kl - temperature * mean_entropy
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip) if config.grad_clip > 0 else \
+                torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+            optimizer.step()
+            if temperature_optimizer is not None:  # α towards the target entropy -dim(A) (ODT's rule)
+                temperature_optimizer.zero_grad(set_to_none=True)
+                model.temperature_loss(mean_entropy.detach()).backward()
+                temperature_optimizer.step()
+            model.log_temperature.grad = None
+
+            stats = objectives.surrogate_stats(log_probs.detach(), logp_old, batch.train_mask, config.ratio_level,
+                                               config.clip_eps, config.clip_eps_high)
+            if first_ratio_deviation is None:
+                first_ratio_deviation = max(abs(stats.ratio_max - 1.0), abs(stats.ratio_min - 1.0))
+            for key, value in (("losses/policy", surrogate.item()), ("losses/approx_kl", kl.item()),
+                               ("losses/entropy", mean_entropy.item()), ("losses/clipfrac", stats.clip_fraction),
+                               ("losses/ratio_mean", stats.ratio_mean), ("losses/grad_norm", float(grad_norm))):
+                sums[key] = sums.get(key, 0.0) + value
+            sums["losses/ratio_max"] = max(sums.get("losses/ratio_max", 0.0), stats.ratio_max)
+            sums["losses/ratio_min"] = min(sums.get("losses/ratio_min", math.inf), stats.ratio_min)
+            updates += 1
+    out: dict[str, Any] = {"updates": updates}
+    for key, value in sums.items():
+        out[key] = value if key in ("losses/ratio_max", "losses/ratio_min") else value / max(updates, 1)
+    # max |ratio - 1| before the first step of this iteration: 0 up to float rounding in iteration 1
+    # (only fresh sub-trajectories) and in every iteration with old_log_probs='refresh'
+    out["losses/first_update_ratio_max_dev"] = first_ratio_deviation
+    return out
+
+
+@torch.no_grad()
+def refresh_log_probs(model, policy, items: list, chunk: int, device, segments_to_batch) -> list:
+    """``old_log_probs='refresh'``: the buffer's sub-trajectories with log-probs recomputed under the
+    current policy (same context), to serve as π_old for this iteration's updates."""
+    refreshed = []
+    for begin in range(0, len(items), chunk):
+        part = items[begin:begin + chunk]
+        batch = segments_to_batch([seg for seg, _ in part], policy.normalizer, policy.reward_scale, device=device)
+        log_probs, _ = policy_outputs(model, batch)
+        for row, (segment, advantage) in enumerate(part):
+            new = log_probs[row][batch.train_mask[row]].float().cpu().numpy()
+            refreshed.append((dataclasses.replace(segment, log_probs=new), advantage))
+    return refreshed
+
+
+def main(argv: list[str]) -> int:
+    config = parse_config(GRPOConfig, argv, PRESETS, description=__doc__.split("\n\n")[0],
+                          prog="dtrl finetune --algo grpo")
+    row = train(config)
+    score = row.get("eval_normalized_mean")
+    shown = f"normalised {score:.1f}" if isinstance(score, (int, float)) else f"return {row.get('eval_return_mean')}"
+    print(f"grpo: finished {config.iterations} iterations in {config.out}: {shown}")
+    return 0
