@@ -382,3 +382,63 @@ def mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
     if not rows:
         return {}
     return {key: float(np.mean([row[key] for row in rows if key in row])) for key in rows[0]}
+
+
+class WindowSampler:
+    """K-step windows over a ``TrajectoryBuffer`` (trajectories drawn ∝ length, then the window's
+    last step uniformly), like ``dtrl.data.SequenceSampler`` but also carrying the per-step arrays
+    stored with each trajectory (``extra``: sampling-time RTGs, log-probs ...) and ``dones`` (True
+    at the last step of a terminated trajectory), which the critic-based loops need.
+
+    ``rtg``: 'recorded' uses the stored ``extra['returns_to_go']`` (the RTG the policy was
+    conditioned on: PPO, GRPO-Q never relabel); 'hindsight' recomputes g_t = sum_{t'>=t} r_t' from
+    the rewards (ODT's relabeling, used by ODT+TD3). Returned RTGs are divided by ``reward_scale``.
+    """
+
+    def __init__(self, buffer: TrajectoryBuffer, context_length: int, reward_scale: float, normalizer,
+                 rng: np.random.Generator, rtg: Literal["recorded", "hindsight"]):
+        trajectories = buffer.trajectories
+        self.context_length = context_length
+        self.rng = rng
+        self.lengths = np.array([len(t) for t in trajectories], dtype=np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
+        self.fields: dict[str, np.ndarray] = {
+            "states": normalizer.normalize(np.concatenate([t.observations for t in trajectories]).astype(np.float32)),
+            "actions": np.concatenate([t.actions for t in trajectories]).astype(np.float32),
+            "rewards": np.concatenate([t.rewards for t in trajectories]).astype(np.float32),
+            "timesteps": np.concatenate([np.arange(n, dtype=np.int64) for n in self.lengths]),
+        }
+        dones = np.zeros(int(self.lengths.sum()), dtype=np.float32)
+        for start, trajectory in zip(self.starts, trajectories):
+            dones[start + len(trajectory) - 1] = float(trajectory.terminated)
+        self.fields["dones"] = dones
+        if rtg == "hindsight":
+            raw_rtg = np.concatenate([t.returns_to_go() for t in trajectories])
+        else:
+            if any("returns_to_go" not in extra for extra in buffer.extras):
+                raise DtrlError("rtg='recorded' needs every buffered trajectory stored with its returns_to_go")
+            raw_rtg = np.concatenate([extra["returns_to_go"] for extra in buffer.extras])
+        self.fields["returns_to_go"] = (np.asarray(raw_rtg, np.float64) / reward_scale).astype(np.float32)
+        for key in (buffer.extras[0].keys() if buffer.extras else ()):
+            if key != "returns_to_go" and all(key in extra for extra in buffer.extras):
+                self.fields[key] = np.concatenate([extra[key] for extra in buffer.extras])
+
+    def sample(self, batch_size: int, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+        traj = self.rng.choice(len(self.lengths), size=batch_size, p=self.lengths / self.lengths.sum())
+        end = np.minimum((self.rng.random(batch_size) * self.lengths[traj]).astype(np.int64), self.lengths[traj] - 1)
+        return self.gather(traj, end, device)
+
+    def gather(self, traj: np.ndarray, end: np.ndarray, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+        """Windows of K steps ending at step ``end[b]`` of trajectory ``traj[b]``, left-padded with
+        zeros (``mask`` False)."""
+        K = self.context_length
+        local = np.asarray(end)[:, None] - K + 1 + np.arange(K)[None, :]
+        mask = local >= 0
+        flat = self.starts[np.asarray(traj)][:, None] + np.maximum(local, 0)
+        batch = {}
+        for key, values in self.fields.items():
+            window = values[flat]
+            window[~mask] = 0
+            batch[key] = torch.as_tensor(window, device=device)
+        batch["mask"] = torch.as_tensor(mask, device=device)
+        return batch
