@@ -1,0 +1,229 @@
+"""Benchmark dtrl.envs: snapshot/restore cost per env family, and BatchedEnv throughput against the
+raw ``mj_step`` rate of the same model measured in the same run.
+
+    python benchmarks/bench_envs.py                 # full run, writes benchmarks/results/envs.md
+    python benchmarks/bench_envs.py --quick         # smaller batches, fewer repeats
+
+Times are the minimum over repeats (robust to other jobs sharing the CPU); worker runs are wall
+clock. Locomotion envs are built with ``terminate_when_unhealthy=False`` so every copy keeps
+stepping (same physics per step; only the termination rule is off).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import pickle
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mujoco
+import numpy as np
+import tyro
+
+from dtrl.envs import BatchedEnv, BranchableEnv, default_num_workers, make
+from dtrl.tasks import Task, get_task
+
+
+@dataclass
+class Args:
+    tasks: list[str] = field(default_factory=lambda: [
+        "hopper-medium", "walker2d-medium", "ant-medium", "antmaze-umaze", "door-human", "hammer-human",
+        "pen-human", "HalfCheetah-v5"])
+    """tasks for the snapshot/restore table (one per env family plus a generic env)"""
+    batched_tasks: list[str] = field(default_factory=lambda: ["hopper-medium", "ant-medium"])
+    """tasks for the BatchedEnv throughput table"""
+    batch_sizes: list[int] = field(default_factory=lambda: [8, 64, 512])
+    """numbers of env copies N"""
+    workers: list[int] = field(default_factory=lambda: [0, 2])
+    """worker-process counts to compare (0: in-process)"""
+    env_steps_per_measure: int = 2048
+    """env steps (summed over copies) per throughput measurement"""
+    repeats: int = 5
+    """repeats per measurement (the minimum is reported)"""
+    quick: bool = False
+    """smaller batches and fewer repeats (a smoke run)"""
+    out: Path = Path(__file__).parent / "results" / "envs.md"
+    """markdown results file (written atomically)"""
+
+
+def _benchmark_task(name: str) -> Task:
+    task = get_task(name)
+    if task.family in ("hopper", "walker2d", "ant"):
+        task = dataclasses.replace(task, env_kwargs={**task.env_kwargs, "terminate_when_unhealthy": False})
+    return task
+
+
+def _best_of(repeats: int, fn, inner: int) -> float:
+    """Minimum over ``repeats`` of the mean seconds per call over ``inner`` calls."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        best = min(best, (time.perf_counter() - start) / inner)
+    return best
+
+
+def _mujoco_env(env: BranchableEnv):
+    """The gymnasium MuJoCo env that owns the model and frame_skip (AntMaze nests an AntEnv)."""
+    raw = env.unwrapped_env
+    return raw.ant_env if hasattr(raw, "ant_env") else raw
+
+
+def _raw_env_step_seconds(env: BranchableEnv, repeats: int) -> float:
+    """Seconds of bare ``mj_step`` per env step (frame_skip substeps) on a copy of the env's state."""
+    inner = _mujoco_env(env)
+    data = mujoco.MjData(inner.model)
+    state_size = mujoco.mj_stateSize(inner.model, mujoco.mjtState.mjSTATE_INTEGRATION)
+    state = np.empty(state_size)
+    mujoco.mj_getState(inner.model, inner.data, state, mujoco.mjtState.mjSTATE_INTEGRATION)
+    mujoco.mj_setState(inner.model, data, state, mujoco.mjtState.mjSTATE_INTEGRATION)
+    rng = np.random.default_rng(0)
+    low, high = inner.model.actuator_ctrlrange.T
+
+    def one_env_step():
+        data.ctrl[:] = rng.uniform(low, high)
+        mujoco.mj_step(inner.model, data, nstep=inner.frame_skip)
+
+    return _best_of(repeats, one_env_step, 200)
+
+
+def bench_snapshots(args: Args) -> list[dict]:
+    rows = []
+    for name in args.tasks:
+        env = make(_benchmark_task(name), seed=0)
+        env.max_episode_steps = 10**9
+        env.reset()
+        rng = np.random.default_rng(0)
+        for _ in range(20):
+            env.step(rng.uniform(-1, 1, env.act_dim).astype(np.float32))
+        snapshot = env.snapshot()
+        other = make(_benchmark_task(name), seed=1)
+        other.reset()
+        blob = pickle.dumps(snapshot)
+        action = np.zeros(env.act_dim, np.float32)
+        # env.step is measured after restoring each time so the state stays bounded
+        step_and_restore = _best_of(args.repeats, lambda: (env.step(action), env.restore(snapshot)), 200)
+        restore = _best_of(args.repeats, lambda: other.restore(snapshot), 500)
+        rows.append({
+            "task": name,
+            "env": env.task.env_id,
+            "snapshot_us": 1e6 * _best_of(args.repeats, env.snapshot, 500),
+            "restore_us": 1e6 * restore,
+            "pickle_roundtrip_us": 1e6 * _best_of(args.repeats, lambda: pickle.loads(pickle.dumps(snapshot)), 500),
+            "bytes": len(blob),
+            "env_step_us": 1e6 * (step_and_restore - restore),
+            "mj_step_us": 1e6 * _raw_env_step_seconds(env, args.repeats),
+        })
+        print(rows[-1], flush=True)
+        env.close(), other.close()
+    return rows
+
+
+def bench_batched(args: Args) -> list[dict]:
+    rows = []
+    for name in args.batched_tasks:
+        task = _benchmark_task(name)
+        probe = make(task, seed=0)
+        probe.reset()
+        raw_rate = 1.0 / _raw_env_step_seconds(probe, args.repeats)
+        for num_envs in args.batch_sizes:
+            for workers in args.workers:
+                if workers > num_envs:
+                    continue
+                with BatchedEnv(task, num_envs, num_workers=workers, seed=0) as envs:
+                    envs.reset()
+                    snapshots = envs.snapshot()
+                    rng = np.random.default_rng(0)
+                    actions = rng.uniform(-1, 1, (num_envs, envs.act_dim)).astype(np.float32)
+                    batched_steps = max(2, args.env_steps_per_measure // num_envs)
+
+                    def run():
+                        for _ in range(batched_steps):
+                            envs.step(actions)
+
+                    seconds = _best_of(args.repeats, run, 1)
+                    group = [snapshots[0]] * num_envs
+                    restore_s = _best_of(args.repeats, lambda: envs.restore(group), 1)
+                    snapshot_s = _best_of(args.repeats, envs.snapshot, 1)
+                    envs.restore(snapshots)
+                rate = batched_steps * num_envs / seconds
+                rows.append({
+                    "task": name, "num_envs": num_envs, "workers": workers, "env_steps_per_s": rate,
+                    "raw_mj_step_env_steps_per_s": raw_rate, "ratio_to_raw": rate / raw_rate,
+                    "group_restore_us_per_copy": 1e6 * restore_s / num_envs,
+                    "snapshot_all_us_per_copy": 1e6 * snapshot_s / num_envs,
+                })
+                print(rows[-1], flush=True)
+        probe.close()
+    return rows
+
+
+def _table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
+    lines = ["| " + " | ".join(title for _, title, _ in columns) + " |",
+             "|" + "|".join("---" for _ in columns) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(format(row[key], fmt) for key, _, fmt in columns) + " |")
+    return "\n".join(lines)
+
+
+def write_report(args: Args, snapshot_rows: list[dict], batched_rows: list[dict], seconds: float) -> None:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    text = f"""# dtrl.envs benchmark
+
+- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC
+- machine: {platform.machine()}, {cpus} CPU cores usable, no GPU, {platform.python_implementation()} {platform.python_version()},
+  mujoco {mujoco.__version__}; **shared with other jobs** (several helpers running tests at the same time), so
+  timings are noisy: each number is the minimum over {args.repeats} repeats (worker runs: wall clock).
+- command: `python benchmarks/bench_envs.py{' --quick' if args.quick else ''}` ({seconds:.0f} s)
+- default_num_workers here: N=8 -> {default_num_workers(8)}, N=64 -> {default_num_workers(64)}, N=512 -> {default_num_workers(512)}
+
+## Snapshot / restore cost per env family
+
+`env_step_us`: `BranchableEnv.step` (gymnasium env + our wrapper); `mj_step_us`: bare `mj_step` for the same
+number of substeps (frame_skip) on the same model. Snapshot and restore cost well under one env step.
+
+{_table(snapshot_rows, [("task", "task", "s"), ("env", "env id", "s"), ("snapshot_us", "snapshot (us)", ".1f"),
+                        ("restore_us", "restore (us)", ".1f"), ("pickle_roundtrip_us", "pickle+unpickle (us)", ".1f"),
+                        ("bytes", "pickled bytes", "d"), ("env_step_us", "env step (us)", ".1f"),
+                        ("mj_step_us", "raw mj_step x frame_skip (us)", ".1f")])}
+
+## BatchedEnv throughput
+
+`ratio_to_raw`: env steps/s of `BatchedEnv.step` (all copies active, random actions) divided by the
+single-core rate of bare `mj_step` x frame_skip on the same model, measured in this run. A ratio above 1
+needs worker processes on free cores. `group restore`: `restore([snap] * N)` (a GRPO group), per copy.
+
+{_table(batched_rows, [("task", "task", "s"), ("num_envs", "N", "d"), ("workers", "workers", "d"),
+                       ("env_steps_per_s", "env steps/s", ".0f"),
+                       ("raw_mj_step_env_steps_per_s", "raw mj_step env steps/s", ".0f"),
+                       ("ratio_to_raw", "ratio", ".2f"),
+                       ("group_restore_us_per_copy", "group restore (us/copy)", ".1f"),
+                       ("snapshot_all_us_per_copy", "snapshot all (us/copy)", ".1f")])}
+"""
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=args.out.parent, delete=False, suffix=".tmp") as tmp:
+        tmp.write(text)
+    os.replace(tmp.name, args.out)
+    print(f"wrote {args.out}")
+
+
+def main() -> None:
+    args = tyro.cli(Args)
+    if args.quick:
+        args.batch_sizes = [size for size in args.batch_sizes if size <= 64]
+        args.repeats = 2
+        args.env_steps_per_measure = 256
+    started = time.perf_counter()
+    snapshot_rows = bench_snapshots(args)
+    batched_rows = bench_batched(args)
+    write_report(args, snapshot_rows, batched_rows, time.perf_counter() - started)
+
+
+if __name__ == "__main__":
+    main()
