@@ -41,8 +41,8 @@ import random
 import shutil
 import socket
 import sys
-import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -121,9 +121,11 @@ def _fsync_dir(directory: Path) -> None:
 def _atomic_write(path: Path, write) -> None:
     """Call ``write(file)`` on a temp file next to ``path``, fsync it, then rename it over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # A unique hidden name next to the target (same filesystem, so the rename is atomic); opened
+    # with "xb" rather than mkstemp so the file gets the usual umask permissions, not 0600.
+    tmp_name = str(path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"))
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with open(tmp_name, "xb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
