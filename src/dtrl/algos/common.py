@@ -442,3 +442,44 @@ class WindowSampler:
             batch[key] = torch.as_tensor(window, device=device)
         batch["mask"] = torch.as_tensor(mask, device=device)
         return batch
+
+
+def trajectory_segments(trajectory: Trajectory, extra: dict[str, np.ndarray], segment_length: int,
+                        history_length: int) -> list[tuple[Any, slice]]:
+    """Cut one buffered trajectory into consecutive ``dtrl.rollout.Segment``s of ``segment_length``
+    steps, each carrying the ``history_length`` steps before it as context, so that
+    ``segments_to_batch(...).log_probs(model)`` reproduces the sampling-time log-probs when
+    ``history_length >= model.receptive_field``. Returns (segment, slice of its steps) pairs;
+    ``extra`` must hold the recorded ``returns_to_go`` and ``log_probs``."""
+    from dtrl.rollout import Segment, TokenHistory
+
+    rtg = np.asarray(extra["returns_to_go"], np.float32)
+    log_probs = np.asarray(extra["log_probs"], np.float32)
+    timesteps = np.arange(len(trajectory), dtype=np.int64)
+    pieces = []
+    for start in range(0, len(trajectory), segment_length):
+        steps = slice(start, min(start + segment_length, len(trajectory)))
+        first = max(0, start - history_length)
+        history = TokenHistory(trajectory.observations[first:start], trajectory.actions[first:start],
+                               rtg[first:start], timesteps[first:start])
+        pieces.append((Segment(history=history, observations=trajectory.observations[steps],
+                               actions=trajectory.actions[steps], returns_to_go=rtg[steps],
+                               timesteps=timesteps[steps], log_probs=log_probs[steps],
+                               rewards=trajectory.rewards[steps]), steps))
+    return pieces
+
+
+def scatter_steps(per_segment: Sequence[np.ndarray], width: int, device: str | torch.device = "cpu") -> torch.Tensor:
+    """[B, width] tensor holding each segment's per-step values at its (right-aligned, since
+    ``segments_to_batch`` left-pads) training positions, 0 elsewhere."""
+    out = np.zeros((len(per_segment), width), np.float32)
+    for row, values in enumerate(per_segment):
+        if len(values):
+            out[row, width - len(values):] = values
+    return torch.as_tensor(out, device=device)
+
+
+def rollout_extra(rollout) -> dict[str, np.ndarray]:
+    """What PPO / GRPO-Q keep per step beside the trajectory: the RTG the policy was conditioned on
+    and the sampling-time log-prob (never relabeled, never recomputed)."""
+    return {"returns_to_go": rollout.returns_to_go.astype(np.float32), "log_probs": rollout.log_probs.astype(np.float32)}

@@ -1,0 +1,282 @@
+"""PPO-DT (paper §4.1): CleanRL-style PPO on a pretrained Decision Transformer, *without* hindsight
+return relabeling (the paper's §3.1: relabeling breaks the importance ratio).
+
+    dtrl finetune --algo ppo --task hopper-random --init runs/pretrain-hopper
+
+Each iteration, top to bottom:
+
+1. rollout: ``trajectories_per_iteration`` episodes (8; 16 on Adroit) sampled from the DT conditioned on
+   the online target RTG; the rollout engine stores each step's RTG and the log-prob of the sampled
+   action *at sampling time* (never recomputed); the trajectory buffer keeps the last 4x as many (FIFO);
+2. advantages: a critic V(s, g) — an MLP on the normalised state and scaled RTG (2 layers, 256 wide on
+   MuJoCo and 512 elsewhere, SiLU, AdamW, LayerNorm on Adroit/AntMaze; Table 5) — gives GAE
+   advantages and λ-returns for every buffered step (γ = 0.99; time limits bootstrap, terminals do not);
+3. ``update_epochs`` epochs over the buffer cut into segments of ``segment_length`` steps, each with
+   the DT's receptive field of history before it (so the first ratio is exactly 1), in minibatches:
+   token-level clipped surrogate (objectives.clipped_surrogate, level 'token') on per-step
+   advantages normalised per minibatch, minus temperature x entropy (the temperature learned towards
+   target entropy -dim(A), as in pretraining); the critic regresses the λ-returns;
+4. evaluate with the mean action and the evaluation RTG; log; checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from dtrl.algos.common import (
+    Clock, DTFinetuneConfig, TrajectoryBuffer, build_dt_optimizers, checkpoint_due, episode_seeds, evaluate_policy,
+    evaluation_due, iteration_metrics, mean_metrics, online_targets, open_run, prepare_policy, rollout_extra,
+    scatter_steps, seed_everything, trajectory_segments,
+)
+from dtrl.algos.odt import optimiser_step, temperature_step
+from dtrl.config import parse_config, resolve_device
+from dtrl.errors import DtrlError
+from dtrl.objectives import clipped_surrogate, lambda_returns, ppo_value_loss, surrogate_stats
+from dtrl.tasks import get_task
+
+ALGO = "ppo"
+
+
+@dataclass
+class PPOConfig(DTFinetuneConfig):
+    """PPO-DT: clipped surrogate with a value critic and λ-returns, no hindsight relabeling."""
+
+    trajectories_per_iteration: int = 8
+    """episodes collected per iteration (paper: 8 MuJoCo/AntMaze, 16 Adroit)"""
+    buffer_multiplier: int = 4
+    """the trajectory buffer holds this many iterations' worth of episodes (paper: 4)"""
+    gamma: float = 0.99
+    """discount of the λ-returns (Table 5: PPO γ 0.99)"""
+    gae_lambda: float = 0.95
+    """λ of the λ-returns / GAE"""
+    clip_eps: float = 0.2
+    """ε of the clipped surrogate (Table 6)"""
+    update_epochs: int = 4
+    """passes over the buffer per iteration"""
+    minibatch_size: int = 256
+    """segments per gradient step"""
+    segment_length: int | None = None
+    """steps trained per segment (default: the model's context length K)"""
+    history_length: int | None = None
+    """context steps before each segment (default: the model's receptive field: exact log-probs)"""
+    normalize_advantages: bool = True
+    """normalise advantages within each minibatch (CleanRL)"""
+    critic_lr: float = 3e-4
+    """AdamW learning rate of the critic"""
+    critic_weight_decay: float = 1e-4
+    """AdamW weight decay of the critic"""
+    critic_hidden_dim: int | None = None
+    """critic width (default: 256 MuJoCo, 512 otherwise; Table 5)"""
+    critic_layer_norm: bool | None = None
+    """LayerNorm in the critic (default: on Adroit and AntMaze)"""
+    value_clip_eps: float | None = None
+    """CleanRL's clipped value loss range (None: plain MSE)"""
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("trajectories_per_iteration", "buffer_multiplier", "update_epochs", "minibatch_size"):
+            if getattr(self, name) < 1:
+                raise DtrlError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 < self.gamma <= 1.0 or not 0.0 <= self.gae_lambda <= 1.0:
+            raise DtrlError("gamma must be in (0, 1] and gae-lambda in [0, 1]")
+        if not self.clip_eps > 0:
+            raise DtrlError(f"clip-eps must be > 0, got {self.clip_eps}")
+        for name in ("segment_length", "history_length"):
+            value = getattr(self, name)
+            if value is not None and value < (1 if name == "segment_length" else 0):
+                raise DtrlError(f"{name.replace('_', '-')} must be >= {1 if name == 'segment_length' else 0}")
+
+
+def _table6(task) -> dict:
+    clip = 0.2 if task.family in ("hopper", "antmaze") or task.domain == "generic" else 0.3
+    lr = 3e-5 if task.domain == "adroit" else 5e-5
+    return dict(clip_eps=clip, learning_rate=lr, trajectories_per_iteration=16 if task.domain == "adroit" else 8)
+
+
+def paper_preset(task_name: str) -> PPOConfig:
+    task = get_task(task_name)
+    return PPOConfig(task=task.name, preset="paper", iterations=1000, update_epochs=4,
+                     minibatch_size=512 if task.domain == "adroit" else 256, eval_every=10, eval_episodes=10,
+                     **_table6(task))
+
+
+def cpu_preset(task_name: str) -> PPOConfig:
+    task = get_task(task_name)
+    settings = _table6(task) | {"trajectories_per_iteration": 4, "learning_rate": 1e-4}
+    return PPOConfig(task=task.name, preset="cpu", iterations=20, update_epochs=2, minibatch_size=32,
+                     eval_every=5, eval_episodes=5, **settings)
+
+
+PRESETS = {"cpu": cpu_preset, "paper": paper_preset}
+
+
+# ----------------------------------------------------------------------------------------------
+# The critic and its targets
+
+
+def build_value_critic(config, task, obs_dim: int, device: str):
+    """V(s, g): an MLP on concat(normalised state, scaled RTG)."""
+    from dtrl.models.critics import ValueNet, default_hidden_dim, default_layer_norm
+
+    return ValueNet(obs_dim + 1, hidden_dim=config.critic_hidden_dim or default_hidden_dim(task.domain),
+                    layer_norm=default_layer_norm(task.domain) if config.critic_layer_norm is None
+                    else config.critic_layer_norm).to(device)
+
+
+def critic_inputs(states: torch.Tensor, returns_to_go: torch.Tensor) -> torch.Tensor:
+    return torch.cat([states, returns_to_go.unsqueeze(-1)], dim=-1)
+
+
+def trajectory_advantages(rewards: np.ndarray, values: np.ndarray, terminated: bool, gamma: float, lam: float
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """GAE advantages and λ-returns of one episode. A terminal last step does not bootstrap; a
+    time-limit cut bootstraps with V of the last state (the rollout keeps no observation after the
+    last action, and V(s_T) ~ V(s_{T-1}) one step apart)."""
+    values_t = torch.as_tensor(values, dtype=torch.float64)
+    bootstrap = torch.zeros(1, dtype=torch.float64) if terminated else values_t[-1:]
+    next_values = torch.cat([values_t[1:], bootstrap])
+    dones = torch.zeros(len(values_t), dtype=torch.bool)
+    dones[-1] = terminated
+    ends = torch.zeros(len(values_t), dtype=torch.bool)
+    ends[-1] = True
+    advantages, returns = lambda_returns(torch.as_tensor(rewards, dtype=torch.float64), values_t, next_values, dones,
+                                         gamma, lam, episode_ends=ends)
+    return advantages.numpy().astype(np.float32), returns.numpy().astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+
+
+def main(argv: list[str]) -> int:
+    config = parse_config(PPOConfig, argv, PRESETS, description=__doc__, prog="dtrl finetune --algo ppo")
+    train(config)
+    return 0
+
+
+def train(config: PPOConfig) -> dict:
+    from dtrl.envs import BatchedEnv
+    from dtrl.rollout import rollout_episodes, segments_to_batch
+
+    device = resolve_device(config.device)
+    task = get_task(config.task)
+    rng = seed_everything(config.seed)
+    policy = prepare_policy(config, task, device)
+    model, normalizer, reward_scale = policy.model, policy.normalizer, policy.reward_scale
+    segment_length = config.segment_length or model.config.context_length
+    history_length = model.receptive_field if config.history_length is None else config.history_length
+    online_rtg, eval_rtg = online_targets(config, task)
+    optimizer, temperature_optimizer = build_dt_optimizers(config, model)
+    actor_params = model.policy_parameters()
+    critic = build_value_critic(config, task, model.state_dim, device)
+    critic_optimizer = torch.optim.AdamW(critic.parameters(), lr=config.critic_lr,
+                                         weight_decay=config.critic_weight_decay)
+
+    buffer = TrajectoryBuffer(config.trajectories_per_iteration * config.buffer_multiplier)
+    clock = Clock()
+    run, state = open_run(config, ALGO)
+    start = 1
+    if state is not None:
+        model.load_state_dict(state["model"])
+        critic.load_state_dict(state["critic"])
+        optimizer.load_state_dict(state["optimizer"])
+        critic_optimizer.load_state_dict(state["critic_optimizer"])
+        if temperature_optimizer is not None:
+            temperature_optimizer.load_state_dict(state["temperature_optimizer"])
+        buffer.load_state_dict(state["buffer"])
+        clock.load_state_dict(state["clock"])
+        rng.bit_generator.state = state["rng"]
+        start = state["iteration"] + 1
+    envs = BatchedEnv(task, config.trajectories_per_iteration, seed=config.seed)
+
+    last_eval: dict = {}
+    try:
+        for iteration in range(start, config.iterations + 1):
+            # 1. rollout with the online target; log-probs and RTGs as sampled, FIFO buffer
+            rollouts = rollout_episodes(policy, envs, task, online_rtg,
+                                        seeds=episode_seeds(config, iteration, config.trajectories_per_iteration),
+                                        mode="sample", device=device)
+            for rollout in rollouts:
+                buffer.add(rollout.to_trajectory(), rollout_extra(rollout))
+            clock.env_steps += sum(len(r) for r in rollouts)
+
+            # 2. values of every buffered step under the current critic -> GAE advantages, λ-returns
+            pieces, advantages, returns = [], [], []
+            with torch.no_grad():
+                for trajectory, extra in zip(buffer.trajectories, buffer.extras):
+                    states = torch.as_tensor(normalizer.normalize(trajectory.observations), device=device)
+                    rtg = torch.as_tensor(extra["returns_to_go"] / reward_scale, dtype=torch.float32, device=device)
+                    values = critic(critic_inputs(states, rtg)).double().cpu().numpy()
+                    adv, ret = trajectory_advantages(trajectory.rewards / reward_scale, values, trajectory.terminated,
+                                                     config.gamma, config.gae_lambda)
+                    for segment, steps in trajectory_segments(trajectory, extra, segment_length, history_length):
+                        pieces.append(segment)
+                        advantages.append(adv[steps])
+                        returns.append(ret[steps])
+
+            # 3. epochs of minibatch updates: token-level clipped surrogate + entropy, critic regression
+            stats = []
+            for _ in range(config.update_epochs):
+                order = rng.permutation(len(pieces))
+                for first in range(0, len(order), config.minibatch_size):
+                    rows = order[first:first + config.minibatch_size]
+                    batch = segments_to_batch([pieces[i] for i in rows], normalizer, reward_scale, device,
+                                              history_length=history_length)
+                    width = batch.mask.shape[1]
+                    train = batch.train_mask
+                    adv = scatter_steps([advantages[i] for i in rows], width, device)[train]
+                    ret = scatter_steps([returns[i] for i in rows], width, device)[train]
+                    if config.normalize_advantages and adv.numel() > 1:
+                        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+                    dist = model(batch.states, batch.actions, batch.returns_to_go, batch.timesteps, batch.mask)
+                    logp_new = dist.log_prob(batch.actions)[train][:, None]
+                    logp_old = batch.log_probs_old[train][:, None]
+                    each_step = torch.ones_like(logp_new, dtype=torch.bool)  # token level: one ratio per step
+                    pg_loss = clipped_surrogate(logp_new, logp_old, adv, each_step, "token", config.clip_eps)
+                    entropy = dist.entropy()[train].mean()
+                    loss = pg_loss - model.temperature.detach() * entropy
+                    grad_norm = optimiser_step(loss, optimizer, actor_params, config.grad_clip)
+                    temperature_step(model.temperature_loss(entropy), temperature_optimizer)
+
+                    values = critic(critic_inputs(batch.states[train], batch.returns_to_go[train]))
+                    value_loss = ppo_value_loss(values, ret)
+                    critic_optimizer.zero_grad(set_to_none=True)
+                    value_loss.backward()
+                    if config.grad_clip > 0:
+                        torch.nn.utils.clip_grad_norm_(critic.parameters(), config.grad_clip)
+                    critic_optimizer.step()
+                    clock.grad_updates += 1
+                    ratio = surrogate_stats(logp_new.detach(), logp_old, each_step, "token", config.clip_eps)
+                    stats.append({"losses/policy": pg_loss.item(), "losses/value": value_loss.item(),
+                                  "losses/entropy": entropy.item(), "losses/temperature": model.temperature.item(),
+                                  "losses/grad_norm": grad_norm, "losses/approx_kl": ratio.approx_kl,
+                                  "losses/clipfrac": ratio.clip_fraction, "losses/ratio_mean": ratio.ratio_mean})
+
+            # 4. evaluation, logging, checkpoint
+            evaluation = (evaluate_policy(policy, task, config, eval_rtg, device)
+                          if evaluation_due(iteration, config.iterations, config.eval_every) else {})
+            last_eval = evaluation or last_eval
+            run.log(iteration_metrics(
+                iteration, clock, **mean_metrics(stats), **evaluation,
+                **{"charts/episodic_return": float(np.mean([r.episode_return for r in rollouts])),
+                   "charts/episode_length": float(np.mean([len(r) for r in rollouts])),
+                   "charts/segments": len(pieces)}))
+            if checkpoint_due(iteration, config.iterations, config.checkpoint_every):
+                run.save_policy(model, normalizer, task.name, extra={"algo": ALGO, "iteration": iteration})
+                run.save_state({
+                    "algo": ALGO, "iteration": iteration, "model": model.state_dict(), "critic": critic.state_dict(),
+                    "optimizer": optimizer.state_dict(), "critic_optimizer": critic_optimizer.state_dict(),
+                    "temperature_optimizer": temperature_optimizer.state_dict()
+                    if temperature_optimizer is not None else None,
+                    "buffer": buffer.state_dict(), "clock": clock.state_dict(), "rng": rng.bit_generator.state,
+                }, iteration)
+        if not last_eval:
+            last_eval = evaluate_policy(policy, task, config, eval_rtg, device)
+        run.mark_finished({"algo": ALGO, **last_eval})
+    finally:
+        envs.close()
+        run.close()
+    return last_eval
