@@ -32,7 +32,7 @@ def flatten_observation(task: Task, obs: Any) -> np.ndarray:
     return np.asarray(obs, dtype=np.float32)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EnvSnapshot:
     """Everything needed to put any env of the same task into exactly this state. Picklable."""
 
@@ -61,7 +61,7 @@ class BranchableEnv(gym.Env):
     """A task's MuJoCo env with a flat float32 observation, the task's time limit (truncation),
     and exact ``snapshot()`` / ``restore()``. Build it with :func:`make`."""
 
-    def __init__(self, task: Task, seed: int | None = None):
+    def __init__(self, task: Task, seed: int | None = None, render_mode: str | None = None):
         from . import register_all
 
         register_all()
@@ -69,7 +69,8 @@ class BranchableEnv(gym.Env):
         try:
             # The raw env, without gymnasium's wrappers: we keep the time limit ourselves so that
             # its counter is part of the snapshot.
-            self._raw = gym.make(task.env_id, disable_env_checker=True, **_env_kwargs(task)).unwrapped
+            self._raw = gym.make(task.env_id, disable_env_checker=True, render_mode=render_mode,
+                                 **_env_kwargs(task)).unwrapped
         except gym.error.Error as exc:
             raise DtrlError(f"cannot make env {task.env_id} for task {task.name}: {exc}") from None
         except TypeError as exc:
@@ -81,6 +82,7 @@ class BranchableEnv(gym.Env):
         self._episode_over = False
         self._seed = seed
         self._last_obs: np.ndarray | None = None
+        self._derived_outdated = False  # restore() leaves derived quantities for render() to refresh
 
         probe = self._raw.observation_space
         obs_dim = sum(probe[key].shape[0] for key in GOAL_OBSERVATION_KEYS) if isinstance(probe, spaces.Dict) \
@@ -110,6 +112,7 @@ class BranchableEnv(gym.Env):
         if seed is None and self._seed is not None:
             seed, self._seed = self._seed, None  # make(seed=...) seeds the first reset
         obs, info = self._raw.reset(seed=seed, options=options)
+        self._derived_outdated = False
         self._keeper.note_reset()
         self.elapsed_steps = 0
         self._needs_reset = False
@@ -123,6 +126,7 @@ class BranchableEnv(gym.Env):
         if self._episode_over:
             raise DtrlError(f"{self.task.name}: step() after the episode ended (reset or restore first)")
         obs, reward, terminated, truncated, info = self._raw.step(action)
+        self._derived_outdated = False
         self.elapsed_steps += 1
         truncated = bool(truncated) or self.elapsed_steps >= self.max_episode_steps
         terminated = bool(terminated)
@@ -153,9 +157,13 @@ class BranchableEnv(gym.Env):
         self._episode_over = snapshot.episode_over
         self._needs_reset = False
         self._last_obs = snapshot.observation.copy()
+        self._derived_outdated = True
         return self._last_obs.copy()
 
     def render(self):
+        if self._derived_outdated:
+            self._keeper.refresh_derived()
+            self._derived_outdated = False
         return self._raw.render()
 
     def close(self) -> None:
@@ -166,10 +174,11 @@ class BranchableEnv(gym.Env):
                f"horizon {self.max_episode_steps})"
 
 
-def make(task_or_env_id: str | Task, seed: int | None = None) -> BranchableEnv:
+def make(task_or_env_id: str | Task, seed: int | None = None, render_mode: str | None = None) -> BranchableEnv:
     """The env for a task name (``hopper-medium``), a ``Task``, or any gymnasium MuJoCo env id.
 
     ``seed`` seeds the first ``reset()`` (and the action space); later resets continue its stream.
+    ``render_mode``: gymnasium's (``"rgb_array"`` for videos), None to not render.
     """
     task = task_or_env_id if isinstance(task_or_env_id, Task) else get_task(task_or_env_id)
-    return BranchableEnv(task, seed=seed)
+    return BranchableEnv(task, seed=seed, render_mode=render_mode)

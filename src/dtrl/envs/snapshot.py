@@ -51,22 +51,29 @@ STALE_DERIVED_FIELDS: dict[str, tuple[str, ...]] = {
 _PLAIN_SCALARS = (bool, int, float, np.generic)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PhysicsSnapshot:
-    """The simulator part of an env snapshot: everything except the wrapper's counters."""
+    """The simulator part of an env snapshot: everything except the wrapper's counters.
+
+    Stored compactly (rollouts may keep one per step and copy): the integration state without its
+    zeros (applied forces are usually all zero), model fields as the entries that differ from
+    construction time, RNG states as plain tuples.
+    """
 
     env_id: str
     """gymnasium id of the env it came from (a restore into another task is refused)"""
-    integration_state: np.ndarray
-    """``mj_getState(..., mjSTATE_INTEGRATION)``"""
-    stale_derived: dict[str, np.ndarray]
+    state_nonzero: bytes
+    """``np.packbits`` mask of the nonzero entries of ``mj_getState(..., mjSTATE_INTEGRATION)``"""
+    state_values: np.ndarray
+    """those nonzero entries"""
+    stale_derived: tuple[tuple[str, np.ndarray], ...]
     """derived ``MjData`` arrays as the last step left them (not recomputed at the current state)"""
-    model_fields: dict[str, np.ndarray]
-    """``MjModel`` arrays that differ from construction time (written at reset)"""
+    model_fields: tuple[tuple[str, np.ndarray, np.ndarray], ...]
+    """(``MjModel`` field, flat indices, values) where the model differs from construction time"""
     attributes: tuple[tuple[int, str, Any], ...]
     """(env index in the nested-env list, attribute name, value) for changed plain attributes"""
-    rng_states: tuple[dict | None, ...]
-    """``np_random.bit_generator.state`` of each nested env (None: never seeded)"""
+    rng_states: tuple[tuple | None, ...]
+    """each nested env's ``np_random`` as (bit generator name, state dict items); None: unseeded"""
 
 
 def _is_plain(value: Any) -> bool:
@@ -75,11 +82,12 @@ def _is_plain(value: Any) -> bool:
     return isinstance(value, _PLAIN_SCALARS)
 
 
-def _equal(a: Any, b: Any) -> bool:
-    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        return isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.shape == b.shape \
-            and a.dtype == b.dtype and np.array_equal(a, b, equal_nan=True)
-    return type(a) is type(b) and a == b
+def _fingerprint(value: Any) -> tuple:
+    """A cheap exact-equality key: comparing raw bytes is bitwise (what "exact" means here) and
+    much faster than ``np.array_equal`` on the small arrays envs keep."""
+    if isinstance(value, np.ndarray):
+        return (np.ndarray, value.dtype.str, value.shape, value.tobytes())
+    return (type(value), value)
 
 
 def _copy(value: Any) -> Any:
@@ -134,7 +142,7 @@ class MujocoStateKeeper:
         self._model_views = _model_arrays(self.model)
         self._model_baseline = {name: a.copy() for name, a in self._model_views.items()}
         self._attr_baseline = [
-            {name: _copy(v) for name, v in vars(env).items() if _is_plain(v)} for env in self.envs
+            {name: (_fingerprint(v), _copy(v)) for name, v in vars(env).items() if _is_plain(v)} for env in self.envs
         ]
         # Names observed to change (model fields: checked after each reset, which is where envs
         # write them; attributes: compared at every snapshot, they are few).
@@ -150,58 +158,88 @@ class MujocoStateKeeper:
 
     def capture(self) -> PhysicsSnapshot:
         mujoco.mj_getState(self.model, self.data, self._state_buffer, _STATE_SIGNATURE)
+        nonzero = self._state_buffer != 0
+        model_fields = []
+        for name in sorted(self.dirty_model_fields):
+            view, baseline = self._model_views[name], self._model_baseline[name]
+            changed = np.flatnonzero(view != baseline)
+            if changed.size:
+                model_fields.append((name, changed.astype(np.int32), view.reshape(-1)[changed]))
         attributes = []
         for index, (env, baseline) in enumerate(zip(self.envs, self._attr_baseline)):
             for name, value in vars(env).items():
                 if not _is_plain(value):
                     continue
-                if name in baseline and _equal(value, baseline[name]):
+                if name in baseline and _fingerprint(value) == baseline[name][0]:
                     continue
                 attributes.append((index, name, _copy(value)))
-        rng_states = tuple(
-            None if env._np_random is None else env._np_random.bit_generator.state for env in self.envs
-        )
         return PhysicsSnapshot(
             env_id=self.env_id,
-            integration_state=self._state_buffer.copy(),
-            stale_derived={name: getattr(self.data, name).copy() for name in self.stale_fields},
-            model_fields={name: self._model_views[name].copy() for name in sorted(self.dirty_model_fields)},
+            state_nonzero=np.packbits(nonzero).tobytes(),
+            state_values=self._state_buffer[nonzero],
+            stale_derived=tuple((name, getattr(self.data, name).copy()) for name in self.stale_fields),
+            model_fields=tuple(model_fields),
             attributes=tuple(attributes),
-            rng_states=rng_states,
+            rng_states=tuple(_rng_state(env._np_random) for env in self.envs),
         )
 
     def restore(self, snap: PhysicsSnapshot) -> None:
-        # Model fields first: mj_forward below must see the snapshot's model.
-        for name in self.dirty_model_fields - snap.model_fields.keys():
+        # Model fields: back to construction time, then the snapshot's changes.
+        for name in self.dirty_model_fields:
             self._model_views[name][...] = self._model_baseline[name]
-        for name, value in snap.model_fields.items():
-            self._model_views[name][...] = value
-        self.dirty_model_fields |= snap.model_fields.keys()
+        for name, indices, values in snap.model_fields:
+            self._model_views[name].reshape(-1)[indices] = values
+            self.dirty_model_fields.add(name)
 
         changed = {(index, name) for index, name, _ in snap.attributes}
         for index, (env, baseline) in enumerate(zip(self.envs, self._attr_baseline)):
-            for name, value in baseline.items():
-                if (index, name) not in changed and not _equal(getattr(env, name, None), value):
+            for name, (fingerprint, value) in baseline.items():
+                if (index, name) not in changed and _fingerprint(getattr(env, name, None)) != fingerprint:
                     _set_attribute(env, name, value)
         for index, name, value in snap.attributes:
             _set_attribute(self.envs[index], name, value)
 
         for env, state in zip(self.envs, snap.rng_states):
-            if state is None:
-                env._np_random = None
-                continue
-            if env._np_random is None or type(env._np_random.bit_generator).__name__ != state["bit_generator"]:
-                env._np_random = np.random.Generator(getattr(np.random, state["bit_generator"])())
-            env._np_random.bit_generator.state = state
+            env._np_random = _rng_from_state(env._np_random, state)
 
-        mujoco.mj_setState(self.model, self.data, snap.integration_state, _STATE_SIGNATURE)
-        # Recompute derived quantities (sensors, contacts, site positions) for anything that reads
-        # them before stepping; then put back the integration state in case mj_forward touched it,
-        # and the stale arrays the original env had.
-        mujoco.mj_forward(self.model, self.data)
-        mujoco.mj_setState(self.model, self.data, snap.integration_state, _STATE_SIGNATURE)
-        for name, value in snap.stale_derived.items():
+        nonzero = np.unpackbits(np.frombuffer(snap.state_nonzero, np.uint8), count=self._state_buffer.size)
+        self._state_buffer[...] = 0
+        self._state_buffer[nonzero.view(bool)] = snap.state_values
+        # No mj_forward: the next mj_step recomputes every derived quantity from the integration
+        # state, and the ones read before it are the stale arrays, which mj_forward would *change*
+        # (it computes them at the current state). It is also the costliest part (~100 us on Adroit).
+        # Rendering calls refresh_derived() first.
+        mujoco.mj_setState(self.model, self.data, self._state_buffer, _STATE_SIGNATURE)
+        for name, value in snap.stale_derived:
             getattr(self.data, name)[...] = value
+
+    def refresh_derived(self) -> None:
+        """Recompute derived quantities (body poses, contacts, sensors) after a restore, e.g. to
+        render, while keeping the stale arrays the next step reads and the integration state."""
+        stale = {name: getattr(self.data, name).copy() for name in self.stale_fields}
+        mujoco.mj_getState(self.model, self.data, self._state_buffer, _STATE_SIGNATURE)
+        mujoco.mj_forward(self.model, self.data)
+        mujoco.mj_setState(self.model, self.data, self._state_buffer, _STATE_SIGNATURE)
+        for name, value in stale.items():
+            getattr(self.data, name)[...] = value
+
+
+def _rng_state(generator: np.random.Generator | None) -> tuple | None:
+    if generator is None:
+        return None
+    state = generator.bit_generator.state
+    return state["bit_generator"], tuple(state.items())
+
+
+def _rng_from_state(current: np.random.Generator | None, saved: tuple | None) -> np.random.Generator | None:
+    """A generator in the saved state, reusing ``current`` when it has the same bit generator."""
+    if saved is None:
+        return None
+    bit_generator_name, items = saved
+    if current is None or type(current.bit_generator).__name__ != bit_generator_name:
+        current = np.random.Generator(getattr(np.random, bit_generator_name)())
+    current.bit_generator.state = dict(items)
+    return current
 
 
 def _set_attribute(env: gym.Env, name: str, value: Any) -> None:
