@@ -1,0 +1,302 @@
+"""Q-function-guided GRPO-DT (paper Appendix A.4, Algorithm 2): the action-level variant of GRPO-DT
+for tasks where the environment cannot be reset to a visited state.
+
+    dtrl finetune --algo grpo-q --task hopper-random --init runs/pretrain-hopper
+
+Instead of branching G sub-trajectories from a restored state (Algorithm 1), every visited state gets
+G actions sampled from the current policy, scored by a TD3-trained twin Q, normalised within the group
+(Eq. 2 on Q-values) and optimised with the GRPO clipped objective, one importance ratio per action.
+No hindsight relabeling: the DT is always conditioned on the RTGs it was rolled out with.
+
+Algorithm 2, with its line numbers:
+
+    1: for round t = 1..T
+    2:   roll out τ with π_θ(·|s, g_online); add τ to T_replay (FIFO)
+    9:   (done before 3-8 so the advantages use a critic that has seen τ) TD3 critic steps on replayed
+         transitions: Q_i(s,a) -> r + γ(1-d) min_j Q'_j(s', clip(π'(s') + clip(ε, ±c), ±1)), with a
+         target DT π' and target critics updated by Polyak every ``policy_delay`` critic steps
+    3:   sample a minibatch of trajectories from T_replay with p(τ) ∝ |τ|
+    4-5: for every state s_h in them sample G actions a_{h,i} ~ π_θ(·|s_h, g_h)
+    6:   score Q(s_h, a_{h,i}) = min(Q_1, Q_2)
+    7:   advantages Â_{h,i} = group-normalised scores (objectives.group_advantages)
+    8:   ``policy_epochs`` passes of minibatch updates with the clipped objective (ratio per action)
+         minus temperature x entropy (temperature learned towards -dim(A), as in pretraining)
+
+Actor updates wait for ``critic_warmup_iterations`` rounds: a random critic's scores are noise.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from dtrl.algos.common import (
+    Clock, DTFinetuneConfig, TrajectoryBuffer, WindowSampler, build_dt_optimizers, checkpoint_due, episode_seeds,
+    evaluate_policy, evaluation_due, iteration_metrics, mean_metrics, online_targets, open_run, prepare_policy,
+    rollout_extra, seed_everything, soft_update, trajectory_segments,
+)
+from dtrl.algos.odt import optimiser_step, temperature_step
+from dtrl.algos.odt_td3 import build_critic, window_critic_loss
+from dtrl.config import parse_config, resolve_device
+from dtrl.errors import DtrlError
+from dtrl.models.distributions import ActionDistribution
+from dtrl.objectives import clipped_surrogate, group_advantages, surrogate_stats
+from dtrl.tasks import get_task
+
+ALGO = "grpo-q"
+
+
+@dataclass
+class GRPOQConfig(DTFinetuneConfig):
+    """Q-function-guided GRPO-DT (Algorithm 2): action groups scored by a TD3 critic, no env resets."""
+
+    trajectories_per_iteration: int = 1
+    """episodes rolled out per round (line 2; GRPO: 1, 5 on Adroit)"""
+    buffer_size: int = 32
+    """trajectories kept in T_replay (FIFO; GRPO's full-trajectory buffer: 32)"""
+    trajectories_per_update: int = 16
+    """line 3: trajectories sampled from T_replay per round (∝ length)"""
+    group_size: int = 8
+    """G: actions sampled per state (line 5)"""
+    min_std: float = 1e-6
+    """floor of a group's score std in the normalisation"""
+    clip_eps: float = 0.2
+    """ε of the clipped objective (Table 6)"""
+    policy_epochs: int = 2
+    """passes over the round's states per round (line 8)"""
+    minibatch_size: int = 256
+    """segments per policy gradient step"""
+    segment_length: int | None = None
+    """steps per training segment (default: the model's context length K)"""
+    history_length: int | None = None
+    """context steps before each segment (default: the model's receptive field)"""
+    critic_updates_per_iteration: int = 256
+    """TD3 critic steps per round (line 9)"""
+    critic_batch_size: int = 256
+    """windows per critic step"""
+    critic_warmup_iterations: int = 5
+    """first rounds that only collect data and train the critic (no policy update)"""
+    gamma: float = 0.99
+    """TD3 discount"""
+    tau: float = 0.005
+    """Polyak rate of the target DT and target critics"""
+    policy_noise: float = 0.2
+    """σ of TD3's target-policy smoothing noise"""
+    noise_clip: float = 0.5
+    """c: the smoothing noise is clipped to [-c, c]"""
+    policy_delay: int = 2
+    """critic steps per target-network update (TD3's delayed updates)"""
+    critic_lr: float = 3e-4
+    """Adam learning rate of the twin critics"""
+    critic_hidden_dim: int | None = None
+    """critic MLP width (default: 256 MuJoCo, 512 otherwise)"""
+    critic_layer_norm: bool | None = None
+    """LayerNorm in the critics (default: on Adroit and AntMaze)"""
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("trajectories_per_iteration", "buffer_size", "trajectories_per_update", "policy_epochs",
+                     "minibatch_size", "critic_updates_per_iteration", "critic_batch_size", "policy_delay"):
+            if getattr(self, name) < 1:
+                raise DtrlError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.group_size < 2:
+            raise DtrlError(f"group-size must be >= 2 (a group needs a baseline), got {self.group_size}")
+        if self.critic_warmup_iterations < 0:
+            raise DtrlError("critic-warmup-iterations must be >= 0")
+        if not self.clip_eps > 0 or not 0.0 < self.gamma <= 1.0 or not 0.0 < self.tau <= 1.0:
+            raise DtrlError("clip-eps must be > 0, gamma and tau in (0, 1]")
+
+
+def _table6(task) -> dict:
+    clip = 0.2 if task.family in ("hopper", "antmaze") or task.domain == "generic" else 0.3
+    return dict(clip_eps=clip, learning_rate=3e-5 if task.domain == "adroit" else 5e-5,
+                trajectories_per_iteration=5 if task.domain == "adroit" else 1,
+                gamma=task.gamma if task.domain != "generic" else 0.99)
+
+
+def paper_preset(task_name: str) -> GRPOQConfig:
+    task = get_task(task_name)
+    return GRPOQConfig(task=task.name, preset="paper", iterations=1000, buffer_size=32, trajectories_per_update=16,
+                       group_size=8, minibatch_size=512 if task.domain == "adroit" else 256,
+                       critic_updates_per_iteration=256, critic_warmup_iterations=10, eval_every=10,
+                       eval_episodes=10, **_table6(task))
+
+
+def cpu_preset(task_name: str) -> GRPOQConfig:
+    task = get_task(task_name)
+    return GRPOQConfig(task=task.name, preset="cpu", iterations=20, buffer_size=16, trajectories_per_update=2,
+                       group_size=8, minibatch_size=32, critic_updates_per_iteration=30, critic_batch_size=64,
+                       critic_warmup_iterations=3, eval_every=5, eval_episodes=5,
+                       **(_table6(task) | {"learning_rate": 1e-4}))
+
+
+PRESETS = {"cpu": cpu_preset, "paper": paper_preset}
+
+
+# ----------------------------------------------------------------------------------------------
+# Lines 5-7: action groups and their advantages
+
+
+def sample_action_groups(dist: ActionDistribution, group_size: int) -> torch.Tensor:
+    """G actions per state from the (detached) policy distribution: [G, *batch, A]."""
+    expand = lambda x: x.detach().unsqueeze(0).expand(group_size, *x.shape)  # noqa: E731
+    return ActionDistribution(expand(dist.mu), expand(dist.log_std)).sample()
+
+
+def q_group_advantages(critic, states: torch.Tensor, actions: torch.Tensor, min_std: float) -> torch.Tensor:
+    """Lines 6-7: score each of the G actions of every state with min(Q1, Q2) and normalise within the
+    state's group. ``states`` [N, O], ``actions`` [G, N, A] -> advantages [N, G]."""
+    group_size = actions.shape[0]
+    with torch.no_grad():
+        scores = critic.min_q(states.unsqueeze(0).expand(group_size, *states.shape), actions)  # [G, N]
+    return group_advantages(scores.t(), min_std=min_std).advantages
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+
+
+def main(argv: list[str]) -> int:
+    config = parse_config(GRPOQConfig, argv, PRESETS, description=__doc__, prog="dtrl finetune --algo grpo-q")
+    train(config)
+    return 0
+
+
+def train(config: GRPOQConfig) -> dict:
+    from dtrl.envs import BatchedEnv
+    from dtrl.rollout import rollout_episodes, segments_to_batch
+
+    device = resolve_device(config.device)
+    task = get_task(config.task)
+    rng = seed_everything(config.seed)
+    policy = prepare_policy(config, task, device)
+    model, normalizer, reward_scale = policy.model, policy.normalizer, policy.reward_scale
+    target_model = copy.deepcopy(model).requires_grad_(False)
+    context = model.config.context_length
+    segment_length = config.segment_length or context
+    history_length = model.receptive_field if config.history_length is None else config.history_length
+    online_rtg, eval_rtg = online_targets(config, task)
+    optimizer, temperature_optimizer = build_dt_optimizers(config, model)
+    actor_params = model.policy_parameters()
+    critic, critic_target = build_critic(config, task, model.state_dim, model.act_dim, device)
+    critic_optimizer = torch.optim.Adam(critic.parameters(), lr=config.critic_lr)
+
+    buffer = TrajectoryBuffer(config.buffer_size)
+    clock = Clock()
+    run, state = open_run(config, ALGO)
+    start = 1
+    if state is not None:
+        for module, key in ((model, "model"), (target_model, "target_model"), (critic, "critic"),
+                            (critic_target, "critic_target"), (optimizer, "optimizer"),
+                            (critic_optimizer, "critic_optimizer")):
+            module.load_state_dict(state[key])
+        if temperature_optimizer is not None:
+            temperature_optimizer.load_state_dict(state["temperature_optimizer"])
+        buffer.load_state_dict(state["buffer"])
+        clock.load_state_dict(state["clock"])
+        rng.bit_generator.state = state["rng"]
+        start = state["iteration"] + 1
+    envs = BatchedEnv(task, config.trajectories_per_iteration, seed=config.seed)
+
+    last_eval: dict = {}
+    try:
+        for iteration in range(start, config.iterations + 1):
+            # line 2: roll out with the online target; FIFO buffer (RTGs as conditioned, never relabeled)
+            rollouts = rollout_episodes(policy, envs, task, online_rtg,
+                                        seeds=episode_seeds(config, iteration, config.trajectories_per_iteration),
+                                        mode="sample", device=device)
+            for rollout in rollouts:
+                buffer.add(rollout.to_trajectory(), rollout_extra(rollout))
+            clock.env_steps += sum(len(r) for r in rollouts)
+
+            # line 9: TD3 critic on replayed transitions (K+1-step windows hold s_{t+1} and its context)
+            stats = []
+            sampler = WindowSampler(buffer, context + 1, reward_scale, normalizer, rng, rtg="recorded")
+            for step in range(config.critic_updates_per_iteration):
+                loss, metrics = window_critic_loss(critic, critic_target, target_model,
+                                                   sampler.sample(config.critic_batch_size, device), config.gamma,
+                                                   config.policy_noise, config.noise_clip)
+                critic_optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                critic_optimizer.step()
+                if step % config.policy_delay == 0:
+                    soft_update(critic_target, critic, config.tau)
+                    soft_update(target_model, model, config.tau)
+                clock.grad_updates += 1
+                stats.append(metrics)
+
+            if iteration > config.critic_warmup_iterations:
+                # line 3: trajectories ∝ length; every state of them, cut into segments with history
+                chosen = buffer.sample_indices(config.trajectories_per_update, rng)
+                pieces = [segment for i in chosen for segment, _ in
+                          trajectory_segments(buffer.trajectories[i], buffer.extras[i], segment_length,
+                                              history_length)]
+                # lines 5-7 with π_old = the policy at the start of this round: G actions per state,
+                # their sampling log-probs and Q-group advantages, fixed for all epochs of line 8
+                order = rng.permutation(len(pieces))
+                minibatches = []
+                with torch.no_grad():
+                    for first in range(0, len(order), config.minibatch_size):
+                        batch = segments_to_batch([pieces[i] for i in order[first:first + config.minibatch_size]],
+                                                  normalizer, reward_scale, device, history_length=history_length)
+                        old = model(batch.states, batch.actions, batch.returns_to_go, batch.timesteps,
+                                    batch.mask)[batch.train_mask]
+                        group_actions = sample_action_groups(old, config.group_size)  # [G, N, A]
+                        advantages = q_group_advantages(critic, batch.states[batch.train_mask], group_actions,
+                                                        config.min_std)  # [N, G]
+                        minibatches.append((batch, group_actions, old.log_prob(group_actions), advantages))
+                # line 8: clipped objective with one importance ratio per sampled action
+                for _ in range(config.policy_epochs):
+                    for index in rng.permutation(len(minibatches)):
+                        batch, group_actions, logp_old, advantages = minibatches[index]
+                        dist = model(batch.states, batch.actions, batch.returns_to_go, batch.timesteps,
+                                     batch.mask)[batch.train_mask]
+                        logp_new = dist.log_prob(group_actions)  # [G, N]
+                        per_action = torch.ones_like(logp_new.reshape(-1, 1), dtype=torch.bool)
+                        pg_loss = clipped_surrogate(logp_new.reshape(-1, 1), logp_old.reshape(-1, 1),
+                                                    advantages.t().reshape(-1), per_action, "token", config.clip_eps)
+                        entropy = dist.entropy().mean()
+                        loss = pg_loss - model.temperature.detach() * entropy
+                        grad_norm = optimiser_step(loss, optimizer, actor_params, config.grad_clip)
+                        temperature_step(model.temperature_loss(entropy), temperature_optimizer)
+                        clock.grad_updates += 1
+                        ratio = surrogate_stats(logp_new.detach().reshape(-1, 1), logp_old.reshape(-1, 1), per_action,
+                                                "token", config.clip_eps)
+                        stats.append({"losses/policy": pg_loss.item(), "losses/entropy": entropy.item(),
+                                      "losses/temperature": model.temperature.item(), "losses/grad_norm": grad_norm,
+                                      "grpo/approx_kl": ratio.approx_kl, "grpo/clipfrac": ratio.clip_fraction,
+                                      "grpo/advantage_abs": advantages.abs().mean().item()})
+
+            # evaluation, logging, checkpoint
+            evaluation = (evaluate_policy(policy, task, config, eval_rtg, device)
+                          if evaluation_due(iteration, config.iterations, config.eval_every) else {})
+            last_eval = evaluation or last_eval
+            merged = {}
+            for row in stats:  # critic and policy rows carry different keys
+                for key, value in row.items():
+                    merged.setdefault(key, []).append(value)
+            run.log(iteration_metrics(
+                iteration, clock, **{k: float(np.mean(v)) for k, v in merged.items()}, **evaluation,
+                **{"charts/episodic_return": float(np.mean([r.episode_return for r in rollouts])),
+                   "charts/episode_length": float(np.mean([len(r) for r in rollouts]))}))
+            if checkpoint_due(iteration, config.iterations, config.checkpoint_every):
+                run.save_policy(model, normalizer, task.name, extra={"algo": ALGO, "iteration": iteration})
+                run.save_state({
+                    "algo": ALGO, "iteration": iteration, "model": model.state_dict(),
+                    "target_model": target_model.state_dict(), "critic": critic.state_dict(),
+                    "critic_target": critic_target.state_dict(), "optimizer": optimizer.state_dict(),
+                    "critic_optimizer": critic_optimizer.state_dict(),
+                    "temperature_optimizer": temperature_optimizer.state_dict()
+                    if temperature_optimizer is not None else None,
+                    "buffer": buffer.state_dict(), "clock": clock.state_dict(), "rng": rng.bit_generator.state,
+                }, iteration)
+        if not last_eval:
+            last_eval = evaluate_policy(policy, task, config, eval_rtg, device)
+        run.mark_finished({"algo": ALGO, **last_eval})
+    finally:
+        envs.close()
+        run.close()
+    return last_eval
