@@ -109,12 +109,20 @@ def test_raw_returns_for_tasks_without_reference_and_pretrain_runs(tmp_path):
              [{"iteration": 1, "env_steps": 10, "eval_return_mean": 1234.5, "eval_normalized_mean": None}])
     make_run(root / "pre", {"task": "hopper-random", "seed": 0, "run_info": {"command": ["/venv/bin/dtrl", "pretrain"]}},
              [{"iteration": 1, "eval_return_mean": 300.0, "eval_normalized_mean": 9.8}])
-    result = build_report(ReportConfig(run_dirs=(str(root / "cheetah"), str(root / "pre")), out=str(tmp_path / "o")))
+    make_run(root / "dt", {"task": "hopper-random", "seed": 0, "algo": "pretrain", "model": {"architecture": "dt"}},
+             [{"iteration": 1, "eval_return_mean": 300.0, "eval_normalized_mean": 2.5}])
+    make_run(root / "rf", {"task": "hopper-random", "seed": 0, "algo": "pretrain", "model": {"architecture": "reinformer"}},
+             [{"iteration": 1, "eval_return_mean": 300.0, "eval_normalized_mean": 3.5}])
+    result = build_report(ReportConfig(run_dirs=tuple(str(root / n) for n in ("cheetah", "pre", "dt", "rf")),
+                                       out=str(tmp_path / "o")))
     groups = result["groups"]
     assert groups[("HalfCheetah-v5", "GRPO-DT")].metric == "raw"
     assert groups[("HalfCheetah-v5", "GRPO-DT")].scores == [1234.5]
     assert groups[("hopper-random", "pretrain")].scores == [9.8]
+    assert groups[("hopper-random", "DT")].scores == [2.5]
+    assert groups[("hopper-random", "Reinformer")].scores == [3.5]
     assert "HalfCheetah-v5 (raw return)" in result["markdown"]
+    assert "1.98" in result["markdown"]  # the paper's DT on hopper-random-v2 beside ours
 
 
 def test_curves_interpolated_when_seeds_evaluate_at_different_points():

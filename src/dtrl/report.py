@@ -30,7 +30,7 @@ import tyro
 from dtrl.errors import DtrlError
 from dtrl.runs import CONFIG_FILE, is_finished, iter_run_dirs, read_config, read_metrics
 
-# our algorithm names (config "algo") -> the paper's column names
+# our algorithm names (config "algo") -> the paper's column names (pretraining runs: see load_run)
 ALGO_NAMES = {"grpo": "GRPO-DT", "grpo-q": "GRPO-DT (Q)", "ppo": "PPO-DT", "odt": "ODT", "odt-td3": "ODT+TD3",
               "iql": "IQL", "dt": "DT", "reinformer": "Reinformer"}
 # column order of the table: the paper's order, anything else after it
@@ -123,7 +123,12 @@ def load_run(path: Path) -> RunResult:
     metrics = read_metrics(path)
     task_name, task = _canonical_task(str(config.get("task", "unknown")))
     algo_key = config.get("algo")
-    algo = ALGO_NAMES.get(str(algo_key), str(algo_key)) if algo_key else _command_of(config)
+    if algo_key in ("pretrain", "dt"):
+        # offline pretraining: the paper's DT column (or Reinformer when that backbone was trained)
+        architecture = (config.get("model") or {}).get("architecture", "dt")
+        algo = "Reinformer" if architecture == "reinformer" else "DT"
+    else:
+        algo = ALGO_NAMES.get(str(algo_key), str(algo_key)) if algo_key else _command_of(config)
     has_reference = task is not None and task.has_reference
     key = "eval_normalized_mean" if has_reference else "eval_return_mean"
     final = None

@@ -1,0 +1,238 @@
+import json
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from dtrl import sweep
+from dtrl.cli import main as cli_main
+from dtrl.errors import DtrlError
+from dtrl.runs import RunDir, is_finished, read_config, read_metrics
+from dtrl.sweep import expand_trials, load_spec, run_trial, spec_from_dict, trial_status
+
+
+def write_spec(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# spec and grid
+
+
+def test_toml_spec_expands_to_the_grid(tmp_path):
+    spec = load_spec(write_spec(tmp_path / "s.toml", """
+        command = "finetune"
+        algos = ["grpo", "ppo"]
+        tasks = ["hopper-random", "walker2d-medium-v2"]
+        seeds = [0, 1]
+        out_root = "runs/x"
+        args = ["--init", "pre/{task}/seed{seed}", "--preset", "cpu"]
+        [overrides]
+        clip_eps = [0.1, 0.2]
+        "model.n_layer" = [2]
+        normalize_advantages = [false]
+        [resources]
+        cpus = 2
+        gpus = 0.5
+    """))
+    assert spec.resources.cpus == 2 and spec.resources.gpus == 0.5
+    trials = expand_trials(spec, tmp_path / "out")
+    assert len(trials) == 2 * 2 * 2 * 2
+    first = trials[0]
+    assert first.task == "hopper-random" and first.algo == "grpo" and first.seed == 0
+    assert first.run_dir == str(tmp_path / "out" / "hopper-random" / "grpo" /
+                                "seed0-clip_eps=0.1-model.n_layer=2-normalize_advantages=false")
+    assert first.log_file == first.run_dir + ".log"
+    assert first.argv == ["finetune", "--algo", "grpo", "--task", "hopper-random", "--seed", "0",
+                          "--out", first.run_dir, "--init", "pre/hopper-random/seed0", "--preset", "cpu",
+                          "--clip-eps", "0.1", "--model.n-layer", "2", "--no-normalize-advantages"]
+    # -v2 names are folded into the registry name for directories and --task
+    assert {t.task for t in trials} == {"hopper-random", "walker2d-medium"}
+    assert len({t.run_dir for t in trials}) == len(trials)
+
+
+def test_json_spec_with_args_table_and_defaults(tmp_path):
+    spec = load_spec(write_spec(tmp_path / "s.json", json.dumps(
+        {"command": "pretrain", "tasks": ["hopper-medium"], "args": {"dataset": "d/{task}.hdf5", "compile": True}})))
+    (trial,) = expand_trials(spec, tmp_path)
+    assert trial.argv == ["pretrain", "--task", "hopper-medium", "--seed", "0", "--out", trial.run_dir,
+                          "--dataset", "d/hopper-medium.hdf5", "--compile"]
+    assert trial.run_dir == str(tmp_path / "hopper-medium" / "pretrain" / "seed0")
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"algos": ["grpo"]}, "'tasks' is required"),
+    ({"tasks": ["hopper-random"], "algos": ["grpo"], "sedes": [1]}, "unknown key.*sedes"),
+    ({"tasks": ["hopper-random"]}, "needs 'algos'"),
+    ({"tasks": ["hopper-random"], "algos": ["trpo"]}, "unknown algo.*trpo"),
+    ({"tasks": ["no-such-task"], "algos": ["grpo"]}, "unknown task"),
+    ({"tasks": ["hopper-random"], "algos": ["grpo"], "seeds": ["a"]}, "seeds.*integers"),
+    ({"tasks": ["hopper-random"], "algos": ["grpo"], "overrides": {"clip_eps": 0.1}}, "non-empty list"),
+    ({"tasks": ["hopper-random"], "algos": ["grpo"], "args": ["--seed", "3"]}, "must not set --seed"),
+    ({"tasks": ["hopper-random"], "command": "report"}, "not a dtrl training command"),
+    ({"tasks": ["hopper-random"], "algos": ["grpo"], "resources": {"cpus": 0}}, "cpus > 0"),
+])
+def test_spec_errors_are_one_line(raw, message):
+    with pytest.raises(DtrlError, match=message):
+        spec_from_dict(raw)
+
+
+def test_bad_placeholder_and_file_errors(tmp_path):
+    spec = spec_from_dict({"tasks": ["hopper-random"], "algos": ["grpo"], "args": ["--init", "{dataset}"]})
+    with pytest.raises(DtrlError, match="placeholder"):
+        expand_trials(spec, tmp_path)
+    with pytest.raises(DtrlError, match="not found"):
+        load_spec(tmp_path / "missing.toml")
+    with pytest.raises(DtrlError, match="s.toml"):
+        load_spec(write_spec(tmp_path / "s.toml", "tasks = [\n"))
+
+
+# ---------------------------------------------------------------------------------------------
+# one trial, with a stand-in program (what Ray runs, without Ray)
+
+# A stand-in for `python -m dtrl` that writes the run-directory files run_trial looks at, without
+# importing torch (a real dtrl command runs in the Ray test below).
+FAKE_DTRL = """
+import json, os, sys
+args = sys.argv[1:]
+out = args[args.index("--out") + 1]
+with open(os.environ["FAKE_CALLS"], "a") as f:
+    f.write(json.dumps(args) + "\\n")
+resume = "--resume" in args
+if not resume:
+    if os.path.exists(out):
+        sys.exit("refusing: run directory exists")  # what RunDir.create does without --force
+    os.makedirs(os.path.join(out, "checkpoints"))
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump({"task": "hopper-random", "algo": "grpo", "seed": 0}, f)
+start = int(open(os.path.join(out, "checkpoints", "state.pt")).read()) + 1 if resume else 0
+for it in range(start, 3):
+    with open(os.path.join(out, "metrics.jsonl"), "a") as f:
+        f.write(json.dumps({"iteration": it, "eval_normalized_mean": 10.0 * it}) + "\\n")
+    with open(os.path.join(out, "checkpoints", "state.pt"), "w") as f:
+        f.write(str(it))
+    if it == 1 and os.environ.get("FAKE_CRASH_ONCE") and not resume:
+        print("simulated crash", flush=True)
+        sys.exit(3)
+with open(os.path.join(out, "final.json"), "w") as f:
+    json.dump({"eval_normalized_mean": 20.0}, f)
+"""
+
+
+@pytest.fixture
+def fake_trial(tmp_path, monkeypatch):
+    program = tmp_path / "fake_dtrl.py"
+    program.write_text(FAKE_DTRL)
+    calls = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("FAKE_CALLS", str(calls))
+    run_dir = tmp_path / "out" / "hopper-random" / "grpo" / "seed0"
+    trial = {"run_dir": str(run_dir), "log_file": str(run_dir) + ".log", "cwd": str(tmp_path), "cpus": 1,
+             "argv": ["finetune", "--algo", "grpo", "--out", str(run_dir)], "program": [sys.executable, str(program)]}
+
+    def read_calls():
+        return [json.loads(line) for line in calls.read_text().splitlines()] if calls.exists() else []
+
+    return trial, read_calls
+
+
+def test_trial_crash_then_resume_then_skip(fake_trial, monkeypatch):
+    trial, calls = fake_trial
+    assert trial_status(trial["run_dir"]) == "new"
+    monkeypatch.setenv("FAKE_CRASH_ONCE", "1")
+    with pytest.raises(RuntimeError, match=r"exited with 3.*\n(.*\n)*simulated crash"):
+        run_trial(trial)
+    assert trial_status(trial["run_dir"]) == "resume"
+
+    result = run_trial(trial)  # continues from the checkpoint of iteration 1
+    assert result["status"] == "resumed" and result["eval_normalized_mean"] == 20.0
+    assert calls()[-1][-1] == "--resume"
+    assert [r["iteration"] for r in read_metrics(trial["run_dir"])] == [0, 1, 2]
+    assert is_finished(trial["run_dir"])
+
+    n_calls = len(calls())
+    assert run_trial(trial)["status"] == "skipped"
+    assert len(calls()) == n_calls  # a finished trial does not start its program
+    log = Path(trial["log_file"]).read_text()
+    assert log.count("=== ") == 2 and "new:" in log and "resume:" in log
+
+
+def test_trial_without_checkpoint_is_restarted(fake_trial):
+    trial, calls = fake_trial
+    RunDir.create(trial["run_dir"], {"task": "hopper-random"}).close()  # died before its first checkpoint
+    assert trial_status(trial["run_dir"]) == "restart"
+    assert run_trial(trial)["status"] == "ran"
+    assert "--resume" not in calls()[-1]
+    assert read_config(trial["run_dir"])["algo"] == "grpo"
+
+
+def test_sweep_refuses_existing_out_root_without_resume_and_dry_run(tmp_path, capsys):
+    spec = write_spec(tmp_path / "s.toml", f"""
+        tasks = ["hopper-random"]
+        algos = ["grpo"]
+        seeds = [0, 1]
+        out_root = "{tmp_path / 'out'}"
+    """)
+    RunDir.create(tmp_path / "out" / "hopper-random" / "grpo" / "seed0", {"seed": 0}).mark_finished({})
+    assert cli_main(["sweep", str(spec)]) == 2
+    assert "already holds 1 of this sweep's runs; use --resume" in capsys.readouterr().err
+    assert cli_main(["sweep", str(spec), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "1 new, 0 to resume, 0 to restart, 1 finished" in out
+    assert "[finished] dtrl finetune --algo grpo --task hopper-random --seed 0" in out
+    assert cli_main(["sweep", str(spec), "--local", "--address", "auto"]) == 2
+
+
+def test_missing_ray_gives_install_hint(tmp_path, monkeypatch, capsys):
+    spec = write_spec(tmp_path / "s.toml", f"""
+        tasks = ["hopper-random"]
+        algos = ["grpo"]
+        out_root = "{tmp_path / 'out'}"
+    """)
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    assert cli_main(["sweep", str(spec)]) == 2
+    assert "pip install 'ray[tune]'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# Ray Tune for real: two tiny pretraining runs
+
+
+def test_ray_runs_two_trials_and_second_invocation_skips_them(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("ray.tune")
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["data", "build", "hopper-random", "--out", "data.hdf5", "--transitions", "200"]) == 0
+    spec = write_spec(tmp_path / "sweep.toml", """
+        command = "pretrain"
+        tasks = ["hopper-random"]
+        seeds = [0, 1]
+        out_root = "out"
+        args = ["--dataset", "data.hdf5", "--steps", "2", "--steps-per-iteration", "1", "--batch-size", "2",
+                "--warmup-steps", "1", "--eval-every", "0", "--eval-episodes", "1", "--model.n-layer", "1",
+                "--model.embed-dim", "8", "--model.n-head", "1", "--device", "cpu"]
+        [resources]
+        cpus = 1
+    """)
+    capsys.readouterr()
+    assert cli_main(["sweep", str(spec), "--local", "--num-cpus", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "2 trial(s) done, 0 failed" in out
+    for seed in (0, 1):
+        run_dir = tmp_path / "out" / "hopper-random" / "pretrain" / f"seed{seed}"
+        assert is_finished(run_dir), (run_dir.with_suffix(".log").read_text() if run_dir.with_suffix(".log").exists() else "")
+        config = read_config(run_dir)
+        assert config["seed"] == seed and config["task"] == "hopper-random" and config["steps"] == 2
+        assert read_metrics(run_dir)[-1]["grad_updates"] == 2
+        assert (run_dir / "policy").is_dir()
+    mtimes = [os.path.getmtime(tmp_path / "out" / "hopper-random" / "pretrain" / f"seed{s}" / "final.json") for s in (0, 1)]
+
+    assert cli_main(["sweep", str(spec), "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "2 finished and skipped" in out and "nothing to run" in out
+    assert mtimes == [os.path.getmtime(tmp_path / "out" / "hopper-random" / "pretrain" / f"seed{s}" / "final.json")
+                      for s in (0, 1)]
+
+    assert cli_main(["report", "out", "--out", "report"]) == 0
+    assert "| hopper-random |" in (tmp_path / "report" / "report.md").read_text()
