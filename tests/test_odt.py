@@ -1,0 +1,144 @@
+"""ODT: buffer seeding with the best offline trajectories, FIFO replacement, length-proportional
+sampling, hindsight-relabeled RTGs, and two iterations (plus a resume) from the CLI.
+
+The tiny dataset/policy fixture defined here is imported by the other finetuning tests."""
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from dtrl.algos.common import TrajectoryBuffer, WindowSampler
+from dtrl.algos.odt import relabeled_sampler
+from dtrl.cli import main as cli
+from dtrl.data.normalizer import StateNormalizer
+from dtrl.data.trajectory import Trajectory
+from dtrl.objectives import hindsight_rtg
+
+
+def _random_hopper_dataset(path, episodes=8, max_steps=30):
+    from dtrl.data.hdf5 import write_d4rl
+    from dtrl.envs import make
+
+    env = make("hopper-random", seed=0)
+    rng = np.random.default_rng(0)
+    rows = {k: [] for k in ("observations", "actions", "rewards", "terminals", "timeouts")}
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=episode)
+        for t in range(max_steps):
+            action = rng.uniform(-1, 1, 3).astype(np.float32)
+            next_obs, reward, terminated, truncated, _ = env.step(action)
+            cut = (truncated or t == max_steps - 1) and not terminated
+            for key, value in zip(rows, (obs, action, reward, terminated, cut)):
+                rows[key].append(value)
+            obs = next_obs
+            if terminated or cut:
+                break
+    env.close()
+    write_d4rl(path, {k: np.asarray(v, np.float32 if k in ("observations", "actions", "rewards") else bool)
+                      for k, v in rows.items()}, {})
+
+
+@pytest.fixture(scope="session")
+def tiny_files(tmp_path_factory):
+    """(dataset .hdf5, pretrained-policy dir) for hopper-random: random-action episodes and an
+    untrained one-layer 16-wide DT in the checkpoint format (enough to exercise every code path)."""
+    from dtrl.config import ModelConfig
+    from dtrl.data import load_dataset
+    from dtrl.models import DecisionTransformer
+    from dtrl.models.checkpoint import save_policy
+
+    root = tmp_path_factory.mktemp("finetune")
+    dataset_path = root / "tiny-hopper.hdf5"
+    _random_hopper_dataset(dataset_path)
+    dataset = load_dataset(str(dataset_path), "hopper-random")
+    torch.manual_seed(0)
+    model = DecisionTransformer(ModelConfig(n_layer=1, n_head=1, embed_dim=16, context_length=4, dropout=0.0),
+                                dataset.obs_dim, dataset.act_dim)
+    save_policy(root / "policy", model, StateNormalizer.from_trajectories(dataset.trajectories), "hopper-random")
+    return dataset_path, root / "policy"
+
+
+def read_metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _trajectory(rewards, terminated=False):
+    rewards = np.asarray(rewards, np.float32)
+    n = len(rewards)
+    return Trajectory(np.arange(n * 2, dtype=np.float32).reshape(n, 2), np.zeros((n, 1), np.float32), rewards,
+                      terminated, not terminated)
+
+
+def test_buffer_is_seeded_with_the_best_offline_trajectories_and_replaced_fifo():
+    offline = [_trajectory([r]) for r in (5.0, 1.0, 9.0, 3.0, 7.0)]
+    buffer = TrajectoryBuffer(capacity=3)
+    buffer.seed_with_top(offline)
+    assert [t.episode_return for t in buffer.trajectories] == [5.0, 7.0, 9.0]  # worst first: replaced first
+    buffer.add(_trajectory([100.0]))
+    assert [t.episode_return for t in buffer.trajectories] == [7.0, 9.0, 100.0]
+    buffer.add(_trajectory([200.0]))
+    buffer.add(_trajectory([300.0]))
+    assert [t.episode_return for t in buffer.trajectories] == [100.0, 200.0, 300.0]
+    restored = TrajectoryBuffer(1)
+    restored.load_state_dict(buffer.state_dict())
+    assert [t.episode_return for t in restored.trajectories] == [100.0, 200.0, 300.0] and restored.capacity == 3
+
+
+def test_trajectories_are_sampled_in_proportion_to_their_length():
+    buffer = TrajectoryBuffer(capacity=2)
+    buffer.add(_trajectory([1.0]))
+    buffer.add(_trajectory([1.0, 1.0, 1.0]))
+    draws = buffer.sample_indices(20_000, np.random.default_rng(0))
+    assert abs(np.mean(draws == 1) - 0.75) < 0.02
+
+
+def test_relabeled_rtgs_are_the_returns_achieved_not_the_online_target():
+    buffer = TrajectoryBuffer(capacity=2)
+    buffer.add(_trajectory([1.0, 2.0, 3.0, 4.0], terminated=True))
+    policy = SimpleNamespace(reward_scale=2.0, normalizer=StateNormalizer.identity(2))
+    sampler = relabeled_sampler(buffer, context_length=3, policy=policy, rng=np.random.default_rng(0))
+    window = sampler.gather(np.array([0, 0]), np.array([3, 1]))
+    # window ending at step 3: steps 1..3, g = (2+3+4, 3+4, 4) / scale 2
+    assert np.allclose(window["returns_to_go"][0].numpy(), [4.5, 3.5, 2.0])
+    # window ending at step 1: left padding (mask False, zeros) then steps 0..1: g = 10, 9 (/2)
+    assert window["mask"][1].tolist() == [False, True, True]
+    assert np.allclose(window["returns_to_go"][1].numpy(), [0.0, 5.0, 4.5])
+    expected = hindsight_rtg(torch.tensor([1.0, 2.0, 3.0, 4.0])) / 2.0
+    assert np.allclose(window["returns_to_go"][0].numpy(), expected[1:].numpy())
+    # the same relabeling through WindowSampler (ODT+TD3), which also marks the terminal step
+    td3_window = WindowSampler(buffer, 3, 2.0, StateNormalizer.identity(2), np.random.default_rng(0),
+                               rtg="hindsight").gather(np.array([0]), np.array([3]))
+    assert np.allclose(td3_window["returns_to_go"][0].numpy(), [4.5, 3.5, 2.0])
+    assert td3_window["dones"][0].tolist() == [0.0, 0.0, 1.0]
+
+
+def test_odt_two_iterations_from_the_cli_then_resume(tiny_files, tmp_path):
+    dataset, policy = tiny_files
+    run = tmp_path / "odt"
+    argv = ["finetune", "--algo", "odt", "--task", "hopper-random", "--init", str(policy), "--dataset", str(dataset),
+            "--out", str(run), "--updates-per-iteration", "2", "--batch-size", "4", "--buffer-size", "4",
+            "--eval-episodes", "1", "--eval-every", "0", "--device", "cpu"]
+    assert cli(argv + ["--iterations", "2"]) == 0
+    rows = read_metrics(run)
+    assert [r["iteration"] for r in rows] == [1, 2]
+    assert [r["grad_updates"] for r in rows] == [2, 4]
+    assert rows[1]["env_steps"] > rows[0]["env_steps"] > 0
+    assert "eval_normalized_mean" in rows[-1] and "eval_normalized_mean" not in rows[0]
+    assert json.loads((run / "config.json").read_text())["algo"] == "odt"
+    assert (run / "policy" / "model.safetensors").is_file() and (run / "checkpoints" / "state.pt").is_file()
+    assert cli(argv + ["--iterations", "3", "--resume"]) == 0
+    rows = read_metrics(run)
+    assert [r["iteration"] for r in rows] == [1, 2, 3] and rows[-1]["grad_updates"] == 6
+
+
+def test_odt_needs_init_and_dataset(tiny_files, tmp_path, capsys):
+    dataset, policy = tiny_files
+    assert cli(["finetune", "--algo", "odt", "--task", "hopper-random", "--dataset", str(dataset),
+                "--out", str(tmp_path / "a")]) == 2
+    assert "--init is required" in capsys.readouterr().err
+    assert cli(["finetune", "--algo", "odt", "--task", "hopper-random", "--init", str(policy),
+                "--out", str(tmp_path / "b")]) == 2
+    assert "--dataset is required" in capsys.readouterr().err
