@@ -1,0 +1,126 @@
+"""``dtrl data build`` and ``dtrl data info``."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dtrl.errors import DtrlError
+
+USAGE = """usage: dtrl data {build,info} ...
+
+  build TASK-LEVEL --out FILE [--transitions N] [--seed S] [--force] ...
+        make a D4RL-layout .hdf5 locally: random (uniform actions), medium (SAC trained to ~1/3 of
+        expert, rolled out), medium-replay (that SAC run's replay buffer)
+  info  FILE|MINARI_ID|MINARI_DIR [--task T]
+        size, episodes, return mean ± std (raw and D4RL-normalised), dimensions, source attributes
+
+dtrl data build --help / dtrl data info --help list every option."""
+
+
+@dataclass
+class InfoConfig:
+    """``dtrl data info SOURCE``: describe a dataset the way the paper's Tables 2-4 do."""
+
+    source: str = ""
+    """a D4RL-layout .hdf5 file, a Minari dataset id (mujoco/hopper/medium-v0) or a Minari dataset directory"""
+    task: str | None = None
+    """task to validate against and normalise with (default: from the file's attributes or the Minari id)"""
+
+
+def _parse(config_cls: type, argv: list[str], positional: str, prog: str, description: str):
+    import tyro
+
+    # The first bare word is the positional argument (TASK-LEVEL or SOURCE); tyro parses the rest.
+    if argv and not argv[0].startswith("-"):
+        argv = [f"--{positional}", argv[0], *argv[1:]]
+    config = tyro.cli(config_cls, args=argv, prog=prog, description=description)
+    if not getattr(config, positional):
+        raise DtrlError(f"{prog}: missing {positional.upper()} (see {prog} --help)")
+    return config
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command == "build":
+        from dtrl.data.builder import BuildConfig, build
+
+        config = _parse(BuildConfig, rest, "dataset", "dtrl data build", BuildConfig.__doc__)
+        build(config)
+        return 0
+    if command == "info":
+        config = _parse(InfoConfig, rest, "source", "dtrl data info", InfoConfig.__doc__)
+        print(describe(config.source, config.task))
+        return 0
+    raise DtrlError(f"unknown data command {command!r} (choose from build, info)")
+
+
+def infer_task(source: str, attrs: dict[str, Any] | None = None) -> str:
+    """The task a dataset belongs to: the file's ``task`` attribute, or the registry task whose Minari
+    id it is."""
+    from dtrl.tasks import TASKS
+
+    if attrs and attrs.get("task"):
+        return str(attrs["task"])
+    for task in TASKS.values():
+        if task.minari_id and (source == task.minari_id or source.rstrip("/").endswith(task.minari_id)):
+            return task.name
+    raise DtrlError(f"cannot tell which task {source} belongs to: give --task (see dtrl tasks)")
+
+
+def _size_bytes(path: Path) -> int | None:
+    if path.is_file():
+        return path.stat().st_size
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return None
+
+
+def describe(source: str, task_name: str | None = None) -> str:
+    """A human-readable summary: size, episodes, lengths, return mean ± std raw and normalised, dims, attrs."""
+    from dtrl.data.dataset import HDF5_SUFFIXES, load_dataset, looks_like_minari_id
+    from dtrl.data.hdf5 import read_attrs
+    from dtrl.tasks import get_task
+
+    path = Path(source)
+    attrs = read_attrs(path) if source.endswith(HDF5_SUFFIXES) or path.is_file() else {}
+    task = get_task(task_name or infer_task(source, attrs))
+    dataset = load_dataset(source, task)
+    if looks_like_minari_id(source):
+        from minari.storage import get_dataset_path
+
+        path = Path(get_dataset_path(source))
+    size = _size_bytes(path)
+    returns = dataset.returns()
+    lengths = np.array([len(t) for t in dataset.trajectories])
+    terminated = sum(t.terminated for t in dataset.trajectories)
+    lines = [
+        f"dataset      {source}" + (f"  ({size / 1e6:.1f} MB)" if size is not None else ""),
+        f"task         {task.name} ({task.env_id})",
+        f"transitions  {dataset.n_transitions}",
+        f"episodes     {dataset.n_episodes}  (length mean {lengths.mean():.1f}, min {lengths.min()}, "
+        f"max {lengths.max()}; {terminated} terminated, {dataset.n_episodes - terminated} timed out or cut)",
+        f"dims         observation {dataset.obs_dim}, action {dataset.act_dim}",
+        f"return       {returns.mean():.2f} ± {returns.std():.2f} raw (min {returns.min():.2f}, max {returns.max():.2f})",
+    ]
+    if task.has_reference:
+        normalized = np.array([task.normalize(r) for r in returns])
+        lines.append(f"normalised   {normalized.mean():.1f} ± {normalized.std():.1f} (D4RL score: 100 * (R - "
+                     f"{task.ref_min_score:g}) / ({task.ref_max_score:g} - {task.ref_min_score:g}))")
+    else:
+        lines.append(f"normalised   n/a ({task.name} has no D4RL reference scores; raw returns only)")
+    for key, value in sorted(dataset.attrs.items()):
+        lines.append(f"  {key:<18} {value}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
