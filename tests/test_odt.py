@@ -17,6 +17,9 @@ from dtrl.data.normalizer import StateNormalizer
 from dtrl.data.trajectory import Trajectory
 from dtrl.objectives import hindsight_rtg
 
+# Tiny models on a shared 2-core machine: extra intra-op threads only contend.
+torch.set_num_threads(1)
+
 
 def _random_hopper_dataset(path, episodes=8, max_steps=30):
     from dtrl.data.hdf5 import write_d4rl
