@@ -123,13 +123,14 @@ class BatchedEnv:
     Args:
         task: task name, gymnasium MuJoCo env id, or ``Task``.
         num_envs: number of copies N.
-        num_workers: worker processes (0: step in this process; None: ``default_num_workers``).
+        num_workers: worker processes (0: step in this process; None, the default:
+            ``default_num_workers(num_envs)``, which is 0 on machines with 1-2 cores).
         seed: copy i's first ``reset()`` without seeds uses ``seed + i``.
         start_method: multiprocessing start method for workers (default: forkserver where
             available, else spawn; fork is unsafe once torch has started threads).
     """
 
-    def __init__(self, task: str | Task, num_envs: int, num_workers: int | None = 0, seed: int = 0,
+    def __init__(self, task: str | Task, num_envs: int, num_workers: int | None = None, seed: int = 0,
                  start_method: str | None = None):
         self.task = task if isinstance(task, Task) else get_task(task)
         if num_envs < 1:
@@ -152,16 +153,16 @@ class BatchedEnv:
         self._owner = np.concatenate([np.full(len(s), w) for w, s in enumerate(self._slices)])
         self._position = np.concatenate([np.arange(len(s)) for s in self._slices])
 
-        probe = make(self.task)
-        self.observation_space, self.action_space = probe.observation_space, probe.action_space
-        probe.close()
-        self.obs_dim = self.observation_space.shape[0]
-        self.act_dim = self.action_space.shape[0]
-
         if self.num_workers == 0:
             self._local = _EnvSlice(self.task, num_envs)
+            spaces_from = self._local.envs[0]
         else:
             self._start_workers(start_method)
+            spaces_from = make(self.task)
+            spaces_from.close()
+        self.observation_space, self.action_space = spaces_from.observation_space, spaces_from.action_space
+        self.obs_dim = self.observation_space.shape[0]
+        self.act_dim = self.action_space.shape[0]
         self._last_obs = np.zeros((num_envs, self.obs_dim), np.float32)
 
     def _start_workers(self, start_method: str | None) -> None:

@@ -12,7 +12,7 @@ from gymnasium import spaces
 from dtrl.errors import DtrlError
 from dtrl.tasks import Task, get_task
 
-from .snapshot import MujocoStateKeeper, PhysicsSnapshot
+from .snapshot import MujocoStateKeeper, PhysicsSnapshot, pack_array, unpack_array
 
 # AntMaze (dict observation) is flattened in this order; the data loader does the same to Minari data.
 GOAL_OBSERVATION_KEYS = ("observation", "achieved_goal", "desired_goal")
@@ -46,6 +46,14 @@ class EnvSnapshot:
     """the episode had terminated or been truncated (stepping on is refused)"""
     observation: np.ndarray
     """the observation the env last returned (restore returns it again)"""
+
+    def __reduce__(self):
+        return _unpickle_snapshot, (self.task_name, self.physics, self.elapsed_steps, self.episode_over,
+                                    pack_array(self.observation))
+
+
+def _unpickle_snapshot(task_name, physics, elapsed_steps, episode_over, observation) -> EnvSnapshot:
+    return EnvSnapshot(task_name, physics, elapsed_steps, episode_over, unpack_array(observation))
 
 
 def _env_kwargs(task: Task) -> dict[str, Any]:

@@ -75,6 +75,39 @@ class PhysicsSnapshot:
     rng_states: tuple[tuple | None, ...]
     """each nested env's ``np_random`` as (bit generator name, state dict items); None: unseeded"""
 
+    def __reduce__(self):
+        # numpy's own array pickling costs ~10 us per array; raw bytes cost well under 1 us, and
+        # snapshots cross worker pipes at every recorded rollout step.
+        return _unpickle_physics, (
+            self.env_id, self.state_nonzero, pack_array(self.state_values),
+            tuple((name, pack_array(a)) for name, a in self.stale_derived),
+            tuple((name, pack_array(i), pack_array(v)) for name, i, v in self.model_fields),
+            tuple((k, name, True, pack_array(v)) if isinstance(v, np.ndarray) else (k, name, False, v)
+                  for k, name, v in self.attributes),
+            self.rng_states,
+        )
+
+
+def pack_array(array: np.ndarray) -> tuple[str, tuple, bytes]:
+    """(dtype, shape, bytes): a plain tuple pickles fast (a tuple subclass would not)."""
+    return array.dtype.str, array.shape, array.tobytes()
+
+
+def unpack_array(packed: tuple[str, tuple, bytes]) -> np.ndarray:
+    """A read-only array over the pickled bytes (snapshots are immutable; users copy on restore)."""
+    dtype, shape, data = packed
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
+
+
+def _unpickle_physics(env_id, state_nonzero, state_values, stale_derived, model_fields, attributes, rng_states):
+    return PhysicsSnapshot(
+        env_id=env_id, state_nonzero=state_nonzero, state_values=unpack_array(state_values),
+        stale_derived=tuple((name, unpack_array(a)) for name, a in stale_derived),
+        model_fields=tuple((name, unpack_array(i), unpack_array(v)) for name, i, v in model_fields),
+        attributes=tuple((k, name, unpack_array(v) if is_array else v) for k, name, is_array, v in attributes),
+        rng_states=rng_states,
+    )
+
 
 def _is_plain(value: Any) -> bool:
     if isinstance(value, np.ndarray):
@@ -144,12 +177,27 @@ class MujocoStateKeeper:
         self._attr_baseline = [
             {name: (_fingerprint(v), _copy(v)) for name, v in vars(env).items() if _is_plain(v)} for env in self.envs
         ]
+        # Attributes worth checking at each snapshot: plain or None (set later) values. A full scan
+        # of every attribute runs at construction, after each reset and whenever an env gains or
+        # loses attributes; in between only these names are compared (snapshots are frequent).
+        self._attr_candidates: list[tuple[str, ...]] = [()] * len(self.envs)
+        self._attr_counts: list[int] = [-1] * len(self.envs)
+        self._scan_attributes()
         # Names observed to change (model fields: checked after each reset, which is where envs
         # write them; attributes: compared at every snapshot, they are few).
         self.dirty_model_fields: set[str] = set()
 
+    def _scan_attributes(self) -> None:
+        for index, env in enumerate(self.envs):
+            attributes = vars(env)
+            self._attr_candidates[index] = tuple(
+                name for name, value in attributes.items() if value is None or _is_plain(value)
+            )
+            self._attr_counts[index] = len(attributes)
+
     def note_reset(self) -> None:
         """Find model fields the env's reset wrote (full model diff; resets are rare)."""
+        self._scan_attributes()
         for name, view in self._model_views.items():
             if name not in self.dirty_model_fields and not np.array_equal(
                 view, self._model_baseline[name], equal_nan=True
@@ -166,8 +214,12 @@ class MujocoStateKeeper:
             if changed.size:
                 model_fields.append((name, changed.astype(np.int32), view.reshape(-1)[changed]))
         attributes = []
+        if any(len(vars(env)) != count for env, count in zip(self.envs, self._attr_counts)):
+            self._scan_attributes()
         for index, (env, baseline) in enumerate(zip(self.envs, self._attr_baseline)):
-            for name, value in vars(env).items():
+            attributes_now = vars(env)
+            for name in self._attr_candidates[index]:
+                value = attributes_now.get(name)
                 if not _is_plain(value):
                     continue
                 if name in baseline and _fingerprint(value) == baseline[name][0]:
