@@ -137,6 +137,18 @@ def test_odt_two_iterations_from_the_cli_then_resume(tiny_files, tmp_path):
     assert [r["iteration"] for r in rows] == [1, 2, 3] and rows[-1]["grad_updates"] == 6
 
 
+def test_time_limit_stops_after_the_current_iteration_with_a_final_evaluation(tiny_files, tmp_path):
+    dataset, policy = tiny_files
+    run = tmp_path / "odt-timed"
+    assert cli(["finetune", "--algo", "odt", "--task", "hopper-random", "--init", str(policy), "--dataset",
+                str(dataset), "--out", str(run), "--iterations", "50", "--updates-per-iteration", "1",
+                "--batch-size", "2", "--eval-episodes", "1", "--eval-every", "0", "--time-limit-s", "1e-6",
+                "--device", "cpu"]) == 0
+    rows = read_metrics(run)
+    assert [r["iteration"] for r in rows] == [1] and rows[0]["eval_normalized_mean"] is not None
+    assert (run / "final.json").is_file()
+
+
 def test_odt_needs_init_and_dataset(tiny_files, tmp_path, capsys):
     dataset, policy = tiny_files
     assert cli(["finetune", "--algo", "odt", "--task", "hopper-random", "--dataset", str(dataset),

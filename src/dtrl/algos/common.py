@@ -245,13 +245,21 @@ def open_run(config: Any, algo: str):
     return run, state
 
 
-def evaluation_due(iteration: int, total_iterations: int, eval_every: int) -> bool:
-    """Evaluate every ``eval_every`` iterations (1-based) and always after the last one."""
-    return iteration == total_iterations or (eval_every > 0 and iteration % eval_every == 0)
+def evaluation_due(iteration: int, total_iterations: int, eval_every: int, stopping: bool = False) -> bool:
+    """Evaluate every ``eval_every`` iterations (1-based) and always after the last one (the planned
+    last, or the one a ``--time-limit-s`` stops at: ``stopping``)."""
+    return stopping or iteration == total_iterations or (eval_every > 0 and iteration % eval_every == 0)
 
 
-def checkpoint_due(iteration: int, total_iterations: int, checkpoint_every: int) -> bool:
-    return iteration == total_iterations or iteration % checkpoint_every == 0
+def checkpoint_due(iteration: int, total_iterations: int, checkpoint_every: int, stopping: bool = False) -> bool:
+    return stopping or iteration == total_iterations or iteration % checkpoint_every == 0
+
+
+def out_of_time(clock: Clock, time_limit_s: float) -> bool:
+    """True once the run has trained for ``time_limit_s`` seconds (0: no limit). Loops check it after
+    each iteration's updates, then evaluate, checkpoint and stop: the equal-wall-clock comparisons of
+    benchmarks/bench_table1.py use it."""
+    return time_limit_s > 0 and clock.elapsed() >= time_limit_s
 
 
 def iteration_metrics(iteration: int, clock: Clock, **metrics: Any) -> dict:
@@ -313,9 +321,14 @@ class DTFinetuneConfig(CommonConfig):
     """target RTG of online rollouts (default: the task's, Table 6 'RTG')"""
     eval_rtg: float | None = None
     """target RTG of evaluation rollouts (default: the task's eval target)"""
+    time_limit_s: float = 0.0
+    """stop after the iteration during which this many seconds of training passed, with a final
+    evaluation and checkpoint (0: no limit; for equal-wall-clock comparisons)"""
 
     def validate(self) -> None:
         super().validate()
+        if self.time_limit_s < 0:
+            raise DtrlError(f"time-limit-s must be >= 0, got {self.time_limit_s}")
         if self.iterations < 1:
             raise DtrlError(f"iterations must be >= 1, got {self.iterations}")
         if not self.learning_rate > 0:

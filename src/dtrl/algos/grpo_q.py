@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from dtrl.algos.common import (
-    Clock, DTFinetuneConfig, TrajectoryBuffer, WindowSampler, build_dt_optimizers, checkpoint_due, episode_seeds,
+    Clock, DTFinetuneConfig, TrajectoryBuffer, WindowSampler, build_dt_optimizers, checkpoint_due, out_of_time, episode_seeds,
     evaluate_policy, evaluation_due, iteration_metrics, mean_metrics, online_targets, open_run, prepare_policy,
     rollout_extra, seed_everything, soft_update, trajectory_segments,
 )
@@ -271,8 +271,9 @@ def train(config: GRPOQConfig) -> dict:
                                       "grpo/advantage_abs": advantages.abs().mean().item()})
 
             # evaluation, logging, checkpoint
+            stopping = out_of_time(clock, config.time_limit_s)
             evaluation = (evaluate_policy(policy, task, config, eval_rtg, device)
-                          if evaluation_due(iteration, config.iterations, config.eval_every) else {})
+                          if evaluation_due(iteration, config.iterations, config.eval_every, stopping) else {})
             last_eval = evaluation or last_eval
             merged = {}
             for row in stats:  # critic and policy rows carry different keys
@@ -282,7 +283,7 @@ def train(config: GRPOQConfig) -> dict:
                 iteration, clock, **{k: float(np.mean(v)) for k, v in merged.items()}, **evaluation,
                 **{"charts/episodic_return": float(np.mean([r.episode_return for r in rollouts])),
                    "charts/episode_length": float(np.mean([len(r) for r in rollouts]))}))
-            if checkpoint_due(iteration, config.iterations, config.checkpoint_every):
+            if checkpoint_due(iteration, config.iterations, config.checkpoint_every, stopping):
                 run.save_policy(model, normalizer, task.name, extra={"algo": ALGO, "iteration": iteration})
                 run.save_state({
                     "algo": ALGO, "iteration": iteration, "model": model.state_dict(),
@@ -293,6 +294,8 @@ def train(config: GRPOQConfig) -> dict:
                     if temperature_optimizer is not None else None,
                     "buffer": buffer.state_dict(), "clock": clock.state_dict(), "rng": rng.bit_generator.state,
                 }, iteration)
+            if stopping:
+                break
         if not last_eval:
             last_eval = evaluate_policy(policy, task, config, eval_rtg, device)
         run.mark_finished({"algo": ALGO, **last_eval})

@@ -94,6 +94,10 @@ class IQLConfig(CommonConfig):
     """'auto' picks by domain: locomotion (×1000/return range), antmaze (r - 1), none (Adroit)"""
     replay_capacity: int = 2_000_000
     """transitions kept in the replay buffer (offline data first, then online, FIFO)"""
+    time_limit_s: float = 0.0
+    """stop the online phase after the iteration during which this many seconds of online training
+    passed, with a final evaluation (0: no limit). The offline phase is not counted: it plays the
+    part of the DT methods' pretraining"""
 
     def validate(self) -> None:
         super().validate()
@@ -105,6 +109,8 @@ class IQLConfig(CommonConfig):
                      "n_layers", "replay_capacity"):
             if getattr(self, name) < 1:
                 raise DtrlError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.time_limit_s < 0:
+            raise DtrlError(f"time-limit-s must be >= 0, got {self.time_limit_s}")
         if self.offline_steps < 0:
             raise DtrlError(f"offline-steps must be >= 0, got {self.offline_steps}")
         if not 0.0 < self.expectile < 1.0:
@@ -320,6 +326,7 @@ def train(config: IQLConfig) -> dict:
     run, state = open_run(config, ALGO)
     start_iteration = 0
     offline_done = 0
+    offline_seconds = 0.0  # the time limit counts online training only
     if state is not None:
         agent.load_state_dict(state["agent"])
         actor_opt.load_state_dict(state["actor_opt"])
@@ -332,6 +339,7 @@ def train(config: IQLConfig) -> dict:
         rng.bit_generator.state = state["rng"]
         offline_done = config.offline_steps
         start_iteration = state["iteration"] + 1
+        offline_seconds = float(state.get("offline_seconds", 0.0))
         if state.get("env_snapshot") is not None:
             env.reset(seed=config.seed)
             env.restore(state["env_snapshot"])
@@ -383,7 +391,7 @@ def train(config: IQLConfig) -> dict:
             "actor_sched": actor_sched.state_dict() if actor_sched is not None else None,
             "replay": replay.state_dict(), "clock": clock.state_dict(), "rng": rng.bit_generator.state,
             "env_snapshot": env.snapshot() if episode["obs"] is not None else None,
-            "episode": episode,
+            "episode": episode, "offline_seconds": offline_seconds,
         }, iteration)
         save_actor(run.path / "policy", agent.actor, normalizer, task.name, config, dataset.obs_dim, dataset.act_dim)
 
@@ -399,6 +407,7 @@ def train(config: IQLConfig) -> dict:
             last_eval = evaluate()
             run.log(iteration_metrics(0, clock, **average(stats), **last_eval,
                                       **{"charts/reward_scale": reward_scale, "charts/replay_size": len(replay)}))
+            offline_seconds = clock.elapsed()
             checkpoint(0)
             start_iteration = 1
 
@@ -426,13 +435,16 @@ def train(config: IQLConfig) -> dict:
                     episode.update(obs=None, count=episode["count"] + 1)
                 for _ in range(config.updates_per_env_step):
                     stats.append(update(replay.sample(config.batch_size, rng, device)))
-            evaluation = evaluate() if evaluation_due(iteration, config.iterations, config.eval_every) else {}
+            stopping = config.time_limit_s > 0 and clock.elapsed() - offline_seconds >= config.time_limit_s
+            evaluation = evaluate() if evaluation_due(iteration, config.iterations, config.eval_every, stopping) else {}
             last_eval = evaluation or last_eval
             online = {"charts/episodic_return": float(np.mean(finished_returns)) if finished_returns else None,
                       "charts/episodes": len(finished_returns)}
             run.log(iteration_metrics(iteration, clock, **average(stats), **online, **evaluation))
-            if checkpoint_due(iteration, config.iterations, config.checkpoint_every):
+            if checkpoint_due(iteration, config.iterations, config.checkpoint_every, stopping):
                 checkpoint(iteration)
+            if stopping:
+                break
         run.mark_finished({k: v for k, v in last_eval.items()} | {"algo": ALGO})
     finally:
         env.close()
