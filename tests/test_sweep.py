@@ -218,7 +218,7 @@ def test_ray_runs_two_trials_and_second_invocation_skips_them(tmp_path, capsys, 
     capsys.readouterr()
     assert cli_main(["sweep", str(spec), "--local", "--num-cpus", "2"]) == 0
     out = capsys.readouterr().out
-    assert "2 trial(s) done, 0 failed" in out
+    assert "2 trial(s) done, 0 failed, 0 stopped" in out
     for seed in (0, 1):
         run_dir = tmp_path / "out" / "hopper-random" / "pretrain" / f"seed{seed}"
         assert is_finished(run_dir), (run_dir.with_suffix(".log").read_text() if run_dir.with_suffix(".log").exists() else "")

@@ -436,7 +436,7 @@ def run_sweep(config: SweepConfig) -> int:
         results = tuner.fit()
     finally:
         ray.shutdown()
-    return _print_summary(results, len(trials) - len(todo))
+    return _print_summary(results, len(trials) - len(todo), str(config.spec))
 
 
 def _progress_callback(tune, names: dict[str, str]):
@@ -459,24 +459,28 @@ def _progress_callback(tune, names: dict[str, str]):
     return Progress()
 
 
-def _print_summary(results, skipped: int) -> int:
-    failed = []
-    lines = []
+def _print_summary(results, skipped: int, spec_path: str) -> int:
+    failed, stopped, lines = [], [], []
     for result in results:
         trial = result.config["trial"]
         name = os.path.relpath(trial["run_dir"], os.getcwd())
         if result.error is not None:
             failed.append(trial)
             lines.append(f"  FAILED  {name}   (log: {trial['log_file']})")
+        elif not is_finished(trial["run_dir"]):  # the sweep was interrupted before this trial ended
+            stopped.append(trial)
+            lines.append(f"  stopped {name}")
         else:
             metrics = result.metrics or {}
             score = metrics.get("eval_normalized_mean", metrics.get("eval_return_mean"))
             score_text = f"  score {score:.2f}" if isinstance(score, (int, float)) else ""
             lines.append(f"  {metrics.get('status', 'done'):<7} {name}{score_text}")
     print("\n".join(sorted(lines)))
-    print(f"{len(results) - len(failed)} trial(s) done, {len(failed)} failed, {skipped} already finished and skipped")
-    if failed:
-        print("rerun with --resume to retry the failed ones (their logs say why)", file=sys.stderr)
+    done = len(results) - len(failed) - len(stopped)
+    print(f"{done} trial(s) done, {len(failed)} failed, {len(stopped)} stopped, {skipped} already finished and skipped")
+    if failed or stopped:
+        print(f"continue with: dtrl sweep {spec_path} --resume  (finished runs are skipped, stopped ones resume "
+              "from their checkpoints, failed ones are retried; logs say why they failed)", file=sys.stderr)
         return 1
     return 0
 
