@@ -58,18 +58,26 @@ class TokenHistory:
     actions: np.ndarray
     """[H, act_dim] float32 actions taken"""
     returns_to_go: np.ndarray
-    """[H] float32 raw returns-to-go (not divided by reward_scale)"""
+    """[H] float64 raw returns-to-go as fed to the model (divided by reward_scale on the way in)"""
     timesteps: np.ndarray
     """[H] int64 episode timesteps"""
 
     def __len__(self) -> int:
         return len(self.timesteps)
 
+    def last(self, length: int) -> "TokenHistory":
+        """The last ``length`` steps (all of them if there are fewer)."""
+        if len(self) <= length:
+            return self
+        cut = len(self) - length
+        return TokenHistory(self.observations[cut:], self.actions[cut:], self.returns_to_go[cut:],
+                            self.timesteps[cut:])
+
     @staticmethod
     def empty(obs_dim: int, act_dim: int) -> "TokenHistory":
         return TokenHistory(
             np.zeros((0, obs_dim), np.float32), np.zeros((0, act_dim), np.float32),
-            np.zeros(0, np.float32), np.zeros(0, np.int64),
+            np.zeros(0, np.float64), np.zeros(0, np.int64),
         )
 
 
@@ -84,11 +92,12 @@ class RolloutTrajectory:
     rewards: np.ndarray
     """[T] float32 reward r_t"""
     returns_to_go: np.ndarray
-    """[T] float32 raw g_t fed (scaled) to the model at step t: target - sum of earlier rewards"""
+    """[T] float64 raw g_t fed (scaled) to the model at step t: target - sum of earlier rewards
+    (a Reinformer's own max-return prediction instead, since that is what it consumed)"""
     timesteps: np.ndarray
     """[T] int64 episode timestep t"""
     log_probs: np.ndarray
-    """[T] float32 log pi(a_t | context) under the sampling distribution"""
+    """[T] float32 log pi(a_t | context) under the sampling distribution (0 in mean mode)"""
     action_variance: np.ndarray
     """[T] float32 per-step action variance (``ActionDistribution.variance``), for active sampling"""
     terminated: bool
@@ -162,7 +171,7 @@ class Segment:
     actions: np.ndarray
     """[L, act_dim] sampled actions"""
     returns_to_go: np.ndarray
-    """[L] raw returns-to-go fed to the model"""
+    """[L] float64 raw returns-to-go fed to the model"""
     timesteps: np.ndarray
     """[L] int64 episode timesteps"""
     log_probs: np.ndarray
@@ -173,6 +182,11 @@ class Segment:
     def __len__(self) -> int:
         return len(self.timesteps)
 
+    @property
+    def tokens(self) -> TokenHistory:
+        """The sampled steps as tokens (e.g. the history of a later segment)."""
+        return TokenHistory(self.observations, self.actions, self.returns_to_go, self.timesteps)
+
 
 @dataclass
 class BranchResult:
@@ -182,6 +196,8 @@ class BranchResult:
     """the sampled part (length <= L: shorter when the episode ended) of each branch"""
     scores: np.ndarray
     """[N] float64 discounted return over the L + M steps (the GRPO score R(tau_sub))"""
+    step_rewards: np.ndarray
+    """[N, L + M] float64 reward of every branch step (0 after the branch ended)"""
     lengths: np.ndarray
     """[N] int64 env steps taken by each branch (sampled + mean), <= L + M"""
     terminated: np.ndarray
@@ -226,11 +242,25 @@ class SegmentBatch:
 
 def _model_inputs(policy: Policy, observations: np.ndarray, returns_to_go: np.ndarray, device):
     states = torch.as_tensor(policy.normalizer.normalize(observations), dtype=torch.float32, device=device)
-    # Round the RTG to float32 first: that is the value recorded, and ``segments_to_batch`` scales the
-    # recorded value, so training sees bit-identical model inputs.
-    scaled = np.asarray(returns_to_go, np.float32).astype(np.float64) / policy.reward_scale
+    # RTGs are kept in float64 everywhere and scaled in float64 here and in ``_pad_tokens``, so a
+    # training batch feeds the model bit-identical RTG tokens.
+    scaled = np.asarray(returns_to_go, np.float64) / policy.reward_scale
     rtg = torch.as_tensor(scaled, dtype=torch.float32, device=device)
     return states, rtg
+
+
+def _fed_returns(dist, given: torch.Tensor, bookkeeping: np.ndarray, reward_scale: float) -> np.ndarray:
+    """The raw RTG the model actually consumed at this step.
+
+    A DT consumes the RTG it is given (``dist.returns_to_go is given``): the bookkeeping g_t. A
+    Reinformer replaces it by its own max-return prediction; that prediction is what a later
+    ``forward`` must be fed, so it is what gets recorded (float64 * scale: the round trip through
+    ``/ reward_scale`` gives back the float32 prediction exactly).
+    """
+    fed = getattr(dist, "returns_to_go", None)
+    if fed is None or fed is given:
+        return bookkeeping
+    return fed.double().cpu().numpy() * reward_scale
 
 
 class _eval_mode:
@@ -247,88 +277,18 @@ class _eval_mode:
         self.model.train(self.was_training)
 
 
-def _prefill(policy: Policy, histories: Sequence[TokenHistory], device):
-    """A cache holding each row's token history, as if those steps had just been sampled.
-
-    The contract's cache steps all rows together, so rows whose history is shorter than the
-    longest (reset points near the episode start) cannot share one cache with longer ones without
-    seeing extra tokens. Rows are therefore grouped by history length, each group prefilled in its
-    own cache; ``_GroupedCache`` then steps all groups. Reset points at least
-    ``receptive_field`` steps into an episode all have full-length histories, so usually there is
-    a single group and one model call per step.
-    """
+def _prefilled_cache(policy: Policy, histories: Sequence[TokenHistory], device):
+    """A model cache in which row i holds ``histories[i]`` (rows may differ in length, down to 0),
+    so the next ``act`` sees exactly the context it saw when those steps were sampled."""
     model = policy.model
-    by_length: dict[int, list[int]] = {}
-    for row, history in enumerate(histories):
-        by_length.setdefault(len(history), []).append(row)
-    groups = []
-    for length, rows in sorted(by_length.items()):
-        cache = model.new_cache(len(rows))
-        for h in range(length):
-            obs = np.stack([histories[r].observations[h] for r in rows])
-            rtg = np.array([histories[r].returns_to_go[h] for r in rows], dtype=np.float64)
-            states, rtg_t = _model_inputs(policy, obs, rtg, device)
-            timesteps = torch.as_tensor(np.array([histories[r].timesteps[h] for r in rows]), device=device)
-            model.act(cache, rtg_t, states, timesteps)
-            actions = torch.as_tensor(np.stack([histories[r].actions[h] for r in rows]), dtype=torch.float32,
-                                      device=device)
-            model.append_action(cache, actions)
-        groups.append((torch.as_tensor(rows, device=device), cache))
-    return _GroupedCache(model, groups, len(histories))
-
-
-class _GroupedCache:
-    """One or more model caches over disjoint row sets, stepped together as one batch."""
-
-    def __init__(self, model, groups: list[tuple[torch.Tensor, Any]], batch_size: int):
-        self.model = model
-        self.groups = groups
-        self.batch_size = batch_size
-
-    def act(self, returns_to_go: torch.Tensor, states: torch.Tensor, timesteps: torch.Tensor):
-        if len(self.groups) == 1:
-            return self.model.act(self.groups[0][1], returns_to_go, states, timesteps)
-        return _StackedDistribution(
-            [(rows, self.model.act(cache, returns_to_go[rows], states[rows], timesteps[rows]))
-             for rows, cache in self.groups],
-            self.batch_size,
-        )
-
-    def append_action(self, actions: torch.Tensor) -> None:
-        if len(self.groups) == 1:
-            self.model.append_action(self.groups[0][1], actions)
-            return
-        for rows, cache in self.groups:
-            self.model.append_action(cache, actions[rows])
-
-
-class _StackedDistribution:
-    """The per-group action distributions of ``_GroupedCache`` viewed as one over all rows."""
-
-    def __init__(self, parts, batch_size: int):
-        self.parts = parts
-        self.batch_size = batch_size
-
-    def _gather(self, values) -> torch.Tensor:
-        first = values[0]
-        out = first.new_empty((self.batch_size, *first.shape[1:]))
-        for (rows, _), value in zip(self.parts, values):
-            out[rows] = value
-        return out
-
-    @property
-    def mean(self) -> torch.Tensor:
-        return self._gather([d.mean for _, d in self.parts])
-
-    @property
-    def variance(self) -> torch.Tensor:
-        return self._gather([d.variance for _, d in self.parts])
-
-    def sample(self) -> torch.Tensor:
-        return self._gather([d.sample() for _, d in self.parts])
-
-    def log_prob(self, actions: torch.Tensor) -> torch.Tensor:
-        return self._gather([d.log_prob(actions[rows]) for rows, d in self.parts])
+    cache = model.new_cache(len(histories))
+    if max(len(h) for h in histories) > 0:
+        reference = next(h for h in histories if len(h))
+        nothing = TokenHistory.empty(reference.observations.shape[1], reference.actions.shape[1])
+        batch = _pad_tokens(histories, [nothing] * len(histories), None, policy.normalizer, policy.reward_scale,
+                            device)
+        model.prefill(cache, batch.states, batch.actions, batch.returns_to_go, batch.timesteps, batch.mask)
+    return cache
 
 
 # ----------------------------------------------------------------------------------------------
@@ -366,7 +326,7 @@ def rollout_episodes(
     observations = np.zeros((num_envs, horizon, obs_dim), np.float32)
     actions_rec: np.ndarray | None = None
     rewards = np.zeros((num_envs, horizon), np.float32)
-    returns_to_go = np.zeros((num_envs, horizon), np.float32)
+    returns_to_go = np.zeros((num_envs, horizon), np.float64)
     log_probs = np.zeros((num_envs, horizon), np.float32)
     variances = np.zeros((num_envs, horizon), np.float32)
     snapshots: list[list] | None = [[] for _ in range(num_envs)] if record_snapshots else None
@@ -393,12 +353,14 @@ def rollout_episodes(
                     snapshots[row].append(snap)
             observations[rows, t] = obs[rows]
             actions_rec[rows, t] = action_np[rows]
-            returns_to_go[rows, t] = rtg[rows]
-            log_probs[rows, t] = dist.log_prob(action).float().cpu().numpy()[rows]
+            returns_to_go[rows, t] = _fed_returns(dist, rtg_t, rtg, policy.reward_scale)[rows]
+            if mode == "sample":
+                log_probs[rows, t] = dist.log_prob(action).float().cpu().numpy()[rows]
             variances[rows, t] = dist.variance.float().cpu().numpy()[rows]
 
             next_obs, reward, term, trunc = envs.step(action_np, active)
-            reward = np.asarray(reward, np.float64)
+            # rounded to float32 as recorded, so g_{t+1} = g_t - r_t holds exactly for the stored rewards
+            reward = np.asarray(reward, np.float32).astype(np.float64)
             rewards[rows, t] = reward[rows]
             rtg[rows] -= reward[rows]
             lengths[rows] += 1
@@ -456,18 +418,16 @@ def rollout_from_snapshots(
     obs = np.asarray(envs.restore(snapshots), dtype=np.float32)
     obs_dim = obs.shape[1]
 
-    act_dim = starts[0].history.actions.shape[1] if len(starts[0].history) else None
+    total_steps = sampled_steps + mean_steps
     seg_obs = np.zeros((num_starts, sampled_steps, obs_dim), np.float32)
-    seg_actions: np.ndarray | None = None
-    seg_rtg = np.zeros((num_starts, sampled_steps), np.float32)
+    seg_actions: np.ndarray | None = None  # allocated at the first step, when the action size is known
+    seg_rtg = np.zeros((num_starts, sampled_steps), np.float64)
     seg_logp = np.zeros((num_starts, sampled_steps), np.float32)
-    seg_rewards = np.zeros((num_starts, sampled_steps), np.float32)
     seg_len = np.zeros(num_starts, np.int64)
+    step_rewards = np.zeros((envs.num_envs, total_steps), np.float64)
 
     rtg = np.array([s.return_to_go for s in starts] + [0.0] * spare, np.float64)
     timestep0 = np.array([s.timestep for s in starts] + [0] * spare, np.int64)
-    scores = np.zeros(envs.num_envs, np.float64)
-    discount = np.ones(envs.num_envs, np.float64)
     lengths = np.zeros(envs.num_envs, np.int64)
     terminated = np.zeros(envs.num_envs, bool)
     truncated = np.zeros(envs.num_envs, bool)
@@ -476,31 +436,29 @@ def rollout_from_snapshots(
 
     with torch.inference_mode(), _eval_mode(model):
         histories = [s.history for s in starts] + [starts[0].history] * spare
-        cache = _prefill(policy, histories, device)
-        for j in range(sampled_steps + mean_steps):
+        cache = _prefilled_cache(policy, histories, device)
+        for j in range(total_steps):
             states, rtg_t = _model_inputs(policy, obs, rtg, device)
             timesteps = torch.as_tensor(timestep0 + j, device=device)
-            dist = cache.act(rtg_t, states, timesteps)
+            dist = model.act(cache, rtg_t, states, timesteps)
             sampling = j < sampled_steps
             action = dist.sample() if sampling else dist.mean
-            cache.append_action(action)
+            model.append_action(cache, action)
             action_np = action.float().cpu().numpy()
-            rows = np.flatnonzero(active[:num_starts])
+            rows = np.flatnonzero(active)
             if sampling:
                 if seg_actions is None:
                     seg_actions = np.zeros((num_starts, sampled_steps, action_np.shape[1]), np.float32)
                 seg_obs[rows, j] = obs[rows]
                 seg_actions[rows, j] = action_np[rows]
-                seg_rtg[rows, j] = rtg[rows]
+                seg_rtg[rows, j] = _fed_returns(dist, rtg_t, rtg, policy.reward_scale)[rows]
                 seg_logp[rows, j] = dist.log_prob(action).float().cpu().numpy()[rows]
                 seg_len[rows] += 1
 
             next_obs, reward, term, trunc = envs.step(action_np, active)
-            reward = np.asarray(reward, np.float64)
-            if sampling:
-                seg_rewards[rows, j] = reward[rows]
-            scores[rows] += discount[rows] * reward[rows]
-            discount[rows] *= gamma
+            # rounded to float32 as recorded, so g_{t+1} = g_t - r_t holds exactly for the stored rewards
+            reward = np.asarray(reward, np.float32).astype(np.float64)
+            step_rewards[rows, j] = reward[rows]
             rtg[rows] -= reward[rows]
             lengths[rows] += 1
             terminated[rows] = np.asarray(term, bool)[rows]
@@ -510,18 +468,19 @@ def rollout_from_snapshots(
             if not active.any():
                 break
 
-    if seg_actions is None:  # unreachable: every start steps at least once
-        seg_actions = np.zeros((num_starts, sampled_steps, act_dim or 0), np.float32)
+    # Rewards after a branch ended are 0, so this is the discounted sum up to its end.
+    scores = step_rewards @ (gamma ** np.arange(total_steps, dtype=np.float64))
     segments = []
     for i, start in enumerate(starts):
         n = int(seg_len[i])
         segments.append(Segment(
             history=start.history, observations=seg_obs[i, :n].copy(), actions=seg_actions[i, :n].copy(),
             returns_to_go=seg_rtg[i, :n].copy(), timesteps=timestep0[i] + np.arange(n, dtype=np.int64),
-            log_probs=seg_logp[i, :n].copy(), rewards=seg_rewards[i, :n].copy(),
+            log_probs=seg_logp[i, :n].copy(), rewards=step_rewards[i, :n].astype(np.float32),
         ))
-    return BranchResult(segments=segments, scores=scores[:num_starts], lengths=lengths[:num_starts],
-                        terminated=terminated[:num_starts], truncated=truncated[:num_starts])
+    return BranchResult(segments=segments, scores=scores[:num_starts], step_rewards=step_rewards[:num_starts],
+                        lengths=lengths[:num_starts], terminated=terminated[:num_starts],
+                        truncated=truncated[:num_starts])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -543,42 +502,57 @@ def segments_to_batch(
     """
     if not segments:
         raise DtrlError("segments_to_batch needs at least one segment")
-    histories = []
-    for seg in segments:
-        h = seg.history
-        if history_length is not None and len(h) > history_length:
-            cut = len(h) - history_length
-            h = TokenHistory(h.observations[cut:], h.actions[cut:], h.returns_to_go[cut:], h.timesteps[cut:])
-        histories.append(h)
-    total = [len(h) + len(s) for h, s in zip(histories, segments)]
-    width = max(total)
-    batch = len(segments)
-    obs_dim = segments[0].observations.shape[1]
-    act_dim = segments[0].actions.shape[1]
-    obs = np.zeros((batch, width, obs_dim), np.float32)
-    actions = np.zeros((batch, width, act_dim), np.float32)
-    rtg = np.zeros((batch, width), np.float32)
-    timesteps = np.zeros((batch, width), np.int64)
-    mask = np.zeros((batch, width), bool)
-    train_mask = np.zeros((batch, width), bool)
-    logp_old = np.zeros((batch, width), np.float32)
-    for i, (h, seg) in enumerate(zip(histories, segments)):
+    histories = [s.history for s in segments]
+    if history_length is not None:
+        histories = [h.last(history_length) for h in histories]
+    return _pad_tokens(histories, [s.tokens for s in segments], [s.log_probs for s in segments], normalizer,
+                       reward_scale, device)
+
+
+def _pad_tokens(
+    prefixes: Sequence[TokenHistory],
+    bodies: Sequence[TokenHistory],
+    body_log_probs: Sequence[np.ndarray] | None,
+    normalizer,
+    reward_scale: float,
+    device,
+) -> SegmentBatch:
+    """Row i = prefixes[i] (context only) then bodies[i] (trained on), left-padded to a common width."""
+    total = [len(p) + len(b) for p, b in zip(prefixes, bodies)]
+    rows, width = len(total), max(total)
+    obs_dim = bodies[0].observations.shape[1]
+    act_dim = bodies[0].actions.shape[1]
+    obs = np.zeros((rows, width, obs_dim), np.float32)
+    actions = np.zeros((rows, width, act_dim), np.float32)
+    rtg = np.zeros((rows, width), np.float64)
+    timesteps = np.zeros((rows, width), np.int64)
+    mask = np.zeros((rows, width), bool)
+    train_mask = np.zeros((rows, width), bool)
+    logp_old = np.zeros((rows, width), np.float32)
+    for i, (prefix, body) in enumerate(zip(prefixes, bodies)):
         start = width - total[i]
-        mid = start + len(h)
-        obs[i, start:mid], obs[i, mid:] = h.observations, seg.observations
-        actions[i, start:mid], actions[i, mid:] = h.actions, seg.actions
-        rtg[i, start:mid], rtg[i, mid:] = h.returns_to_go, seg.returns_to_go
-        timesteps[i, start:mid], timesteps[i, mid:] = h.timesteps, seg.timesteps
+        mid = start + len(prefix)
+        for target, before, after in ((obs, prefix.observations, body.observations),
+                                      (actions, prefix.actions, body.actions),
+                                      (rtg, prefix.returns_to_go, body.returns_to_go),
+                                      (timesteps, prefix.timesteps, body.timesteps)):
+            target[i, start:mid] = before
+            target[i, mid:] = after
         mask[i, start:] = True
         train_mask[i, mid:] = True
-        logp_old[i, mid:] = seg.log_probs
-    # Padding rows keep zero observations; normalise only real tokens so padding stays exactly 0.
+        if body_log_probs is not None:
+            logp_old[i, mid:] = body_log_probs[i]
+    # Normalise only real tokens so padding stays exactly 0 (as SequenceSampler pads).
     states = np.zeros_like(obs)
     states[mask] = normalizer.normalize(obs[mask])
-    as_tensor = lambda x, dtype: torch.as_tensor(x, dtype=dtype, device=device)  # noqa: E731
+    scaled_rtg = rtg / reward_scale  # float64, as in the rollout's _model_inputs
+
+    def tensor(x, dtype):
+        return torch.as_tensor(x, dtype=dtype, device=device)
+
     return SegmentBatch(
-        states=as_tensor(states, torch.float32), actions=as_tensor(actions, torch.float32),
-        returns_to_go=as_tensor(rtg.astype(np.float64) / reward_scale, torch.float32),
-        timesteps=as_tensor(timesteps, torch.long), mask=as_tensor(mask, torch.bool),
-        train_mask=as_tensor(train_mask, torch.bool), log_probs_old=as_tensor(logp_old, torch.float32),
+        states=tensor(states, torch.float32), actions=tensor(actions, torch.float32),
+        returns_to_go=tensor(scaled_rtg, torch.float32), timesteps=tensor(timesteps, torch.long),
+        mask=tensor(mask, torch.bool), train_mask=tensor(train_mask, torch.bool),
+        log_probs_old=tensor(logp_old, torch.float32),
     )
