@@ -82,6 +82,25 @@ def test_log_writes_jsonl_and_tensorboard(tmp_path):
     assert [(e.step, e.value) for e in policy] == [(0, 0.0), (1, 0.5), (2, 1.0)]
 
 
+def test_resume_purges_tensorboard_steps_after_checkpoint(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = RunDir.create(tmp_path / "run", CONFIG)
+    for iteration in range(6):
+        run.log({"iteration": iteration, "loss": float(iteration)})
+        if iteration == 3:
+            run.save_state({"iteration": iteration}, iteration)
+    run.close()
+    resumed = RunDir.resume(tmp_path / "run")
+    for iteration in (4, 5):
+        resumed.log({"iteration": iteration, "loss": 100.0 + iteration})
+    resumed.close()
+    acc = EventAccumulator(str(tmp_path / "run"))
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("loss")] == [(0, 0.0), (1, 1.0), (2, 2.0), (3, 3.0),
+                                                                 (4, 104.0), (5, 105.0)]
+
+
 def test_log_requires_iteration(tmp_path):
     with RunDir.create(tmp_path / "run", CONFIG) as run, pytest.raises(ValueError, match="iteration"):
         run.log({"env_steps": 1})

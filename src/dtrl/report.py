@@ -22,7 +22,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import tyro
@@ -45,7 +45,7 @@ _NOT_HYPERPARAMETERS = {"seed", "out", "run_info", "resume", "force", "device", 
 class ReportConfig:
     """Tables and learning curves from run directories."""
 
-    run_dirs: tyro.conf.Positional[tuple[str, ...]] = ()
+    run_dirs: tyro.conf.Positional[Annotated[tuple[str, ...], tyro.conf.arg(metavar="RUN_DIR...")]] = ()
     """run directories, or folders to search for them (e.g. a sweep's out_root)"""
     out: str = "report"
     """folder for report.md, report.csv and the curve PNGs (created if missing)"""

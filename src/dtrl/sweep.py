@@ -28,7 +28,7 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import tyro
 
@@ -82,7 +82,7 @@ class SweepSpec:
 class SweepConfig:
     """Run a sweep file on Ray Tune."""
 
-    spec: tyro.conf.Positional[str]
+    spec: tyro.conf.Positional[Annotated[str, tyro.conf.arg(metavar="SPEC")]]
     """sweep file (.toml or .json): tasks, algos, seeds, overrides, args, out_root, resources"""
     local: bool = False
     """start a private local Ray instance (the default when --address is not given)"""
