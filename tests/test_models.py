@@ -555,3 +555,19 @@ def test_make_optimizer_and_warmup():
     clone = make_optimizer("lamb", [torch.nn.Parameter(params[0].detach().clone())], 1e-3)
     clone.load_state_dict(optimizer.state_dict())
     assert clone.state_dict()["param_groups"][0]["step"] == optimizer.state_dict()["param_groups"][0]["step"]
+
+
+def test_gpt_output_index_equals_full_forward_rows():
+    from dtrl.models.gpt import GPT
+
+    torch.manual_seed(10)
+    gpt = GPT(small_config(), tokens_per_step=3).eval()
+    x = torch.randn(2, 20, 32)
+    valid = torch.ones(2, 20, dtype=torch.bool)
+    valid[1, :5] = False
+    index = torch.tensor([1, 4, 7, 13, 19])
+    with torch.no_grad():
+        for token_valid in (None, valid):
+            full = gpt(x, token_valid)
+            part = gpt(x, token_valid, output_index=index)
+            torch.testing.assert_close(part, full[:, index], atol=1e-5, rtol=1e-5)

@@ -129,12 +129,15 @@ class DecisionTransformer(nn.Module):
         batch, steps = timesteps.shape
         return torch.stack(tokens, dim=2).reshape(batch, 3 * steps, -1)
 
-    def _trunk(self, states, actions, returns_to_go, timesteps, mask) -> torch.Tensor:
-        """Hidden states [B, T, 3, E] of the uncached forward."""
+    def _trunk(self, states, actions, returns_to_go, timesteps, mask, slots: tuple[int, ...]) -> torch.Tensor:
+        """Hidden states [B, T, len(slots), E] of the uncached forward at the given token slots of each
+        step (only those are computed in the last block)."""
         batch, steps = timesteps.shape
         x = self._token_sequence(states, actions, returns_to_go, timesteps)
         token_valid = None if mask is None else mask.bool().repeat_interleave(3, dim=1)
-        return self.transformer(x, token_valid).reshape(batch, steps, 3, -1)
+        index = (torch.arange(steps, device=x.device)[:, None] * 3
+                 + torch.tensor(slots, device=x.device)[None, :]).reshape(-1)
+        return self.transformer(x, token_valid, output_index=index).reshape(batch, steps, len(slots), -1)
 
     # ---- sequence forward -----------------------------------------------------------------------
 
@@ -152,8 +155,8 @@ class DecisionTransformer(nn.Module):
         The action at t is predicted from tokens up to s_t, so a_t itself is never seen by its own
         prediction (the value passed at the last step can be anything, e.g. zeros).
         """
-        hidden = self._trunk(states, actions, returns_to_go, timesteps, mask)
-        return self._action_distribution(hidden[:, :, self.STATE], returns_to_go)
+        hidden = self._trunk(states, actions, returns_to_go, timesteps, mask, (self.STATE,))
+        return self._action_distribution(hidden[:, :, 0], returns_to_go)
 
     # ---- incremental rollout --------------------------------------------------------------------
 

@@ -121,38 +121,62 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.embed_dim)
 
-    def band_mask(self, n_tokens: int, token_valid: torch.Tensor | None, device) -> torch.Tensor | None:
-        """Boolean [B or 1, 1, N, N] mask, or None when plain causal attention is the same thing."""
-        if token_valid is None and n_tokens <= self.window:
+    def band_mask(
+        self, n_tokens: int, token_valid: torch.Tensor | None, device, query_index: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """Boolean [B or 1, 1, Nq, N] mask (True = may attend), or None when plain causal attention
+        over all N queries is the same thing. ``query_index`` keeps only those query rows."""
+        if token_valid is None and n_tokens <= self.window and query_index is None:
             return None
-        index = torch.arange(n_tokens, device=device)
-        offset = index[:, None] - index[None, :]  # query - key
-        mask = (offset >= 0) & (offset < self.window)
-        mask = mask[None, None]
+        keys = torch.arange(n_tokens, device=device)
+        queries = keys if query_index is None else query_index
+        offset = queries[:, None] - keys[None, :]  # query - key
+        mask = ((offset >= 0) & (offset < self.window))[None, None]
         if token_valid is not None:
             # padding keys are hidden; every query still sees itself so no softmax row is empty
             # (outputs at padding tokens are garbage that the caller masks out)
-            mask = mask & (token_valid[:, None, None, :] | torch.eye(n_tokens, dtype=torch.bool, device=device))
+            mask = mask & (token_valid[:, None, None, :] | (offset == 0)[None, None])
         return mask
 
     def forward(
-        self, x: torch.Tensor, token_valid: torch.Tensor | None = None, return_kv: bool = False
+        self,
+        x: torch.Tensor,
+        token_valid: torch.Tensor | None = None,
+        return_kv: bool = False,
+        output_index: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
-        """Uncached forward. ``token_valid`` [B, N] bool (None: all valid).
+        """Uncached forward of x [B, N, E]. ``token_valid`` [B, N] bool (None: all valid).
 
-        With ``return_kv`` also returns each layer's (keys, values) [B, H, N, hd], used to prefill a cache.
+        ``output_index`` (long [Nq]): only these tokens' outputs are wanted, e.g. the s_t tokens a
+        Decision Transformer predicts from. The last block then runs queries, attention output and MLP
+        for those tokens alone (its keys/values still cover every token): same numbers, ~1/7 fewer
+        FLOPs for a 4-layer DT. With ``return_kv`` also returns each layer's (keys, values)
+        [B, H, N, hd], used to prefill a cache.
         """
         if token_valid is not None and bool(token_valid.all()):
             token_valid = None
-        mask = self.band_mask(x.shape[1], token_valid, x.device)
-        is_causal = mask is None
+        n_tokens = x.shape[1]
+        mask = self.band_mask(n_tokens, token_valid, x.device)
         x = self.drop(x)
         kv = []
-        for block in self.blocks:
-            q, k, v = block.attn.project_qkv(block.ln_1(x))
+        last = len(self.blocks) - 1
+        for layer, block in enumerate(self.blocks):
+            attn = block.attn
+            if layer == last and output_index is not None:
+                h = block.ln_1(x)
+                embed = x.shape[-1]
+                weight, bias = attn.c_attn.weight, attn.c_attn.bias
+                k, v = F.linear(h, weight[embed:], bias[embed:]).split(embed, dim=2)
+                q = F.linear(h[:, output_index], weight[:embed], bias[:embed])
+                q, k, v = attn._split_heads(q), attn._split_heads(k), attn._split_heads(v)
+                x = x[:, output_index]
+                layer_mask, is_causal = self.band_mask(n_tokens, token_valid, x.device, output_index), False
+            else:
+                q, k, v = attn.project_qkv(block.ln_1(x))
+                layer_mask, is_causal = mask, mask is None
             if return_kv:
                 kv.append((k, v))
-            x = x + block.attn.attend(q, k, v, mask, is_causal)
+            x = x + attn.attend(q, k, v, layer_mask, is_causal)
             x = x + block.mlp(block.ln_2(x))
         x = self.ln_f(x)
         return (x, kv) if return_kv else x

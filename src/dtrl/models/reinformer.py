@@ -42,13 +42,13 @@ class Reinformer(DecisionTransformer):
         self, states, actions, returns_to_go, timesteps, mask=None
     ) -> tuple[ActionDistribution, torch.Tensor]:
         """Like ``forward``, plus the return head's prediction [B, T] from each s_t token."""
-        hidden = self._trunk(states, actions, returns_to_go, timesteps, mask)
-        predicted_returns = self.return_head(hidden[:, :, self.STATE]).squeeze(-1)
-        return self._action_distribution(hidden[:, :, self.RETURN], returns_to_go), predicted_returns
+        hidden = self._trunk(states, actions, returns_to_go, timesteps, mask, (self.STATE, self.RETURN))
+        predicted_returns = self.return_head(hidden[:, :, 0]).squeeze(-1)
+        return self._action_distribution(hidden[:, :, 1], returns_to_go), predicted_returns
 
     def forward(self, states, actions, returns_to_go, timesteps, mask=None) -> ActionDistribution:
-        hidden = self._trunk(states, actions, returns_to_go, timesteps, mask)
-        return self._action_distribution(hidden[:, :, self.RETURN], returns_to_go)
+        hidden = self._trunk(states, actions, returns_to_go, timesteps, mask, (self.RETURN,))
+        return self._action_distribution(hidden[:, :, 0], returns_to_go)
 
     def act(
         self, cache: PolicyCache, returns_to_go: torch.Tensor | None, states: torch.Tensor, timesteps: torch.Tensor
