@@ -150,6 +150,9 @@ def test_nan_in_state_dict_is_refused_and_old_checkpoint_kept(tmp_path):
     assert run.checkpoint_iteration == 4
     # a Python float -inf (e.g. "best return so far") is a legitimate value, not a divergence
     run.save_state({"best_return": float("-inf")}, iteration=6)
+    # finite values whose sum overflows float32 are not mistaken for a divergence
+    run.save_state({"huge": torch.full((4,), 3e38)}, iteration=7)
+    assert run.load_state()["huge"][0] == torch.tensor(3e38)
     run.close()
 
 
