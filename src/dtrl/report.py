@@ -244,32 +244,38 @@ def _column_order(labels: set[str]) -> list[str]:
     return sorted(labels, key=key)
 
 
+PAPER_COLUMNS = {"DT", "IQL", "ODT", "ODT+TD3", "PPO-DT", "GRPO-DT"}
+
+
 def markdown_table(groups: dict[tuple[str, str], GroupResult]) -> str:
+    """Rows tasks, columns our algorithms, each followed by the paper's number for it (when the
+    paper has that algorithm); the best of ours and the best of the paper's per row in bold."""
     paper = paper_table()
     tasks = sorted({task for task, _ in groups})
     labels = _column_order({label for _, label in groups})
-    # the paper's column for each of ours (only for plain algorithm names the paper has)
-    paper_columns = [label for label in labels if label in {"DT", "IQL", "ODT", "ODT+TD3", "PPO-DT", "GRPO-DT"}]
-    header = ["task"] + labels + [f"{label} (paper)" for label in paper_columns]
+    columns: list[tuple[str, str]] = []  # (kind, label): ours, then the paper's beside it
+    for label in labels:
+        columns.append(("ours", label))
+        if label in PAPER_COLUMNS:
+            columns.append(("paper", label))
+    header = ["task"] + [label if kind == "ours" else f"{label} (paper)" for kind, label in columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for task in tasks:
         row_groups = {label: groups.get((task, label)) for label in labels}
         scored = {label: g.mean for label, g in row_groups.items() if g is not None and g.scores}
         best = max(scored.values()) if scored else None
         metric = next((g.metric for g in row_groups.values() if g is not None), "normalized")
-        cells = [task if metric == "normalized" else f"{task} (raw return)"]
-        for label in labels:
-            group = row_groups[label]
-            if group is None or not group.scores:
-                cells.append("–")
-            else:
-                cells.append(_fmt(group.mean, group.std, bold=len(scored) > 1 and group.mean == best))
         paper_row = paper.get(paper_dataset_name(task), {}) if metric == "normalized" else {}
-        paper_scores = {c: paper_row[c][0] for c in paper_columns if c in paper_row}
+        paper_scores = {c: paper_row[c][0] for kind, c in columns if kind == "paper" and c in paper_row}
         paper_best = max(paper_scores.values()) if paper_scores else None
-        for column in paper_columns:
-            if column in paper_row:
-                mean, std = paper_row[column]
+        cells = [task if metric == "normalized" else f"{task} (raw return)"]
+        for kind, label in columns:
+            if kind == "ours":
+                group = row_groups[label]
+                cells.append("–" if group is None or not group.scores
+                             else _fmt(group.mean, group.std, bold=len(scored) > 1 and group.mean == best))
+            elif label in paper_row:
+                mean, std = paper_row[label]
                 cells.append(_fmt(mean, std, bold=len(paper_scores) > 1 and mean == paper_best))
             else:
                 cells.append("–")
