@@ -14,6 +14,7 @@ Terminals and timeouts follow D4RL: ``terminals`` = the env terminated, ``timeou
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import time
@@ -246,6 +247,10 @@ def train_sac_to_target(task: Task, config: BuildConfig, target: float, log: Cal
 
         def _on_step(self) -> bool:
             steps = self.num_timesteps
+            if info["reached"]:
+                # Stop one step after the medium point: SB3 stores a step's transition only after this
+                # callback returns, so returning False at the medium step itself would drop it.
+                return False
             if steps % 100 == 0:
                 self.bar.update(self.bar_task, completed=steps)
             if steps % config.eval_every or steps < config.learning_starts:
@@ -260,7 +265,8 @@ def train_sac_to_target(task: Task, config: BuildConfig, target: float, log: Cal
                 log(f"SAC step {steps}: {text} (target {target:.0f})")
             if score >= target:
                 info["reached"] = True
-                return False
+                # The policy as evaluated; the one gradient step SB3 takes before the stop is undone below.
+                info["policy_state"] = copy.deepcopy(model.policy.state_dict())
             return True
 
     # One thread: SAC's small MLPs gain nothing from more, and on a shared CPU extra threads slow it
@@ -269,7 +275,9 @@ def train_sac_to_target(task: Task, config: BuildConfig, target: float, log: Cal
     with _progress(config.progress) as bar:
         bar_task = bar.add_task("SAC to medium", total=config.sac_steps, info=f"target return {target:.0f}")
         model.learn(total_timesteps=max(config.sac_steps, 1), callback=StopAtTarget(bar, bar_task))
-    if not info["reached"]:
+    if info["reached"]:
+        model.policy.load_state_dict(info.pop("policy_state"))
+    else:
         info["steps"] = int(model.num_timesteps)
         info["eval_return"] = float(np.mean([evaluate()]))
         log(f"warning: SAC did not reach the target return {target:.1f} within {config.sac_steps} steps "

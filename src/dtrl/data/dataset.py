@@ -157,6 +157,7 @@ def _load_minari_id(dataset_id: str, task: Task) -> tuple[list[Trajectory], dict
     try:
         dataset = minari.load_dataset(dataset_id, download=False)
     except FileNotFoundError:
+        _check_minari_remote_reachable(dataset_id)
         try:
             dataset = minari.load_dataset(dataset_id, download=True)
         except Exception as exc:  # network, unknown id, remote errors: all mean "cannot get it"
@@ -167,6 +168,22 @@ def _load_minari_id(dataset_id: str, task: Task) -> tuple[list[Trajectory], dict
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DtrlError(f"Minari dataset {dataset_id} could not be read from the local store: {reason}") from None
     return _minari_trajectories(dataset, task, dataset_id)
+
+
+def _check_minari_remote_reachable(dataset_id: str) -> None:
+    """Fail at once when the Minari remote's host does not even resolve (offline machine), instead of
+    after huggingface_hub's ~25 s of retries."""
+    import socket
+
+    remote = os.environ.get("MINARI_REMOTE", "hf://farama-minari")
+    host = {"hf": "huggingface.co", "gcs": "storage.googleapis.com"}.get(remote.split("://", 1)[0])
+    if host is None:
+        return
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError as exc:
+        raise DtrlError(f"Minari dataset {dataset_id} is not stored locally and could not be downloaded: "
+                        f"no network ({host} does not resolve: {exc})") from None
 
 
 def _load_minari_dir(path: Path, task: Task) -> tuple[list[Trajectory], dict[str, Any]]:
