@@ -61,6 +61,8 @@ class PretrainConfig(CommonConfig):
     """Adam learning rate of the log-temperature (ODT)"""
     eval_target_rtg: float | None = None
     """target RTG for evaluation (default: the task's eval target)"""
+    threads: int = 0
+    """torch CPU threads (0: torch's default, one per core; 1 is much faster on a busy or 2-core machine)"""
     model: ModelConfig = field(default_factory=ModelConfig)
     """the transformer backbone"""
 
@@ -75,6 +77,8 @@ class PretrainConfig(CommonConfig):
             raise DtrlError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
         if not self.learning_rate > 0 or not self.temperature_learning_rate > 0:
             raise DtrlError("learning rates must be > 0")
+        if self.threads < 0:
+            raise DtrlError(f"--threads must be >= 0, got {self.threads}")
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise DtrlError("--weight-decay and --grad-clip must be >= 0")
         if self.loss == "mse" and self.model.policy != "deterministic":
@@ -130,72 +134,63 @@ PRESETS = {"cpu": cpu_preset, "paper": paper_preset}
 # pieces of the loop
 
 
-def build_model(model_config: ModelConfig, obs_dim: int, act_dim: int):
-    from dtrl.models import DecisionTransformer, Reinformer
-
-    cls = Reinformer if model_config.architecture == "reinformer" else DecisionTransformer
-    return cls(model_config, obs_dim, act_dim)
-
-
-def build_optimizer(config: PretrainConfig, model):
-    """(policy optimiser over everything but the log-temperature, its warm-up schedule,
-    the log-temperature's Adam or None for the MSE loss)."""
+def build_optimizers(config: PretrainConfig, model):
+    """(policy optimiser over everything but the log-temperature, its linear warm-up schedule,
+    the log-temperature's Adam, or None when the head has no entropy to regulate)."""
     import torch
 
-    temperature_params = [model.log_temperature] if config.loss != "mse" else []
-    ids = {id(p) for p in temperature_params} | {id(model.log_temperature)}
-    params = [p for p in model.parameters() if id(p) not in ids and p.requires_grad]
-    if config.optimizer == "lamb":
-        from dtrl.optim import Lamb
+    from dtrl.optim import linear_warmup, make_optimizer
 
-        optimizer = Lamb(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    else:
-        optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    warmup = max(1, config.warmup_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
-    temperature_optimizer = (torch.optim.Adam(temperature_params, lr=config.temperature_learning_rate,
-                                              betas=(0.9, 0.999)) if temperature_params else None)
+    optimizer = make_optimizer(config.optimizer, model.policy_parameters(), lr=config.learning_rate,
+                               weight_decay=config.weight_decay)
+    scheduler = linear_warmup(optimizer, config.warmup_steps)
+    temperature_optimizer = None
+    if model.stochastic:  # ODT trains the temperature with its own Adam
+        temperature_optimizer = torch.optim.Adam([model.log_temperature], lr=config.temperature_learning_rate,
+                                                 betas=(0.9, 0.999))
     return optimizer, scheduler, temperature_optimizer
 
 
-def pretrain_loss(config: PretrainConfig, model, batch: dict) -> tuple:
-    """(policy loss, temperature loss or None, metrics) for one batch of windows."""
+_METRIC_NAMES = {"nll": "losses/action_nll", "entropy": "losses/entropy", "temperature": "losses/temperature",
+                 "mse": "losses/action_mse", "return_loss": "losses/return_expectile"}
+
+
+def pretrain_step(model, batch: dict, optimizer, scheduler, temperature_optimizer, grad_clip: float) -> dict:
+    """One gradient step on the model's offline objective (``model.pretrain_loss``: ODT's
+    NLL - temperature * entropy, the DT's MSE, or Reinformer's action + expectile return loss), then
+    one Adam step of the temperature towards the target entropy. Returns float metrics."""
     import torch
 
-    mask = batch["mask"]
-    valid = mask.float()
-    count = valid.sum().clamp_min(1.0)
-    dist = model.forward(batch["states"], batch["actions"], batch["returns_to_go"], batch["timesteps"], mask)
-    metrics: dict[str, float] = {}
-    if config.loss == "mse":
-        error = ((dist.mean - batch["actions"]) ** 2).mean(-1)
-        loss = (error * valid).sum() / count
-        metrics["losses/action_mse"] = float(loss.detach())
-        return loss, None, metrics
-
-    actions = batch["actions"].clamp(-1.0 + 1e-6, 1.0 - 1e-6)  # tanh-squashed head: |a| < 1
-    nll = -(dist.log_prob(actions) * valid).sum() / count
-    entropy = (dist.entropy() * valid).sum() / count
-    temperature = model.temperature
-    loss = nll - temperature.detach() * entropy
-    temperature_loss = temperature * (entropy - model.target_entropy).detach()
-    metrics.update({"losses/action_nll": float(nll.detach()), "losses/entropy": float(entropy.detach()),
-                    "losses/temperature": float(temperature.detach())})
-    with torch.no_grad():
-        metrics["losses/action_mse"] = float((((dist.mean - batch["actions"]) ** 2).mean(-1) * valid).sum() / count)
-    if config.loss == "reinformer":
-        return_loss = model.return_loss(batch["states"], batch["actions"], batch["returns_to_go"],
-                                        batch["timesteps"], mask)
-        loss = loss + return_loss
-        metrics["losses/return_expectile"] = float(return_loss.detach())
-    return loss, temperature_loss, metrics
+    loss, parts = model.pretrain_loss(batch["states"], batch["actions"], batch["returns_to_go"],
+                                      batch["timesteps"], batch["mask"])
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    metrics = {"losses/total": float(loss.detach())}
+    if grad_clip > 0:
+        metrics["losses/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.policy_parameters(), grad_clip))
+    optimizer.step()
+    scheduler.step()
+    if temperature_optimizer is not None:
+        temperature_loss = model.temperature_loss(parts["entropy"])
+        temperature_optimizer.zero_grad(set_to_none=True)
+        temperature_loss.backward()
+        temperature_optimizer.step()
+    for key, value in parts.items():
+        metrics[_METRIC_NAMES.get(key, f"losses/{key}")] = float(value.detach())
+    return metrics
 
 
-class _PolicyView:
-    """model + normaliser + reward scale: what the rollout engine and ``save_policy`` need."""
+def _open_run(config: PretrainConfig):
+    """A new run directory, or with --resume the existing one, continued with the settings given
+    now (e.g. a larger --steps): RunDir.resume warns about and records every changed setting."""
+    from dtrl.runs import RunDir, has_checkpoint
 
-    def __init__(self, model, normalizer, reward_scale: float):
-        self.model, self.normalizer, self.reward_scale = model, normalizer, reward_scale
+    run_config = {**to_dict(config), "algo": "pretrain"}
+    if not config.resume:
+        return RunDir.open(config.out, run_config, force=config.force)
+    if not has_checkpoint(config.out):
+        raise DtrlError(f"--resume: {config.out} has no checkpoint to continue from (start it again with --force)")
+    return RunDir.resume(config.out, run_config)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,7 +199,6 @@ class _PolicyView:
 
 def train(config: PretrainConfig) -> dict:
     """Run (or resume) pretraining; returns the final evaluation."""
-    import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
         TimeRemainingColumn
 
@@ -212,25 +206,23 @@ def train(config: PretrainConfig) -> dict:
     from dtrl.config import resolve_device
     from dtrl.data import SequenceSampler, StateNormalizer, load_dataset
     from dtrl.evaluation import evaluate, format_result
-    from dtrl.runs import RunDir, seed_everything
+    from dtrl.models import build_model
+    from dtrl.models.checkpoint import LoadedPolicy
+    from dtrl.runs import seed_everything
 
+    if config.threads > 0:
+        import torch
+
+        torch.set_num_threads(config.threads)
     task = get_task(config.task)
     device = resolve_device(config.device)
-    # --resume continues with the settings given now (e.g. a larger --steps); RunDir.resume warns
-    # about every setting that differs from the stored config and records it in config.json.
-    run_config = {**to_dict(config), "algo": "pretrain"}
-    if config.resume:
-        run = RunDir.resume(config.out, run_config)
-        if run.load_state(restore_rng=False) is None:
-            raise DtrlError(f"--resume: {config.out} has no checkpoint to continue from")
-    else:
-        run = RunDir.open(config.out, run_config, force=config.force)
+    dataset = load_dataset(config.dataset, task)  # before the run dir: a bad --dataset leaves nothing behind
+    run = _open_run(config)
     seed_everything(config.seed)
 
     # 1. data and normaliser
-    dataset = load_dataset(config.dataset, task)
     trajectories = dataset.trajectories
-    if task.domain == "antmaze":  # paper A.3.1 / ODT+TD3: 1-step AntMaze trajectories are artefacts
+    if task.domain == "antmaze":  # paper A.3.1 (ODT+TD3): 1-step AntMaze trajectories are artefacts
         trajectories = [t for t in trajectories if len(t) > 1]
     normalizer = StateNormalizer.from_trajectories(trajectories)
     sampler = SequenceSampler(trajectories, config.model.context_length, task.reward_scale, normalizer,
@@ -238,11 +230,11 @@ def train(config: PretrainConfig) -> dict:
 
     # 2. model and optimisers
     model = build_model(config.model, dataset.obs_dim, dataset.act_dim).to(device)
-    optimizer, scheduler, temperature_optimizer = build_optimizer(config, model)
+    optimizer, scheduler, temperature_optimizer = build_optimizers(config, model)
     clock = Clock()
     start_iteration = 0
-    # Restored after the model is built (its initialisation draws random numbers), so the resumed
-    # run continues the checkpointed RNG streams exactly.
+    # Loaded after the model is built (its initialisation draws random numbers) so the restored
+    # global RNG states continue exactly where the checkpoint left them.
     state = run.load_state(restore_rng=True) if config.resume else None
     if state is not None:
         model.load_state_dict(state["model"])
@@ -253,19 +245,19 @@ def train(config: PretrainConfig) -> dict:
         sampler.rng.bit_generator.state = state["sampler_rng"]
         clock.load_state_dict(state["clock"])
         start_iteration = int(state["iteration"])
-    policy = _PolicyView(model, normalizer, task.reward_scale)
-    eval_seed = 10_000 + config.seed  # disjoint from training seeds; the same episodes every evaluation
-    extra_meta = {"preset": config.preset, "dataset": dataset.source, "loss": config.loss}
+    policy = LoadedPolicy(model, normalizer, task.reward_scale, task.name)
+    eval_seed = 10_000 + config.seed  # disjoint from any training seed; the same episodes every evaluation
+    policy_meta = {"preset": config.preset, "dataset": dataset.source, "loss": config.loss,
+                   "context_length": config.model.context_length}
 
     def run_evaluation() -> dict:
         return evaluate(policy, task, episodes=config.eval_episodes, target_rtg=config.eval_target_rtg,
                         seed=eval_seed, device=device)
 
-    # 3. gradient steps, one iteration = steps_per_iteration of them
+    # 3. gradient steps; an iteration is steps_per_iteration of them and one metrics line
     last_eval: dict = {}
     progress = Progress(TextColumn("[bold]pretrain[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("steps"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                        transient=False)
+                        TextColumn("steps"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
     with progress:
         bar = progress.add_task("", total=config.steps, completed=clock.grad_updates)
         for iteration in range(start_iteration + 1, config.iterations + 1):
@@ -274,23 +266,11 @@ def train(config: PretrainConfig) -> dict:
             steps_now = min(config.steps_per_iteration, config.steps - clock.grad_updates)
             started = time.perf_counter()
             for _ in range(steps_now):
-                batch = {k: v.to(device, non_blocking=True) for k, v in sampler.sample(config.batch_size).items()}
-                loss, temperature_loss, metrics = pretrain_loss(config, model, batch)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.grad_clip > 0:
-                    metrics["losses/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(
-                        [p for g in optimizer.param_groups for p in g["params"]], config.grad_clip))
-                optimizer.step()
-                scheduler.step()
-                if temperature_optimizer is not None:
-                    temperature_optimizer.zero_grad(set_to_none=True)
-                    temperature_loss.backward()
-                    temperature_optimizer.step()
-                metrics["losses/total"] = float(loss.detach())
+                batch = {k: v.to(device) for k, v in sampler.sample(config.batch_size).items()}
+                metrics = pretrain_step(model, batch, optimizer, scheduler, temperature_optimizer, config.grad_clip)
                 if not math.isfinite(metrics["losses/total"]):
-                    raise DtrlError(f"pretraining diverged at step {clock.grad_updates + 1}: loss is "
-                                    f"{metrics['losses/total']} (lower --learning-rate or check the dataset)")
+                    raise DtrlError(f"pretraining diverged at step {clock.grad_updates + 1}: the loss is "
+                                    f"{metrics['losses/total']} (lower --learning-rate, or check the dataset)")
                 for key, value in metrics.items():
                     sums[key] = sums.get(key, 0.0) + value
                 clock.grad_updates += 1
@@ -305,7 +285,7 @@ def train(config: PretrainConfig) -> dict:
                 progress.console.print(f"step {clock.grad_updates}: {format_result(last_eval)}")
             run.log(iteration_metrics(iteration, clock, **row))
             if final or iteration % config.checkpoint_every == 0:
-                run.save_policy(model, normalizer, task.name, extra=extra_meta)
+                run.save_policy(model, normalizer, task.name, extra=policy_meta)
                 run.save_state({
                     "algo": "pretrain", "iteration": iteration, "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -313,10 +293,9 @@ def train(config: PretrainConfig) -> dict:
                     "sampler_rng": sampler.rng.bit_generator.state, "clock": clock.state_dict(),
                 }, iteration)
 
-    if not last_eval:  # resumed a run whose last iteration was already done
+    if not last_eval:  # resumed a run that had already done all its steps
         last_eval = run_evaluation()
-    summary = {"task": task.name, "grad_updates": clock.grad_updates, **last_eval}
-    run.mark_finished(summary)
+    run.mark_finished({"task": task.name, "grad_updates": clock.grad_updates, **last_eval})
     print(f"{task.name}: {format_result(last_eval)}; policy in {run.path / 'policy'}")
     return last_eval
 
@@ -325,7 +304,3 @@ def main(argv: list[str]) -> int:
     config = parse_config(PretrainConfig, argv, PRESETS, description=__doc__.split("\n\n")[0], prog="dtrl pretrain")
     train(config)
     return 0
-
-
-__all__ = ["PretrainConfig", "PRESETS", "build_model", "build_optimizer", "cpu_preset", "main", "paper_preset",
-           "pretrain_loss", "train", "to_dict"]
