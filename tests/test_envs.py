@@ -61,6 +61,25 @@ def test_restore_into_another_instance_is_bit_exact(name):
         assert (term_a, trunc_a) == (term_b, trunc_b), f"{name}: flags differ at step {t}"
 
 
+def test_restored_rng_gives_the_same_future_resets():
+    """The door position is drawn from the env's np_random at reset: after a restore both envs
+    draw the same next door, i.e. the random stream itself was restored."""
+    source, target = make("door-human", seed=0), make("door-human", seed=1)
+    source.reset(), target.reset()
+    target.restore(source.snapshot())
+    np.testing.assert_array_equal(source.reset()[0], target.reset()[0])
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # the checker dislikes infinite Box bounds
+def test_make_passes_gymnasium_env_checker():
+    from gymnasium.utils.env_checker import check_env
+
+    for name in ("hopper-medium", "antmaze-umaze"):
+        env = make(name)
+        check_env(env, skip_render_check=True)
+        assert env.unwrapped is env.unwrapped_env  # gymnasium's convention: the raw env
+
+
 def test_termination_flags_match_after_restore():
     """Walker2d falls within ~100 steps of random actions: both copies must terminate together."""
     rng = np.random.default_rng(3)

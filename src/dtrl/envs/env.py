@@ -65,9 +65,14 @@ def _env_kwargs(task: Task) -> dict[str, Any]:
     return kwargs
 
 
-class BranchableEnv(gym.Env):
+class BranchableEnv(gym.Wrapper):
     """A task's MuJoCo env with a flat float32 observation, the task's time limit (truncation),
-    and exact ``snapshot()`` / ``restore()``. Build it with :func:`make`."""
+    and exact ``snapshot()`` / ``restore()``. Build it with :func:`make`.
+
+    It wraps the raw gymnasium env directly (``env.unwrapped``), without gymnasium's TimeLimit,
+    OrderEnforcing and checker wrappers: the time limit is kept here so that its counter is part
+    of the snapshot, and stepping before reset or after the episode's end is refused here.
+    """
 
     def __init__(self, task: Task, seed: int | None = None, render_mode: str | None = None):
         from . import register_all
@@ -75,15 +80,15 @@ class BranchableEnv(gym.Env):
         register_all()
         self.task = task
         try:
-            # The raw env, without gymnasium's wrappers: we keep the time limit ourselves so that
-            # its counter is part of the snapshot.
-            self._raw = gym.make(task.env_id, disable_env_checker=True, render_mode=render_mode,
-                                 **_env_kwargs(task)).unwrapped
+            raw = gym.make(task.env_id, disable_env_checker=True, render_mode=render_mode,
+                           **_env_kwargs(task)).unwrapped
         except gym.error.Error as exc:
             raise DtrlError(f"cannot make env {task.env_id} for task {task.name}: {exc}") from None
         except TypeError as exc:
             raise DtrlError(f"env {task.env_id} rejects the kwargs of task {task.name} {task.env_kwargs}: {exc}") from None
-        self._keeper = MujocoStateKeeper(self._raw, task.env_id, task.family)
+        super().__init__(raw)
+        self._raw = raw
+        self._keeper = MujocoStateKeeper(raw, task.env_id, task.family)
         self.max_episode_steps = task.max_episode_steps
         self.elapsed_steps = 0
         self._needs_reset = True
@@ -92,16 +97,17 @@ class BranchableEnv(gym.Env):
         self._last_obs: np.ndarray | None = None
         self._derived_outdated = False  # restore() leaves derived quantities for render() to refresh
 
-        probe = self._raw.observation_space
+        probe = raw.observation_space
         obs_dim = sum(probe[key].shape[0] for key in GOAL_OBSERVATION_KEYS) if isinstance(probe, spaces.Dict) \
             else int(np.prod(probe.shape))
         self.observation_space = spaces.Box(-np.inf, np.inf, shape=(obs_dim,), dtype=np.float32)
-        self.action_space = self._raw.action_space
         if seed is not None:
             self.action_space.seed(seed)
-        self.metadata = self._raw.metadata
-        self.render_mode = self._raw.render_mode
-        self.spec = None
+
+    @property
+    def spec(self) -> None:
+        """None: not a registered gymnasium env (``dtrl.envs.make`` builds it from the task)."""
+        return None
 
     @property
     def unwrapped_env(self) -> gym.Env:
@@ -177,9 +183,12 @@ class BranchableEnv(gym.Env):
     def close(self) -> None:
         self._raw.close()
 
+    def __str__(self) -> str:
+        return repr(self)
+
     def __repr__(self) -> str:
-        return f"BranchableEnv({self.task.name}: {self.task.env_id}, obs {self.obs_dim}, act {self.act_dim}, " \
-               f"horizon {self.max_episode_steps})"
+        return f"<BranchableEnv {self.task.name}: {self.task.env_id}, obs {self.obs_dim}, act {self.act_dim}, " \
+               f"horizon {self.max_episode_steps}>"
 
 
 def make(task_or_env_id: str | Task, seed: int | None = None, render_mode: str | None = None) -> BranchableEnv:
