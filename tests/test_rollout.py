@@ -18,6 +18,9 @@ from dtrl.rollout import (
 )
 from dtrl.tasks import get_task
 
+# One torch thread: on a busy 2-core machine torch's default (one per core) is many times slower.
+torch.set_num_threads(1)
+
 TASK = get_task("hopper-medium")
 TARGET = 3600.0
 
