@@ -112,6 +112,8 @@ def bench_snapshots(args: Args) -> list[dict]:
         # env.step is measured after restoring each time so the state stays bounded
         step_and_restore = _best_of(args.repeats, lambda: (env.step(action), env.restore(snapshot)), 200)
         restore = _best_of(args.repeats, lambda: other.restore(snapshot), 500)
+        raw_env = other.unwrapped_env
+        gym_step_and_restore = _best_of(args.repeats, lambda: (raw_env.step(action), other.restore(snapshot)), 200)
         rows.append({
             "task": name,
             "env": env.task.env_id,
@@ -120,6 +122,7 @@ def bench_snapshots(args: Args) -> list[dict]:
             "pickle_roundtrip_us": 1e6 * _best_of(args.repeats, lambda: pickle.loads(pickle.dumps(snapshot)), 500),
             "bytes": len(blob),
             "env_step_us": 1e6 * (step_and_restore - restore),
+            "gym_step_us": 1e6 * (gym_step_and_restore - restore),
             "mj_step_us": 1e6 * _raw_env_step_seconds(env, args.repeats),
         })
         print(rows[-1], flush=True)
@@ -169,15 +172,27 @@ def bench_batched(args: Args) -> list[dict]:
     return rows
 
 
+def bench_pipe_round_trip(args: Args) -> float:
+    """Seconds for one message to every worker and back, with no env work (an empty snapshot
+    request per worker): the fixed cost a worker adds to each BatchedEnv call."""
+    with BatchedEnv("hopper-medium", 2, num_workers=2) as envs:
+        envs.reset()
+        # A private call on purpose: the public API skips workers that have nothing to do.
+        return _best_of(args.repeats, lambda: envs._call("snapshot", {0: ([],), 1: ([],)}), 200, time.perf_counter)
+
+
 def _table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
     lines = ["| " + " | ".join(title for _, title, _ in columns) + " |",
              "|" + "|".join("---" for _ in columns) + "|"]
     for row in rows:
-        lines.append("| " + " | ".join(format(row[key], fmt) for key, _, fmt in columns) + " |")
+        cells = ["-" if isinstance(row[key], float) and np.isnan(row[key]) else format(row[key], fmt)
+                 for key, _, fmt in columns]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def write_report(args: Args, snapshot_rows: list[dict], batched_rows: list[dict], seconds: float) -> None:
+def write_report(args: Args, snapshot_rows: list[dict], batched_rows: list[dict], round_trip_s: float,
+                 seconds: float) -> None:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     text = f"""# dtrl.envs benchmark
 
@@ -190,12 +205,14 @@ def write_report(args: Args, snapshot_rows: list[dict], batched_rows: list[dict]
 
 ## Snapshot / restore cost per env family
 
-CPU time of this process (min over repeats). `env step`: `BranchableEnv.step` (gymnasium env + our
-wrapper); `raw mj_step`: bare `mj_step` for the same number of substeps (frame_skip) on the same model.
+CPU time of this process (min over repeats). `env step`: `BranchableEnv.step`; `gymnasium env step`:
+the raw env's own `step` (so the difference is our wrapper); `raw mj_step`: bare `mj_step` for the
+same number of substeps (frame_skip) on the same model.
 
 {_table(snapshot_rows, [("task", "task", "s"), ("env", "env id", "s"), ("snapshot_us", "snapshot (us)", ".1f"),
                         ("restore_us", "restore (us)", ".1f"), ("pickle_roundtrip_us", "pickle+unpickle (us)", ".1f"),
                         ("bytes", "pickled bytes", "d"), ("env_step_us", "env step (us)", ".1f"),
+                        ("gym_step_us", "gymnasium env step (us)", ".1f"),
                         ("mj_step_us", "raw mj_step x frame_skip (us)", ".1f")])}
 
 ## BatchedEnv throughput
@@ -206,6 +223,7 @@ wall clock; noisy here). `CPU ratio` (in-process rows only) uses this process's 
 so it shows the Python overhead without the machine's load: a ratio of 1 would mean no overhead over
 MuJoCo. A wall ratio above 1 needs worker processes on free cores. `group restore`:
 `restore([snap] * N)` (a GRPO group) and `snapshot all`: `snapshot()`, per copy, wall clock.
+Fixed cost of one call to 2 workers and back (no env work): {1e6 * round_trip_s:.0f} us (wall clock).
 
 {_table(batched_rows, [("task", "task", "s"), ("num_envs", "N", "d"), ("workers", "workers", "d"),
                        ("wall_rate", "env steps/s", ".0f"),
@@ -230,7 +248,9 @@ def main() -> None:
     started = time.perf_counter()
     snapshot_rows = bench_snapshots(args)
     batched_rows = bench_batched(args)
-    write_report(args, snapshot_rows, batched_rows, time.perf_counter() - started)
+    round_trip_s = bench_pipe_round_trip(args)
+    print(f"pipe round trip: {1e6 * round_trip_s:.0f} us")
+    write_report(args, snapshot_rows, batched_rows, round_trip_s, time.perf_counter() - started)
 
 
 if __name__ == "__main__":

@@ -184,6 +184,10 @@ def test_snapshots_are_small_and_checked():
         make("hopper-medium").snapshot()
     with pytest.raises(DtrlError, match="before reset"):
         make("hopper-medium").step(np.zeros(3))
+    env = make("hopper-medium")
+    env.reset()
+    with pytest.raises(DtrlError, match="non-finite action"):
+        env.step(np.array([0.0, np.nan, 0.0]))
 
 
 def test_bad_task_name_is_a_dtrl_error():

@@ -24,8 +24,10 @@ from dtrl.tasks import Task, get_task
 
 from .env import BranchableEnv, EnvSnapshot, make
 
-# Below this many copies per worker the pipe round trip costs more than the stepping it spreads
-# (measured in benchmarks/results/envs.md); see default_num_workers.
+# A call to the workers and back costs ~0.1-0.2 ms of wall clock (benchmarks/results/envs.md, on a
+# loaded 2-core machine), about one Hopper step; with 8 copies per worker that fixed cost is a
+# small fraction of the stepping it spreads. A judgement from those numbers, not tuned on a
+# many-core machine.
 MIN_ENVS_PER_WORKER = 8
 
 

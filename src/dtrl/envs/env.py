@@ -139,6 +139,9 @@ class BranchableEnv(gym.Wrapper):
             raise DtrlError(f"{self.task.name}: step() before reset() or restore()")
         if self._episode_over:
             raise DtrlError(f"{self.task.name}: step() after the episode ended (reset or restore first)")
+        if not np.all(np.isfinite(action)):
+            # MuJoCo would warn and silently reset the simulation on the resulting bad accelerations.
+            raise DtrlError(f"{self.task.name}: non-finite action {np.asarray(action).tolist()}")
         obs, reward, terminated, truncated, info = self._raw.step(action)
         self._derived_outdated = False
         self.elapsed_steps += 1
