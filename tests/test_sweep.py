@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from dtrl import sweep
 from dtrl.cli import main as cli_main
 from dtrl.errors import DtrlError
 from dtrl.runs import RunDir, is_finished, read_config, read_metrics
