@@ -453,7 +453,7 @@ def train(config: GRPOConfig) -> dict:
                 "grpo/advantage_min": float(valid_advantages.min()) if valid_advantages.size else 0.0,
                 "grpo/group_env_steps": int(groups.env_steps),
                 "grpo/sub_buffer_size": len(sub_buffer),
-                "charts/temperature": float(model.temperature),
+                "charts/temperature": model.temperature.item(),
                 **update_stats,
             }
             if evaluation_due(iteration, config.iterations, config.eval_every):
@@ -526,9 +526,12 @@ def update_policy(policy, sub_buffer: SubTrajectoryBuffer, optimizer, temperatur
             sums["losses/ratio_max"] = max(sums.get("losses/ratio_max", 0.0), stats.ratio_max)
             sums["losses/ratio_min"] = min(sums.get("losses/ratio_min", math.inf), stats.ratio_min)
             updates += 1
+    if updates == 0:  # every group so far was dropped by the ε_GRPO rule: nothing to train on yet
+        sums = {key: None for key in ("losses/policy", "losses/approx_kl", "losses/entropy", "losses/clipfrac",
+                                      "losses/ratio_mean", "losses/grad_norm", "losses/ratio_max", "losses/ratio_min")}
     out: dict[str, Any] = {"updates": updates}
     for key, value in sums.items():
-        out[key] = value if key in ("losses/ratio_max", "losses/ratio_min") else value / max(updates, 1)
+        out[key] = value if value is None or key in ("losses/ratio_max", "losses/ratio_min") else value / updates
     # max |ratio - 1| before the first step of this iteration: 0 up to float rounding in iteration 1
     # (only fresh sub-trajectories) and in every iteration with old_log_probs='refresh'
     out["losses/first_update_ratio_max_dev"] = first_ratio_deviation

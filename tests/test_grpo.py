@@ -1,0 +1,255 @@
+"""GRPO-DT (Algorithm 1): groups, RTG bookkeeping, ratios, the CLI loop, resume; and the finetune dispatcher."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dtrl.algos import grpo
+from dtrl.algos.finetune import ALGORITHMS
+from dtrl.algos.finetune import main as finetune_main
+from dtrl.errors import DtrlError
+
+TASK = "hopper-random"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine: intra-op threads only contend (10x slower ops)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_policy_dir(tmp_path_factory):
+    """A freshly initialised stochastic DT saved in the policy format (no pretraining needed)."""
+    from dtrl.config import ModelConfig
+    from dtrl.data import StateNormalizer
+    from dtrl.models import build_model
+    from dtrl.models.checkpoint import save_policy
+
+    torch.manual_seed(0)
+    config = ModelConfig(n_layer=2, n_head=1, embed_dim=32, context_length=4, max_timestep=1000, dropout=0.0,
+                         init_temperature=0.1)
+    path = tmp_path_factory.mktemp("policy") / "tiny"
+    save_policy(path, build_model(config, 11, 3), StateNormalizer.identity(11), TASK)
+    return path
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_policy_dir):
+    from dtrl.models.checkpoint import load_policy
+
+    policy = load_policy(tiny_policy_dir, task=TASK)
+    policy.model.eval()
+    return policy
+
+
+def small_config(**overrides) -> grpo.GRPOConfig:
+    config = dataclasses.replace(
+        grpo.cpu_preset(TASK), trajectories_per_batch=2, reset_points_per_trajectory=2, group_size=4,
+        sub_trajectory_length=5, eval_steps=5, minibatch_size=8, sub_trajectory_buffer_size=32,
+        device="cpu",
+    )
+    return dataclasses.replace(config, **overrides)
+
+
+@pytest.fixture(scope="module")
+def trajectory(loaded):
+    from dtrl.envs import BatchedEnv
+    from dtrl.rollout import rollout_episodes
+    from dtrl.tasks import get_task
+
+    torch.manual_seed(1)
+    task = get_task(TASK)
+    with BatchedEnv(task, 1) as envs:
+        (episode,) = rollout_episodes(loaded, envs, task, 7200.0, [3], mode="sample", record_snapshots=True)
+    assert len(episode) >= 8  # a random DT still keeps the hopper up for a few steps
+    return episode
+
+
+def group_rollout(loaded, trajectory, config, seed=0):
+    from dtrl.envs import BatchedEnv
+
+    rng = np.random.default_rng(seed)
+    starts = grpo.branch_starts([trajectory], config, loaded.model.receptive_field, rng)
+    with BatchedEnv(TASK, len(starts)) as envs:
+        segments, scores, steps = grpo.rollout_groups(loaded, envs, starts, config, gamma=0.99, device="cpu")
+    return starts, segments, scores, steps
+
+
+# ---------------------------------------------------------------------------------------------- groups
+
+
+def test_a_group_starts_from_one_state_with_the_recorded_rtg(loaded, trajectory):
+    config = small_config(reset_points_per_trajectory=2)
+    starts, segments, scores, _ = group_rollout(loaded, trajectory, config)
+    G = config.group_size
+    assert len(segments) == 2 * G and scores.shape == (2 * G,)
+    for k in range(2):
+        members = segments[k * G:(k + 1) * G]
+        t = starts[k * G].timestep
+        for seg in members:
+            # identical first observation = the trajectory's observation at the reset point
+            np.testing.assert_array_equal(seg.observations[0], trajectory.observations[t])
+            # RTG at the reset point is the one the full rollout had there (no relabeling) ...
+            assert seg.returns_to_go[0] == pytest.approx(trajectory.returns_to_go[t])
+            # ... and decreases by the rewards received along the sub-trajectory
+            np.testing.assert_allclose(seg.returns_to_go[1:], seg.returns_to_go[:-1] - seg.rewards[:-1], rtol=1e-6)
+            assert seg.timesteps[0] == t
+            # the context before the reset point travels with it (receptive field, or all there is)
+            assert len(seg.history) == min(t, loaded.model.receptive_field)
+        # sampled actions differ between members (a group explores)
+        assert not np.allclose(members[0].actions, members[1].actions)
+
+
+def test_inconsistent_groups_start_from_different_states(loaded, trajectory):
+    config = small_config(consistent_group_states=False, reset_points_per_trajectory=1)
+    starts = grpo.branch_starts([trajectory], config, loaded.model.receptive_field, np.random.default_rng(0))
+    assert len(starts) == config.group_size
+    assert len({s.timestep for s in starts}) == config.group_size
+
+
+def test_reset_points_follow_action_variance():
+    class FakeTrajectory:
+        action_variance = np.array([0.0, 0.0, 0.0, 6.0], np.float32)
+
+    rng = np.random.default_rng(0)
+    draws = np.concatenate([grpo.sample_reset_points(FakeTrajectory, 1, rng, uniform=False, temperature=1.0)
+                            for _ in range(400)])
+    share_active = np.mean(draws == 3)  # softmax: e^6 / (3 + e^6) = 0.993
+    draws_uniform = np.concatenate([grpo.sample_reset_points(FakeTrajectory, 1, rng, uniform=True, temperature=1.0)
+                                    for _ in range(400)])
+    assert share_active > 0.97
+    assert 0.15 < np.mean(draws_uniform == 3) < 0.35
+    # K distinct points when the trajectory is long enough
+    assert len(set(grpo.sample_reset_points(FakeTrajectory, 4, rng, uniform=False, temperature=1.0))) == 4
+
+
+def test_first_epoch_ratio_is_one_and_relabeling_breaks_it(loaded, trajectory):
+    from dtrl.rollout import segments_to_batch
+
+    config = small_config()
+    _, segments, scores, _ = group_rollout(loaded, trajectory, config, seed=1)
+    batch = segments_to_batch(segments, loaded.normalizer, loaded.reward_scale)
+    with torch.no_grad():
+        log_probs, entropy = grpo.policy_outputs(loaded.model, batch)
+    stats = grpo.objectives.surrogate_stats(log_probs, batch.log_probs_old, batch.train_mask, "sequence", 0.2)
+    assert abs(stats.ratio_max - 1) < 1e-4 and abs(stats.ratio_min - 1) < 1e-4
+    assert torch.isfinite(entropy[batch.train_mask]).all()
+
+    relabeled = [grpo.relabel_with_achieved_return(s, float(score), 0.99) for s, score in zip(segments, scores)]
+    assert relabeled[0].returns_to_go[0] == pytest.approx(scores[0], rel=1e-5)
+    batch = segments_to_batch(relabeled, loaded.normalizer, loaded.reward_scale)
+    with torch.no_grad():
+        log_probs, _ = grpo.policy_outputs(loaded.model, batch)
+    stats = grpo.objectives.surrogate_stats(log_probs, batch.log_probs_old, batch.train_mask, "sequence", 0.2)
+    assert max(abs(stats.ratio_max - 1), abs(stats.ratio_min - 1)) > 1e-3
+
+
+def test_sub_trajectory_buffer_is_fifo():
+    buffer = grpo.SubTrajectoryBuffer(3)
+    for i in range(5):
+        buffer.add(np.zeros(i + 1), float(i))
+    assert [adv for _, adv in buffer.items] == [2.0, 3.0, 4.0]
+    clone = grpo.SubTrajectoryBuffer(1)
+    clone.load_state_dict(buffer.state_dict())
+    assert len(clone) == 3 and clone.items.maxlen == 3
+
+
+def test_paper_preset_follows_table6():
+    door = grpo.paper_preset("door-human")
+    assert (door.minibatch_size, door.sub_trajectory_length, door.eval_steps, door.clip_eps,
+            door.min_group_deviation, door.init_temperature, door.trajectories_per_iteration) == (512, 10, 100, 0.3,
+                                                                                                 0.4, 0.04, 5)
+    hopper = grpo.paper_preset("hopper-random")
+    assert hopper.trajectories_per_batch * hopper.reset_points_per_trajectory * hopper.group_size == 512
+    assert (hopper.gamma, hopper.learning_rate, hopper.online_rtg) == (0.995, 5e-5, 7200.0)
+    assert grpo.cpu_preset("hopper-random").eval_steps <= 100
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def cli_args(policy_dir, out, iterations, *extra):
+    return ["--algo", "grpo", "--task", TASK, "--preset", "cpu", "--init", str(policy_dir), "--out", str(out),
+            "--iterations", str(iterations), "--device", "cpu", "--trajectories-per-batch", "2",
+            "--reset-points-per-trajectory", "2", "--group-size", "4", "--sub-trajectory-length", "5",
+            "--eval-steps", "5", "--minibatch-size", "8", "--sub-trajectory-buffer-size", "24",
+            "--eval-every", "2", "--eval-episodes", "1", "--checkpoint-every", "1", "--min-group-deviation", "0",
+            *extra]
+
+
+def read_metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_cli_runs_two_iterations_and_writes_a_policy(tiny_policy_dir, tmp_path):
+    out = tmp_path / "run"
+    assert finetune_main(cli_args(tiny_policy_dir, out, 2)) == 0
+    rows = read_metrics(out)
+    assert [r["iteration"] for r in rows] == [1, 2]
+    for key in ("env_steps", "grad_updates", "wall_time_s", "grpo/mean_group_score", "grpo/groups_dropped",
+                "losses/policy", "losses/clipfrac", "losses/approx_kl", "losses/ratio_max", "losses/entropy",
+                "charts/temperature"):
+        assert key in rows[-1]
+    assert rows[1]["env_steps"] > rows[0]["env_steps"] > 0
+    assert "eval_normalized_mean" in rows[1] and "eval_normalized_mean" not in rows[0]
+    # iteration 1 trains only on fresh sub-trajectories: the first update's ratios are 1
+    assert rows[0]["losses/first_update_ratio_max_dev"] < 1e-4
+    assert (out / "policy" / "model.safetensors").is_file()
+    assert json.loads((out / "config.json").read_text())["algo"] == "grpo"
+
+
+def test_resume_equals_uninterrupted(tiny_policy_dir, tmp_path):
+    # (in 'refresh' mode, which also shows that every iteration's first ratios are then 1)
+    full, split = tmp_path / "full", tmp_path / "split"
+    refresh = ("--old-log-probs", "refresh")
+    assert finetune_main(cli_args(tiny_policy_dir, full, 3, *refresh)) == 0
+    assert finetune_main(cli_args(tiny_policy_dir, split, 2, *refresh)) == 0
+    assert finetune_main(cli_args(tiny_policy_dir, split, 3, *refresh, "--resume")) == 0
+    a, b = read_metrics(full), read_metrics(split)
+    assert [r["iteration"] for r in b] == [1, 2, 3]
+    for ra, rb in zip(a, b):
+        ra.pop("wall_time_s"), rb.pop("wall_time_s")
+        assert ra == rb
+    for row in a:
+        assert row["grad_updates"] > 0 and row["losses/first_update_ratio_max_dev"] < 1e-4
+
+
+@pytest.mark.parametrize("flags", [("--full-trajectories",), ("--hindsight-relabel", "--ratio-level", "token"),
+                                   ("--no-consistent-group-states", "--reset-sampling", "uniform")])
+def test_ablation_switches_run(tiny_policy_dir, tmp_path, flags):
+    out = tmp_path / "ablation"
+    assert finetune_main(cli_args(tiny_policy_dir, out, 1, "--eval-every", "0", "--eval-episodes", "1", *flags)) == 0
+    assert read_metrics(out)[0]["grad_updates"] >= 0
+
+
+def test_missing_init_is_a_one_line_error(tmp_path):
+    with pytest.raises(DtrlError, match="--init"):
+        finetune_main(["--algo", "grpo", "--task", TASK, "--out", str(tmp_path / "x")])
+
+
+# ---------------------------------------------------------------------------------------------- dispatcher
+
+
+def test_dispatcher_lists_algorithms_and_rejects_unknown(capsys):
+    assert finetune_main(["--help"]) == 0
+    text = capsys.readouterr().out
+    for name in ALGORITHMS:
+        assert name in text
+    with pytest.raises(DtrlError, match="unknown algorithm 'sac'.*grpo"):
+        finetune_main(["--algo", "sac"])
+    with pytest.raises(DtrlError, match="needs --algo"):
+        finetune_main(["--task", TASK])
+
+
+def test_dispatcher_passes_the_rest_to_the_algorithm(capsys):
+    with pytest.raises(SystemExit) as exc:
+        finetune_main(["--task", TASK, "--algo=grpo", "--help"])
+    assert exc.value.code == 0
+    assert "--group-size" in capsys.readouterr().out
