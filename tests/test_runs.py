@@ -226,6 +226,18 @@ def test_mark_finished(tmp_path):
     assert final["eval_normalized_mean"] == 91.5 and final["bad"] is None and "finished_at" in final
 
 
+def test_resuming_a_finished_run_makes_it_unfinished_until_it_ends_again(tmp_path):
+    run = RunDir.create(tmp_path / "run", CONFIG)
+    run.log({"iteration": 1})
+    run.save_state({"iteration": 1}, 1)
+    run.mark_finished({"eval_normalized_mean": 50.0})
+    resumed = RunDir.resume(tmp_path / "run", {**CONFIG, "iterations": 10})
+    assert not is_finished(tmp_path / "run")
+    assert read_config(tmp_path / "run")["run_info"]["resumes"][-1]["previous_final"]["eval_normalized_mean"] == 50.0
+    resumed.mark_finished({"eval_normalized_mean": 60.0})
+    assert is_finished(tmp_path / "run")
+
+
 def _toy_training(run: RunDir, iterations: int, crash_after: int | None = None) -> None:
     """A tiny SGD loop drawing from every RNG kind an algorithm uses (torch, numpy global, python,
     its own np.random.Generator), checkpointing every iteration."""

@@ -307,6 +307,8 @@ class RunDir:
         self.config = config
         """the config.json contents (resolved config plus ``run_info``)"""
         self.checkpoint_iteration = checkpoint_iteration
+        """iteration of the latest checkpoint (at open: the one resumed from; None for a fresh run)"""
+        self.resumed_from = checkpoint_iteration
         """iteration of the checkpoint this run resumed from (None for a fresh run)"""
         self._wall_time_offset = wall_time_offset
         self._opened_at = time.monotonic()
@@ -354,7 +356,8 @@ class RunDir:
         """Reopen the run in ``path`` to continue from its last checkpoint.
 
         Metrics lines logged after the checkpointed iteration are dropped (the resumed run logs
-        them again). If ``config`` is given, fields that differ from the stored config (other than
+        them again). A finished run becomes unfinished (final.json is moved into the resume
+        record in config.json) until ``mark_finished`` is called again. If ``config`` is given, fields that differ from the stored config (other than
         resume/force/out) are reported on stderr and recorded in ``run_info.resumes``.
         """
         path = Path(path)
@@ -384,10 +387,19 @@ class RunDir:
             if changed:
                 print(f"dtrl: warning: resuming {path} with changed settings: {', '.join(changed)}", file=sys.stderr)
                 stored.update({k: v["now"] for k, v in changed.items()})
-        stored.setdefault("run_info", {}).setdefault("resumes", []).append(
-            {"time": _now_iso(), "from_iteration": iteration, "hostname": socket.gethostname(), "changed": changed}
-        )
+        record = {"time": _now_iso(), "from_iteration": iteration, "hostname": socket.gethostname(), "changed": changed}
+        final = path / FINAL_FILE
+        if final.is_file():
+            # Continuing a finished run (e.g. with more --iterations): it is unfinished until it
+            # ends again. Its old summary is kept in the resume record, not silently lost.
+            try:
+                record["previous_final"] = json.loads(final.read_text())
+            except (OSError, json.JSONDecodeError):
+                record["previous_final"] = None
+        stored.setdefault("run_info", {}).setdefault("resumes", []).append(record)
         atomic_write_json(path / CONFIG_FILE, stored)
+        if final.is_file():
+            final.unlink()
         run = cls(path, stored, checkpoint_iteration=iteration, wall_time_offset=offset)
         return run
 
@@ -409,7 +421,7 @@ class RunDir:
             from torch.utils.tensorboard import SummaryWriter
 
             # purge_step hides events a crashed run wrote past its checkpoint, as metrics.jsonl does.
-            purge = None if self.checkpoint_iteration is None else self.checkpoint_iteration + 1
+            purge = None if self.resumed_from is None else self.resumed_from + 1
             self._writer = SummaryWriter(log_dir=str(self.path), purge_step=purge, flush_secs=30)
         return self._writer
 
