@@ -4,6 +4,8 @@ raw ``mj_step`` rate of the same model measured in the same run.
     python benchmarks/bench_envs.py                 # full run, writes benchmarks/results/envs.md
     python benchmarks/bench_envs.py --quick         # smaller batches, fewer repeats
 
+It also runs an exactness sweep over 15 MuJoCo envs (snapshots replayed in worker processes).
+
 Times are the minimum over repeats (robust to other jobs sharing the CPU); worker runs are wall
 clock. Episodes never end here (no time limit; locomotion envs built with
 ``terminate_when_unhealthy=False``) so every copy keeps stepping: same physics per step.
@@ -45,6 +47,13 @@ class Args:
     """env steps (summed over copies) per throughput measurement"""
     repeats: int = 5
     """repeats per measurement (the minimum is reported)"""
+    exactness_tasks: list[str] = field(default_factory=lambda: [
+        "hopper-medium", "walker2d-medium", "ant-medium", "antmaze-umaze", "door-human", "hammer-human",
+        "pen-human", "HalfCheetah-v5", "Humanoid-v5", "HumanoidStandup-v5", "Swimmer-v5", "Reacher-v5",
+        "Pusher-v5", "InvertedPendulum-v5", "InvertedDoublePendulum-v5"])
+    """tasks for the exactness sweep (all gymnasium MuJoCo v5 envs plus the registry's families)"""
+    exactness_steps: int = 300
+    """steps replayed after each of 4 snapshots in the exactness sweep"""
     quick: bool = False
     """smaller batches and fewer repeats (a smoke run)"""
     out: Path = Path(__file__).parent / "results" / "envs.md"
@@ -172,6 +181,56 @@ def bench_batched(args: Args) -> list[dict]:
     return rows
 
 
+def check_exactness(args: Args) -> list[dict]:
+    """Not a speed number: for each task take 4 snapshots at random points of one episode (smooth,
+    policy-like actions), record the next ``exactness_steps`` steps under noisy actions, then replay
+    all 4 in worker processes from the pickled snapshots and compare bit for bit."""
+    rows = []
+    for name in args.exactness_tasks:
+        task = dataclasses.replace(_benchmark_task(name), max_episode_steps=get_task(name).max_episode_steps)
+        if name == "Humanoid-v5":  # falls within ~25 random steps otherwise
+            task = dataclasses.replace(task, env_kwargs={"terminate_when_unhealthy": False})
+        source = make(task, seed=0)
+        source.reset()
+        rng = np.random.default_rng(1)
+        action = np.zeros(source.act_dim)
+        snapshots, futures = [], []
+        for _ in range(4):
+            for _ in range(rng.integers(5, 60)):
+                action = np.clip(0.9 * action + 0.3 * rng.normal(size=source.act_dim), -1, 1)
+                if any(source.step(action)[2:4]):
+                    source.reset()
+            snapshot = source.snapshot()
+            actions, recorded = [], []
+            for _ in range(args.exactness_steps):
+                actions.append(np.clip(rng.normal(size=source.act_dim), -1, 1))
+                obs, reward, terminated, truncated, _ = source.step(actions[-1])
+                recorded.append((obs, reward, terminated, truncated))
+                if terminated or truncated:
+                    break
+            snapshots.append(snapshot)
+            futures.append((actions, recorded))
+            source.restore(snapshot)
+        exact, compared = True, 0
+        with BatchedEnv(task, len(snapshots), num_workers=2) as envs:
+            envs.restore([pickle.loads(pickle.dumps(snapshot)) for snapshot in snapshots])
+            for k in range(max(len(recorded) for _, recorded in futures)):
+                step_actions = np.zeros((envs.num_envs, envs.act_dim))
+                active = np.array([k < len(recorded) for _, recorded in futures])
+                for i, (actions, recorded) in enumerate(futures):
+                    if active[i]:
+                        step_actions[i] = actions[k]
+                obs, rewards, terminated, truncated = envs.step(step_actions, active)
+                for i in np.flatnonzero(active):
+                    expected = futures[i][1][k]
+                    compared += 1
+                    exact &= bool(np.array_equal(obs[i], expected[0]) and rewards[i] == expected[1]
+                                  and terminated[i] == expected[2] and truncated[i] == expected[3])
+        rows.append({"task": name, "env": task.env_id, "steps_compared": compared, "exact": "yes" if exact else "NO"})
+        print(rows[-1], flush=True)
+    return rows
+
+
 def bench_pipe_round_trip(args: Args) -> float:
     """Seconds for one message to every worker and back, with no env work (an empty snapshot
     request per worker): the fixed cost a worker adds to each BatchedEnv call."""
@@ -192,7 +251,7 @@ def _table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
 
 
 def write_report(args: Args, snapshot_rows: list[dict], batched_rows: list[dict], round_trip_s: float,
-                 seconds: float) -> None:
+                 exactness_rows: list[dict], seconds: float) -> None:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     text = f"""# dtrl.envs benchmark
 
@@ -232,6 +291,18 @@ Fixed cost of one call to 2 workers and back (no env work): {1e6 * round_trip_s:
                        ("group_restore_us_per_copy", "group restore (us/copy)", ".1f"),
                        ("snapshot_all_us_per_copy", "snapshot all (us/copy)", ".1f")])}
 """
+    text += f"""
+## Exactness sweep (correctness, not speed)
+
+For each env: 4 snapshots at random points of an episode, the next {args.exactness_steps} steps recorded
+(fewer if the episode ends), then replayed from the pickled snapshots in 2 worker processes and compared
+bit for bit (observations, rewards, terminated, truncated). Locomotion envs and Humanoid-v5 run with
+`terminate_when_unhealthy=False` so that they last; the Inverted*Pendulum episodes end within a few
+random steps.
+
+{_table(exactness_rows, [("task", "task", "s"), ("env", "env id", "s"), ("steps_compared", "steps compared", "d"),
+                         ("exact", "bit-exact", "s")])}
+"""
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=args.out.parent, delete=False, suffix=".tmp") as tmp:
         tmp.write(text)
@@ -245,12 +316,14 @@ def main() -> None:
         args.batch_sizes = [size for size in args.batch_sizes if size <= 64]
         args.repeats = 2
         args.env_steps_per_measure = 256
+        args.exactness_steps = 50
     started = time.perf_counter()
     snapshot_rows = bench_snapshots(args)
     batched_rows = bench_batched(args)
     round_trip_s = bench_pipe_round_trip(args)
     print(f"pipe round trip: {1e6 * round_trip_s:.0f} us")
-    write_report(args, snapshot_rows, batched_rows, round_trip_s, time.perf_counter() - started)
+    exactness_rows = check_exactness(args)
+    write_report(args, snapshot_rows, batched_rows, round_trip_s, exactness_rows, time.perf_counter() - started)
 
 
 if __name__ == "__main__":
