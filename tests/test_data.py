@@ -208,6 +208,7 @@ def test_minari_id_missing_offline_is_one_line_error(tmp_path, monkeypatch):
                                    "downloaded", "Name or service not known")
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Minari asks for author, permalink, ... metadata
 def test_local_minari_dataset_loads_by_id_and_directory(tmp_path, monkeypatch):
     import gymnasium as gym
     import minari

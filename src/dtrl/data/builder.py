@@ -35,7 +35,7 @@ LEVELS = ("random", "medium", "medium-replay")
 class BuildConfig:
     """``dtrl data build TASK-LEVEL --out FILE``: make a D4RL-layout dataset with a local behaviour policy."""
 
-    dataset: str = "hopper-random"
+    dataset: str = ""
     """TASK-LEVEL to build, e.g. hopper-random, walker2d-medium, ant-medium-replay, door-random,
     or GYM_ENV_ID-LEVEL for any gymnasium MuJoCo env (HalfCheetah-v5-medium, needs --target-return)"""
     out: str = ""
@@ -74,6 +74,8 @@ class BuildConfig:
     """show rich progress bars with ETA"""
 
     def validate(self) -> None:
+        if not self.dataset:
+            raise DtrlError("missing TASK-LEVEL to build (e.g. dtrl data build hopper-medium --out hopper-medium.hdf5)")
         if not self.out:
             raise DtrlError("--out FILE is required (the .hdf5 file to write)")
         if not self.out.endswith((".hdf5", ".h5")):
@@ -119,24 +121,10 @@ def resolve_dataset_name(name: str) -> tuple[Task, str]:
 
 
 def make_env(task: Task, seed: int | None = None):
-    """The task's environment with a flat observation (``dtrl.envs.make``)."""
-    import dtrl.envs as envs
+    """The task's environment: flat float32 observation, its env kwargs and time limit."""
+    from dtrl.envs import make
 
-    if hasattr(envs, "make"):
-        return envs.make(task.name, seed=seed)
-    import gymnasium as gym
-
-    envs.register_all()  # fallback while dtrl.envs.make is unavailable: same env id, kwargs and horizon
-    env = gym.make(task.env_id, max_episode_steps=task.max_episode_steps, **task.env_kwargs)
-    if isinstance(env.observation_space, gym.spaces.Dict):
-        keys = ("observation", "achieved_goal", "desired_goal")
-        size = sum(int(np.prod(env.observation_space[k].shape)) for k in keys)
-        space = gym.spaces.Box(-np.inf, np.inf, (size,), np.float32)
-        env = gym.wrappers.TransformObservation(
-            env, lambda obs: np.concatenate([np.asarray(obs[k], np.float32).ravel() for k in keys]), space)
-    if seed is not None:
-        env.reset(seed=seed)
-    return env
+    return make(task, seed=seed)
 
 
 def _progress(enabled: bool):

@@ -33,7 +33,7 @@ class InfoConfig:
     """task to validate against and normalise with (default: from the file's attributes or the Minari id)"""
 
 
-def _parse(config_cls: type, argv: list[str], positional: str, prog: str, description: str):
+def _parse(config_cls: type, argv: list[str], positional: str, label: str, prog: str, description: str):
     import tyro
 
     # The first bare word is the positional argument (TASK-LEVEL or SOURCE); tyro parses the rest.
@@ -41,7 +41,7 @@ def _parse(config_cls: type, argv: list[str], positional: str, prog: str, descri
         argv = [f"--{positional}", argv[0], *argv[1:]]
     config = tyro.cli(config_cls, args=argv, prog=prog, description=description)
     if not getattr(config, positional):
-        raise DtrlError(f"{prog}: missing {positional.upper()} (see {prog} --help)")
+        raise DtrlError(f"{prog}: missing {label} (see {prog} --help)")
     return config
 
 
@@ -53,11 +53,11 @@ def main(argv: list[str]) -> int:
     if command == "build":
         from dtrl.data.builder import BuildConfig, build
 
-        config = _parse(BuildConfig, rest, "dataset", "dtrl data build", BuildConfig.__doc__)
+        config = _parse(BuildConfig, rest, "dataset", "TASK-LEVEL", "dtrl data build", BuildConfig.__doc__)
         build(config)
         return 0
     if command == "info":
-        config = _parse(InfoConfig, rest, "source", "dtrl data info", InfoConfig.__doc__)
+        config = _parse(InfoConfig, rest, "source", "FILE|MINARI_ID|MINARI_DIR", "dtrl data info", InfoConfig.__doc__)
         print(describe(config.source, config.task))
         return 0
     raise DtrlError(f"unknown data command {command!r} (choose from build, info)")

@@ -76,38 +76,23 @@ def _env_spaces(task: Task) -> _EnvSpaces:
 
 
 def _make_env_spaces(task: Task) -> _EnvSpaces:
-    import dtrl.envs as envs
+    from dtrl.envs import make
 
-    if hasattr(envs, "make"):
-        env = envs.make(task.name)
-    else:  # dtrl.envs.make not available (partial install): the raw gymnasium env, flattened by hand.
-        import gymnasium as gym
-
-        envs.register_all()
-        env = gym.make(task.env_id, **task.env_kwargs)
+    env = make(task)
     try:
         obs_space, act_space = env.observation_space, env.action_space
-        if hasattr(obs_space, "spaces"):  # dict observation (AntMaze) -> flattened size
-            obs_dim = int(sum(int(np.prod(space.shape)) for space in obs_space.spaces.values()))
-        else:
-            obs_dim = int(np.prod(obs_space.shape))
-        return _EnvSpaces(obs_dim, int(np.prod(act_space.shape)),
+        return _EnvSpaces(int(np.prod(obs_space.shape)), int(np.prod(act_space.shape)),
                           np.asarray(act_space.low, dtype=np.float32), np.asarray(act_space.high, dtype=np.float32))
     finally:
         env.close()
 
 
 def _flatten_observations(task: Task, observations: Any) -> np.ndarray:
-    """Minari stores AntMaze observations as a dict of arrays; dtrl policies see the flat vector."""
-    if not isinstance(observations, dict):
-        return np.asarray(observations, dtype=np.float32)
-    import dtrl.envs as envs
+    """Minari stores AntMaze observations as a dict of arrays; dtrl policies see the flat vector
+    (``dtrl.envs.flatten_observation``: concat(observation, achieved_goal, desired_goal))."""
+    from dtrl.envs import flatten_observation
 
-    if hasattr(envs, "flatten_observation"):
-        return np.asarray(envs.flatten_observation(task, observations), dtype=np.float32)
-    # The contract of dtrl.envs.flatten_observation: concat(observation, achieved_goal, desired_goal).
-    keys = [k for k in ("observation", "achieved_goal", "desired_goal") if k in observations]
-    return np.concatenate([np.asarray(observations[k], dtype=np.float32) for k in keys], axis=-1)
+    return flatten_observation(task, observations)
 
 
 def _resolve_task(task: Task | str) -> Task:
