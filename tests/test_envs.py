@@ -61,6 +61,20 @@ def test_restore_into_another_instance_is_bit_exact(name):
         assert (term_a, trunc_a) == (term_b, trunc_b), f"{name}: flags differ at step {t}"
 
 
+@pytest.mark.parametrize("name", ["antmaze-umaze", "door-human"])
+def test_restore_into_a_never_reset_instance(name):
+    """Worker copies are restored without ever being reset (goal/door attributes absent)."""
+    source = make(name, seed=3)
+    source.reset()
+    for _ in range(5):
+        source.step(np.full(source.act_dim, 0.2, np.float32))
+    fresh = make(name)
+    np.testing.assert_array_equal(fresh.restore(source.snapshot()), source.snapshot().observation)
+    for action in _actions(np.random.default_rng(2), source, 40):
+        a, b = source.step(action), fresh.step(action)
+        assert np.array_equal(a[0], b[0]) and a[1:4] == b[1:4]
+
+
 def test_restored_rng_gives_the_same_future_resets():
     """The door position is drawn from the env's np_random at reset: after a restore both envs
     draw the same next door, i.e. the random stream itself was restored."""

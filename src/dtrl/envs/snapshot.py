@@ -5,14 +5,16 @@ GRPO restarts groups of rollouts from one saved simulator state, so a restored e
 
 1. MuJoCo integration state (``mj_getState`` with ``mjSTATE_INTEGRATION``): positions, velocities,
    actuator activations, controls, applied forces, mocap, user data, time and the constraint
-   solver's warm start ``qacc_warmstart`` (``mjSTATE_FULLPHYSICS`` lacks the warm start, which is
-   why it is exact for Hopper but not for Walker2d/HalfCheetah).
+   solver's warm start ``qacc_warmstart``. ``mjSTATE_FULLPHYSICS`` lacks the warm start: the solver
+   then starts from another guess and results differ in the last bits (measured: Hopper's first
+   reward by 1e-16, Walker2d after a few steps, Ant and AntMaze in the tests).
 2. *Stale* derived quantities. After ``mj_step``, kinematic outputs such as ``xpos`` describe the
    state at the start of the last substep, not the current ``qpos``. Some envs read them before
    stepping: Ant's forward reward is ``(xpos_after - xpos_before) / dt``, Humanoid uses ``xipos``,
    Reacher/Pusher use ``xpos``. Recomputing them with ``mj_forward`` after a restore gives the
-   *current* kinematics instead, which shifted Ant's first reward (the 5e-4 mismatch an earlier
-   prototype saw). We copy the stale arrays verbatim.
+   *current* kinematics instead, one substep (0.01 s) ahead, which shifts Ant's first reward by
+   about 0.2 x its velocity: the likely cause of the 5e-4 mismatch an earlier prototype saw. We
+   copy the stale arrays verbatim.
 3. Model fields an env writes at reset (Adroit door position ``body_pos``, pen target
    ``body_quat``, AntMaze goal marker ``site_pos``). Found automatically: after each reset we diff
    the model against its state at construction.
