@@ -13,9 +13,32 @@ import platform
 import time
 from pathlib import Path
 
+from dtrl.data import SequenceSampler, StateNormalizer, load_dataset
 from dtrl.data.builder import BuildConfig, build
 
 RESULTS = Path(__file__).parent / "results" / "data.md"
+
+
+def bench_sampler(path: Path, task: str, batch_size: int = 256, context_length: int = 20, batches: int = 200) -> str:
+    """Loading time and SequenceSampler throughput on a built dataset (one markdown line)."""
+    import torch
+
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    dataset = load_dataset(str(path), task)
+    load_s = time.perf_counter() - start
+    start = time.perf_counter()
+    sampler = SequenceSampler(dataset.trajectories, context_length, 1000.0,
+                              StateNormalizer.from_trajectories(dataset.trajectories), rng=0)
+    setup_s = time.perf_counter() - start
+    sampler.sample(batch_size)
+    start = time.perf_counter()
+    for _ in range(batches):
+        sampler.sample(batch_size)
+    per_batch_ms = (time.perf_counter() - start) / batches * 1e3
+    return (f"- `{path.name}` ({dataset.n_transitions} transitions, {dataset.n_episodes} episodes): load_dataset "
+            f"{load_s:.2f} s, sampler setup {setup_s:.2f} s, sample(B={batch_size}, K={context_length}) "
+            f"{per_batch_ms:.2f} ms per batch")
 
 
 def main() -> None:
@@ -25,9 +48,22 @@ def main() -> None:
     parser.add_argument("--medium-transitions", type=int, default=200_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--sampler-only", action="store_true",
+                        help="skip the builds; append load/sampler timings on the files in --data-dir to the results")
     args = parser.parse_args()
     data_dir = Path(args.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
+    if args.sampler_only:
+        lines = ["", f"## Loading and sampling ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, same shared "
+                     f"machine, load average {os.getloadavg()[0]:.1f}, 1 torch thread)", ""]
+        for name, task in (("hopper-random", "hopper-random"), ("hopper-medium", "hopper-medium"),
+                           ("hopper-medium-replay", "hopper-medium-replay")):
+            if (data_dir / f"{name}.hdf5").exists():
+                lines.append(bench_sampler(data_dir / f"{name}.hdf5", task))
+        with RESULTS.open("a") as f:
+            f.write("\n".join(lines) + "\n")
+        print("\n".join(lines))
+        return
 
     runs = []
     start = time.perf_counter()
