@@ -66,3 +66,10 @@ def test_iql_refuses_init_and_needs_a_dataset(tmp_path, capsys):
     assert cli(["finetune", "--algo", "iql", "--task", "hopper-random", "--dataset", "x.hdf5", "--init", "runs/x",
                 "--out", str(tmp_path / "b")]) == 2
     assert "takes no --init" in capsys.readouterr().err
+
+
+def test_paper_hyperparameters_per_domain():
+    from dtrl.algos.iql import PRESETS
+
+    settings = {t: PRESETS["paper"](t) for t in ("hopper-medium", "antmaze-umaze", "door-human")}
+    assert [(c.expectile, c.temperature) for c in settings.values()] == [(0.7, 3.0), (0.9, 10.0), (0.7, 0.5)]

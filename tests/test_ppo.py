@@ -67,3 +67,12 @@ def test_ppo_two_iterations_from_the_cli(tiny_files, tmp_path):
     assert {"losses/policy", "losses/value", "losses/clipfrac", "losses/approx_kl"} <= set(rows[-1])
     assert json.loads((run / "config.json").read_text())["algo"] == "ppo"
     assert "eval_normalized_mean" in rows[-1]
+
+
+def test_paper_preset_follows_the_paper_per_domain():
+    from dtrl.algos.ppo import PRESETS
+
+    hopper, door = PRESETS["paper"]("hopper-random"), PRESETS["paper"]("door-human")
+    assert (hopper.trajectories_per_iteration, door.trajectories_per_iteration) == (8, 16)  # A.3.1
+    assert hopper.buffer_multiplier == 4 and hopper.gamma == 0.99  # buffer 4x, Table 5 γ
+    assert (hopper.clip_eps, door.clip_eps) == (0.2, 0.3) and door.learning_rate == 3e-5  # Table 6
