@@ -17,9 +17,15 @@ per step under ``torch.inference_mode``:
 sampling-time log-probs (history prefix marked as context only), which is what makes the importance
 ratio of the first update exactly 1.
 
-RTG bookkeeping (raw units): g_0 = target, g_{t+1} = g_t - r_t; the model gets g_t / reward_scale.
-States are normalised with the policy's normaliser before entering the model; everything recorded
-here is raw (unnormalised observations, unscaled RTGs) so buffers stay model-independent.
+RTG bookkeeping (raw units, float64): g_0 = target, g_{t+1} = g_t - r_t; the model gets
+g_t / reward_scale. States are normalised with the policy's normaliser before entering the model;
+everything recorded here is raw (unnormalised observations, unscaled RTGs). A Reinformer conditions
+on its own max-return prediction instead of g_t; that prediction is what gets recorded as its RTG,
+because it is what ``forward`` must be fed to reproduce the log-probs.
+
+Beyond the model contract's ``new_cache`` / ``act`` / ``append_action``, branching uses
+``model.prefill(cache, states, actions, returns_to_go, timesteps, mask)`` to load left-padded
+histories of different lengths into one cache in a single pass.
 """
 
 from __future__ import annotations
@@ -334,7 +340,7 @@ def rollout_episodes(
     terminated = np.zeros(num_envs, bool)
     truncated = np.zeros(num_envs, bool)
 
-    rtg = np.full(num_envs, float(target_rtg), np.float64)  # float64: 1000 subtractions stay exact enough
+    rtg = np.full(num_envs, float(target_rtg), np.float64)
     active = np.ones(num_envs, bool)
     with torch.inference_mode(), _eval_mode(model):
         cache = model.new_cache(num_envs)
