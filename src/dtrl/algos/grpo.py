@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -106,6 +107,9 @@ class GRPOConfig(DTFinetuneConfig):
     """env worker processes for the group rollouts (0: step the envs in this process)"""
     max_parallel_branches: int = 512
     """at most this many sub-trajectories are rolled out together (more are done in chunks)"""
+    time_limit_s: float = 0.0
+    """stop after the iteration during which the run's wall time passes this (0: run all iterations);
+    that iteration is then evaluated, checkpointed and its policy saved, as a last one would be"""
 
     def validate(self) -> None:
         super().validate()
@@ -131,6 +135,8 @@ class GRPOConfig(DTFinetuneConfig):
             raise DtrlError("active-sampling-temperature must be > 0")
         if self.num_workers < 0:
             raise DtrlError(f"num-workers must be >= 0, got {self.num_workers}")
+        if self.time_limit_s < 0:
+            raise DtrlError(f"time-limit-s must be >= 0, got {self.time_limit_s}")
 
 
 # Table 6, per dataset: (BS, online RTG, gamma, lr_a, L_traj, L_eval, clip ε, ε_GRPO, ETPR).
@@ -456,11 +462,13 @@ def train(config: GRPOConfig) -> dict:
                 "charts/temperature": model.temperature.item(),
                 **update_stats,
             }
-            if evaluation_due(iteration, config.iterations, config.eval_every):
+            out_of_time = config.time_limit_s > 0 and clock.elapsed() >= config.time_limit_s
+            final = iteration if out_of_time else config.iterations
+            if evaluation_due(iteration, final, config.eval_every):
                 metrics.update(evaluate_policy(policy, task, config, eval_rtg, device))
             last_row = iteration_metrics(iteration, clock, **metrics)
             run.log(last_row)
-            if checkpoint_due(iteration, config.iterations, config.checkpoint_every):
+            if checkpoint_due(iteration, final, config.checkpoint_every):
                 run.save_state({
                     "algo": "grpo", "iteration": iteration, "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
@@ -469,7 +477,10 @@ def train(config: GRPOConfig) -> dict:
                     "clock": clock.state_dict(), "numpy_generator": rng.bit_generator.state,
                 }, iteration)
                 run.save_policy(model, policy.normalizer, task.name, extra={"algo": "grpo", "iteration": iteration})
-        run.save_policy(model, policy.normalizer, task.name, extra={"algo": "grpo", "iteration": config.iterations})
+            if out_of_time:
+                print(f"grpo: time limit of {config.time_limit_s:.0f} s reached after iteration {iteration}",
+                      file=sys.stderr)
+                break
         run.mark_finished({k: v for k, v in last_row.items() if k.startswith("eval_") or k == "iteration"})
     finally:
         branch_envs.close()
@@ -559,5 +570,5 @@ def main(argv: list[str]) -> int:
     row = train(config)
     score = row.get("eval_normalized_mean")
     shown = f"normalised {score:.1f}" if isinstance(score, (int, float)) else f"return {row.get('eval_return_mean')}"
-    print(f"grpo: finished {config.iterations} iterations in {config.out}: {shown}")
+    print(f"grpo: finished {row.get('iteration')} iterations in {config.out}: {shown}")
     return 0

@@ -1,0 +1,96 @@
+"""Learning benchmark: GRPO-DT (cpu preset) finetuning a cpu-pretrained DT on hopper-random.
+
+Goal (benchmarks/results/grpo.md): within --minutes (60) of wall time on this machine, raise the
+D4RL-normalised return of the pretrained DT by >= 30 points (stretch: >= 60 absolute; the paper's
+GPU run reaches 99). Both policies are evaluated with the mean action on the same --eval-episodes
+seeds, conditioned on the task's evaluation RTG.
+
+    nice python benchmarks/bench_grpo_hopper.py [--pretrained RUN] [--data FILE] [--minutes 60] [--out DIR]
+
+Missing inputs are made with the CLI (``dtrl data build``, ``dtrl pretrain --preset cpu``). Extra
+arguments after ``--`` go to ``dtrl finetune --algo grpo`` (e.g. ``-- --learning-rate 3e-4``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def ensure_inputs(data: Path, pretrained: Path) -> None:
+    from dtrl.cli import main as dtrl
+
+    if not (pretrained / "policy" / "model.safetensors").is_file():
+        if not data.is_file():
+            print(f"building {data}", flush=True)
+            if dtrl(["data", "build", "hopper-random", "--out", str(data), "--transitions", "200000"]) != 0:
+                raise SystemExit("dtrl data build failed")
+        print(f"pretraining {pretrained}", flush=True)
+        if dtrl(["pretrain", "--task", "hopper-random", "--preset", "cpu", "--dataset", str(data),
+                 "--out", str(pretrained)]) != 0:
+            raise SystemExit("dtrl pretrain failed")
+
+
+def evaluate_dir(path: Path, episodes: int, seed: int) -> dict:
+    from dtrl.evaluation import evaluate
+    from dtrl.models.checkpoint import load_policy
+    from dtrl.tasks import get_task
+
+    task = get_task("hopper-random")
+    policy = load_policy(path, task=task)
+    policy.model.eval()
+    return evaluate(policy, task, episodes=episodes, seed=seed)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=Path("/work/data/hopper-random.hdf5"))
+    parser.add_argument("--pretrained", type=Path, default=Path("/work/runs/pretrain-hopper-random-cpu"))
+    parser.add_argument("--out", type=Path, default=Path("runs/bench-grpo-hopper-random-cpu"))
+    parser.add_argument("--minutes", type=float, default=60.0)
+    parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--eval-seed", type=int, default=123_456)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the machine is shared)")
+    args, finetune_extra = parser.parse_known_args()
+    finetune_extra = [a for a in finetune_extra if a != "--"]
+    torch.set_num_threads(args.threads)
+
+    ensure_inputs(args.data, args.pretrained)
+    before = evaluate_dir(args.pretrained, args.eval_episodes, args.eval_seed)
+    print(f"pretrained DT: normalised {before['eval_normalized_mean']:.1f} ± {before['eval_normalized_std']:.1f} "
+          f"(return {before['eval_return_mean']:.0f}, length {before['eval_length_mean']:.0f})", flush=True)
+
+    from dtrl.cli import main as dtrl
+
+    started = time.time()
+    code = dtrl(["finetune", "--algo", "grpo", "--task", "hopper-random", "--preset", "cpu",
+                 "--init", str(args.pretrained), "--out", str(args.out), "--force", "--device", "cpu",
+                 "--iterations", "100000", "--time-limit-s", str(args.minutes * 60), *finetune_extra])
+    if code != 0:
+        raise SystemExit(f"dtrl finetune failed with exit code {code}")
+    wall = time.time() - started
+    after = evaluate_dir(args.out, args.eval_episodes, args.eval_seed)
+
+    rows = [json.loads(line) for line in (args.out / "metrics.jsonl").read_text().splitlines()]
+    print("\n| iteration | wall min | env steps | grad updates | rollout return | eval normalised (mean ± std) |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for row in rows:
+        if row.get("eval_normalized_mean") is not None:
+            print(f"| {row['iteration']} | {row['wall_time_s'] / 60:.1f} | {row['env_steps']:,} | {row['grad_updates']} "
+                  f"| {row.get('charts/rollout_return', float('nan')):.0f} | "
+                  f"{row['eval_normalized_mean']:.1f} ± {row['eval_normalized_std']:.1f} |")
+    gain = after["eval_normalized_mean"] - before["eval_normalized_mean"]
+    print(f"\npretrained {before['eval_normalized_mean']:.1f} -> GRPO-DT {after['eval_normalized_mean']:.1f} "
+          f"± {after['eval_normalized_std']:.1f} ({args.eval_episodes} episodes, seeds from {args.eval_seed}): "
+          f"{gain:+.1f} points in {wall / 60:.1f} min, {rows[-1]['iteration']} iterations, "
+          f"{rows[-1]['env_steps']:,} env steps; cpu count {os.cpu_count()}; argv {' '.join(sys.argv[1:])}")
+
+
+if __name__ == "__main__":
+    main()

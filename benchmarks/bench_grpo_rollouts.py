@@ -1,0 +1,156 @@
+"""Speed of GRPO-DT's group rollouts (Algorithm 1 line 6), the hot loop of every iteration.
+
+Measures env-steps/s of ``dtrl.algos.grpo.rollout_groups`` (restore G env copies per reset point,
+prefill the KV caches with the history, L_traj sampled + L_eval mean-action steps) and, in the same
+run, the bound it is compared with:
+
+    bound time = raw MuJoCo time   (mujoco.mj_step for the same number of env steps x frame_skip)
+               + policy time       (model.act + append_action on the same batch sizes, same number of
+                                    calls, random inputs, no env)
+
+and reports achieved / bound (goal >= 0.5). Everything runs with one torch thread unless --threads.
+
+    python benchmarks/bench_grpo_rollouts.py [--policy RUN_OR_POLICY_DIR] [--branches 64 256] [--workers 0 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import platform
+import time
+
+import numpy as np
+import torch
+
+
+def fresh_policy(task_name: str):
+    """A cpu-preset-sized DT (as `dtrl pretrain --preset cpu` makes), freshly initialised."""
+    from dtrl.algos.pretrain import cpu_preset as pretrain_cpu
+    from dtrl.data import StateNormalizer
+    from dtrl.envs import make
+    from dtrl.models import build_model
+    from dtrl.models.checkpoint import LoadedPolicy
+    from dtrl.tasks import get_task
+
+    task = get_task(task_name)
+    env = make(task)
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    env.close()
+    model = build_model(pretrain_cpu(task.name).model, obs_dim, act_dim)
+    fields = {f.name for f in dataclasses.fields(LoadedPolicy)}
+    values = dict(model=model, normalizer=StateNormalizer.identity(obs_dim), reward_scale=task.reward_scale,
+                  task_name=task.name, meta={})
+    return LoadedPolicy(**{k: v for k, v in values.items() if k in fields})
+
+
+def raw_mujoco_seconds(task, env_steps: int) -> float:
+    """Time of ``env_steps`` x frame_skip bare mj_step calls on the task's model (no Python env)."""
+    import mujoco
+
+    from dtrl.envs import make
+
+    env = make(task, seed=0)
+    env.reset(seed=0)
+    inner = env.unwrapped
+    model, data = inner.model, inner.data
+    frame_skip = int(getattr(inner, "frame_skip", 1))
+    qpos0, qvel0 = data.qpos.copy(), data.qvel.copy()
+    rng = np.random.default_rng(0)
+    controls = rng.uniform(-1, 1, size=(256, model.nu))
+    start = time.perf_counter()
+    for i in range(env_steps):
+        data.ctrl[:] = controls[i % 256]
+        mujoco.mj_step(model, data, nstep=frame_skip)
+        if i % 50 == 49:  # keep the state physical (a falling hopper gets more contacts, slower)
+            data.qpos[:], data.qvel[:] = qpos0, qvel0
+    seconds = time.perf_counter() - start
+    env.close()
+    return seconds
+
+
+@torch.inference_mode()
+def policy_seconds(policy, batch_calls: list[int], prefill_calls: int, obs_dim: int) -> float:
+    """Time of the model calls alone: for each chunk of B branches, ``prefill_calls`` + the number of
+    steps it ran, each an act + append_action on B rows (random states)."""
+    model = policy.model
+    act_dim = model.act_dim
+    total = 0.0
+    for batch, steps in batch_calls:
+        cache = model.new_cache(batch)
+        states = torch.randn(batch, obs_dim)
+        rtg = torch.full((batch,), 3.0)
+        start = time.perf_counter()
+        for t in range(prefill_calls + steps):
+            dist = model.act(cache, rtg, states, torch.full((batch,), t, dtype=torch.long))
+            action = dist.sample()
+            dist.log_prob(action)
+            model.append_action(cache, action if action.shape[-1] == act_dim else action[..., :act_dim])
+        total += time.perf_counter() - start
+    return total
+
+
+def main() -> None:
+    from dtrl.algos import grpo
+    from dtrl.envs import BatchedEnv
+    from dtrl.models.checkpoint import load_policy
+    from dtrl.rollout import rollout_episodes, rollout_from_snapshots
+    from dtrl.tasks import get_task
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", default="hopper-random")
+    parser.add_argument("--policy", default=None, help="pretrained run / policy dir (default: fresh cpu-size DT)")
+    parser.add_argument("--branches", type=int, nargs="+", default=[64, 256], help="sub-trajectories per call")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="env worker processes")
+    parser.add_argument("--sub-trajectory-length", type=int, default=15)
+    parser.add_argument("--eval-steps", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    task = get_task(args.task)
+    policy = load_policy(args.policy, task=task) if args.policy else fresh_policy(task.name)
+    policy.model.eval()
+    history = policy.model.receptive_field
+    # Reset points come from one long-ish trajectory; with an untrained policy the hopper falls fast, so
+    # keep the sampled episode's start (and pick reset points in it) as GRPO would.
+    with BatchedEnv(task, 1) as envs:
+        (trajectory,) = rollout_episodes(policy, envs, task, task.online_rtg, [0], record_snapshots=True)
+    print(f"# {task.name}: trajectory of {len(trajectory)} steps; model receptive field {history} steps; "
+          f"torch threads {torch.get_num_threads()}; {platform.processor() or platform.machine()}")
+    print("| branches | workers | env steps | rollout s | env-steps/s | raw mj_step s | policy s | bound env-steps/s "
+          "| achieved / bound |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for branches in args.branches:
+        config = dataclasses.replace(grpo.cpu_preset(task.name), group_size=8,
+                                     reset_points_per_trajectory=branches // 8, trajectories_per_batch=1,
+                                     sub_trajectory_length=args.sub_trajectory_length, eval_steps=args.eval_steps,
+                                     max_parallel_branches=branches)
+        rng = np.random.default_rng(0)
+        starts = grpo.branch_starts([trajectory], config, history, rng)
+        for workers in args.workers:
+            with BatchedEnv(task, len(starts), num_workers=workers) as envs:
+                rollout_from_snapshots(policy, envs, starts, 2, 0, task.gamma)  # warm-up (workers, caches)
+                best = None
+                for _ in range(args.repeats):
+                    start = time.perf_counter()
+                    result = rollout_from_snapshots(policy, envs, starts, config.sub_trajectory_length,
+                                                    config.eval_steps, task.gamma)
+                    seconds = time.perf_counter() - start
+                    best = (seconds, result) if best is None or seconds < best[0] else best
+            seconds, result = best
+            steps = result.env_steps
+            calls = int(result.lengths.max())  # the batched loop runs until its longest branch ends
+            mj = raw_mujoco_seconds(task, steps)
+            pol = policy_seconds(policy, [(len(starts), calls)], min(history, int(starts[0].timestep)),
+                                 trajectory.observations.shape[1])
+            bound = steps / (mj + pol)
+            rate = steps / seconds
+            print(f"| {len(starts)} | {workers} | {steps} | {seconds:.2f} | {rate:,.0f} | {mj:.2f} | {pol:.2f} | "
+                  f"{bound:,.0f} | {rate / bound:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
