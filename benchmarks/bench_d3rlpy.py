@@ -93,7 +93,9 @@ def sample_windows(data, batch: int, rng) -> list[np.ndarray]:
             (index % EPISODE_LENGTH).astype(np.int64), np.ones((batch, CONTEXT), bool)]
 
 
-def dtrl_times(data_path: Path, steps: int, batch: int, policy: str, optimizer_name: str) -> dict:
+def dtrl_times(data_path: Path, steps: int, batch: int, policy: str, optimizer_name: str, bf16: bool = False) -> dict:
+    import contextlib
+
     import torch
 
     from dtrl.config import ModelConfig
@@ -111,7 +113,10 @@ def dtrl_times(data_path: Path, steps: int, batch: int, policy: str, optimizer_n
 
     def update(arrays) -> None:
         tensors = [torch.as_tensor(a) for a in arrays]
-        loss, _ = model.pretrain_loss(*tensors)
+        # bf16: matmuls in bfloat16 (weights, optimiser and log-likelihoods stay fp32/fp64)
+        precision = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        with precision:
+            loss, _ = model.pretrain_loss(*tensors)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.policy_parameters(), 0.5)
@@ -131,6 +136,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed update steps per library")
     parser.add_argument("--batch", type=int, default=64, help="paper: 256; smaller keeps the run short")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--bf16", action="store_true", help="also time dtrl with bfloat16 autocast matmuls")
     parser.add_argument("--d3rlpy-python", default="/work/venv-d3rlpy/bin/python")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--worker", metavar="DATA", help=argparse.SUPPRESS)
@@ -160,6 +166,7 @@ def main() -> None:
                 d3 = json.loads(proc.stdout.strip().splitlines()[-1])
         ours_mse = dtrl_times(data_path, args.steps, args.batch, "deterministic", "adamw")
         ours_paper = dtrl_times(data_path, args.steps, args.batch, "gaussian", "lamb")
+        ours_bf16 = dtrl_times(data_path, args.steps, args.batch, "gaussian", "lamb", bf16=True) if args.bf16 else None
 
     def rate(result) -> float:
         return 1.0 / statistics.median(result["times"])
@@ -186,7 +193,10 @@ def main() -> None:
         base = rate(d3)
         lines.append(f"| d3rlpy {d3['version']} DT (MSE, AdamW, torch {d3['torch']}) | {d3['params'] / 1e6:.2f} M | "
                      f"{base:.3f} | 1.00 |")
-    for name, result in (("dtrl DT (MSE, AdamW)", ours_mse), ("dtrl DT (Gaussian NLL+entropy, LAMB: paper setup)", ours_paper)):
+    rows = [("dtrl DT (MSE, AdamW)", ours_mse), ("dtrl DT (Gaussian NLL+entropy, LAMB: paper setup)", ours_paper)]
+    if ours_bf16 is not None:
+        rows.append(("dtrl DT (paper setup) under torch.autocast bfloat16", ours_bf16))
+    for name, result in rows:
         ratio = f"{rate(result) / base:.2f}" if base else "—"
         lines.append(f"| {name} | {result['params'] / 1e6:.2f} M | {rate(result):.3f} | {ratio} |")
     lines += ["", "Goal: dtrl >= 1.5x d3rlpy's update rate.", ""]

@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 import dtrl
 from dtrl.config import ModelConfig, from_dict, to_dict
 from dtrl.errors import DtrlError

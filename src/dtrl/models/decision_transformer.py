@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from dtrl.config import ModelConfig
 from dtrl.models.distributions import ActionDistribution

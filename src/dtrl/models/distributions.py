@@ -94,6 +94,13 @@ class ActionDistribution:
         self._sample, self._sample_pre_tanh = action, pre_tanh
         return action
 
+    def rsample(self) -> torch.Tensor:
+        """Reparameterised squashed sample tanh(mu + sigma * eps), differentiable in mu and log_std
+        (for actor losses through a critic); not remembered by ``log_prob``."""
+        if self.deterministic:
+            return self.mean
+        return torch.tanh(self.mu + self.std * torch.randn_like(self.mu))
+
     def log_prob(self, actions: torch.Tensor) -> torch.Tensor:
         """log density of squashed actions [..., A], summed over action dims -> [...] (model dtype)."""
         self._require_stochastic("log-likelihood")

@@ -41,6 +41,16 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.c_attn(x).split(x.shape[-1], dim=2)
         return self._split_heads(q), self._split_heads(k), self._split_heads(v)
 
+    def project_qkv_subset(
+        self, x: torch.Tensor, query_index: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Keys/values for every token of x [B, N, E] but queries only for x[:, query_index]."""
+        embed = x.shape[-1]
+        weight, bias = self.c_attn.weight, self.c_attn.bias
+        k, v = F.linear(x, weight[embed:], bias[embed:]).split(embed, dim=2)
+        q = F.linear(x[:, query_index], weight[:embed], bias[:embed])
+        return self._split_heads(q), self._split_heads(k), self._split_heads(v)
+
     def attend(self, q, k, v, attn_mask: torch.Tensor | None, is_causal: bool) -> torch.Tensor:
         """q [B,H,Nq,hd] over k, v [B,H,Nk,hd]; ``attn_mask`` is boolean, True = may attend."""
         y = F.scaled_dot_product_attention(
@@ -161,22 +171,16 @@ class GPT(nn.Module):
         kv = []
         last = len(self.blocks) - 1
         for layer, block in enumerate(self.blocks):
-            attn = block.attn
             if layer == last and output_index is not None:
-                h = block.ln_1(x)
-                embed = x.shape[-1]
-                weight, bias = attn.c_attn.weight, attn.c_attn.bias
-                k, v = F.linear(h, weight[embed:], bias[embed:]).split(embed, dim=2)
-                q = F.linear(h[:, output_index], weight[:embed], bias[:embed])
-                q, k, v = attn._split_heads(q), attn._split_heads(k), attn._split_heads(v)
+                q, k, v = block.attn.project_qkv_subset(block.ln_1(x), output_index)
                 x = x[:, output_index]
                 layer_mask, is_causal = self.band_mask(n_tokens, token_valid, x.device, output_index), False
             else:
-                q, k, v = attn.project_qkv(block.ln_1(x))
+                q, k, v = block.attn.project_qkv(block.ln_1(x))
                 layer_mask, is_causal = mask, mask is None
             if return_kv:
                 kv.append((k, v))
-            x = x + attn.attend(q, k, v, layer_mask, is_causal)
+            x = x + block.attn.attend(q, k, v, layer_mask, is_causal)
             x = x + block.mlp(block.ln_2(x))
         x = self.ln_f(x)
         return (x, kv) if return_kv else x
@@ -197,7 +201,8 @@ class GPT(nn.Module):
         )
 
     def forward_cached(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """Run ``c`` new tokens x [B, c, E] (c <= the cache's max chunk) and append them to the cache."""
+        """Run ``c`` new tokens x [B, c, E] (c <= the cache's max chunk), append them to the cache and
+        return the output of the last one [B, 1, E] (the last block runs its query and MLP only)."""
         chunk = x.shape[1]
         start = cache.n_tokens
         if chunk > cache.slots - self.window + 1:
@@ -211,8 +216,13 @@ class GPT(nn.Module):
         mask = (offset >= 0) & (offset < self.window) & (cache.positions[None, :] >= 0)
         mask = (mask[None] & cache.valid[:, None, :])[:, None]  # [B, 1, c, slots]
         x = self.drop(x)
+        last = len(self.blocks) - 1
         for layer, block in enumerate(self.blocks):
-            q, k, v = block.attn.project_qkv(block.ln_1(x))
+            if layer == last and chunk > 1:
+                q, k, v = block.attn.project_qkv_subset(block.ln_1(x), torch.tensor([chunk - 1], device=x.device))
+                x, mask = x[:, -1:], mask[:, :, -1:]
+            else:
+                q, k, v = block.attn.project_qkv(block.ln_1(x))
             cache.keys[layer][:, :, slots] = k
             cache.values[layer][:, :, slots] = v
             x = x + block.attn.attend(q, cache.keys[layer], cache.values[layer], mask, False)
