@@ -240,6 +240,10 @@ def bench_pipe_round_trip(args: Args) -> float:
         return _best_of(args.repeats, lambda: envs._call("snapshot", {0: ([],), 1: ([],)}), 200, time.perf_counter)
 
 
+def _range(values: list[float], fmt: str = ".1f") -> str:
+    return f"{format(min(values), fmt)}-{format(max(values), fmt)}" if values else "n/a"
+
+
 def _table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
     lines = ["| " + " | ".join(title for _, title, _ in columns) + " |",
              "|" + "|".join("---" for _ in columns) + "|"]
@@ -261,6 +265,21 @@ def write_report(args: Args, snapshot_rows: list[dict], batched_rows: list[dict]
   timings are noisy: each number is the minimum over {args.repeats} repeats (worker runs: wall clock).
 - command: `python benchmarks/bench_envs.py{' --quick' if args.quick else ''}` ({seconds:.0f} s)
 - default_num_workers here: N=8 -> {default_num_workers(8)}, N=64 -> {default_num_workers(64)}, N=512 -> {default_num_workers(512)}
+
+## Summary (computed from the tables below)
+
+- snapshot + restore together cost {_range([100 * (r["snapshot_us"] + r["restore_us"]) / r["env_step_us"] for r in snapshot_rows])} % of one env step
+  (CPU time); a pickled snapshot is {_range([r["bytes"] for r in snapshot_rows], ".0f")} bytes.
+- our wrapper adds {_range([r["env_step_us"] - r["gym_step_us"] for r in snapshot_rows])} us per step over the gymnasium env's own step
+  (noise level: some rows come out negative).
+- in-process BatchedEnv reaches {_range([r["cpu_ratio"] for r in batched_rows if r["workers"] == 0], ".2f")} of the bare
+  `mj_step` rate in CPU terms: the rest is the gymnasium envs' Python step code.
+- 2 workers vs in-process on this shared 2-core machine (wall clock, same task and N):
+  {_range([w["wall_rate"] / i["wall_rate"] for w in batched_rows for i in batched_rows
+           if w["workers"] > 0 and i["workers"] == 0 and (w["task"], w["num_envs"]) == (i["task"], i["num_envs"])], ".2f")} x;
+  workers need free cores, hence `default_num_workers` = 0 on machines with 1-2 cores.
+- exactness sweep: {sum(r["exact"] == "yes" for r in exactness_rows)} of {len(exactness_rows)} envs bit-exact over
+  {sum(r["steps_compared"] for r in exactness_rows)} compared steps.
 
 ## Snapshot / restore cost per env family
 
