@@ -582,3 +582,16 @@ def test_rsample_is_differentiable_and_inside_the_box():
     assert action.shape == (8, ACT) and (action.abs() < 1).all()
     action.sum().backward()
     assert mu.grad.abs().sum() > 0 and log_std.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("architecture", ["dt", "reinformer"])
+def test_bfloat16_autocast_keeps_distribution_maths_in_float32(architecture):
+    model = build_model(small_config(architecture=architecture), OBS, ACT)
+    data = tiny_regression_data(batch=4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        dist = model(*data[:4], data[4])
+        loss, metrics = model.pretrain_loss(*data)
+    assert dist.mu.dtype == torch.float32 and dist.log_std.dtype == torch.float32
+    assert dist.log_prob(data[1]).dtype == torch.float32
+    loss.backward()
+    assert torch.isfinite(loss) and model.action_mu.weight.grad is not None

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from dtrl.config import ModelConfig
-from dtrl.models.distributions import ActionDistribution
+from dtrl.models.distributions import ActionDistribution, at_least_float32
 from dtrl.models.gpt import GPT, KVCache, init_weights
 
 
@@ -111,12 +111,13 @@ class DecisionTransformer(nn.Module):
         return self.embed_ln(token + self._timestep_embedding(timesteps))
 
     def _action_distribution(self, hidden: torch.Tensor, returns_to_go: torch.Tensor | None) -> ActionDistribution:
-        mu = self.action_mu(hidden)
+        # heads may run in bfloat16 under autocast; the distribution maths stays in >= float32
+        mu = at_least_float32(self.action_mu(hidden))
         if self.action_log_std is None:
             return ActionDistribution(mu, None, returns_to_go)
         # ODT: squash the raw log-std into [log_std_min, log_std_max] with a tanh
         low, high = self.config.log_std_min, self.config.log_std_max
-        log_std = low + 0.5 * (high - low) * (torch.tanh(self.action_log_std(hidden)) + 1.0)
+        log_std = low + 0.5 * (high - low) * (torch.tanh(at_least_float32(self.action_log_std(hidden))) + 1.0)
         return ActionDistribution(mu, log_std, returns_to_go)
 
     def _token_sequence(self, states, actions, returns_to_go, timesteps) -> torch.Tensor:

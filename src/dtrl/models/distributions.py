@@ -25,6 +25,11 @@ _MAX_ABS_ACTION = float(torch.nextafter(torch.tensor(1.0), torch.tensor(0.0)))
 _LOG_2PI = math.log(2 * math.pi)
 
 
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """Upcast half/bfloat16 (autocast outputs) to float32; float32/float64 pass unchanged."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 def log_one_minus_tanh_sq(pre_tanh: torch.Tensor) -> torch.Tensor:
     """log(1 - tanh(u)^2), stable for large |u| (|u| is used so either sign is accurate)."""
     u = pre_tanh.abs()

@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from dtrl.config import ModelConfig
 from dtrl.models.decision_transformer import DecisionTransformer, PolicyCache
-from dtrl.models.distributions import ActionDistribution
+from dtrl.models.distributions import ActionDistribution, at_least_float32
 from dtrl.models.gpt import init_weights
 
 
@@ -43,7 +43,7 @@ class Reinformer(DecisionTransformer):
     ) -> tuple[ActionDistribution, torch.Tensor]:
         """Like ``forward``, plus the return head's prediction [B, T] from each s_t token."""
         hidden = self._trunk(states, actions, returns_to_go, timesteps, mask, (self.STATE, self.RETURN))
-        predicted_returns = self.return_head(hidden[:, :, 0]).squeeze(-1)
+        predicted_returns = at_least_float32(self.return_head(hidden[:, :, 0]).squeeze(-1))
         return self._action_distribution(hidden[:, :, 1], returns_to_go), predicted_returns
 
     def forward(self, states, actions, returns_to_go, timesteps, mask=None) -> ActionDistribution:
