@@ -410,7 +410,12 @@ def run_sweep(config: SweepConfig) -> int:
                  "program": spec.program} for t in todo]
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home (clusters are often offline)
     if config.address:
-        ray.init(address=config.address, log_to_driver=False)
+        try:
+            ray.init(address=config.address, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DtrlError(f"cannot connect to the Ray cluster at {config.address!r}: {first_line} "
+                            "(is `ray start --head` running there? see docs/sweeps.md)") from None
     else:
         num_cpus = config.num_cpus or os.cpu_count() or 1
         if spec.resources.cpus > num_cpus:
