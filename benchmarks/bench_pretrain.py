@@ -56,7 +56,8 @@ def pretrain(task_name: str, dataset: str, runs_dir: Path, steps: int | None, ev
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     config = json.loads((run / "config.json").read_text())
     task = get_task(task_name)
-    returns = load_dataset(dataset, task).returns()
+    data = load_dataset(dataset, task)
+    returns = data.returns()
     normalised = np.array([task.normalize(r) for r in returns]) if task.has_reference else None
     rates = [m["charts/grad_steps_per_s"] for m in metrics if "charts/grad_steps_per_s" in m]
     return {
@@ -67,7 +68,8 @@ def pretrain(task_name: str, dataset: str, runs_dir: Path, steps: int | None, ev
         "grad_steps_per_s": float(np.median(rates)) if rates else None,
         "dataset_return": (float(returns.mean()), float(returns.std())),
         "dataset_normalized": None if normalised is None else (float(normalised.mean()), float(normalised.std())),
-        "dataset_episodes": len(returns),
+        "dataset_episodes": len(returns), "dataset_transitions": data.n_transitions,
+        "dataset_builder": {k: str(data.attrs[k]) for k in ("builder", "created", "seed") if k in data.attrs},
         "eval": {k: final.get(k) for k in ("eval_return_mean", "eval_return_std", "eval_normalized_mean",
                                            "eval_normalized_std", "eval_length_mean", "eval_episodes",
                                            "eval_target_rtg")},
@@ -190,7 +192,9 @@ def write_results(path: Path, pretrains: list[dict], speed: dict | None) -> None
             lines += [
                 f"- **{p['task']}**: `{p['command']}` -> `{p['run']}`; model {m['n_layer']} layers x {m['n_head']} "
                 f"head(s), {m['embed_dim']} wide, K={m['context_length']}, batch {p['batch_size']}, "
-                f"lr {p['learning_rate']}. Normalised score during training (grad step: score): {curve}.",
+                f"lr {p['learning_rate']}. Normalised score during training (grad step: score): {curve}. "
+                f"Dataset: {p['dataset_transitions']} transitions, "
+                f"{', '.join(f'{k} {v}' for k, v in p['dataset_builder'].items()) or 'no builder metadata'}.",
             ]
         lines += [""]
     if speed:

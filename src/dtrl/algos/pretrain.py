@@ -47,7 +47,7 @@ class PretrainConfig(CommonConfig):
     learning_rate: float = 1e-4
     """peak learning rate (after warm-up)"""
     weight_decay: float = 1e-4
-    """decoupled weight decay (paper Table 5)"""
+    """weight decay (paper Table 5)"""
     warmup_steps: int = 1000
     """linear learning-rate warm-up from 0 over this many gradient steps (ODT)"""
     grad_clip: float = 0.5
