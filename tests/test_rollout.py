@@ -190,6 +190,8 @@ def test_branch_score_is_discounted_return_and_log_probs_match(policy, sampled):
         result = rollout_from_snapshots(policy, branch_envs, starts, sampled_steps=L, mean_steps=M, gamma=gamma)
     finally:
         branch_envs.close()
+    # branches from the last step of a terminated episode end early: the active mask is exercised
+    assert result.terminated.any() and (result.lengths < L + M).any() and (result.lengths == L + M).any()
     discounts = gamma ** np.arange(L + M)
     np.testing.assert_allclose(result.scores, result.step_rewards @ discounts, rtol=1e-12)
     for i, (start, seg) in enumerate(zip(starts, result.segments)):
