@@ -121,6 +121,14 @@ def test_deterministic_dt_with_mse_loss(dataset, tmp_path):
     assert "losses/action_mse" in rows[-1] and "losses/action_nll" not in rows[-1]
 
 
+def test_reinformer_pretraining(dataset, tmp_path):
+    run = tmp_path / "reinformer"
+    assert dtrl(pretrain_args(dataset, run, 20, "--loss", "reinformer", "--model.architecture", "reinformer")) == 0
+    rows = read_metrics(run)
+    assert "losses/return_expectile" in rows[-1] and "losses/action_nll" in rows[-1]
+    assert json.loads((run / "policy" / "model.json").read_text())["architecture"] == "reinformer"
+
+
 def test_presets(dataset):
     from dtrl.algos.pretrain import cpu_preset, paper_preset
 
