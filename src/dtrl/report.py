@@ -272,11 +272,12 @@ def markdown_table(groups: dict[tuple[str, str], GroupResult]) -> str:
         for kind, label in columns:
             if kind == "ours":
                 group = row_groups[label]
+                # ties are judged as printed (2 decimals), so equal-looking cells are bold together
                 cells.append("–" if group is None or not group.scores
-                             else _fmt(group.mean, group.std, bold=len(scored) > 1 and group.mean == best))
+                             else _fmt(group.mean, group.std, bold=len(scored) > 1 and round(group.mean, 2) == round(best, 2)))
             elif label in paper_row:
                 mean, std = paper_row[label]
-                cells.append(_fmt(mean, std, bold=len(paper_scores) > 1 and mean == paper_best))
+                cells.append(_fmt(mean, std, bold=len(paper_scores) > 1 and round(mean, 2) == round(paper_best, 2)))
             else:
                 cells.append("–")
         lines.append("| " + " | ".join(cells) + " |")
