@@ -3,14 +3,16 @@
     python benchmarks/bench_pretrain.py \\
         --pretrain hopper-medium=/work/data/hopper-medium.hdf5 \\
         --pretrain hopper-random=/work/data/hopper-random-200k.hdf5 \\
-        --runs-dir /work/runs --results benchmarks/results/pretrain.md
+        --runs-dir /work/runs --speed --preset-study /work/data/hopper-random-200k.hdf5 \
+        --results benchmarks/results/pretrain.md
 
 For each ``TASK=DATASET`` it runs ``dtrl pretrain --preset cpu`` into ``RUNS_DIR/pretrain-TASK-cpu``
 (a finished run is reused; an interrupted one resumed), then writes a markdown table with the
 pretrained DT's D4RL-normalised return next to the dataset's own (a DT imitates its data), the wall
 time and the gradient-step rate. The rollout part measures env steps per second of
 ``rollout_episodes`` (N copies, one batched model call per step) against stepping the same envs with
-constant actions (no model), and of ``rollout_from_snapshots`` (GRPO groups).
+constant actions (no model), and of ``rollout_from_snapshots`` (GRPO groups). The preset study times model sizes and compares two
+learning rates, the numbers the cpu preset was chosen from.
 Timings on a shared machine are noisy; speed targets are stated in the results, never asserted.
 """
 
@@ -137,6 +139,46 @@ def rollout_speed(num_envs: int, steps: int, repeats: int) -> dict:
             "model": f"{config.n_layer} layers, {config.embed_dim} wide, K={config.context_length}"}
 
 
+def preset_study(dataset: str, lr_steps: int) -> dict:
+    """What the cpu preset's numbers rest on: time per gradient step by width/depth (batch 64, K=10),
+    and the training NLL after ``lr_steps`` steps at two learning rates (64 wide, LAMB)."""
+    from dtrl.algos.pretrain import build_optimizers, cpu_preset, pretrain_step
+    from dtrl.data import SequenceSampler, StateNormalizer
+    from dtrl.models import build_model
+
+    task = get_task("hopper-random")
+    trajectories = load_dataset(dataset, task).trajectories
+    normalizer = StateNormalizer.from_trajectories(trajectories)
+    timings = []
+    for n_layer, embed_dim in ((2, 64), (3, 64), (3, 96), (3, 128)):
+        config = cpu_preset(task.name)
+        config.model.n_layer, config.model.embed_dim = n_layer, embed_dim
+        torch.manual_seed(0)
+        sampler = SequenceSampler(trajectories, config.model.context_length, task.reward_scale, normalizer, rng=0)
+        model = build_model(config.model, 11, 3)
+        optimizers = build_optimizers(config, model)
+        for _ in range(3):
+            pretrain_step(model, sampler.sample(config.batch_size), *optimizers, config.grad_clip)
+        started = time.perf_counter()
+        for _ in range(15):
+            pretrain_step(model, sampler.sample(config.batch_size), *optimizers, config.grad_clip)
+        timings.append((n_layer, embed_dim, (time.perf_counter() - started) / 15 * 1000))
+    learning = []
+    for lr in (1e-3, 3e-4):
+        config = cpu_preset(task.name)
+        config.learning_rate, config.warmup_steps = lr, 100
+        torch.manual_seed(0)
+        sampler = SequenceSampler(trajectories, config.model.context_length, task.reward_scale, normalizer, rng=0)
+        model = build_model(config.model, 11, 3)
+        optimizers = build_optimizers(config, model)
+        nll = []
+        for _ in range(lr_steps):
+            nll.append(pretrain_step(model, sampler.sample(config.batch_size), *optimizers,
+                                     config.grad_clip)["losses/action_nll"])
+        learning.append((lr, float(np.mean(nll[-20:]))))
+    return {"timings": timings, "learning": learning, "lr_steps": lr_steps, "dataset": dataset}
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -155,7 +197,7 @@ def fmt_pair(pair, digits=1) -> str:
     return "n/a" if pair is None else f"{pair[0]:.{digits}f} ± {pair[1]:.{digits}f}"
 
 
-def write_results(path: Path, pretrains: list[dict], speed: dict | None) -> None:
+def write_results(path: Path, pretrains: list[dict], speed: dict | None, study: dict | None) -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     lines = [
         "# Offline pretraining (cpu preset) and rollout throughput",
@@ -217,6 +259,21 @@ def write_results(path: Path, pretrains: list[dict], speed: dict | None) -> None
             "i.e. `rollout_episodes` >= 1/2 of the env-only rate.",
             "",
         ]
+    if study:
+        lines += [
+            "## Why the cpu preset is 3 layers x 64 wide at lr 1e-3",
+            "",
+            "Time per gradient step (batch 64, K=10, 1 head, 1 thread, noisy):",
+            "",
+            "| layers | width | ms/step |",
+            "|---|---|---|",
+            *[f"| {n} | {w} | {ms:.0f} |" for n, w, ms in study["timings"]],
+            "",
+            f"Training NLL (mean of the last 20 steps) after {study['lr_steps']} steps of the cpu preset on "
+            f"`{Path(study['dataset']).name}` (100 warm-up steps): "
+            + ", ".join(f"lr {lr:g}: {nll:.2f}" for lr, nll in study["learning"]) + ".",
+            "",
+        ]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text("\n".join(lines))
@@ -233,6 +290,9 @@ def main() -> None:
     parser.add_argument("--speed", action="store_true", help="also measure rollout throughput")
     parser.add_argument("--speed-envs", type=int, default=32)
     parser.add_argument("--speed-steps", type=int, default=200)
+    parser.add_argument("--preset-study", default="", metavar="DATASET",
+                        help="also time model sizes and compare learning rates on this hopper-random dataset")
+    parser.add_argument("--preset-study-steps", type=int, default=300)
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "pretrain.md"))
     args = parser.parse_args()
     pretrains = []
@@ -245,7 +305,10 @@ def main() -> None:
     speed = rollout_speed(args.speed_envs, args.speed_steps, repeats=3) if args.speed else None
     if speed:
         print(json.dumps(speed, indent=1))
-    write_results(Path(args.results), pretrains, speed)
+    study = preset_study(args.preset_study, args.preset_study_steps) if args.preset_study else None
+    if study:
+        print(json.dumps(study, indent=1))
+    write_results(Path(args.results), pretrains, speed, study)
     print(f"wrote {args.results}")
 
 
