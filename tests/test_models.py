@@ -595,3 +595,19 @@ def test_bfloat16_autocast_keeps_distribution_maths_in_float32(architecture):
     assert dist.log_prob(data[1]).dtype == torch.float32
     loss.backward()
     assert torch.isfinite(loss) and model.action_mu.weight.grad is not None
+
+
+def test_failed_save_leaves_the_previous_policy_intact(tmp_path):
+    from dtrl.models.checkpoint import load_policy, save_policy
+
+    model = build_model(small_config(), OBS, ACT)
+    save_policy(tmp_path / "policy", model, make_normalizer(OBS), "hopper-medium", extra={"iteration": 1})
+
+    class BrokenNormalizer:
+        def to_dict(self):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_policy(tmp_path / "policy", model, BrokenNormalizer(), "hopper-medium", extra={"iteration": 2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["policy"]
+    assert load_policy(tmp_path / "policy").meta["extra"] == {"iteration": 1}
