@@ -113,7 +113,7 @@ def _build_registry() -> dict[str, Task]:
             name=f"antmaze-{level}", env_id="AntMaze_UMaze-v5", family="antmaze", domain="antmaze",
             level=level,
             # D4RL antmaze: 27-dim ant state without contact forces, episode ends on reaching the goal.
-            env_kwargs={"continuing_task": False, "use_contact_forces": False},
+            env_kwargs={"continuing_task": False, "include_cfrc_ext_in_observation": False},
             max_episode_steps=700, ref_min_score=ref[0], ref_max_score=ref[1], reward_scale=1.0,
             online_rtg=2.0, eval_rtg=1.0, gamma=1.0, context_train=context_train, context_eval=context_eval,
             minari_id=f"D4RL/antmaze/{level}-v1", d4rl_name=f"antmaze-{level}-v2",
