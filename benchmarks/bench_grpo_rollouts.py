@@ -106,6 +106,9 @@ def main() -> None:
     parser.add_argument("--eval-steps", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--trajectory-mode", choices=["sample", "mean"], default="mean",
+                        help="the trajectory reset points come from: a sampled episode (as GRPO) or the mean-action "
+                             "one (longer for a weak policy, so branches run their full L_traj + L_eval steps)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -114,11 +117,10 @@ def main() -> None:
     policy = load_policy(args.policy, task=task) if args.policy else fresh_policy(task.name)
     policy.model.eval()
     history = policy.model.receptive_field
-    # Reset points come from one long-ish trajectory; with an untrained policy the hopper falls fast, so
-    # keep the sampled episode's start (and pick reset points in it) as GRPO would.
     with BatchedEnv(task, 1) as envs:
-        (trajectory,) = rollout_episodes(policy, envs, task, task.online_rtg, [0], record_snapshots=True)
-    print(f"# {task.name}: trajectory of {len(trajectory)} steps; model receptive field {history} steps; "
+        (trajectory,) = rollout_episodes(policy, envs, task, task.eval_rtg, [0], mode=args.trajectory_mode,
+                                         record_snapshots=True)
+    print(f"# {task.name}: {args.trajectory_mode} trajectory of {len(trajectory)} steps; model receptive field {history} steps; "
           f"torch threads {torch.get_num_threads()}; {platform.processor() or platform.machine()}")
     print("| branches | workers | env steps | rollout s | env-steps/s | raw mj_step s | policy s | bound env-steps/s "
           "| achieved / bound |")

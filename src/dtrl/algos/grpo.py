@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -408,6 +409,7 @@ def train(config: GRPOConfig) -> dict:
         for iteration in range(start_iteration, config.iterations + 1):  # line 1
             seeds = episode_seeds(config, iteration, config.trajectories_per_iteration)
             rollout_stats: dict[str, Any] = {}
+            timer = time.perf_counter()
             if config.full_trajectories:
                 groups = full_trajectory_groups(policy, branch_envs, task, config, online_rtg, gamma,
                                                 seeds, device)
@@ -421,6 +423,7 @@ def train(config: GRPOConfig) -> dict:
                 clock.env_steps += sum(len(ep) for ep in episodes)
                 rollout_stats["charts/rollout_return"] = float(np.mean([ep.episode_return for ep in episodes]))
                 rollout_stats["charts/rollout_length"] = float(np.mean([len(ep) for ep in episodes]))
+                rollout_stats["time/full_rollouts_s"], timer = time.perf_counter() - timer, time.perf_counter()
                 # line 3: a minibatch of full trajectories, p(τ) ∝ |τ|
                 lengths = np.array([len(ep) for ep in trajectory_buffer], dtype=np.float64)
                 chosen = rng.choice(len(lengths), size=config.trajectories_per_batch, replace=True,
@@ -432,6 +435,7 @@ def train(config: GRPOConfig) -> dict:
                 clock.env_steps += steps
                 # line 7: advantages by Eq. (2), ε_GRPO rule
                 groups = _advantages(segments, scores.reshape(-1, config.group_size), config, steps)
+            rollout_stats["time/group_rollouts_s"], timer = time.perf_counter() - timer, time.perf_counter()
 
             # line 8: the sub-trajectory buffer takes the groups that carry a signal (FIFO)
             for n in np.flatnonzero(groups.valid):
@@ -446,6 +450,7 @@ def train(config: GRPOConfig) -> dict:
             update_stats = update_policy(policy, sub_buffer, optimizer, temperature_optimizer, config, rng, device,
                                          segments_to_batch)
             clock.grad_updates += update_stats.pop("updates")
+            rollout_stats["time/update_s"], timer = time.perf_counter() - timer, time.perf_counter()
 
             valid_advantages = groups.advantages[groups.valid]
             metrics = {
@@ -466,6 +471,7 @@ def train(config: GRPOConfig) -> dict:
             final = iteration if out_of_time else config.iterations
             if evaluation_due(iteration, final, config.eval_every):
                 metrics.update(evaluate_policy(policy, task, config, eval_rtg, device))
+                metrics["time/eval_s"] = time.perf_counter() - timer
             last_row = iteration_metrics(iteration, clock, **metrics)
             run.log(last_row)
             if checkpoint_due(iteration, final, config.checkpoint_every):
