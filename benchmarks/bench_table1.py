@@ -121,7 +121,8 @@ def compute_summary(run: Path) -> dict:
         "env_steps_per_iteration": (online[-1]["env_steps"] - first_env) / n,
         "grad_updates_per_iteration": (online[-1]["grad_updates"] - first_grad) / n,
         "env_steps": online[-1]["env_steps"], "grad_updates": online[-1]["grad_updates"],
-        "offline_grad_updates": first_grad, "wall_time_s": online[-1]["wall_time_s"],
+        "offline_grad_updates": first_grad,
+        "wall_time_s": online[-1]["wall_time_s"] - (offline[0]["wall_time_s"] if offline else 0.0),
         "offline_wall_time_s": offline[0]["wall_time_s"] if offline else 0.0, "final": final,
     }
 
@@ -184,7 +185,7 @@ def write_results(args, runs: list[dict], started: str) -> Path:
         "## Compute per iteration (measured, mean over seeds)",
         "",
         "| method | iterations in budget | env steps / iteration | grad updates / iteration | total env steps | "
-        "total grad updates | training wall time (s) | final normalised return | note |",
+        "total grad updates | online training wall time (s) | final normalised return | note |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for method in args.methods:
