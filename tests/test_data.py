@@ -74,6 +74,9 @@ def test_hdf5_round_trip(tmp_path):
     assert loaded["terminals"].dtype == bool
     assert read_attrs(path) == {"task": "hopper-random", "seed": 3}
     assert leftovers(tmp_path) == ["d.hdf5"]  # no temp file left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (path.stat().st_mode & 0o777) == 0o666 & ~umask  # not the temp file's private 0600
 
 
 def test_plain_h5py_file_in_d4rl_layout_loads(tmp_path):

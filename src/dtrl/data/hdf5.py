@@ -108,6 +108,10 @@ def write_d4rl(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], attrs:
                                  compression_opts=4 if compress else None)
             for key, value in (attrs or {}).items():
                 f.attrs[key] = value if value is not None else ""
+        # mkstemp makes the file private (0600); give it the permissions a plain open() would have.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_name, 0o666 & ~umask)
         os.replace(tmp_name, path)
     except BaseException:
         if os.path.exists(tmp_name):
