@@ -141,3 +141,14 @@ def test_presets(dataset):
     assert not paper_preset("antmaze-umaze").model.timestep_embedding
     cpu = cpu_preset("hopper-medium")
     assert cpu.model.embed_dim < paper.model.embed_dim and cpu.model.context_length <= 20
+
+
+def test_bf16_precision_trains_and_saves_fp32_weights(dataset, tmp_path):
+    run = tmp_path / "bf16"
+    assert dtrl(pretrain_args(dataset, run, 40, "--precision", "bf16")) == 0
+    rows = read_metrics(run)
+    assert rows[-1]["losses/total"] < rows[0]["losses/total"]
+    from safetensors.torch import load_file
+
+    weights = load_file(str(run / "policy" / "model.safetensors"))
+    assert all(t.dtype == torch.float32 for t in weights.values() if t.is_floating_point())

@@ -61,6 +61,10 @@ class PretrainConfig(CommonConfig):
     """Adam learning rate of the log-temperature (ODT)"""
     eval_target_rtg: float | None = None
     """target RTG for evaluation (default: the task's eval target)"""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """'bf16': run the forward pass and loss under torch.autocast(bfloat16) (matmuls in bf16, weights,
+    optimiser and the action-distribution maths in fp32) — 2-3x faster on CPUs with AVX512-BF16 and on
+    recent GPUs; pretraining only: online finetuning stays fp32 so importance ratios start at exactly 1"""
     threads: int = 0
     """torch CPU threads (0: torch's default, one per core; 1 is much faster on a busy or 2-core machine)"""
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -157,14 +161,17 @@ _METRIC_NAMES = {"nll": "losses/action_nll", "entropy": "losses/entropy", "tempe
                  "mse": "losses/action_mse", "return_loss": "losses/return_expectile"}
 
 
-def pretrain_step(model, batch: dict, optimizer, scheduler, temperature_optimizer, grad_clip: float) -> dict:
+def pretrain_step(model, batch: dict, optimizer, scheduler, temperature_optimizer, grad_clip: float,
+                  precision: str = "fp32") -> dict:
     """One gradient step on the model's offline objective (``model.pretrain_loss``: ODT's
     NLL - temperature * entropy, the DT's MSE, or Reinformer's action + expectile return loss), then
     one Adam step of the temperature towards the target entropy. Returns float metrics."""
     import torch
 
-    loss, parts = model.pretrain_loss(batch["states"], batch["actions"], batch["returns_to_go"],
-                                      batch["timesteps"], batch["mask"])
+    device_type = batch["states"].device.type
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        loss, parts = model.pretrain_loss(batch["states"], batch["actions"], batch["returns_to_go"],
+                                          batch["timesteps"], batch["mask"])
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     metrics = {"losses/total": float(loss.detach())}
@@ -269,7 +276,8 @@ def train(config: PretrainConfig) -> dict:
             started = time.perf_counter()
             for _ in range(steps_now):
                 batch = {k: v.to(device) for k, v in sampler.sample(config.batch_size).items()}
-                metrics = pretrain_step(model, batch, optimizer, scheduler, temperature_optimizer, config.grad_clip)
+                metrics = pretrain_step(model, batch, optimizer, scheduler, temperature_optimizer, config.grad_clip,
+                                        config.precision)
                 if not math.isfinite(metrics["losses/total"]):
                     raise DtrlError(f"pretraining diverged at step {clock.grad_updates + 1}: the loss is "
                                     f"{metrics['losses/total']} (lower --learning-rate, or check the dataset)")
