@@ -58,6 +58,9 @@ def test_iql_offline_then_online_from_the_cli(tiny_files, tmp_path):
     assert actor(torch.zeros(1, 11)).mean.shape == (1, 3)
     assert cli(argv + ["--iterations", "3", "--resume"]) == 0
     assert [(r["iteration"], r["env_steps"]) for r in read_metrics(run)][-1] == (3, 30)
+    # `dtrl eval` takes an IQL run like any other, and checks the task's dimensions
+    assert cli(["eval", str(run), "--episodes", "2", "--json"]) == 0
+    assert cli(["eval", str(run), "--episodes", "1", "--task", "walker2d-random"]) == 2
 
 
 def test_iql_refuses_init_and_needs_a_dataset(tmp_path, capsys):

@@ -122,16 +122,51 @@ def main(argv: list[str]) -> int:
 
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
-    if config.task is None:
-        policy = load_policy(config.run, device=device)
-        task = get_task(policy.task_name)
+    if _is_iql_policy(config.run):
+        result, task = _evaluate_iql(config, device)
     else:
-        task = get_task(config.task)
-        policy = load_policy(config.run, task=task, device=device)
-    result = evaluate(policy, task, episodes=config.episodes, target_rtg=config.target_rtg, seed=config.seed,
-                      device=device, num_workers=config.num_workers)
+        if config.task is None:
+            policy = load_policy(config.run, device=device)
+            task = get_task(policy.task_name)
+        else:
+            task = get_task(config.task)
+            policy = load_policy(config.run, task=task, device=device)
+        result = evaluate(policy, task, episodes=config.episodes, target_rtg=config.target_rtg, seed=config.seed,
+                          device=device, num_workers=config.num_workers)
     if config.json:
         print(json.dumps({"task": task.name, **result}))
     else:
         print(f"{task.name}: {format_result(result)}")
     return 0
+
+
+def _is_iql_policy(path: str) -> bool:
+    """IQL's MLP actor (the non-DT baseline) is saved in the same folder layout with its own
+    architecture tag; it needs no target return."""
+    from pathlib import Path
+
+    for directory in (Path(path) / "policy", Path(path)):
+        meta = directory / "model.json"
+        if meta.is_file():
+            try:
+                return json.loads(meta.read_text()).get("architecture") == "iql-mlp"
+            except (OSError, json.JSONDecodeError):
+                return False
+    return False
+
+
+def _evaluate_iql(config: "EvalConfig", device: str):
+    from dtrl.algos.iql import evaluate_actor, load_actor
+    from dtrl.tasks import get_task
+
+    actor, normalizer, meta = load_actor(config.run, device=device)
+    task = get_task(config.task or meta["task"])
+    from dtrl.envs import make
+
+    env = make(task.name)
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    env.close()
+    if (obs_dim, act_dim) != (meta["obs_dim"], meta["act_dim"]):
+        raise DtrlError(f"{config.run} was trained for obs/act dims {meta['obs_dim']}/{meta['act_dim']}, "
+                        f"but task {task.name} has {obs_dim}/{act_dim}")
+    return evaluate_actor(actor, normalizer, task, episodes=config.episodes, seed=config.seed, device=device), task
