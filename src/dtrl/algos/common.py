@@ -245,6 +245,28 @@ def open_run(config: Any, algo: str):
     return run, state
 
 
+def training_state(algo: str, iteration: int, rng: np.random.Generator, clock: Clock, rng_key: str = "rng",
+                   **components: Any) -> dict:
+    """The checkpoint dict of a training loop: ``algo``, ``iteration``, each component's
+    ``state_dict()`` under its keyword (None for a component that is None), the clock and the numpy
+    generator's state (under ``rng_key``)."""
+    return {"algo": algo, "iteration": iteration,
+            **{key: None if part is None else part.state_dict() for key, part in components.items()},
+            "clock": clock.state_dict(), rng_key: rng.bit_generator.state}
+
+
+def restore_training_state(state: dict, rng: np.random.Generator, clock: Clock, rng_key: str = "rng",
+                           **components: Any) -> int:
+    """Load a :func:`training_state` dict back into the components (None ones skipped), the clock
+    and the generator; returns the iteration to resume from."""
+    for key, part in components.items():
+        if part is not None:
+            part.load_state_dict(state[key])
+    clock.load_state_dict(state["clock"])
+    rng.bit_generator.state = state[rng_key]
+    return int(state["iteration"]) + 1
+
+
 def evaluation_due(iteration: int, total_iterations: int, eval_every: int, stopping: bool = False) -> bool:
     """Evaluate every ``eval_every`` iterations (1-based) and always after the last one (the planned
     last, or the one a ``--time-limit-s`` stops at: ``stopping``)."""

@@ -364,7 +364,7 @@ def train(config: GRPOConfig) -> dict:
     metrics row."""
     from dtrl.algos.common import (Clock, build_dt_optimizers, checkpoint_due, episode_seeds, evaluate_policy,
                                    evaluation_due, iteration_metrics, online_targets, open_run, prepare_policy,
-                                   seed_everything)
+                                   restore_training_state, seed_everything, training_state)
     from dtrl.envs import BatchedEnv
     from dtrl.rollout import rollout_episodes, segments_to_batch
     from dtrl.tasks import get_task
@@ -384,16 +384,11 @@ def train(config: GRPOConfig) -> dict:
     sub_buffer = SubTrajectoryBuffer(config.sub_trajectory_buffer_size)  # T_sub
     clock = Clock()
     start_iteration = 1
+    components = dict(model=model, optimizer=optimizer, temperature_optimizer=temperature_optimizer,
+                      sub_buffer=sub_buffer)
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if temperature_optimizer is not None:
-            temperature_optimizer.load_state_dict(state["temperature_optimizer"])
         trajectory_buffer.extend(state["trajectory_buffer"])
-        sub_buffer.load_state_dict(state["sub_buffer"])
-        clock.load_state_dict(state["clock"])
-        rng.bit_generator.state = state["numpy_generator"]
-        start_iteration = int(state["iteration"]) + 1
+        start_iteration = restore_training_state(state, rng, clock, rng_key="numpy_generator", **components)
 
     if config.full_trajectories:  # G copies per initial state, all episodes of an iteration at once
         branch_envs = BatchedEnv(task, config.trajectories_per_iteration * config.group_size,
@@ -475,13 +470,8 @@ def train(config: GRPOConfig) -> dict:
             last_row = iteration_metrics(iteration, clock, **metrics)
             run.log(last_row)
             if checkpoint_due(iteration, final, config.checkpoint_every):
-                run.save_state({
-                    "algo": "grpo", "iteration": iteration, "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "temperature_optimizer": None if temperature_optimizer is None else temperature_optimizer.state_dict(),
-                    "trajectory_buffer": list(trajectory_buffer), "sub_buffer": sub_buffer.state_dict(),
-                    "clock": clock.state_dict(), "numpy_generator": rng.bit_generator.state,
-                }, iteration)
+                run.save_state({**training_state("grpo", iteration, rng, clock, rng_key="numpy_generator", **components),
+                                "trajectory_buffer": list(trajectory_buffer)}, iteration)
                 run.save_policy(model, policy.normalizer, task.name, extra={"algo": "grpo", "iteration": iteration})
             if out_of_time:
                 print(f"grpo: time limit of {config.time_limit_s:.0f} s reached after iteration {iteration}",

@@ -36,7 +36,7 @@ import torch
 from dtrl.algos.common import (
     Clock, DTFinetuneConfig, TrajectoryBuffer, WindowSampler, build_dt_optimizers, checkpoint_due, out_of_time, episode_seeds,
     evaluate_policy, evaluation_due, iteration_metrics, mean_metrics, online_targets, open_run, prepare_policy,
-    rollout_extra, seed_everything, soft_update, trajectory_segments,
+    restore_training_state, rollout_extra, seed_everything, soft_update, training_state, trajectory_segments,
 )
 from dtrl.algos.odt import optimiser_step, temperature_step
 from dtrl.algos.odt_td3 import build_critic, window_critic_loss
@@ -188,17 +188,11 @@ def train(config: GRPOQConfig) -> dict:
     clock = Clock()
     run, state = open_run(config, ALGO)
     start = 1
+    components = dict(model=model, target_model=target_model, critic=critic, critic_target=critic_target,
+                      optimizer=optimizer, critic_optimizer=critic_optimizer,
+                      temperature_optimizer=temperature_optimizer, buffer=buffer)
     if state is not None:
-        for module, key in ((model, "model"), (target_model, "target_model"), (critic, "critic"),
-                            (critic_target, "critic_target"), (optimizer, "optimizer"),
-                            (critic_optimizer, "critic_optimizer")):
-            module.load_state_dict(state[key])
-        if temperature_optimizer is not None:
-            temperature_optimizer.load_state_dict(state["temperature_optimizer"])
-        buffer.load_state_dict(state["buffer"])
-        clock.load_state_dict(state["clock"])
-        rng.bit_generator.state = state["rng"]
-        start = state["iteration"] + 1
+        start = restore_training_state(state, rng, clock, **components)
     envs = BatchedEnv(task, config.trajectories_per_iteration, seed=config.seed)
 
     last_eval: dict = {}
@@ -285,15 +279,7 @@ def train(config: GRPOQConfig) -> dict:
                    "charts/episode_length": float(np.mean([len(r) for r in rollouts]))}))
             if checkpoint_due(iteration, config.iterations, config.checkpoint_every, stopping):
                 run.save_policy(model, normalizer, task.name, extra={"algo": ALGO, "iteration": iteration})
-                run.save_state({
-                    "algo": ALGO, "iteration": iteration, "model": model.state_dict(),
-                    "target_model": target_model.state_dict(), "critic": critic.state_dict(),
-                    "critic_target": critic_target.state_dict(), "optimizer": optimizer.state_dict(),
-                    "critic_optimizer": critic_optimizer.state_dict(),
-                    "temperature_optimizer": temperature_optimizer.state_dict()
-                    if temperature_optimizer is not None else None,
-                    "buffer": buffer.state_dict(), "clock": clock.state_dict(), "rng": rng.bit_generator.state,
-                }, iteration)
+                run.save_state(training_state(ALGO, iteration, rng, clock, **components), iteration)
             if stopping:
                 break
         if not last_eval:

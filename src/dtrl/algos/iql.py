@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from dtrl.algos.common import (
     Clock, ReplayBuffer, checkpoint_due, evaluation_due, iteration_metrics, load_offline_dataset, open_run,
-    seed_everything, soft_update,
+    restore_training_state, seed_everything, soft_update, training_state,
 )
 from dtrl.config import CommonConfig, parse_config, resolve_device
 from dtrl.errors import DtrlError
@@ -327,18 +327,12 @@ def train(config: IQLConfig) -> dict:
     start_iteration = 0
     offline_done = 0
     offline_seconds = 0.0  # the time limit counts online training only
+    components = dict(agent=agent, actor_opt=actor_opt, q_opt=q_opt, v_opt=v_opt, replay=replay)
     if state is not None:
-        agent.load_state_dict(state["agent"])
-        actor_opt.load_state_dict(state["actor_opt"])
-        q_opt.load_state_dict(state["q_opt"])
-        v_opt.load_state_dict(state["v_opt"])
         if actor_sched is not None and state.get("actor_sched") is not None:
             actor_sched.load_state_dict(state["actor_sched"])
-        replay.load_state_dict(state["replay"])
-        clock.load_state_dict(state["clock"])
-        rng.bit_generator.state = state["rng"]
+        start_iteration = restore_training_state(state, rng, clock, **components)
         offline_done = config.offline_steps
-        start_iteration = state["iteration"] + 1
         offline_seconds = float(state.get("offline_seconds", 0.0))
         if state.get("env_snapshot") is not None:
             env.reset(seed=config.seed)
@@ -386,10 +380,7 @@ def train(config: IQLConfig) -> dict:
 
     def checkpoint(iteration: int) -> None:
         run.save_state({
-            "algo": ALGO, "iteration": iteration, "agent": agent.state_dict(), "actor_opt": actor_opt.state_dict(),
-            "q_opt": q_opt.state_dict(), "v_opt": v_opt.state_dict(),
-            "actor_sched": actor_sched.state_dict() if actor_sched is not None else None,
-            "replay": replay.state_dict(), "clock": clock.state_dict(), "rng": rng.bit_generator.state,
+            **training_state(ALGO, iteration, rng, clock, actor_sched=actor_sched, **components),
             "env_snapshot": env.snapshot() if episode["obs"] is not None else None,
             "episode": episode, "offline_seconds": offline_seconds,
         }, iteration)

@@ -27,7 +27,7 @@ import torch
 from dtrl.algos.common import (
     Clock, DTFinetuneConfig, TrajectoryBuffer, build_dt_optimizers, checkpoint_due, out_of_time, episode_seeds, evaluate_policy,
     evaluation_due, iteration_metrics, load_offline_dataset, mean_metrics, online_targets, open_run, prepare_policy,
-    seed_everything,
+    restore_training_state, seed_everything, training_state,
 )
 from dtrl.config import parse_config, resolve_device
 from dtrl.errors import DtrlError
@@ -164,15 +164,9 @@ def train(config: ODTConfig) -> dict:
     clock = Clock()
     run, state = open_run(config, ALGO)
     start = 1
+    components = dict(model=model, optimizer=optimizer, temperature_optimizer=temperature_optimizer, buffer=buffer)
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if temperature_optimizer is not None:
-            temperature_optimizer.load_state_dict(state["temperature_optimizer"])
-        buffer.load_state_dict(state["buffer"])
-        clock.load_state_dict(state["clock"])
-        rng.bit_generator.state = state["rng"]
-        start = state["iteration"] + 1
+        start = restore_training_state(state, rng, clock, **components)
     envs = BatchedEnv(task, config.trajectories_per_iteration, seed=config.seed)
 
     last_eval: dict = {}
@@ -209,12 +203,7 @@ def train(config: ODTConfig) -> dict:
                    "charts/buffer_trajectories": len(buffer)}))
             if checkpoint_due(iteration, config.iterations, config.checkpoint_every, stopping):
                 run.save_policy(model, policy.normalizer, task.name, extra={"algo": ALGO, "iteration": iteration})
-                run.save_state({"algo": ALGO, "iteration": iteration, "model": model.state_dict(),
-                                "optimizer": optimizer.state_dict(),
-                                "temperature_optimizer": temperature_optimizer.state_dict()
-                                if temperature_optimizer is not None else None,
-                                "buffer": buffer.state_dict(), "clock": clock.state_dict(),
-                                "rng": rng.bit_generator.state}, iteration)
+                run.save_state(training_state(ALGO, iteration, rng, clock, **components), iteration)
             if stopping:
                 break
         if not last_eval:
