@@ -361,6 +361,25 @@ class DTFinetuneConfig(CommonConfig):
             raise DtrlError(f"init-temperature must be > 0, got {self.init_temperature}")
 
 
+@dataclass
+class TD3CriticConfig(DTFinetuneConfig):
+    """TD3 twin-critic settings shared by ODT+TD3 and GRPO-Q (each adds its own policy_noise and
+    policy_delay)."""
+
+    gamma: float = 0.99
+    """TD3 discount"""
+    tau: float = 0.005
+    """Polyak rate of the target DT and target critics"""
+    noise_clip: float = 0.5
+    """c: the smoothing noise is clipped to [-c, c]"""
+    critic_lr: float = 3e-4
+    """Adam learning rate of the twin critics"""
+    critic_hidden_dim: int | None = None
+    """critic MLP width (default: 256 MuJoCo, 512 otherwise)"""
+    critic_layer_norm: bool | None = None
+    """LayerNorm in the critics (default: on Adroit and AntMaze)"""
+
+
 def prepare_policy(config: DTFinetuneConfig, task, device: str):
     """Load ``--init``, check it is a stochastic DT (RL finetuning needs likelihoods), set the initial
     temperature, and put the model in eval mode: finetuning disables dropout (Table 5), and eval

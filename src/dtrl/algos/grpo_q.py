@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from dtrl.algos.common import (
-    Clock, DTFinetuneConfig, TrajectoryBuffer, WindowSampler, build_dt_optimizers, checkpoint_due, out_of_time, episode_seeds,
+    Clock, TD3CriticConfig, TrajectoryBuffer, WindowSampler, build_dt_optimizers, checkpoint_due, out_of_time, episode_seeds,
     evaluate_policy, evaluation_due, iteration_metrics, mean_metrics, online_targets, open_run, prepare_policy,
     restore_training_state, rollout_extra, seed_everything, soft_update, training_state, trajectory_segments,
 )
@@ -50,7 +50,7 @@ ALGO = "grpo-q"
 
 
 @dataclass
-class GRPOQConfig(DTFinetuneConfig):
+class GRPOQConfig(TD3CriticConfig):
     """Q-function-guided GRPO-DT (Algorithm 2): action groups scored by a TD3 critic, no env resets."""
 
     trajectories_per_iteration: int = 1
@@ -79,22 +79,10 @@ class GRPOQConfig(DTFinetuneConfig):
     """windows per critic step"""
     critic_warmup_iterations: int = 5
     """first rounds that only collect data and train the critic (no policy update)"""
-    gamma: float = 0.99
-    """TD3 discount"""
-    tau: float = 0.005
-    """Polyak rate of the target DT and target critics"""
     policy_noise: float = 0.2
     """σ of TD3's target-policy smoothing noise"""
-    noise_clip: float = 0.5
-    """c: the smoothing noise is clipped to [-c, c]"""
     policy_delay: int = 2
     """critic steps per target-network update (TD3's delayed updates)"""
-    critic_lr: float = 3e-4
-    """Adam learning rate of the twin critics"""
-    critic_hidden_dim: int | None = None
-    """critic MLP width (default: 256 MuJoCo, 512 otherwise)"""
-    critic_layer_norm: bool | None = None
-    """LayerNorm in the critics (default: on Adroit and AntMaze)"""
 
     def validate(self) -> None:
         super().validate()

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from dtrl.algos.common import (
-    Clock, DTFinetuneConfig, TrajectoryBuffer, WindowSampler, build_dt_optimizers, checkpoint_due, out_of_time, episode_seeds,
+    Clock, TD3CriticConfig, TrajectoryBuffer, WindowSampler, build_dt_optimizers, checkpoint_due, out_of_time, episode_seeds,
     evaluate_policy, evaluation_due, iteration_metrics, load_offline_dataset, mean_metrics, online_targets, open_run,
     prepare_policy, restore_training_state, seed_everything, soft_update, training_state,
 )
@@ -47,7 +47,7 @@ ALGO = "odt-td3"
 
 
 @dataclass
-class ODTTD3Config(DTFinetuneConfig):
+class ODTTD3Config(TD3CriticConfig):
     """ODT's supervised loss plus a TD3 actor term from jointly trained twin critics."""
 
     trajectories_per_iteration: int = 1
@@ -62,22 +62,10 @@ class ODTTD3Config(DTFinetuneConfig):
     """K (default: the pretrained model's); windows are K+1 steps so s_{t+1} is in the window"""
     rl_weight: float = 0.1
     """α: weight of the TD3 term -Q(s, π(s)) / mean|Q| against the ODT loss (assumed 0.1)"""
-    gamma: float = 0.99
-    """TD3 discount"""
-    tau: float = 0.005
-    """Polyak rate of the target DT and target critics"""
     policy_noise: float = 0.2
     """σ of the target-policy smoothing noise"""
-    noise_clip: float = 0.5
-    """c: the smoothing noise is clipped to [-c, c]"""
     policy_delay: int = 1
     """critic steps per actor step (TD3: 2; 1 keeps ODT's number of supervised updates)"""
-    critic_lr: float = 3e-4
-    """Adam learning rate of the twin critics"""
-    critic_hidden_dim: int | None = None
-    """critic MLP width (default: 256 MuJoCo, 512 otherwise)"""
-    critic_layer_norm: bool | None = None
-    """LayerNorm in the critics (default: on Adroit and AntMaze)"""
     critic_warmup_steps: int = 1000
     """critic-only TD3 steps on the seeded buffer before finetuning starts"""
 
