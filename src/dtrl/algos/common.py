@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Callable, Iterable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -429,6 +429,25 @@ def episode_seeds(config: CommonConfig, iteration: int, count: int) -> list[int]
     """Distinct env reset seeds for the ``count`` rollouts of ``iteration`` (reproducible per run seed)."""
     base = 1_000_000 * (config.seed + 1) + count * iteration
     return [base + i for i in range(count)]
+
+
+def end_of_iteration(run, algo: str, iteration: int, config: DTFinetuneConfig, clock: Clock, policy, task,
+                     eval_rtg: float, device: str, rollouts, losses: dict, charts: dict | None = None,
+                     state: Callable[[], dict] | None = None) -> tuple[bool, dict]:
+    """The tail of a DT finetuning iteration: check the time limit, evaluate when due, log the row
+    (losses, evaluation, the rollouts' mean return and length, ``charts``), save the policy and the
+    checkpoint ``state()`` builds when due. Returns ``(stopping, evaluation)``."""
+    stopping = out_of_time(clock, config.time_limit_s)
+    evaluation = (evaluate_policy(policy, task, config, eval_rtg, device)
+                  if evaluation_due(iteration, config.iterations, config.eval_every, stopping) else {})
+    run.log(iteration_metrics(
+        iteration, clock, **losses, **evaluation,
+        **{"charts/episodic_return": float(np.mean([r.episode_return for r in rollouts])),
+           "charts/episode_length": float(np.mean([len(r) for r in rollouts])), **(charts or {})}))
+    if checkpoint_due(iteration, config.iterations, config.checkpoint_every, stopping):
+        run.save_policy(policy.model, policy.normalizer, task.name, extra={"algo": algo, "iteration": iteration})
+        run.save_state(state(), iteration)
+    return stopping, evaluation
 
 
 def mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:

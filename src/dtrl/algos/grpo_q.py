@@ -34,8 +34,8 @@ import numpy as np
 import torch
 
 from dtrl.algos.common import (
-    Clock, TD3CriticConfig, TrajectoryBuffer, WindowSampler, build_dt_optimizers, checkpoint_due, out_of_time, episode_seeds,
-    evaluate_policy, evaluation_due, iteration_metrics, mean_metrics, online_targets, open_run, prepare_policy,
+    Clock, TD3CriticConfig, TrajectoryBuffer, WindowSampler, build_dt_optimizers, end_of_iteration, episode_seeds,
+    evaluate_policy, online_targets, open_run, prepare_policy,
     restore_training_state, rollout_extra, seed_everything, soft_update, training_state, trajectory_segments,
 )
 from dtrl.algos.odt import optimiser_step, temperature_step
@@ -253,21 +253,15 @@ def train(config: GRPOQConfig) -> dict:
                                       "grpo/advantage_abs": advantages.abs().mean().item()})
 
             # evaluation, logging, checkpoint
-            stopping = out_of_time(clock, config.time_limit_s)
-            evaluation = (evaluate_policy(policy, task, config, eval_rtg, device)
-                          if evaluation_due(iteration, config.iterations, config.eval_every, stopping) else {})
-            last_eval = evaluation or last_eval
             merged = {}
             for row in stats:  # critic and policy rows carry different keys
                 for key, value in row.items():
                     merged.setdefault(key, []).append(value)
-            run.log(iteration_metrics(
-                iteration, clock, **{k: float(np.mean(v)) for k, v in merged.items()}, **evaluation,
-                **{"charts/episodic_return": float(np.mean([r.episode_return for r in rollouts])),
-                   "charts/episode_length": float(np.mean([len(r) for r in rollouts]))}))
-            if checkpoint_due(iteration, config.iterations, config.checkpoint_every, stopping):
-                run.save_policy(model, normalizer, task.name, extra={"algo": ALGO, "iteration": iteration})
-                run.save_state(training_state(ALGO, iteration, rng, clock, **components), iteration)
+            stopping, evaluation = end_of_iteration(
+                run, ALGO, iteration, config, clock, policy, task, eval_rtg, device, rollouts,
+                {k: float(np.mean(v)) for k, v in merged.items()},
+                state=lambda: training_state(ALGO, iteration, rng, clock, **components))
+            last_eval = evaluation or last_eval
             if stopping:
                 break
         if not last_eval:

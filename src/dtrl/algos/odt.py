@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from dtrl.algos.common import (
-    Clock, DTFinetuneConfig, TrajectoryBuffer, build_dt_optimizers, checkpoint_due, out_of_time, episode_seeds, evaluate_policy,
-    evaluation_due, iteration_metrics, load_offline_dataset, mean_metrics, online_targets, open_run, prepare_policy,
+    Clock, DTFinetuneConfig, TrajectoryBuffer, build_dt_optimizers, end_of_iteration, episode_seeds, evaluate_policy,
+    load_offline_dataset, mean_metrics, online_targets, open_run, prepare_policy,
     restore_training_state, seed_everything, training_state,
 )
 from dtrl.config import parse_config, resolve_device
@@ -192,18 +192,11 @@ def train(config: ODTConfig) -> dict:
                 stats.append(metrics)
 
             # 5. evaluation, logging, checkpoint
-            stopping = out_of_time(clock, config.time_limit_s)
-            evaluation = (evaluate_policy(policy, task, config, eval_rtg, device)
-                          if evaluation_due(iteration, config.iterations, config.eval_every, stopping) else {})
+            stopping, evaluation = end_of_iteration(
+                run, ALGO, iteration, config, clock, policy, task, eval_rtg, device, rollouts, mean_metrics(stats),
+                {"charts/buffer_trajectories": len(buffer)},
+                lambda: training_state(ALGO, iteration, rng, clock, **components))
             last_eval = evaluation or last_eval
-            run.log(iteration_metrics(
-                iteration, clock, **mean_metrics(stats), **evaluation,
-                **{"charts/episodic_return": float(np.mean([r.episode_return for r in rollouts])),
-                   "charts/episode_length": float(np.mean([len(r) for r in rollouts])),
-                   "charts/buffer_trajectories": len(buffer)}))
-            if checkpoint_due(iteration, config.iterations, config.checkpoint_every, stopping):
-                run.save_policy(model, policy.normalizer, task.name, extra={"algo": ALGO, "iteration": iteration})
-                run.save_state(training_state(ALGO, iteration, rng, clock, **components), iteration)
             if stopping:
                 break
         if not last_eval:

@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from dtrl.algos.common import (
-    Clock, TD3CriticConfig, TrajectoryBuffer, WindowSampler, build_dt_optimizers, checkpoint_due, out_of_time, episode_seeds,
-    evaluate_policy, evaluation_due, iteration_metrics, load_offline_dataset, mean_metrics, online_targets, open_run,
+    Clock, TD3CriticConfig, TrajectoryBuffer, WindowSampler, build_dt_optimizers, end_of_iteration, episode_seeds,
+    evaluate_policy, load_offline_dataset, mean_metrics, online_targets, open_run,
     prepare_policy, restore_training_state, seed_everything, soft_update, training_state,
 )
 from dtrl.algos.odt import offline_seed_trajectories, optimiser_step, supervised_loss, temperature_step
@@ -234,17 +234,10 @@ def train(config: ODTTD3Config) -> dict:
                 stats.append(metrics)
 
             # 3. evaluation, logging, checkpoint
-            stopping = out_of_time(clock, config.time_limit_s)
-            evaluation = (evaluate_policy(policy, task, config, eval_rtg, device)
-                          if evaluation_due(iteration, config.iterations, config.eval_every, stopping) else {})
+            stopping, evaluation = end_of_iteration(
+                run, ALGO, iteration, config, clock, policy, task, eval_rtg, device, rollouts, mean_metrics(stats),
+                state=lambda: training_state(ALGO, iteration, rng, clock, **components))
             last_eval = evaluation or last_eval
-            run.log(iteration_metrics(
-                iteration, clock, **mean_metrics(stats), **evaluation,
-                **{"charts/episodic_return": float(np.mean([r.episode_return for r in rollouts])),
-                   "charts/episode_length": float(np.mean([len(r) for r in rollouts]))}))
-            if checkpoint_due(iteration, config.iterations, config.checkpoint_every, stopping):
-                run.save_policy(model, policy.normalizer, task.name, extra={"algo": ALGO, "iteration": iteration})
-                run.save_state(training_state(ALGO, iteration, rng, clock, **components), iteration)
             if stopping:
                 break
         if not last_eval:

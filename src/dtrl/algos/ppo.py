@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from dtrl.algos.common import (
-    Clock, DTFinetuneConfig, TrajectoryBuffer, build_dt_optimizers, checkpoint_due, out_of_time, episode_seeds, evaluate_policy,
-    evaluation_due, iteration_metrics, mean_metrics, online_targets, open_run, prepare_policy, rollout_extra,
+    Clock, DTFinetuneConfig, TrajectoryBuffer, build_dt_optimizers, end_of_iteration, episode_seeds, evaluate_policy,
+    mean_metrics, online_targets, open_run, prepare_policy, rollout_extra,
     restore_training_state, scatter_steps, seed_everything, training_state, trajectory_segments,
 )
 from dtrl.algos.odt import optimiser_step, temperature_step
@@ -249,18 +249,11 @@ def train(config: PPOConfig) -> dict:
                                   "losses/clipfrac": ratio.clip_fraction, "losses/ratio_mean": ratio.ratio_mean})
 
             # 4. evaluation, logging, checkpoint
-            stopping = out_of_time(clock, config.time_limit_s)
-            evaluation = (evaluate_policy(policy, task, config, eval_rtg, device)
-                          if evaluation_due(iteration, config.iterations, config.eval_every, stopping) else {})
+            stopping, evaluation = end_of_iteration(
+                run, ALGO, iteration, config, clock, policy, task, eval_rtg, device, rollouts, mean_metrics(stats),
+                {"charts/segments": len(pieces)},
+                lambda: training_state(ALGO, iteration, rng, clock, **components))
             last_eval = evaluation or last_eval
-            run.log(iteration_metrics(
-                iteration, clock, **mean_metrics(stats), **evaluation,
-                **{"charts/episodic_return": float(np.mean([r.episode_return for r in rollouts])),
-                   "charts/episode_length": float(np.mean([len(r) for r in rollouts])),
-                   "charts/segments": len(pieces)}))
-            if checkpoint_due(iteration, config.iterations, config.checkpoint_every, stopping):
-                run.save_policy(model, normalizer, task.name, extra={"algo": ALGO, "iteration": iteration})
-                run.save_state(training_state(ALGO, iteration, rng, clock, **components), iteration)
             if stopping:
                 break
         if not last_eval:
