@@ -31,7 +31,7 @@ class DemoConfig:
     """dataset size to build"""
     pretrain_steps: int = 3000
     """offline pretraining gradient steps (cpu preset)"""
-    iterations: int = 150
+    iterations: int = 500
     """GRPO-DT iterations (cpu preset)"""
     eval_episodes: int = 10
     """evaluation episodes before and after finetuning"""
