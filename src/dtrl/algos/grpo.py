@@ -179,7 +179,7 @@ def paper_preset(task_name: str) -> GRPOConfig:
         sub_trajectory_length=l_traj, eval_steps=l_eval, gamma=gamma, clip_eps=clip,
         min_group_deviation=eps_grpo, sub_trajectory_buffer_size=2048, epochs=1, minibatch_size=bs,
         learning_rate=lr, optimizer="lamb", weight_decay=1e-4, grad_clip=0.5, init_temperature=etpr,
-        eval_every=10, eval_episodes=10, checkpoint_every=10,
+        eval_every=10, eval_episodes=10, checkpoint_every=1,
     )
 
 
@@ -193,7 +193,7 @@ def cpu_preset(task_name: str) -> GRPOConfig:
         trajectories_per_batch=4, reset_points_per_trajectory=2, group_size=8,
         eval_steps=min(config.eval_steps, 100), sub_trajectory_buffer_size=256, minibatch_size=64, epochs=1,
         learning_rate=1e-4, optimizer="adamw", max_parallel_branches=64,
-        eval_every=25, eval_episodes=5, checkpoint_every=25,
+        eval_every=25, eval_episodes=5, checkpoint_every=1,
     )
 
 
