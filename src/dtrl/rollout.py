@@ -301,6 +301,21 @@ def _prefilled_cache(policy: Policy, histories: Sequence[TokenHistory], device):
 # full episodes
 
 
+
+def _step_envs(envs, actions: np.ndarray, active: np.ndarray, rows, rtg: np.ndarray, lengths: np.ndarray,
+               terminated: np.ndarray, truncated: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Step the active copies and do the per-step bookkeeping both rollout loops share, in place:
+    RTG g_{t+1} = g_t - r_t, lengths, termination flags, the active mask. Returns (next obs, rewards)."""
+    next_obs, reward, term, trunc = envs.step(actions, active)
+    # rounded to float32 as recorded, so g_{t+1} = g_t - r_t holds exactly for the stored rewards
+    reward = np.asarray(reward, np.float32).astype(np.float64)
+    rtg[rows] -= reward[rows]
+    lengths[rows] += 1
+    terminated[rows] = np.asarray(term, bool)[rows]
+    truncated[rows] = np.asarray(trunc, bool)[rows]
+    active &= ~(terminated | truncated)
+    return np.asarray(next_obs, dtype=np.float32), reward
+
 def rollout_episodes(
     policy: Policy,
     envs,
@@ -364,16 +379,8 @@ def rollout_episodes(
                 log_probs[rows, t] = dist.log_prob(action).float().cpu().numpy()[rows]
             variances[rows, t] = dist.variance.float().cpu().numpy()[rows]
 
-            next_obs, reward, term, trunc = envs.step(action_np, active)
-            # rounded to float32 as recorded, so g_{t+1} = g_t - r_t holds exactly for the stored rewards
-            reward = np.asarray(reward, np.float32).astype(np.float64)
+            obs, reward = _step_envs(envs, action_np, active, rows, rtg, lengths, terminated, truncated)
             rewards[rows, t] = reward[rows]
-            rtg[rows] -= reward[rows]
-            lengths[rows] += 1
-            terminated[rows] = np.asarray(term, bool)[rows]
-            truncated[rows] = np.asarray(trunc, bool)[rows]
-            active &= ~(terminated | truncated)
-            obs = np.asarray(next_obs, dtype=np.float32)
             if not active.any():
                 break
     truncated |= ~terminated & (lengths == horizon)  # cut by max_steps below the env's own limit
@@ -461,16 +468,8 @@ def rollout_from_snapshots(
                 seg_logp[rows, j] = dist.log_prob(action).float().cpu().numpy()[rows]
                 seg_len[rows] += 1
 
-            next_obs, reward, term, trunc = envs.step(action_np, active)
-            # rounded to float32 as recorded, so g_{t+1} = g_t - r_t holds exactly for the stored rewards
-            reward = np.asarray(reward, np.float32).astype(np.float64)
+            obs, reward = _step_envs(envs, action_np, active, rows, rtg, lengths, terminated, truncated)
             step_rewards[rows, j] = reward[rows]
-            rtg[rows] -= reward[rows]
-            lengths[rows] += 1
-            terminated[rows] = np.asarray(term, bool)[rows]
-            truncated[rows] = np.asarray(trunc, bool)[rows]
-            active &= ~(terminated | truncated)
-            obs = np.asarray(next_obs, dtype=np.float32)
             if not active.any():
                 break
 
