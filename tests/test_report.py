@@ -155,3 +155,23 @@ def test_errors_are_one_line(tmp_path, capsys):
     make_run(tmp_path / "noeval", {"task": "hopper-random", "algo": "grpo", "seed": 0}, [{"iteration": 1}])
     with pytest.raises(DtrlError, match="has an evaluation"):
         build_report(ReportConfig(run_dirs=(str(tmp_path / "noeval"),), out=str(tmp_path / "o")))
+
+
+def test_pretrained_dt_is_drawn_as_the_level_finetuning_starts_from(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+
+    root = tmp_path / "runs"
+    make_run(root / "dt", {"task": "hopper-random", "seed": 0, "algo": "pretrain"}, eval_rows(8.0, iterations=30))
+    make_run(root / "grpo", {"task": "hopper-random", "seed": 0, "algo": "grpo"}, eval_rows(16.0, iterations=5))
+    figures = []
+    monkeypatch.setattr(plt, "close", lambda fig: figures.append(fig))
+    build_report(ReportConfig(run_dirs=(str(root / "dt"), str(root / "grpo")), out=str(tmp_path / "o")))
+    (ax,) = figures[0].axes
+    labels = {line.get_label(): line for line in ax.lines}
+    dt_line = labels["DT pretrained, final (n=1)"]
+    assert np.allclose(dt_line.get_ydata(), 8.0)  # a horizontal level, not a curve over pretraining steps
+    assert max(labels["GRPO-DT (n=1)"].get_xdata()) == 5

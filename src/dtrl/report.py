@@ -344,6 +344,10 @@ def mean_std_curve(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndar
     return grid, ys.mean(0), ys.std(0)
 
 
+OFFLINE_ALGOS = ("DT", "Reinformer")
+"""report labels of offline pretraining runs"""
+
+
 def plot_task(task: str, groups: list[GroupResult], x_name: str, out_file: Path) -> None:
     import matplotlib
 
@@ -353,7 +357,15 @@ def plot_task(task: str, groups: list[GroupResult], x_name: str, out_file: Path)
     x_key = X_KEYS[x_name]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     order = _column_order({g.label for g in groups})
+    offline_only = all(g.algo in OFFLINE_ALGOS for g in groups)
     for group in sorted(groups, key=lambda g: order.index(g.label)):
+        if group.algo in OFFLINE_ALGOS and not offline_only and group.scores:
+            # a pretraining run's x axis (gradient steps) is not the finetuning runs' one: draw its
+            # final score as the level every online method starts from
+            line = ax.axhline(group.mean, color="0.35", linestyle="--", linewidth=1.2,
+                              label=f"{group.label} pretrained, final (n={len(group.scores)})")
+            ax.axhspan(group.mean - group.std, group.mean + group.std, color=line.get_color(), alpha=0.1)
+            continue
         x, mean, std = mean_std_curve([curve_points(r, x_key) for r in group.runs])
         if not len(x):
             continue
