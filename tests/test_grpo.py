@@ -191,7 +191,16 @@ def read_metrics(run):
 def test_cli_runs_two_iterations_and_writes_a_policy(tiny_policy_dir, tmp_path):
     out = tmp_path / "run"
     assert finetune_main(cli_args(tiny_policy_dir, out, 2)) == 0
-    rows = read_metrics(out)
+    initial, *rows = read_metrics(out)
+    # iteration 0: the init policy, evaluated as later iterations are (the curve starts at the pretrained DT)
+    from dtrl.evaluation import evaluate
+    from dtrl.models.checkpoint import load_policy
+
+    from dtrl.tasks import get_task
+
+    expected = evaluate(load_policy(tiny_policy_dir, task=TASK), get_task(TASK), episodes=1, seed=10_000)
+    assert initial["iteration"] == 0 and initial["env_steps"] == 0
+    assert initial["eval_return_mean"] == pytest.approx(expected["eval_return_mean"])
     assert [r["iteration"] for r in rows] == [1, 2]
     for key in ("env_steps", "grad_updates", "wall_time_s", "grpo/mean_group_score", "grpo/groups_dropped",
                 "losses/policy", "losses/clipfrac", "losses/approx_kl", "losses/ratio_max", "losses/entropy",
@@ -213,11 +222,11 @@ def test_resume_equals_uninterrupted(tiny_policy_dir, tmp_path):
     assert finetune_main(cli_args(tiny_policy_dir, split, 2, *refresh)) == 0
     assert finetune_main(cli_args(tiny_policy_dir, split, 3, *refresh, "--resume")) == 0
     a, b = read_metrics(full), read_metrics(split)
-    assert [r["iteration"] for r in b] == [1, 2, 3]
+    assert [r["iteration"] for r in b] == [0, 1, 2, 3]  # the resumed part does not evaluate iteration 0 again
     timing = lambda row: {k: v for k, v in row.items() if k != "wall_time_s" and not k.startswith("time/")}  # noqa: E731
     for ra, rb in zip(a, b):
         assert timing(ra) == timing(rb)
-    for row in a:
+    for row in a[1:]:
         assert row["grad_updates"] > 0 and row["losses/first_update_ratio_max_dev"] < 1e-4
 
 

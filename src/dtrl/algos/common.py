@@ -425,6 +425,14 @@ def evaluate_policy(policy, task, config: DTFinetuneConfig, eval_rtg: float, dev
                     device=device)
 
 
+def log_initial_evaluation(run, clock: Clock, policy, task, config: DTFinetuneConfig, eval_rtg: float,
+                           device: str) -> None:
+    """Iteration 0 of a fresh run's learning curve: the init policy, evaluated exactly as later
+    iterations are, so every finetuning curve starts from the score of the DT it finetunes."""
+    if config.eval_every > 0:
+        run.log(iteration_metrics(0, clock, **evaluate_policy(policy, task, config, eval_rtg, device)))
+
+
 def episode_seeds(config: CommonConfig, iteration: int, count: int) -> list[int]:
     """Distinct env reset seeds for the ``count`` rollouts of ``iteration`` (reproducible per run seed)."""
     base = 1_000_000 * (config.seed + 1) + count * iteration

@@ -362,7 +362,7 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def train(config: GRPOConfig) -> dict:
     """Run Algorithm 1 as ``config`` says, writing the run directory ``config.out``; returns the last
     metrics row."""
-    from dtrl.algos.common import (Clock, build_dt_optimizers, checkpoint_due, episode_seeds, evaluate_policy,
+    from dtrl.algos.common import (Clock, build_dt_optimizers, checkpoint_due, episode_seeds, evaluate_policy, log_initial_evaluation,
                                    evaluation_due, iteration_metrics, online_targets, open_run, prepare_policy,
                                    restore_training_state, seed_everything, training_state)
     from dtrl.envs import BatchedEnv
@@ -399,6 +399,8 @@ def train(config: GRPOConfig) -> dict:
                                  num_workers=config.num_workers, seed=config.seed)
     collect_envs = BatchedEnv(task, config.trajectories_per_iteration, num_workers=0, seed=config.seed)
 
+    if state is None:  # the curve starts at the pretrained DT
+        log_initial_evaluation(run, clock, policy, task, config, eval_rtg, device)
     last_row: dict = {}
     try:
         for iteration in range(start_iteration, config.iterations + 1):  # line 1

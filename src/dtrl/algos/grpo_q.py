@@ -35,7 +35,7 @@ import torch
 
 from dtrl.algos.common import (
     Clock, TD3CriticConfig, TrajectoryBuffer, WindowSampler, build_dt_optimizers, end_of_iteration, episode_seeds,
-    evaluate_policy, online_targets, open_run, prepare_policy,
+    evaluate_policy, log_initial_evaluation, online_targets, open_run, prepare_policy,
     restore_training_state, rollout_extra, seed_everything, soft_update, training_state, trajectory_segments,
 )
 from dtrl.algos.odt import optimiser_step, temperature_step
@@ -183,6 +183,8 @@ def train(config: GRPOQConfig) -> dict:
         start = restore_training_state(state, rng, clock, **components)
     envs = BatchedEnv(task, config.trajectories_per_iteration, seed=config.seed)
 
+    if state is None:  # the curve starts at the pretrained DT
+        log_initial_evaluation(run, clock, policy, task, config, eval_rtg, device)
     last_eval: dict = {}
     try:
         for iteration in range(start, config.iterations + 1):

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from dtrl.algos.common import (
-    Clock, DTFinetuneConfig, TrajectoryBuffer, build_dt_optimizers, end_of_iteration, episode_seeds, evaluate_policy,
+    Clock, DTFinetuneConfig, TrajectoryBuffer, build_dt_optimizers, end_of_iteration, episode_seeds, evaluate_policy, log_initial_evaluation,
     load_offline_dataset, mean_metrics, online_targets, open_run, prepare_policy,
     restore_training_state, seed_everything, training_state,
 )
@@ -169,6 +169,8 @@ def train(config: ODTConfig) -> dict:
         start = restore_training_state(state, rng, clock, **components)
     envs = BatchedEnv(task, config.trajectories_per_iteration, seed=config.seed)
 
+    if state is None:  # the curve starts at the pretrained DT
+        log_initial_evaluation(run, clock, policy, task, config, eval_rtg, device)
     last_eval: dict = {}
     try:
         for iteration in range(start, config.iterations + 1):

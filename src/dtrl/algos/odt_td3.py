@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from dtrl.algos.common import (
     Clock, TD3CriticConfig, TrajectoryBuffer, WindowSampler, build_dt_optimizers, end_of_iteration, episode_seeds,
-    evaluate_policy, load_offline_dataset, mean_metrics, online_targets, open_run,
+    evaluate_policy, log_initial_evaluation, load_offline_dataset, mean_metrics, online_targets, open_run,
     prepare_policy, restore_training_state, seed_everything, soft_update, training_state,
 )
 from dtrl.algos.odt import offline_seed_trajectories, optimiser_step, supervised_loss, temperature_step
@@ -206,6 +206,8 @@ def train(config: ODTTD3Config) -> dict:
         metrics.update({"losses/actor_q": q_mean.item(), "losses/actor_total": loss.item()})
         return metrics
 
+    if state is None:  # the curve starts at the pretrained DT
+        log_initial_evaluation(run, clock, policy, task, config, eval_rtg, device)
     last_eval: dict = {}
     try:
         if state is None and config.critic_warmup_steps > 0:
