@@ -238,6 +238,17 @@ def test_ablation_switches_run(tiny_policy_dir, tmp_path, flags):
     assert read_metrics(out)[0]["grad_updates"] >= 0
 
 
+def test_threads_option_sets_torch_threads_and_rejects_negative(tiny_policy_dir, tmp_path):
+    torch.set_num_threads(2)
+    try:
+        assert finetune_main(cli_args(tiny_policy_dir, tmp_path / "t", 1, "--eval-every", "0", "--threads", "1")) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(1)
+    with pytest.raises(DtrlError, match="threads must be >= 0"):
+        finetune_main(cli_args(tiny_policy_dir, tmp_path / "u", 1, "--threads", "-1"))
+
+
 def test_missing_init_is_a_one_line_error(tmp_path):
     with pytest.raises(DtrlError, match="--init"):
         finetune_main(["--algo", "grpo", "--task", TASK, "--out", str(tmp_path / "x")])

@@ -346,9 +346,14 @@ class DTFinetuneConfig(CommonConfig):
     time_limit_s: float = 0.0
     """stop after the iteration during which this many seconds of training passed, with a final
     evaluation and checkpoint (0: no limit; for equal-wall-clock comparisons)"""
+    threads: int = 0
+    """torch CPU threads (0: torch's default, one per core; 1 is much faster for small models on a
+    busy or 2-core machine)"""
 
     def validate(self) -> None:
         super().validate()
+        if self.threads < 0:
+            raise DtrlError(f"threads must be >= 0, got {self.threads}")
         if self.time_limit_s < 0:
             raise DtrlError(f"time-limit-s must be >= 0, got {self.time_limit_s}")
         if self.iterations < 1:
@@ -383,7 +388,9 @@ class TD3CriticConfig(DTFinetuneConfig):
 def prepare_policy(config: DTFinetuneConfig, task, device: str):
     """Load ``--init``, check it is a stochastic DT (RL finetuning needs likelihoods), set the initial
     temperature, and put the model in eval mode: finetuning disables dropout (Table 5), and eval
-    mode only affects dropout here, gradients still flow."""
+    mode only affects dropout here, gradients still flow. Sets ``--threads`` first."""
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
     policy = load_init_policy(config.init, task, device)
     model = policy.model.to(device)
     if not getattr(model, "stochastic", True):
