@@ -31,7 +31,7 @@ class DemoConfig:
     """dataset size to build"""
     pretrain_steps: int = 3000
     """offline pretraining gradient steps (cpu preset)"""
-    iterations: int = 500
+    iterations: int = 300
     """GRPO-DT iterations (cpu preset)"""
     eval_episodes: int = 10
     """evaluation episodes before and after finetuning"""
