@@ -365,9 +365,10 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def train(config: GRPOConfig) -> dict:
     """Run Algorithm 1 as ``config`` says, writing the run directory ``config.out``; returns the last
     metrics row."""
-    from dtrl.algos.common import (Clock, build_dt_optimizers, checkpoint_due, episode_seeds, evaluate_policy, log_initial_evaluation,
-                                   evaluation_due, iteration_metrics, online_targets, open_run, prepare_policy,
-                                   restore_training_state, seed_everything, training_state)
+    from dtrl.algos.common import (Clock, build_dt_optimizers, checkpoint_due, episode_seeds, evaluate_policy,
+                                   evaluation_due, iteration_metrics, log_initial_evaluation, online_targets,
+                                   open_run, prepare_policy, restore_training_state, seed_everything,
+                                   training_state)
     from dtrl.envs import BatchedEnv
     from dtrl.rollout import rollout_episodes, segments_to_batch
     from dtrl.tasks import get_task

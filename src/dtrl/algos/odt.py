@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from dtrl.algos.common import (
-    Clock, DTFinetuneConfig, TrajectoryBuffer, build_dt_optimizers, end_of_iteration, episode_seeds, evaluate_policy, log_initial_evaluation,
-    load_offline_dataset, mean_metrics, online_targets, open_run, prepare_policy,
+    Clock, DTFinetuneConfig, TrajectoryBuffer, build_dt_optimizers, end_of_iteration, episode_seeds, evaluate_policy,
+    log_initial_evaluation, load_offline_dataset, mean_metrics, online_targets, open_run, prepare_policy,
     restore_training_state, seed_everything, training_state,
 )
 from dtrl.config import parse_config, resolve_device

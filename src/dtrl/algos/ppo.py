@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from dtrl.algos.common import (
-    Clock, DTFinetuneConfig, TrajectoryBuffer, build_dt_optimizers, end_of_iteration, episode_seeds, evaluate_policy, log_initial_evaluation,
-    mean_metrics, online_targets, open_run, prepare_policy, rollout_extra,
+    Clock, DTFinetuneConfig, TrajectoryBuffer, build_dt_optimizers, end_of_iteration, episode_seeds, evaluate_policy,
+    log_initial_evaluation, mean_metrics, online_targets, open_run, prepare_policy, rollout_extra,
     restore_training_state, scatter_steps, seed_everything, training_state, trajectory_segments,
 )
 from dtrl.algos.odt import optimiser_step, temperature_step
