@@ -9,7 +9,8 @@ from dtrl.cli import main as cli
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread():
+def restore_torch_threads():
+    """The demo sets one torch thread for the whole process; later tests get the count back."""
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)

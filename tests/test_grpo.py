@@ -201,7 +201,6 @@ def test_cli_runs_two_iterations_and_writes_a_policy(tiny_policy_dir, tmp_path):
     # iteration 0: the init policy, evaluated as later iterations are (the curve starts at the pretrained DT)
     from dtrl.evaluation import evaluate
     from dtrl.models.checkpoint import load_policy
-
     from dtrl.tasks import get_task
 
     expected = evaluate(load_policy(tiny_policy_dir, task=TASK), get_task(TASK), episodes=1, seed=10_000)
