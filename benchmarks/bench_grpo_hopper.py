@@ -3,7 +3,8 @@
 Goal (benchmarks/results/grpo.md): within --minutes (60) of wall time on this machine, raise the
 D4RL-normalised return of the pretrained DT by >= 30 points (stretch: >= 60 absolute; the paper's
 GPU run reaches 99). Both policies are evaluated with the mean action on the same --eval-episodes
-seeds, conditioned on the task's evaluation RTG.
+seeds, conditioned on the RTG the GRPO-DT run evaluates at (g_online: without relabeling the policy is
+trained at that RTG only); the same comparison at the task's lower ODT-style eval RTG is printed too.
 
     nice python benchmarks/bench_grpo_hopper.py [--pretrained RUN] [--data FILE] [--minutes 60] [--out DIR]
 
@@ -37,15 +38,22 @@ def ensure_inputs(data: Path, pretrained: Path) -> None:
             raise SystemExit("dtrl pretrain failed")
 
 
-def evaluate_dir(path: Path, episodes: int, seed: int) -> dict:
-    from dtrl.evaluation import evaluate
+def evaluate_dir(path: Path, episodes: int, seed: int, target_rtg: float | None = None) -> dict:
+    """Mean-action evaluation of a run's policy at ``target_rtg`` (default: the one its trainer recorded)."""
+    from dtrl.evaluation import default_target_rtg, evaluate
     from dtrl.models.checkpoint import load_policy
     from dtrl.tasks import get_task
 
     task = get_task("hopper-random")
     policy = load_policy(path, task=task)
-    policy.model.eval()
-    return evaluate(policy, task, episodes=episodes, seed=seed)
+    return evaluate(policy, task, episodes=episodes, seed=seed,
+                    target_rtg=default_target_rtg(policy, task, target_rtg))
+
+
+def describe(result: dict) -> str:
+    return (f"normalised {result['eval_normalized_mean']:.1f} ± {result['eval_normalized_std']:.1f} "
+            f"(return {result['eval_return_mean']:.0f}, length {result['eval_length_mean']:.0f}, "
+            f"target RTG {result['eval_target_rtg']:.0f})")
 
 
 def main() -> None:
@@ -62,9 +70,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     ensure_inputs(args.data, args.pretrained)
-    before = evaluate_dir(args.pretrained, args.eval_episodes, args.eval_seed)
-    print(f"pretrained DT: normalised {before['eval_normalized_mean']:.1f} ± {before['eval_normalized_std']:.1f} "
-          f"(return {before['eval_return_mean']:.0f}, length {before['eval_length_mean']:.0f})", flush=True)
+    print(f"pretrained DT: {describe(evaluate_dir(args.pretrained, args.eval_episodes, args.eval_seed))}", flush=True)
 
     from dtrl.cli import main as dtrl
 
@@ -76,6 +82,12 @@ def main() -> None:
         raise SystemExit(f"dtrl finetune failed with exit code {code}")
     wall = time.time() - started
     after = evaluate_dir(args.out, args.eval_episodes, args.eval_seed)
+    before = evaluate_dir(args.pretrained, args.eval_episodes, args.eval_seed, target_rtg=after["eval_target_rtg"])
+    from dtrl.tasks import get_task
+
+    odt_rtg = get_task("hopper-random").eval_rtg
+    for label, path in (("pretrained DT", args.pretrained), ("GRPO-DT", args.out)):
+        print(f"{label} at the ODT eval RTG: {describe(evaluate_dir(path, args.eval_episodes, args.eval_seed, odt_rtg))}")
 
     rows = [json.loads(line) for line in (args.out / "metrics.jsonl").read_text().splitlines()]
     print("\n| iteration | wall min | env steps | grad updates | rollout return | eval normalised (mean ± std) |")
@@ -88,7 +100,7 @@ def main() -> None:
     gain = after["eval_normalized_mean"] - before["eval_normalized_mean"]
     print(f"\npretrained {before['eval_normalized_mean']:.1f} -> GRPO-DT {after['eval_normalized_mean']:.1f} "
           f"± {after['eval_normalized_std']:.1f} ({args.eval_episodes} episodes, seeds from {args.eval_seed}): "
-          f"{gain:+.1f} points in {wall / 60:.1f} min, {rows[-1]['iteration']} iterations, "
+          f"{gain:+.1f} points at target RTG {after['eval_target_rtg']:.0f} in {wall / 60:.1f} min, {rows[-1]['iteration']} iterations, "
           f"{rows[-1]['env_steps']:,} env steps; cpu count {os.cpu_count()}; argv {' '.join(sys.argv[1:])}")
 
 

@@ -203,8 +203,12 @@ def test_cli_runs_two_iterations_and_writes_a_policy(tiny_policy_dir, tmp_path):
     from dtrl.models.checkpoint import load_policy
     from dtrl.tasks import get_task
 
-    expected = evaluate(load_policy(tiny_policy_dir, task=TASK), get_task(TASK), episodes=1, seed=10_000)
+    task = get_task(TASK)
+    # no relabeling: the policy is evaluated at the RTG it is trained at, g_online
+    expected = evaluate(load_policy(tiny_policy_dir, task=TASK), task, episodes=1, seed=10_000,
+                        target_rtg=task.online_rtg)
     assert initial["iteration"] == 0 and initial["env_steps"] == 0
+    assert initial["eval_target_rtg"] == rows[-1]["eval_target_rtg"] == task.online_rtg != task.eval_rtg
     assert initial["eval_return_mean"] == pytest.approx(expected["eval_return_mean"])
     assert [r["iteration"] for r in rows] == [1, 2]
     for key in ("env_steps", "grad_updates", "wall_time_s", "grpo/mean_group_score", "grpo/groups_dropped",
@@ -219,10 +223,42 @@ def test_cli_runs_two_iterations_and_writes_a_policy(tiny_policy_dir, tmp_path):
     assert json.loads((out / "config.json").read_text())["algo"] == "grpo"
 
 
+def test_dtrl_eval_defaults_to_the_target_rtg_the_trainer_recorded(tiny_policy_dir, tmp_path, capsys):
+    from dtrl.cli import main as dtrl
+    from dtrl.tasks import get_task
+
+    task = get_task(TASK)
+    out = tmp_path / "run"
+    assert finetune_main(cli_args(tiny_policy_dir, out, 1)) == 0
+    targets = {}
+    for name, path in (("grpo", out), ("pretrained", tiny_policy_dir), ("override", out)):
+        capsys.readouterr()
+        extra = ["--target-rtg", "123"] if name == "override" else []
+        assert dtrl(["eval", str(path), "--episodes", "1", "--device", "cpu", "--json", *extra]) == 0
+        targets[name] = json.loads(capsys.readouterr().out)["eval_target_rtg"]
+    assert targets == {"grpo": task.online_rtg, "pretrained": task.eval_rtg, "override": 123.0}
+
+
+def test_default_eval_rtg_is_online_only_for_methods_that_never_relabel():
+    from dtrl.algos import grpo_q, odt, odt_td3, ppo
+    from dtrl.algos.common import online_targets
+    from dtrl.tasks import get_task
+
+    task = get_task(TASK)
+    online, odt_style = task.online_rtg, task.eval_rtg
+    expected = {grpo.GRPOConfig: online, ppo.PPOConfig: online, grpo_q.GRPOQConfig: online,
+                odt.ODTConfig: odt_style, odt_td3.ODTTD3Config: odt_style}
+    for config_class, target in expected.items():
+        assert online_targets(config_class(), task) == (online, target), config_class.__name__
+    assert online_targets(grpo.GRPOConfig(hindsight_relabel=True), task) == (online, odt_style)
+    assert online_targets(odt.ODTConfig(eval_rtg=5.0), task) == (online, 5.0)
+
+
 def test_resume_equals_uninterrupted(tiny_policy_dir, tmp_path):
-    # (in 'refresh' mode, which also shows that every iteration's first ratios are then 1)
+    # (in 'refresh' mode, which also shows that every iteration's first ratios are then 1, and with the
+    # weight average on, which is then part of the checkpoint)
     full, split = tmp_path / "full", tmp_path / "split"
-    refresh = ("--old-log-probs", "refresh")
+    refresh = ("--old-log-probs", "refresh", "--policy-averaging", "0.5", "--eval-every", "1")
     assert finetune_main(cli_args(tiny_policy_dir, full, 3, *refresh)) == 0
     assert finetune_main(cli_args(tiny_policy_dir, split, 2, *refresh)) == 0
     assert finetune_main(cli_args(tiny_policy_dir, split, 3, *refresh, "--resume")) == 0
@@ -233,6 +269,30 @@ def test_resume_equals_uninterrupted(tiny_policy_dir, tmp_path):
         assert timing(ra) == timing(rb)
     for row in a[1:]:
         assert row["grad_updates"] > 0 and row["losses/first_update_ratio_max_dev"] < 1e-4
+
+
+def test_policy_averaging_saves_and_evaluates_the_average(tiny_policy_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    out, decay = tmp_path / "averaged", 0.75
+    assert finetune_main(cli_args(tiny_policy_dir, out, 1, "--policy-averaging", str(decay), "--eval-every", "1")) == 0
+    row = read_metrics(out)[-1]
+    assert row["eval_target_rtg"] == row["eval_iterate_target_rtg"]
+    assert "eval_iterate_normalized_mean" in row and "eval_normalized_mean" in row
+    pretrained = load_file(str(tiny_policy_dir / "model.safetensors"))
+    saved = load_file(str(out / "policy" / "model.safetensors"))
+    iterate = torch.load(out / "checkpoints" / "state.pt", weights_only=False)["state"]["model"]
+    moved = 0
+    for name, weight in saved.items():
+        if name == "log_temperature":  # set to the preset's ETPR before averaging starts
+            continue
+        # one iteration: average = decay * pretrained + (1 - decay) * the iterate after its update
+        expected = decay * pretrained[name].double() + (1 - decay) * iterate[name].double()
+        torch.testing.assert_close(weight.double(), expected, rtol=1e-5, atol=1e-6)
+        moved += int(not torch.equal(iterate[name], pretrained[name]))
+    assert moved > 0  # the update changed the iterate, so the test can tell the average from either end
+    with pytest.raises(DtrlError, match="policy-averaging"):
+        finetune_main(cli_args(tiny_policy_dir, tmp_path / "bad", 1, "--policy-averaging", "1"))
 
 
 @pytest.mark.parametrize("flags", [("--full-trajectories",), ("--hindsight-relabel", "--ratio-level", "token"),

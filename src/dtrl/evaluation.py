@@ -69,6 +69,17 @@ def evaluate(
     return result
 
 
+def default_target_rtg(policy, task, target_rtg: float | None = None) -> float:
+    """``target_rtg`` if given; else the evaluation RTG the policy's trainer recorded (on the task it
+    was trained on); else the task's evaluation target."""
+    if target_rtg is not None:
+        return float(target_rtg)
+    recorded = policy.meta.get("extra", {}).get("eval_rtg")
+    if recorded is not None and policy.task_name == task.name:
+        return float(recorded)
+    return float(task.eval_rtg)
+
+
 def format_result(result: dict) -> str:
     """'normalised 45.2 ± 3.1 (return 1500.3 ± 101.2, 10 episodes, length 512)' or the raw-return form."""
     raw = f"return {result['eval_return_mean']:.1f} ± {result['eval_return_std']:.1f}"
@@ -89,7 +100,8 @@ class EvalConfig:
     episodes: int = 10
     """number of episodes (run as one batch)"""
     target_rtg: float | None = None
-    """target return-to-go g_0 (default: the task's evaluation target, ODT convention)"""
+    """target return-to-go g_0 (default: the one the policy's trainer evaluated it at, e.g. g_online for
+    GRPO-DT and PPO-DT; for pretrained DTs and other tasks, the task's evaluation target)"""
     seed: int = 0
     """env seed of the first episode (episode i uses seed + i)"""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -131,8 +143,9 @@ def main(argv: list[str]) -> int:
         else:
             task = get_task(config.task)
             policy = load_policy(config.run, task=task, device=device)
-        result = evaluate(policy, task, episodes=config.episodes, target_rtg=config.target_rtg, seed=config.seed,
-                          device=device, num_workers=config.num_workers)
+        target = default_target_rtg(policy, task, config.target_rtg)
+        result = evaluate(policy, task, episodes=config.episodes, target_rtg=target, seed=config.seed, device=device,
+                          num_workers=config.num_workers)
     if config.json:
         print(json.dumps({"task": task.name, **result}))
     else:

@@ -342,7 +342,8 @@ class DTFinetuneConfig(CommonConfig):
     online_rtg: float | None = None
     """target RTG of online rollouts (default: the task's, Table 6 'RTG')"""
     eval_rtg: float | None = None
-    """target RTG of evaluation rollouts (default: the task's eval target)"""
+    """target RTG of evaluation rollouts (default: the online RTG for methods trained without hindsight
+    relabeling (GRPO-DT, PPO-DT, Q-guided GRPO), the task's eval target for ODT and ODT+TD3)"""
     time_limit_s: float = 0.0
     """stop after the iteration during which this many seconds of training passed, with a final
     evaluation and checkpoint (0: no limit; for equal-wall-clock comparisons)"""
@@ -364,6 +365,10 @@ class DTFinetuneConfig(CommonConfig):
             raise DtrlError("weight-decay, grad-clip and temperature-learning-rate must be >= 0")
         if self.init_temperature is not None and not self.init_temperature > 0:
             raise DtrlError(f"init-temperature must be > 0, got {self.init_temperature}")
+
+    def evaluates_at_online_rtg(self) -> bool:
+        """Whether the default evaluation RTG is g_online: true for methods that never relabel."""
+        return False
 
 
 @dataclass
@@ -418,10 +423,15 @@ def build_dt_optimizers(config: DTFinetuneConfig, model):
 
 
 def online_targets(config: DTFinetuneConfig, task) -> tuple[float, float]:
-    """(online RTG, evaluation RTG): the config's overrides or the task's Table 6 values."""
-    online = task.online_rtg if config.online_rtg is None else config.online_rtg
-    evaluation = task.eval_rtg if config.eval_rtg is None else config.eval_rtg
-    return float(online), float(evaluation)
+    """(online RTG, evaluation RTG): the config's overrides, else the task's Table 6 values.
+
+    A method that never relabels trains its policy only on RTG tokens that descend from g_online, so it
+    is evaluated at g_online (the paper's Table 6 gives GRPO-DT one RTG); ODT relabels with achieved
+    returns, so its policy is evaluated at the task's lower eval target (ODT's convention)."""
+    online = float(task.online_rtg if config.online_rtg is None else config.online_rtg)
+    if config.eval_rtg is not None:
+        return online, float(config.eval_rtg)
+    return online, online if config.evaluates_at_online_rtg() else float(task.eval_rtg)
 
 
 def evaluate_policy(policy, task, config: DTFinetuneConfig, eval_rtg: float, device: str) -> dict:
@@ -460,7 +470,8 @@ def end_of_iteration(run, algo: str, iteration: int, config: DTFinetuneConfig, c
         **{"charts/episodic_return": float(np.mean([r.episode_return for r in rollouts])),
            "charts/episode_length": float(np.mean([len(r) for r in rollouts])), **(charts or {})}))
     if checkpoint_due(iteration, config.iterations, config.checkpoint_every, stopping):
-        run.save_policy(policy.model, policy.normalizer, task.name, extra={"algo": algo, "iteration": iteration})
+        run.save_policy(policy.model, policy.normalizer, task.name,
+                        extra={"algo": algo, "iteration": iteration, "eval_rtg": eval_rtg})
         run.save_state(state(), iteration)
     return stopping, evaluation
 

@@ -49,7 +49,8 @@ class GRPOConfig(DTFinetuneConfig):
     Inherited from the shared finetuning config: init, dataset (accepted, unused by GRPO-DT),
     iterations (T), learning_rate (lr_a), weight_decay, grad_clip, optimizer (LAMB), init_temperature
     (ETPR), temperature_learning_rate (α learned towards entropy -dim(A); 0 freezes it), online_rtg
-    (g_online), eval_rtg."""
+    (g_online), eval_rtg (default g_online: Table 6 gives one RTG, and without relabeling the policy
+    is only ever trained at RTGs that descend from it)."""
 
     trajectories_per_iteration: int = 1
     """full episodes collected per iteration into the trajectory buffer (line 2; paper: 1, Adroit 5)"""
@@ -111,6 +112,10 @@ class GRPOConfig(DTFinetuneConfig):
     time_limit_s: float = 0.0
     """stop after the iteration during which the run's wall time passes this (0: run all iterations);
     that iteration is then evaluated, checkpointed and its policy saved, as a last one would be"""
+    policy_averaging: float = 0.0
+    """decay of an exponential moving average of the policy's weights, updated once per iteration (not
+    in the paper; 0: off). When on, the average is the policy that is evaluated and saved, and the
+    iterate's own evaluation is logged as eval_iterate_*. Rollouts always use the iterate (on-policy)."""
 
     def validate(self) -> None:
         super().validate()
@@ -138,6 +143,11 @@ class GRPOConfig(DTFinetuneConfig):
             raise DtrlError(f"num-workers must be >= 0, got {self.num_workers}")
         if self.time_limit_s < 0:
             raise DtrlError(f"time-limit-s must be >= 0, got {self.time_limit_s}")
+        if not 0.0 <= self.policy_averaging < 1.0:
+            raise DtrlError(f"policy-averaging must be in [0, 1), got {self.policy_averaging}")
+
+    def evaluates_at_online_rtg(self) -> bool:
+        return not self.hindsight_relabel  # the relabeling ablation trains at achieved returns, as ODT
 
 
 # Table 6, per dataset: (BS, online RTG, gamma, lr_a, L_traj, L_eval, clip ε, ε_GRPO, ETPR).
@@ -383,13 +393,15 @@ def train(config: GRPOConfig) -> dict:
     model = policy.model
     history_length = int(model.receptive_field)  # context before a reset point that the ratio needs
     optimizer, temperature_optimizer = build_dt_optimizers(config, model)
+    averaged = average_of_weights(model, config.policy_averaging)
+    evaluated = policy if averaged is None else dataclasses.replace(policy, model=averaged.module)
     run, state = open_run(config, "grpo")  # after building the model: resuming restores the global RNGs
     trajectory_buffer: deque = deque(maxlen=config.trajectory_buffer_size)  # T_replay
     sub_buffer = SubTrajectoryBuffer(config.sub_trajectory_buffer_size)  # T_sub
     clock = Clock()
     start_iteration = 1
     components = dict(model=model, optimizer=optimizer, temperature_optimizer=temperature_optimizer,
-                      sub_buffer=sub_buffer)
+                      sub_buffer=sub_buffer, averaged_model=averaged)
     if state is not None:
         trajectory_buffer.extend(state["trajectory_buffer"])
         start_iteration = restore_training_state(state, rng, clock, rng_key="numpy_generator", **components)
@@ -451,6 +463,8 @@ def train(config: GRPOConfig) -> dict:
             update_stats = update_policy(policy, sub_buffer, optimizer, temperature_optimizer, config, rng, device,
                                          segments_to_batch)
             clock.grad_updates += update_stats.pop("updates")
+            if averaged is not None:
+                averaged.update_parameters(model)
             rollout_stats["time/update_s"], timer = time.perf_counter() - timer, time.perf_counter()
 
             valid_advantages = groups.advantages[groups.valid]
@@ -471,14 +485,18 @@ def train(config: GRPOConfig) -> dict:
             out_of_time = config.time_limit_s > 0 and clock.elapsed() >= config.time_limit_s
             final = iteration if out_of_time else config.iterations
             if evaluation_due(iteration, final, config.eval_every):
-                metrics.update(evaluate_policy(policy, task, config, eval_rtg, device))
+                metrics.update(evaluate_policy(evaluated, task, config, eval_rtg, device))
+                if averaged is not None:  # what the average buys over the iterate it smooths
+                    iterate = evaluate_policy(policy, task, config, eval_rtg, device)
+                    metrics.update({key.replace("eval_", "eval_iterate_", 1): value for key, value in iterate.items()})
                 metrics["time/eval_s"] = time.perf_counter() - timer
             last_row = iteration_metrics(iteration, clock, **metrics)
             run.log(last_row)
             if checkpoint_due(iteration, final, config.checkpoint_every):
                 run.save_state({**training_state("grpo", iteration, rng, clock, rng_key="numpy_generator", **components),
                                 "trajectory_buffer": list(trajectory_buffer)}, iteration)
-                run.save_policy(model, policy.normalizer, task.name, extra={"algo": "grpo", "iteration": iteration})
+                run.save_policy(evaluated.model, policy.normalizer, task.name,
+                                extra={"algo": "grpo", "iteration": iteration, "eval_rtg": eval_rtg})
             if out_of_time:
                 print(f"grpo: time limit of {config.time_limit_s:.0f} s reached after iteration {iteration}",
                       file=sys.stderr)
@@ -489,6 +507,18 @@ def train(config: GRPOConfig) -> dict:
         collect_envs.close()
         run.close()
     return last_row
+
+
+def average_of_weights(model, decay: float):
+    """``torch.optim.swa_utils.AveragedModel`` keeping an EMA of ``model``'s parameters (None for
+    decay 0). Its first update copies the weights; buffers are constant in a DT, so they are not averaged."""
+    if decay <= 0:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
+    averaged.update_parameters(model)  # start at the pretrained weights
+    return averaged.eval()
 
 
 def update_policy(policy, sub_buffer: SubTrajectoryBuffer, optimizer, temperature_optimizer, config: GRPOConfig,

@@ -84,6 +84,9 @@ class GRPOQConfig(TD3CriticConfig):
     policy_delay: int = 2
     """critic steps per target-network update (TD3's delayed updates)"""
 
+    def evaluates_at_online_rtg(self) -> bool:
+        return True  # never relabels: trained only at RTGs that descend from g_online
+
     def validate(self) -> None:
         super().validate()
         for name in ("trajectories_per_iteration", "buffer_size", "trajectories_per_update", "policy_epochs",

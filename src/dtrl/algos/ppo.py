@@ -75,6 +75,9 @@ class PPOConfig(DTFinetuneConfig):
     value_clip_eps: float | None = None
     """CleanRL's clipped value loss range (None: plain MSE)"""
 
+    def evaluates_at_online_rtg(self) -> bool:
+        return True  # never relabels: trained only at RTGs that descend from g_online
+
     def validate(self) -> None:
         super().validate()
         for name in ("trajectories_per_iteration", "buffer_multiplier", "update_epochs", "minibatch_size"):
