@@ -1,12 +1,13 @@
-"""Learning benchmark: GRPO-DT (cpu preset) finetuning a cpu-pretrained DT on hopper-random.
+"""Learning benchmark: GRPO-DT (cpu preset) finetuning a cpu-pretrained DT on a random-data task.
 
-Goal (benchmarks/results/grpo.md): within --minutes (60) of wall time on this machine, raise the
+Goal for hopper-random (benchmarks/results/grpo.md): within --minutes (60) of wall time on this machine, raise the
 D4RL-normalised return of the pretrained DT by >= 30 points (stretch: >= 60 absolute; the paper's
 GPU run reaches 99). Both policies are evaluated with the mean action on the same --eval-episodes
 seeds, conditioned on the RTG the GRPO-DT run evaluates at (g_online: without relabeling the policy is
 trained at that RTG only); the same comparison at the task's lower ODT-style eval RTG is printed too.
 
-    nice python benchmarks/bench_grpo_hopper.py [--pretrained RUN] [--data FILE] [--minutes 60] [--out DIR]
+    nice python benchmarks/bench_grpo_learning.py [--task hopper-random] [--pretrained RUN] [--data FILE]
+        [--minutes 60] [--out DIR]
 
 Missing inputs are made with the CLI (``dtrl data build``, ``dtrl pretrain --preset cpu``). Extra
 arguments after ``--`` go to ``dtrl finetune --algo grpo`` (e.g. ``-- --learning-rate 3e-4``).
@@ -24,27 +25,27 @@ from pathlib import Path
 import torch
 
 
-def ensure_inputs(data: Path, pretrained: Path) -> None:
+def ensure_inputs(task: str, data: Path, pretrained: Path) -> None:
     from dtrl.cli import main as dtrl
 
     if not (pretrained / "policy" / "model.safetensors").is_file():
         if not data.is_file():
             print(f"building {data}", flush=True)
-            if dtrl(["data", "build", "hopper-random", "--out", str(data), "--transitions", "200000"]) != 0:
+            if dtrl(["data", "build", task, "--out", str(data), "--transitions", "200000"]) != 0:
                 raise SystemExit("dtrl data build failed")
         print(f"pretraining {pretrained}", flush=True)
-        if dtrl(["pretrain", "--task", "hopper-random", "--preset", "cpu", "--dataset", str(data),
+        if dtrl(["pretrain", "--task", task, "--preset", "cpu", "--dataset", str(data),
                  "--out", str(pretrained)]) != 0:
             raise SystemExit("dtrl pretrain failed")
 
 
-def evaluate_dir(path: Path, episodes: int, seed: int, target_rtg: float | None = None) -> dict:
+def evaluate_dir(task_name: str, path: Path, episodes: int, seed: int, target_rtg: float | None = None) -> dict:
     """Mean-action evaluation of a run's policy at ``target_rtg`` (default: the one its trainer recorded)."""
     from dtrl.evaluation import default_target_rtg, evaluate
     from dtrl.models.checkpoint import load_policy
     from dtrl.tasks import get_task
 
-    task = get_task("hopper-random")
+    task = get_task(task_name)
     policy = load_policy(path, task=task)
     return evaluate(policy, task, episodes=episodes, seed=seed,
                     target_rtg=default_target_rtg(policy, task, target_rtg))
@@ -58,9 +59,10 @@ def describe(result: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=Path("/work/data/hopper-random.hdf5"))
-    parser.add_argument("--pretrained", type=Path, default=Path("/work/runs/pretrain-hopper-random-cpu"))
-    parser.add_argument("--out", type=Path, default=Path("runs/bench-grpo-hopper-random-cpu"))
+    parser.add_argument("--task", default="hopper-random")
+    parser.add_argument("--data", type=Path, help="default: /work/data/TASK.hdf5")
+    parser.add_argument("--pretrained", type=Path, help="default: /work/runs/pretrain-TASK-cpu")
+    parser.add_argument("--out", type=Path, help="default: runs/bench-grpo-TASK-cpu")
     parser.add_argument("--minutes", type=float, default=60.0)
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("--eval-seed", type=int, default=123_456)
@@ -68,26 +70,29 @@ def main() -> None:
     args, finetune_extra = parser.parse_known_args()
     finetune_extra = [a for a in finetune_extra if a != "--"]
     torch.set_num_threads(args.threads)
+    args.data = args.data or Path(f"/work/data/{args.task}.hdf5")
+    args.pretrained = args.pretrained or Path(f"/work/runs/pretrain-{args.task}-cpu")
+    args.out = args.out or Path(f"runs/bench-grpo-{args.task}-cpu")
 
-    ensure_inputs(args.data, args.pretrained)
-    print(f"pretrained DT: {describe(evaluate_dir(args.pretrained, args.eval_episodes, args.eval_seed))}", flush=True)
+    ensure_inputs(args.task, args.data, args.pretrained)
+    print(f"pretrained DT: {describe(evaluate_dir(args.task, args.pretrained, args.eval_episodes, args.eval_seed))}", flush=True)
 
     from dtrl.cli import main as dtrl
 
     started = time.time()
-    code = dtrl(["finetune", "--algo", "grpo", "--task", "hopper-random", "--preset", "cpu",
+    code = dtrl(["finetune", "--algo", "grpo", "--task", args.task, "--preset", "cpu",
                  "--init", str(args.pretrained), "--out", str(args.out), "--force", "--device", "cpu",
                  "--iterations", "100000", "--time-limit-s", str(args.minutes * 60), *finetune_extra])
     if code != 0:
         raise SystemExit(f"dtrl finetune failed with exit code {code}")
     wall = time.time() - started
-    after = evaluate_dir(args.out, args.eval_episodes, args.eval_seed)
-    before = evaluate_dir(args.pretrained, args.eval_episodes, args.eval_seed, target_rtg=after["eval_target_rtg"])
+    after = evaluate_dir(args.task, args.out, args.eval_episodes, args.eval_seed)
+    before = evaluate_dir(args.task, args.pretrained, args.eval_episodes, args.eval_seed, target_rtg=after["eval_target_rtg"])
     from dtrl.tasks import get_task
 
-    odt_rtg = get_task("hopper-random").eval_rtg
+    odt_rtg = get_task(args.task).eval_rtg
     for label, path in (("pretrained DT", args.pretrained), ("GRPO-DT", args.out)):
-        print(f"{label} at the ODT eval RTG: {describe(evaluate_dir(path, args.eval_episodes, args.eval_seed, odt_rtg))}")
+        print(f"{label} at the ODT eval RTG: {describe(evaluate_dir(args.task, path, args.eval_episodes, args.eval_seed, odt_rtg))}")
 
     rows = [json.loads(line) for line in (args.out / "metrics.jsonl").read_text().splitlines()]
     print("\n| iteration | wall min | env steps | grad updates | rollout return | eval normalised (mean ± std) |")
