@@ -1,7 +1,7 @@
 """Learning benchmark: GRPO-DT (cpu preset) finetuning a cpu-pretrained DT on a random-data task.
 
-Goal for hopper-random (benchmarks/results/grpo.md): within --minutes (60) of wall time on this machine, raise the
-D4RL-normalised return of the pretrained DT by >= 30 points (stretch: >= 60 absolute; the paper's
+Goal for hopper-random (benchmarks/results/grpo.md): within --minutes (60) of wall time on this
+machine, raise the D4RL-normalised return of the pretrained DT by >= 30 points (stretch: >= 60 absolute; the paper's
 GPU run reaches 99). Both policies are evaluated with the mean action on the same --eval-episodes
 seeds, conditioned on the RTG the GRPO-DT run evaluates at (g_online: without relabeling the policy is
 trained at that RTG only); the same comparison at the task's lower ODT-style eval RTG is printed too.
@@ -75,7 +75,11 @@ def main() -> None:
     args.out = args.out or Path(f"runs/bench-grpo-{args.task}-cpu")
 
     ensure_inputs(args.task, args.data, args.pretrained)
-    print(f"pretrained DT: {describe(evaluate_dir(args.task, args.pretrained, args.eval_episodes, args.eval_seed))}", flush=True)
+    from dtrl.tasks import get_task
+
+    odt_rtg = get_task(args.task).eval_rtg
+    before_odt = evaluate_dir(args.task, args.pretrained, args.eval_episodes, args.eval_seed, odt_rtg)
+    print(f"pretrained DT: {describe(before_odt)}", flush=True)
 
     from dtrl.cli import main as dtrl
 
@@ -87,12 +91,10 @@ def main() -> None:
         raise SystemExit(f"dtrl finetune failed with exit code {code}")
     wall = time.time() - started
     after = evaluate_dir(args.task, args.out, args.eval_episodes, args.eval_seed)
-    before = evaluate_dir(args.task, args.pretrained, args.eval_episodes, args.eval_seed, target_rtg=after["eval_target_rtg"])
-    from dtrl.tasks import get_task
-
-    odt_rtg = get_task(args.task).eval_rtg
-    for label, path in (("pretrained DT", args.pretrained), ("GRPO-DT", args.out)):
-        print(f"{label} at the ODT eval RTG: {describe(evaluate_dir(args.task, path, args.eval_episodes, args.eval_seed, odt_rtg))}")
+    before = evaluate_dir(args.task, args.pretrained, args.eval_episodes, args.eval_seed, after["eval_target_rtg"])
+    after_odt = evaluate_dir(args.task, args.out, args.eval_episodes, args.eval_seed, odt_rtg)
+    for label, result in (("pretrained DT", before_odt), ("GRPO-DT", after_odt)):
+        print(f"{label} at the ODT eval RTG: {describe(result)}")
 
     rows = [json.loads(line) for line in (args.out / "metrics.jsonl").read_text().splitlines()]
     print("\n| iteration | wall min | env steps | grad updates | rollout return | eval normalised (mean ± std) |")
@@ -105,8 +107,8 @@ def main() -> None:
     gain = after["eval_normalized_mean"] - before["eval_normalized_mean"]
     print(f"\npretrained {before['eval_normalized_mean']:.1f} -> GRPO-DT {after['eval_normalized_mean']:.1f} "
           f"± {after['eval_normalized_std']:.1f} ({args.eval_episodes} episodes, seeds from {args.eval_seed}): "
-          f"{gain:+.1f} points at target RTG {after['eval_target_rtg']:.0f} in {wall / 60:.1f} min, {rows[-1]['iteration']} iterations, "
-          f"{rows[-1]['env_steps']:,} env steps; cpu count {os.cpu_count()}; argv {' '.join(sys.argv[1:])}")
+          f"{gain:+.1f} points at target RTG {after['eval_target_rtg']:.0f} in {wall / 60:.1f} min, "
+          f"{rows[-1]['iteration']} iterations, {rows[-1]['env_steps']:,} env steps; cpu count {os.cpu_count()}; argv {' '.join(sys.argv[1:])}")
 
 
 if __name__ == "__main__":

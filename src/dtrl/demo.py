@@ -112,17 +112,17 @@ def main(argv: list[str]) -> int:
 
     console.rule("[bold]4/4 evaluation before and after finetuning")
     from dtrl.config import resolve_device
-    from dtrl.evaluation import evaluate
+    from dtrl.evaluation import default_target_rtg, evaluate
     from dtrl.models.checkpoint import load_policy
     from dtrl.tasks import get_task
 
     task = get_task(config.task)
     device = resolve_device(config.device)
-    results = {}
-    for label, run_dir in (("pretrained DT", pretrain_dir), ("GRPO-DT", finetune_dir)):
-        policy = load_policy(run_dir, task=task, device=device)
-        results[label] = evaluate(policy, task, episodes=config.eval_episodes, target_rtg=task.online_rtg,
-                                  seed=10_000 + config.seed, device=device)
+    policies = {"pretrained DT": load_policy(pretrain_dir, task=task, device=device),
+                "GRPO-DT": load_policy(finetune_dir, task=task, device=device)}
+    target = default_target_rtg(policies["GRPO-DT"], task)  # both at the RTG GRPO-DT is evaluated at
+    results = {label: evaluate(policy, task, episodes=config.eval_episodes, target_rtg=target,
+                               seed=10_000 + config.seed, device=device) for label, policy in policies.items()}
     _run(["report", str(pretrain_dir), str(finetune_dir), "--out", str(root / "report")])
 
     def fmt(r: dict) -> str:

@@ -488,7 +488,8 @@ def train(config: GRPOConfig) -> dict:
                 metrics.update(evaluate_policy(evaluated, task, config, eval_rtg, device))
                 if averaged is not None:  # what the average buys over the iterate it smooths
                     iterate = evaluate_policy(policy, task, config, eval_rtg, device)
-                    metrics.update({key.replace("eval_", "eval_iterate_", 1): value for key, value in iterate.items()})
+                    metrics.update({key.replace("eval_", "eval_iterate_", 1): value
+                                    for key, value in iterate.items()})
                 metrics["time/eval_s"] = time.perf_counter() - timer
             last_row = iteration_metrics(iteration, clock, **metrics)
             run.log(last_row)
