@@ -39,22 +39,24 @@ def ensure_inputs(task: str, data: Path, pretrained: Path) -> None:
             raise SystemExit("dtrl pretrain failed")
 
 
-def evaluate_dir(task_name: str, path: Path, episodes: int, seed: int, target_rtg: float | None = None) -> dict:
-    """Mean-action evaluation of a run's policy at ``target_rtg`` (default: the one its trainer recorded)."""
-    from dtrl.evaluation import default_target_rtg, evaluate
+def evaluate_dir(task_name: str, path: Path, episodes: int, seed: int, target_rtg: float | None = None,
+                 context_length: int | None = None) -> dict:
+    """Mean-action evaluation of a run's policy at ``target_rtg`` with ``context_length`` steps of
+    context (defaults: what its trainer recorded)."""
+    from dtrl.evaluation import default_context_length, default_target_rtg, evaluate
     from dtrl.models.checkpoint import load_policy
     from dtrl.tasks import get_task
 
     task = get_task(task_name)
     policy = load_policy(path, task=task)
-    return evaluate(policy, task, episodes=episodes, seed=seed,
-                    target_rtg=default_target_rtg(policy, task, target_rtg))
+    return evaluate(policy, task, episodes=episodes, seed=seed, target_rtg=default_target_rtg(policy, task, target_rtg),
+                    context_length=default_context_length(policy, context_length))
 
 
 def describe(result: dict) -> str:
     return (f"normalised {result['eval_normalized_mean']:.1f} ± {result['eval_normalized_std']:.1f} "
             f"(return {result['eval_return_mean']:.0f}, length {result['eval_length_mean']:.0f}, "
-            f"target RTG {result['eval_target_rtg']:.0f})")
+            f"target RTG {result['eval_target_rtg']:.0f}, context {result.get('eval_context_length') or 'full'})")
 
 
 def main() -> None:
@@ -91,8 +93,13 @@ def main() -> None:
         raise SystemExit(f"dtrl finetune failed with exit code {code}")
     wall = time.time() - started
     after = evaluate_dir(args.task, args.out, args.eval_episodes, args.eval_seed)
-    before = evaluate_dir(args.task, args.pretrained, args.eval_episodes, args.eval_seed, after["eval_target_rtg"])
+    # the pretrained DT exactly as the finetuned policy is evaluated: same RTG, same context
+    before = evaluate_dir(args.task, args.pretrained, args.eval_episodes, args.eval_seed, after["eval_target_rtg"],
+                          after["eval_context_length"])
     after_odt = evaluate_dir(args.task, args.out, args.eval_episodes, args.eval_seed, odt_rtg)
+    if after["eval_context_length"] is not None:  # the early evaluation used the model's full window
+        before_odt = evaluate_dir(args.task, args.pretrained, args.eval_episodes, args.eval_seed, odt_rtg,
+                                  after["eval_context_length"])
     for label, result in (("pretrained DT", before_odt), ("GRPO-DT", after_odt)):
         print(f"{label} at the ODT eval RTG: {describe(result)}")
 

@@ -130,14 +130,16 @@ def test_reset_points_follow_action_variance():
     assert len(set(grpo.sample_reset_points(FakeTrajectory, 4, rng, uniform=False, temperature=1.0))) == 4
 
 
-def test_first_epoch_ratio_is_one_and_relabeling_breaks_it(loaded, trajectory):
+@pytest.mark.parametrize("context_length", [None, 1, 3])
+def test_first_epoch_ratio_is_one_and_relabeling_breaks_it(loaded, trajectory, context_length):
     from dtrl.rollout import segments_to_batch
 
-    config = small_config()
+    config = small_config(context_length=context_length)
     _, segments, scores, _ = group_rollout(loaded, trajectory, config, seed=1)
     batch = segments_to_batch(segments, loaded.normalizer, loaded.reward_scale)
     with torch.no_grad():
-        log_probs, entropy = grpo.policy_outputs(loaded.model, batch)
+        log_probs, entropy = grpo.policy_outputs(loaded.model, batch, context_length)
+    assert bool((log_probs[~batch.train_mask] == 0).all())
     stats = grpo.objectives.surrogate_stats(log_probs, batch.log_probs_old, batch.train_mask, "sequence", 0.2)
     assert abs(stats.ratio_max - 1) < 1e-4 and abs(stats.ratio_min - 1) < 1e-4
     assert torch.isfinite(entropy[batch.train_mask]).all()
@@ -146,7 +148,7 @@ def test_first_epoch_ratio_is_one_and_relabeling_breaks_it(loaded, trajectory):
     assert relabeled[0].returns_to_go[0] == pytest.approx(scores[0], rel=1e-5)
     batch = segments_to_batch(relabeled, loaded.normalizer, loaded.reward_scale)
     with torch.no_grad():
-        log_probs, _ = grpo.policy_outputs(loaded.model, batch)
+        log_probs, _ = grpo.policy_outputs(loaded.model, batch, context_length)
     stats = grpo.objectives.surrogate_stats(log_probs, batch.log_probs_old, batch.train_mask, "sequence", 0.2)
     assert max(abs(stats.ratio_max - 1), abs(stats.ratio_min - 1)) > 1e-3
 
@@ -169,6 +171,9 @@ def test_paper_preset_follows_table6():
     hopper = grpo.paper_preset("hopper-random")
     assert hopper.trajectories_per_batch * hopper.reset_points_per_trajectory * hopper.group_size == 512
     assert (hopper.gamma, hopper.learning_rate, hopper.online_rtg) == (0.995, 5e-5, 7200.0)
+    # T_eval, the online context: 1 for MuJoCo, 5 for hammer and umaze-diverse
+    assert (hopper.context_length, grpo.paper_preset("hammer-human").context_length,
+            grpo.paper_preset("antmaze-umaze-diverse").context_length) == (1, 5, 5)
     # the cpu preset scales the amount of work, not the per-task settings of Table 6
     for name in ("hopper-random", "door-human", "pen-cloned"):
         paper, cpu = grpo.paper_preset(name), grpo.cpu_preset(name)
@@ -223,20 +228,28 @@ def test_cli_runs_two_iterations_and_writes_a_policy(tiny_policy_dir, tmp_path):
     assert json.loads((out / "config.json").read_text())["algo"] == "grpo"
 
 
-def test_dtrl_eval_defaults_to_the_target_rtg_the_trainer_recorded(tiny_policy_dir, tmp_path, capsys):
+def test_dtrl_eval_defaults_to_the_target_rtg_and_context_the_trainer_recorded(tiny_policy_dir, tmp_path, capsys):
     from dtrl.cli import main as dtrl
     from dtrl.tasks import get_task
 
     task = get_task(TASK)
     out = tmp_path / "run"
-    assert finetune_main(cli_args(tiny_policy_dir, out, 1)) == 0
-    targets = {}
+    assert finetune_main(cli_args(tiny_policy_dir, out, 1, "--context-length", "2")) == 0
+    row = read_metrics(out)[-1]
+    assert row["eval_context_length"] == 2
+    results = {}
     for name, path in (("grpo", out), ("pretrained", tiny_policy_dir), ("override", out)):
         capsys.readouterr()
-        extra = ["--target-rtg", "123"] if name == "override" else []
+        extra = ["--target-rtg", "123", "--context-length", "5"] if name == "override" else []
         assert dtrl(["eval", str(path), "--episodes", "1", "--device", "cpu", "--json", *extra]) == 0
-        targets[name] = json.loads(capsys.readouterr().out)["eval_target_rtg"]
-    assert targets == {"grpo": task.online_rtg, "pretrained": task.eval_rtg, "override": 123.0}
+        result = json.loads(capsys.readouterr().out)
+        results[name] = (result["eval_target_rtg"], result["eval_context_length"])
+    assert results == {"grpo": (task.online_rtg, 2), "pretrained": (task.eval_rtg, None), "override": (123.0, 5)}
+    # the in-run evaluation and dtrl eval see the same policy the same way (seeds 10_000 + run seed)
+    capsys.readouterr()
+    assert dtrl(["eval", str(out), "--episodes", "1", "--seed", "10000", "--device", "cpu", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["eval_return_mean"] == pytest.approx(row["eval_return_mean"])
+    assert dtrl(["eval", str(out), "--context-length", "0"]) == 2
 
 
 def test_default_eval_rtg_is_online_only_for_methods_that_never_relabel():

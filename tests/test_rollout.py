@@ -257,3 +257,54 @@ def test_branch_needs_snapshots(policy, envs):
 
     with pytest.raises(DtrlError, match="record_snapshots"):
         traj.branch_start(0, 4)
+
+
+# ---------------------------------------------------------------------------------------------- short context
+
+
+def _window_log_probs(policy, segments, context_length):
+    batch = segments_to_batch(segments, policy.normalizer, policy.reward_scale)
+    windows = batch.train_step_windows(context_length)
+    with torch.no_grad():
+        recomputed = windows.log_probs(policy.model)[:, -1]
+    return batch, windows, recomputed
+
+
+def test_short_context_rollouts_and_their_log_probs(policy, envs):
+    """T_eval: the model sees only the last ``context_length`` steps, online and when the ratio's
+    log-probs are recomputed from per-step windows; a context longer than the episode is the full one."""
+    policy.model.eval()
+    seeds = [3, 4, 5, 6]
+    full = rollout_episodes(policy, envs, TASK, TARGET, seeds=seeds, mode="mean", max_steps=25)
+    long = rollout_episodes(policy, envs, TASK, TARGET, seeds=seeds, mode="mean", max_steps=25, context_length=1000)
+    one = rollout_episodes(policy, envs, TASK, TARGET, seeds=seeds, mode="mean", max_steps=25, context_length=1)
+    for a, b in zip(full, long):
+        np.testing.assert_allclose(a.actions, b.actions, atol=1e-5)
+    # with one step of context the action is a function of (g_t, s_t, t) alone
+    traj = one[0]
+    states = torch.as_tensor(policy.normalizer.normalize(traj.observations), dtype=torch.float32)[:, None]
+    rtg = torch.as_tensor(traj.returns_to_go / policy.reward_scale, dtype=torch.float32)[:, None]
+    with torch.no_grad():
+        dist = policy.model(states, torch.zeros(len(traj), 1, 3), rtg, torch.as_tensor(traj.timesteps)[:, None])
+    np.testing.assert_allclose(dist.mean[:, 0].numpy(), traj.actions, atol=1e-5)
+    n = min(len(full[0]), len(traj))  # the first step has no history either way; later ones differ
+    np.testing.assert_allclose(full[0].actions[0], traj.actions[0], atol=1e-5)
+    assert not np.allclose(full[0].actions[1:n], traj.actions[1:n], atol=1e-3)
+
+    # sampled episodes and branches with a context of 2: each step's window reproduces its log-prob
+    torch.manual_seed(5)
+    sampled = rollout_episodes(policy, envs, TASK, TARGET, seeds=seeds, record_snapshots=True, max_steps=40,
+                               context_length=2)
+    segments = [_segment_from_trajectory(traj, len(traj) // 2, 4, 1) for traj in sampled]
+    starts = [traj.branch_start(len(traj) // 2, 1) for traj in sampled]
+    result = rollout_from_snapshots(policy, envs, starts, sampled_steps=4, mean_steps=3, gamma=1.0, context_length=2)
+    for segs in (segments, result.segments):
+        batch, windows, recomputed = _window_log_probs(policy, segs, 2)
+        assert windows.states.shape[:2] == (int(batch.train_mask.sum()), 2)
+        np.testing.assert_allclose(recomputed.numpy(), batch.log_probs_old[batch.train_mask].numpy(), atol=1e-5)
+        # the rows' full context is not what they were sampled with
+        with torch.no_grad():
+            whole = batch.log_probs(policy.model)[batch.train_mask]
+        assert (whole - batch.log_probs_old[batch.train_mask]).abs().max() > 1e-3
+    with pytest.raises(Exception, match="context length"):
+        rollout_episodes(policy, envs, TASK, TARGET, seeds=seeds, max_steps=2, context_length=0)

@@ -112,7 +112,7 @@ def main(argv: list[str]) -> int:
 
     console.rule("[bold]4/4 evaluation before and after finetuning")
     from dtrl.config import resolve_device
-    from dtrl.evaluation import default_target_rtg, evaluate
+    from dtrl.evaluation import default_context_length, default_target_rtg, evaluate
     from dtrl.models.checkpoint import load_policy
     from dtrl.tasks import get_task
 
@@ -120,9 +120,12 @@ def main(argv: list[str]) -> int:
     device = resolve_device(config.device)
     policies = {"pretrained DT": load_policy(pretrain_dir, task=task, device=device),
                 "GRPO-DT": load_policy(finetune_dir, task=task, device=device)}
-    target = default_target_rtg(policies["GRPO-DT"], task)  # both at the RTG GRPO-DT is evaluated at
+    # both as GRPO-DT is evaluated: at its RTG, with its online context
+    target = default_target_rtg(policies["GRPO-DT"], task)
+    context = default_context_length(policies["GRPO-DT"])
     results = {label: evaluate(policy, task, episodes=config.eval_episodes, target_rtg=target,
-                               seed=10_000 + config.seed, device=device) for label, policy in policies.items()}
+                               seed=10_000 + config.seed, device=device, context_length=context)
+               for label, policy in policies.items()}
     _run(["report", str(pretrain_dir), str(finetune_dir), "--out", str(root / "report")])
 
     def fmt(r: dict) -> str:

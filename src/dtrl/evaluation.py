@@ -26,6 +26,7 @@ def evaluate(
     device: str = "cpu",
     num_workers: int = 0,
     envs=None,
+    context_length: int | None = None,
 ) -> dict:
     """Mean-action episodes with env seeds ``seed, seed+1, ...`` conditioned on ``target_rtg``
     (default ``task.eval_rtg``).
@@ -33,7 +34,8 @@ def evaluate(
     Returns ``eval_return_mean/std``, ``eval_normalized_mean/std`` (None without reference scores),
     ``eval_length_mean`` and ``eval_episodes``. ``envs``: an existing ``BatchedEnv`` of exactly
     ``episodes`` copies to reuse (periodic evaluation inside a training loop); otherwise one is
-    made and closed here.
+    made and closed here. ``context_length``: timesteps of history the model sees (Table 6's
+    T_eval; None: its full sliding window).
     """
     from dtrl.rollout import rollout_episodes
 
@@ -47,7 +49,8 @@ def evaluate(
         envs = BatchedEnv(task, episodes, num_workers=num_workers, seed=seed)
     try:
         trajectories = rollout_episodes(policy, envs, task, target, seeds=[seed + i for i in range(episodes)],
-                                        mode="mean", device=device)
+                                        mode="mean", device=device,
+                                        context_length=context_length)
     finally:
         if own_envs:
             envs.close()
@@ -61,6 +64,7 @@ def evaluate(
         "eval_length_mean": float(lengths.mean()),
         "eval_episodes": int(episodes),
         "eval_target_rtg": target,
+        "eval_context_length": context_length,
     }
     if task.has_reference:
         normalized = np.array([task.normalize(r) for r in returns], dtype=np.float64)
@@ -78,6 +82,15 @@ def default_target_rtg(policy, task, target_rtg: float | None = None) -> float:
     if recorded is not None and policy.task_name == task.name:
         return float(recorded)
     return float(task.eval_rtg)
+
+
+def default_context_length(policy, context_length: int | None = None) -> int | None:
+    """``context_length`` if given; else the short online context the policy's trainer recorded
+    (GRPO-DT's T_eval); else None, the model's own sliding window."""
+    if context_length is not None:
+        return int(context_length)
+    recorded = policy.meta.get("extra", {}).get("eval_context_length")
+    return None if recorded is None else int(recorded)
 
 
 def format_result(result: dict) -> str:
@@ -102,6 +115,9 @@ class EvalConfig:
     target_rtg: float | None = None
     """target return-to-go g_0 (default: the one the policy's trainer evaluated it at, e.g. g_online for
     GRPO-DT and PPO-DT; for pretrained DTs and other tasks, the task's evaluation target)"""
+    context_length: int | None = None
+    """timesteps of history the model sees (default: the short context the policy's trainer used, e.g.
+    GRPO-DT's T_eval; otherwise the model's own sliding window)"""
     seed: int = 0
     """env seed of the first episode (episode i uses seed + i)"""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -116,6 +132,8 @@ class EvalConfig:
     def validate(self) -> None:
         if self.episodes < 1:
             raise DtrlError(f"--episodes must be >= 1, got {self.episodes}")
+        if self.context_length is not None and self.context_length < 1:
+            raise DtrlError(f"--context-length must be >= 1, got {self.context_length}")
         if self.num_workers < 0 or self.threads < 0:
             raise DtrlError("--num-workers and --threads must be >= 0")
 
@@ -145,7 +163,8 @@ def main(argv: list[str]) -> int:
             policy = load_policy(config.run, task=task, device=device)
         target = default_target_rtg(policy, task, config.target_rtg)
         result = evaluate(policy, task, episodes=config.episodes, target_rtg=target, seed=config.seed, device=device,
-                          num_workers=config.num_workers)
+                          num_workers=config.num_workers,
+                          context_length=default_context_length(policy, config.context_length))
     if config.json:
         print(json.dumps({"task": task.name, **result}))
     else:

@@ -236,6 +236,30 @@ class SegmentBatch:
     """[B, T] sampling-time log-probs on the train_mask positions, 0 elsewhere"""
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
+    def train_step_windows(self, context_length: int) -> "SegmentBatch":
+        """The input a rollout with a short context (``context_length``) gave the model for each trained
+        step: one row per ``train_mask`` position (row-major order), that step last, the
+        ``context_length - 1`` steps before it in front (left-padded where the row has fewer)."""
+        _check_context_length(context_length)
+        rows, cols = self.train_mask.nonzero(as_tuple=True)
+        offsets = torch.arange(1 - context_length, 1, device=cols.device)
+        index = cols[:, None] + offsets  # [N, context_length]
+        inside = index >= 0
+        index = index.clamp(min=0)
+        rows = rows[:, None].expand_as(index)
+        mask = self.mask[rows, index] & inside
+        last = torch.zeros_like(mask)
+        last[:, -1] = True
+
+        def take(x: torch.Tensor) -> torch.Tensor:
+            values = x[rows, index]
+            keep = mask.view(*mask.shape, *([1] * (values.dim() - 2)))
+            return torch.where(keep, values, torch.zeros((), dtype=values.dtype, device=values.device))
+
+        return SegmentBatch(states=take(self.states), actions=take(self.actions), returns_to_go=take(self.returns_to_go),
+                            timesteps=take(self.timesteps), mask=mask, train_mask=last,
+                            log_probs_old=take(self.log_probs_old) * last)
+
     def log_probs(self, model) -> torch.Tensor:
         """[B, T] log-probs of the batch's actions under ``model`` (0 outside ``train_mask``)."""
         dist = model.forward(self.states, self.actions, self.returns_to_go, self.timesteps, self.mask)
@@ -297,6 +321,64 @@ def _prefilled_cache(policy: Policy, histories: Sequence[TokenHistory], device):
     return cache
 
 
+def _check_context_length(context_length: int | None) -> None:
+    if context_length is not None and context_length < 1:
+        raise DtrlError(f"context length must be >= 1, got {context_length}")
+
+
+class _ShortContext:
+    """A rollout in which the model sees only the last ``context_length`` timesteps (the current one
+    included), as ODT-style code truncates the model's input online (T_eval in the paper's Table 6).
+
+    The KV cache is rebuilt every step from each row's last ``context_length - 1`` complete steps,
+    kept here in small rolling arrays (with length 1 the cache is simply fresh every step).
+    """
+
+    def __init__(self, policy: Policy, device, context_length: int, num_rows: int,
+                 histories: Sequence[TokenHistory] | None = None):
+        self.policy, self.device, self.num_rows = policy, device, num_rows
+        self.keep = context_length - 1
+        self.arrays: tuple[np.ndarray, ...] | None = None  # (obs, actions, rtg, timesteps), allocated lazily
+        self.counts = np.zeros(num_rows, np.int64)
+        if histories and self.keep > 0:
+            self._allocate(histories[0].observations.shape[1], histories[0].actions.shape[1])
+            for row, history in enumerate(histories):
+                history = history.last(self.keep)
+                n = len(history)
+                for array, values in zip(self.arrays, (history.observations, history.actions,
+                                                       history.returns_to_go, history.timesteps)):
+                    array[row, self.keep - n:] = values
+                self.counts[row] = n
+
+    def _allocate(self, obs_dim: int, act_dim: int) -> None:
+        self.arrays = (np.zeros((self.num_rows, self.keep, obs_dim), np.float32),
+                       np.zeros((self.num_rows, self.keep, act_dim), np.float32),
+                       np.zeros((self.num_rows, self.keep), np.float64),
+                       np.zeros((self.num_rows, self.keep), np.int64))
+
+    def push(self, rows, observations: np.ndarray, actions: np.ndarray, returns_to_go: np.ndarray, timesteps) -> None:
+        """Append one complete step (observation, action taken, RTG fed, timestep) to ``rows``."""
+        if self.keep == 0:
+            return
+        if self.arrays is None:
+            self._allocate(observations.shape[1], actions.shape[1])
+        rows = np.asarray(rows, np.int64)
+        timesteps = np.broadcast_to(np.asarray(timesteps, np.int64), (self.num_rows,))
+        for array, values in zip(self.arrays, (observations, actions, returns_to_go, timesteps)):
+            array[rows, :-1] = array[rows, 1:]
+            array[rows, -1] = values[rows]
+        self.counts[rows] = np.minimum(self.counts[rows] + 1, self.keep)
+
+    def cache(self):
+        """A fresh model cache holding each row's kept steps."""
+        if self.arrays is None or not self.counts.any():
+            return self.policy.model.new_cache(self.num_rows)
+        obs, actions, rtg, timesteps = self.arrays
+        histories = [TokenHistory(obs[i, self.keep - n:], actions[i, self.keep - n:], rtg[i, self.keep - n:],
+                                  timesteps[i, self.keep - n:]) for i, n in enumerate(self.counts)]
+        return _prefilled_cache(self.policy, histories, self.device)
+
+
 # ----------------------------------------------------------------------------------------------
 # full episodes
 
@@ -326,13 +408,17 @@ def rollout_episodes(
     record_snapshots: bool = False,
     device: str | torch.device = "cpu",
     max_steps: int | None = None,
+    context_length: int | None = None,
 ) -> list[RolloutTrajectory]:
     """Run ``len(seeds)`` episodes (one per env copy, ``len(seeds) == envs.num_envs``) to the end.
 
     ``mode='sample'`` draws a ~ pi (data collection), ``'mean'`` takes the mean action
     (evaluation, deterministic given the seeds). ``max_steps`` caps the episode length (default:
     the task's time limit, which the env itself also enforces through ``truncated``).
+    ``context_length``: the model sees only the last that many timesteps (the current one included),
+    as in the paper's evaluation context T_eval (Table 6); None: the model's own sliding window.
     """
+    _check_context_length(context_length)
     if mode not in ("sample", "mean"):
         raise DtrlError(f"rollout mode must be 'sample' or 'mean', got {mode!r}")
     num_envs = len(seeds)
@@ -359,7 +445,10 @@ def rollout_episodes(
     active = np.ones(num_envs, bool)
     with torch.inference_mode(), _eval_mode(model):
         cache = model.new_cache(num_envs)
+        short = None if context_length is None else _ShortContext(policy, device, context_length, num_envs)
         for t in range(horizon):
+            if short is not None:
+                cache = short.cache()
             states, rtg_t = _model_inputs(policy, obs, rtg, device)
             timesteps = torch.full((num_envs,), t, dtype=torch.long, device=device)
             dist = model.act(cache, rtg_t, states, timesteps)
@@ -375,6 +464,8 @@ def rollout_episodes(
             observations[rows, t] = obs[rows]
             actions_rec[rows, t] = action_np[rows]
             returns_to_go[rows, t] = _fed_returns(dist, rtg_t, rtg, policy.reward_scale)[rows]
+            if short is not None:
+                short.push(rows, obs, action_np, returns_to_go[:, t], t)
             if mode == "sample":
                 log_probs[rows, t] = dist.log_prob(action).float().cpu().numpy()[rows]
             variances[rows, t] = dist.variance.float().cpu().numpy()[rows]
@@ -411,13 +502,17 @@ def rollout_from_snapshots(
     mean_steps: int,
     gamma: float,
     device: str | torch.device = "cpu",
+    context_length: int | None = None,
 ) -> BranchResult:
     """Branch copy i from ``starts[i]``: L = ``sampled_steps`` sampled steps (recorded as a
     ``Segment``), then M = ``mean_steps`` mean-action steps; score_i = sum_j gamma^j r_j over the
     L + M steps, stopping early when the branch terminates or hits the time limit.
 
     ``len(starts) <= envs.num_envs``; spare copies stay idle. A GRPO group is G equal starts.
+    ``context_length``: the model sees only the last that many timesteps (see ``rollout_episodes``),
+    the history before the reset point included.
     """
+    _check_context_length(context_length)
     num_starts = len(starts)
     if num_starts == 0:
         raise DtrlError("rollout_from_snapshots needs at least one start")
@@ -449,8 +544,13 @@ def rollout_from_snapshots(
 
     with torch.inference_mode(), _eval_mode(model):
         histories = [s.history for s in starts] + [starts[0].history] * spare
-        cache = _prefilled_cache(policy, histories, device)
+        if context_length is None:
+            cache, short = _prefilled_cache(policy, histories, device), None
+        else:
+            short = _ShortContext(policy, device, context_length, envs.num_envs, histories)
         for j in range(total_steps):
+            if short is not None:
+                cache = short.cache()
             states, rtg_t = _model_inputs(policy, obs, rtg, device)
             timesteps = torch.as_tensor(timestep0 + j, device=device)
             dist = model.act(cache, rtg_t, states, timesteps)
@@ -459,6 +559,9 @@ def rollout_from_snapshots(
             model.append_action(cache, action)
             action_np = action.float().cpu().numpy()
             rows = np.flatnonzero(active)
+            if short is not None:
+                short.push(rows, obs, action_np, _fed_returns(dist, rtg_t, rtg, policy.reward_scale),
+                           timestep0 + j)
             if sampling:
                 if seg_actions is None:
                     seg_actions = np.zeros((num_starts, sampled_steps, action_np.shape[1]), np.float32)

@@ -434,20 +434,23 @@ def online_targets(config: DTFinetuneConfig, task) -> tuple[float, float]:
     return online, online if config.evaluates_at_online_rtg() else float(task.eval_rtg)
 
 
-def evaluate_policy(policy, task, config: DTFinetuneConfig, eval_rtg: float, device: str) -> dict:
-    """Mean-action evaluation on fixed seeds disjoint from the training seeds."""
+def evaluate_policy(policy, task, config: DTFinetuneConfig, eval_rtg: float, device: str,
+                    context_length: int | None = None) -> dict:
+    """Mean-action evaluation on fixed seeds disjoint from the training seeds (``context_length``:
+    the short online context of ``dtrl.rollout.rollout_episodes``, None for the model's own window)."""
     from dtrl.evaluation import evaluate
 
     return evaluate(policy, task, episodes=config.eval_episodes, target_rtg=eval_rtg, seed=10_000 + config.seed,
-                    device=device)
+                    device=device, context_length=context_length)
 
 
 def log_initial_evaluation(run, clock: Clock, policy, task, config: DTFinetuneConfig, eval_rtg: float,
-                           device: str) -> None:
+                           device: str, context_length: int | None = None) -> None:
     """Iteration 0 of a fresh run's learning curve: the init policy, evaluated exactly as later
     iterations are, so every finetuning curve starts from the score of the DT it finetunes."""
     if config.eval_every > 0:
-        run.log(iteration_metrics(0, clock, **evaluate_policy(policy, task, config, eval_rtg, device)))
+        run.log(iteration_metrics(0, clock, **evaluate_policy(policy, task, config, eval_rtg, device,
+                                                              context_length)))
 
 
 def episode_seeds(config: CommonConfig, iteration: int, count: int) -> list[int]:

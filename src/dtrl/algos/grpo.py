@@ -112,6 +112,10 @@ class GRPOConfig(DTFinetuneConfig):
     time_limit_s: float = 0.0
     """stop after the iteration during which the run's wall time passes this (0: run all iterations);
     that iteration is then evaluated, checkpointed and its policy saved, as a last one would be"""
+    context_length: int | None = None
+    """T_eval (Table 6): timesteps the policy sees in every online rollout (full episodes, groups,
+    evaluation), as ODT's code truncates the model's input online; the ratio's log-probs are recomputed
+    with the same short context. None: the model's full sliding window (its training context)"""
     policy_averaging: float = 0.0
     """decay of an exponential moving average of the policy's weights, updated once per iteration (not
     in the paper; 0: off). When on, the average is the policy that is evaluated and saved, and the
@@ -143,6 +147,8 @@ class GRPOConfig(DTFinetuneConfig):
             raise DtrlError(f"num-workers must be >= 0, got {self.num_workers}")
         if self.time_limit_s < 0:
             raise DtrlError(f"time-limit-s must be >= 0, got {self.time_limit_s}")
+        if self.context_length is not None and self.context_length < 1:
+            raise DtrlError(f"context-length must be >= 1, got {self.context_length}")
         if not 0.0 <= self.policy_averaging < 1.0:
             raise DtrlError(f"policy-averaging must be in [0, 1), got {self.policy_averaging}")
 
@@ -150,25 +156,25 @@ class GRPOConfig(DTFinetuneConfig):
         return not self.hindsight_relabel  # the relabeling ablation trains at achieved returns, as ODT
 
 
-# Table 6, per dataset: (BS, online RTG, gamma, lr_a, L_traj, L_eval, clip ε, ε_GRPO, ETPR).
+# Table 6, per dataset: (BS, online RTG, gamma, lr_a, L_traj, L_eval, clip ε, ε_GRPO, ETPR, T_eval).
 _TABLE6: dict[str, tuple] = {
-    "hopper-medium": (256, 7200, 0.995, 5e-5, 15, 400, 0.2, 2.0, 0.20),
-    "hopper-medium-replay": (256, 7200, 0.995, 5e-5, 15, 400, 0.2, 2.0, 0.20),
-    "hopper-random": (256, 7200, 0.995, 5e-5, 15, 400, 0.2, 2.0, 0.20),
-    "walker2d-medium": (256, 10000, 0.995, 5e-5, 15, 400, 0.3, 2.0, 0.04),
-    "walker2d-medium-replay": (256, 10000, 0.995, 5e-5, 15, 400, 0.3, 2.0, 0.04),
-    "walker2d-random": (256, 10000, 0.995, 5e-5, 15, 400, 0.3, 2.0, 0.20),
-    "ant-medium": (256, 12000, 0.995, 5e-5, 15, 200, 0.3, 2.0, 0.04),
-    "ant-medium-replay": (256, 12000, 0.995, 5e-5, 15, 200, 0.3, 2.0, 0.04),
-    "ant-random": (256, 12000, 0.995, 5e-5, 15, 200, 0.3, 2.0, 0.20),
-    "door-cloned": (512, 3000, 0.99, 3e-5, 10, 100, 0.3, 0.5, 0.10),
-    "door-human": (512, 3000, 0.99, 3e-5, 10, 100, 0.3, 0.4, 0.04),
-    "pen-cloned": (512, 6000, 0.99, 3e-5, 3, 30, 0.3, 0.0, 0.02),
-    "pen-human": (512, 6000, 0.99, 3e-5, 3, 30, 0.3, 0.0, 0.02),
-    "hammer-cloned": (512, 4000, 0.99, 3e-5, 10, 100, 0.3, 0.0, 0.05),
-    "hammer-human": (512, 4000, 0.99, 3e-5, 10, 100, 0.3, 0.8, 0.05),
-    "antmaze-umaze": (256, 2, 1.0, 5e-5, 10, 200, 0.2, 0.0, 0.05),
-    "antmaze-umaze-diverse": (256, 2, 1.0, 5e-5, 10, 200, 0.2, 0.0, 0.05),
+    "hopper-medium": (256, 7200, 0.995, 5e-5, 15, 400, 0.2, 2.0, 0.20, 1),
+    "hopper-medium-replay": (256, 7200, 0.995, 5e-5, 15, 400, 0.2, 2.0, 0.20, 1),
+    "hopper-random": (256, 7200, 0.995, 5e-5, 15, 400, 0.2, 2.0, 0.20, 1),
+    "walker2d-medium": (256, 10000, 0.995, 5e-5, 15, 400, 0.3, 2.0, 0.04, 1),
+    "walker2d-medium-replay": (256, 10000, 0.995, 5e-5, 15, 400, 0.3, 2.0, 0.04, 1),
+    "walker2d-random": (256, 10000, 0.995, 5e-5, 15, 400, 0.3, 2.0, 0.20, 1),
+    "ant-medium": (256, 12000, 0.995, 5e-5, 15, 200, 0.3, 2.0, 0.04, 1),
+    "ant-medium-replay": (256, 12000, 0.995, 5e-5, 15, 200, 0.3, 2.0, 0.04, 1),
+    "ant-random": (256, 12000, 0.995, 5e-5, 15, 200, 0.3, 2.0, 0.20, 1),
+    "door-cloned": (512, 3000, 0.99, 3e-5, 10, 100, 0.3, 0.5, 0.10, 1),
+    "door-human": (512, 3000, 0.99, 3e-5, 10, 100, 0.3, 0.4, 0.04, 1),
+    "pen-cloned": (512, 6000, 0.99, 3e-5, 3, 30, 0.3, 0.0, 0.02, 1),
+    "pen-human": (512, 6000, 0.99, 3e-5, 3, 30, 0.3, 0.0, 0.02, 1),
+    "hammer-cloned": (512, 4000, 0.99, 3e-5, 10, 100, 0.3, 0.0, 0.05, 5),
+    "hammer-human": (512, 4000, 0.99, 3e-5, 10, 100, 0.3, 0.8, 0.05, 5),
+    "antmaze-umaze": (256, 2, 1.0, 5e-5, 10, 200, 0.2, 0.0, 0.05, 1),
+    "antmaze-umaze-diverse": (256, 2, 1.0, 5e-5, 10, 200, 0.2, 0.0, 0.05, 5),
 }
 
 
@@ -180,7 +186,7 @@ def paper_preset(task_name: str) -> GRPOConfig:
     task = get_task(task_name)
     # Generic MuJoCo envs get the locomotion row of the closest kind (random-data settings).
     row = _TABLE6.get(task.name, _TABLE6["hopper-random"])
-    bs, rtg, gamma, lr, l_traj, l_eval, clip, eps_grpo, etpr = row
+    bs, rtg, gamma, lr, l_traj, l_eval, clip, eps_grpo, etpr, t_eval = row
     online_rtg = float(rtg) if task.name in _TABLE6 else None
     return GRPOConfig(
         task=task.name, preset="paper", out=f"runs/grpo-{task.name}-paper", iterations=500,
@@ -189,6 +195,7 @@ def paper_preset(task_name: str) -> GRPOConfig:
         sub_trajectory_length=l_traj, eval_steps=l_eval, gamma=gamma, clip_eps=clip,
         min_group_deviation=eps_grpo, sub_trajectory_buffer_size=2048, epochs=1, minibatch_size=bs,
         learning_rate=lr, optimizer="lamb", weight_decay=1e-4, grad_clip=0.5, init_temperature=etpr,
+        context_length=t_eval,
         eval_every=10, eval_episodes=10, checkpoint_every=1,
     )
 
@@ -207,6 +214,7 @@ def cpu_preset(task_name: str) -> GRPOConfig:
         eval_steps=min(config.eval_steps, 300), sub_trajectory_buffer_size=256, minibatch_size=64, epochs=1,
         learning_rate=1e-3, optimizer="adamw", temperature_learning_rate=1e-2, max_parallel_branches=64,
         eval_every=25, eval_episodes=5, checkpoint_every=10, threads=1,
+        context_length=None,
     )
 
 
@@ -277,7 +285,7 @@ def rollout_groups(policy, envs, starts: list, config: GRPOConfig, gamma: float,
     env_steps = 0
     for begin in range(0, len(starts), chunk):
         result = rollout_from_snapshots(policy, envs, starts[begin:begin + chunk], config.sub_trajectory_length,
-                                        config.eval_steps, gamma, device=device)
+                                        config.eval_steps, gamma, device=device, context_length=config.context_length)
         segments.extend(result.segments)
         scores.append(result.scores)
         env_steps += result.env_steps
@@ -291,7 +299,8 @@ def full_trajectory_groups(policy, envs, task, config: GRPOConfig, target_rtg: f
     from dtrl.rollout import Segment, TokenHistory, rollout_episodes
 
     group_seeds = [seed for seed in seeds for _ in range(config.group_size)]  # group-major
-    episodes = rollout_episodes(policy, envs, task, target_rtg, group_seeds, mode="sample", device=device)
+    episodes = rollout_episodes(policy, envs, task, target_rtg, group_seeds, mode="sample", device=device,
+                                context_length=config.context_length)
     segments, scores = [], []
     for ep in episodes:
         empty = TokenHistory.empty(ep.observations.shape[1], ep.actions.shape[1])
@@ -354,9 +363,18 @@ class SubTrajectoryBuffer:
         self.items = deque(state["items"], maxlen=state["capacity"])
 
 
-def policy_outputs(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+def policy_outputs(model, batch, context_length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Recompute log-probs [B, T] (0 outside ``train_mask``) and the entropy estimate [B, T] of the
-    batch's sub-trajectory steps, with the same context they were sampled with."""
+    batch's sub-trajectory steps, with the same context they were sampled with: the batch's whole rows,
+    or each step's own window of ``context_length`` steps when the rollouts used a short context."""
+    if context_length is not None:
+        windows = batch.train_step_windows(context_length)
+        window_log_probs, window_entropy = policy_outputs(model, windows)
+        log_probs = torch.zeros(batch.train_mask.shape, dtype=window_log_probs.dtype, device=batch.states.device)
+        entropy = torch.zeros(batch.train_mask.shape, dtype=window_entropy.dtype, device=batch.states.device)
+        log_probs[batch.train_mask] = window_log_probs[:, -1]  # rows of `windows` are train_mask positions
+        entropy[batch.train_mask] = window_entropy[:, -1]
+        return log_probs, entropy
     dist = model.forward(batch.states, batch.actions, batch.returns_to_go, batch.timesteps, batch.mask)
     zero = torch.zeros((), device=batch.states.device)
     log_probs = torch.where(batch.train_mask, dist.log_prob(batch.actions), zero)
@@ -391,7 +409,8 @@ def train(config: GRPOConfig) -> dict:
     rng = seed_everything(config.seed)
     policy = prepare_policy(config, task, device)  # ETPR set, dropout off (eval mode; gradients flow)
     model = policy.model
-    history_length = int(model.receptive_field)  # context before a reset point that the ratio needs
+    # context before a reset point that the ratio needs
+    history_length = int(model.receptive_field) if config.context_length is None else config.context_length - 1
     optimizer, temperature_optimizer = build_dt_optimizers(config, model)
     averaged = average_of_weights(model, config.policy_averaging)
     evaluated = policy if averaged is None else dataclasses.replace(policy, model=averaged.module)
@@ -416,7 +435,7 @@ def train(config: GRPOConfig) -> dict:
     collect_envs = BatchedEnv(task, config.trajectories_per_iteration, num_workers=0, seed=config.seed)
 
     if state is None:  # the curve starts at the pretrained DT
-        log_initial_evaluation(run, clock, policy, task, config, eval_rtg, device)
+        log_initial_evaluation(run, clock, policy, task, config, eval_rtg, device, config.context_length)
     last_row: dict = {}
     try:
         for iteration in range(start_iteration, config.iterations + 1):  # line 1
@@ -431,7 +450,8 @@ def train(config: GRPOConfig) -> dict:
             else:
                 # line 2: full trajectories with the current policy from s_1 and g_online; FIFO update
                 episodes = rollout_episodes(policy, collect_envs, task, online_rtg, seeds, mode="sample",
-                                            record_snapshots=True, device=device)
+                                            record_snapshots=True, device=device,
+                                            context_length=config.context_length)
                 trajectory_buffer.extend(episodes)
                 clock.env_steps += sum(len(ep) for ep in episodes)
                 rollout_stats["charts/rollout_return"] = float(np.mean([ep.episode_return for ep in episodes]))
@@ -485,9 +505,9 @@ def train(config: GRPOConfig) -> dict:
             out_of_time = config.time_limit_s > 0 and clock.elapsed() >= config.time_limit_s
             final = iteration if out_of_time else config.iterations
             if evaluation_due(iteration, final, config.eval_every):
-                metrics.update(evaluate_policy(evaluated, task, config, eval_rtg, device))
+                metrics.update(evaluate_policy(evaluated, task, config, eval_rtg, device, config.context_length))
                 if averaged is not None:  # what the average buys over the iterate it smooths
-                    iterate = evaluate_policy(policy, task, config, eval_rtg, device)
+                    iterate = evaluate_policy(policy, task, config, eval_rtg, device, config.context_length)
                     metrics.update({key.replace("eval_", "eval_iterate_", 1): value
                                     for key, value in iterate.items()})
                 metrics["time/eval_s"] = time.perf_counter() - timer
@@ -497,7 +517,8 @@ def train(config: GRPOConfig) -> dict:
                 run.save_state({**training_state("grpo", iteration, rng, clock, rng_key="numpy_generator", **components),
                                 "trajectory_buffer": list(trajectory_buffer)}, iteration)
                 run.save_policy(evaluated.model, policy.normalizer, task.name,
-                                extra={"algo": "grpo", "iteration": iteration, "eval_rtg": eval_rtg})
+                                extra={"algo": "grpo", "iteration": iteration, "eval_rtg": eval_rtg,
+                                       "eval_context_length": config.context_length})
             if out_of_time:
                 print(f"grpo: time limit of {config.time_limit_s:.0f} s reached after iteration {iteration}",
                       file=sys.stderr)
@@ -529,7 +550,8 @@ def update_policy(policy, sub_buffer: SubTrajectoryBuffer, optimizer, temperatur
     model = policy.model
     items = list(sub_buffer.items)
     if config.old_log_probs == "refresh":
-        items = refresh_log_probs(model, policy, items, config.minibatch_size, device, segments_to_batch)
+        items = refresh_log_probs(model, policy, items, config.minibatch_size, device, segments_to_batch,
+                                  config.context_length)
     sums: dict[str, float] = {}
     updates = 0
     first_ratio_deviation = None
@@ -539,7 +561,7 @@ def update_policy(policy, sub_buffer: SubTrajectoryBuffer, optimizer, temperatur
             chosen = [items[i] for i in order[begin:begin + config.minibatch_size]]
             batch = segments_to_batch([seg for seg, _ in chosen], policy.normalizer, policy.reward_scale, device=device)
             advantages = torch.tensor([adv for _, adv in chosen], dtype=torch.float32, device=device)
-            log_probs, entropy = policy_outputs(model, batch)
+            log_probs, entropy = policy_outputs(model, batch, config.context_length)
             logp_old = batch.log_probs_old
             surrogate = objectives.clipped_surrogate(log_probs, logp_old, advantages, batch.train_mask,
                                                      config.ratio_level, config.clip_eps, config.clip_eps_high)
@@ -583,14 +605,15 @@ def update_policy(policy, sub_buffer: SubTrajectoryBuffer, optimizer, temperatur
 
 
 @torch.no_grad()
-def refresh_log_probs(model, policy, items: list, chunk: int, device, segments_to_batch) -> list:
+def refresh_log_probs(model, policy, items: list, chunk: int, device, segments_to_batch,
+                      context_length: int | None = None) -> list:
     """``old_log_probs='refresh'``: the buffer's sub-trajectories with log-probs recomputed under the
     current policy (same context), to serve as π_old for this iteration's updates."""
     refreshed = []
     for begin in range(0, len(items), chunk):
         part = items[begin:begin + chunk]
         batch = segments_to_batch([seg for seg, _ in part], policy.normalizer, policy.reward_scale, device=device)
-        log_probs, _ = policy_outputs(model, batch)
+        log_probs, _ = policy_outputs(model, batch, context_length)
         for row, (segment, advantage) in enumerate(part):
             new = log_probs[row][batch.train_mask[row]].float().cpu().numpy()
             refreshed.append((dataclasses.replace(segment, log_probs=new), advantage))
