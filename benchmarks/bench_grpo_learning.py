@@ -111,6 +111,12 @@ def main() -> None:
             print(f"| {row['iteration']} | {row['wall_time_s'] / 60:.1f} | {row['env_steps']:,} | {row['grad_updates']} "
                   f"| {row.get('charts/rollout_return', float('nan')):.0f} | "
                   f"{row['eval_normalized_mean']:.1f} ± {row['eval_normalized_std']:.1f} |")
+    best_dir = args.out / "best_policy"
+    if best_dir.is_dir():  # selected on the in-run evaluation seeds, scored here on the benchmark's seeds
+        best = evaluate_dir(args.task, best_dir, args.eval_episodes, args.eval_seed)
+        chosen = json.loads((best_dir / "model.json").read_text())["extra"]["iteration"]
+        print(f"best in-run-evaluated policy (iteration {chosen}): {describe(best)}; "
+              f"{best['eval_normalized_mean'] - before['eval_normalized_mean']:+.1f} points")
     gain = after["eval_normalized_mean"] - before["eval_normalized_mean"]
     print(f"\npretrained {before['eval_normalized_mean']:.1f} -> GRPO-DT {after['eval_normalized_mean']:.1f} "
           f"± {after['eval_normalized_std']:.1f} ({args.eval_episodes} episodes, seeds from {args.eval_seed}): "

@@ -226,6 +226,10 @@ def test_cli_runs_two_iterations_and_writes_a_policy(tiny_policy_dir, tmp_path):
     assert rows[0]["losses/first_update_ratio_max_dev"] < 1e-4
     assert (out / "policy" / "model.safetensors").is_file()
     assert json.loads((out / "config.json").read_text())["algo"] == "grpo"
+    # the best in-run evaluation's policy is kept beside the last one (only iteration 2 was evaluated)
+    best = json.loads((out / "best_policy" / "model.json").read_text())["extra"]
+    assert best["iteration"] == 2 and best["eval_return_mean"] == pytest.approx(rows[1]["eval_return_mean"])
+    assert grpo.best_evaluated_return(out) == best["eval_return_mean"]
 
 
 def test_dtrl_eval_defaults_to_the_target_rtg_and_context_the_trainer_recorded(tiny_policy_dir, tmp_path, capsys):
@@ -351,3 +355,14 @@ def test_dispatcher_passes_the_rest_to_the_algorithm(capsys):
         finetune_main(["--task", TASK, "--algo=grpo", "--help"])
     assert exc.value.code == 0
     assert "--group-size" in capsys.readouterr().out
+
+
+def test_linear_learning_rate_schedule(tiny_policy_dir, tmp_path):
+    config = small_config(learning_rate=1e-3, iterations=4, learning_rate_schedule="linear")
+    assert [grpo.scheduled_learning_rate(config, i) for i in (1, 2, 3, 4)] == pytest.approx([1e-3, 7.5e-4, 5e-4,
+                                                                                            2.5e-4])
+    assert grpo.scheduled_learning_rate(dataclasses.replace(config, learning_rate_schedule="constant"), 4) == 1e-3
+    out = tmp_path / "run"
+    assert finetune_main(cli_args(tiny_policy_dir, out, 2, "--learning-rate", "1e-3",
+                                  "--learning-rate-schedule", "linear")) == 0
+    assert [row["charts/learning_rate"] for row in read_metrics(out)[1:]] == pytest.approx([1e-3, 5e-4])

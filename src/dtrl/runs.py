@@ -56,6 +56,7 @@ FINAL_FILE = "final.json"
 CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "state.pt"
 POLICY_DIR = "policy"
+BEST_POLICY_DIR = "best_policy"
 # Config keys that say how a run was started, not what it computes: they may differ on resume.
 _LAUNCH_KEYS = ("resume", "force", "out")
 
@@ -477,11 +478,13 @@ class RunDir:
             restore_rng_state(payload["rng"])
         return payload["state"]
 
-    def save_policy(self, model, normalizer, task_name: str, extra: dict | None = None) -> Path:
-        """Write the policy to ``RUN/policy`` (dtrl.models.checkpoint format, loadable by ``dtrl eval``)."""
+    def save_policy(self, model, normalizer, task_name: str, extra: dict | None = None,
+                    directory: str = POLICY_DIR) -> Path:
+        """Write the policy to ``RUN/policy`` (or ``RUN/<directory>``; dtrl.models.checkpoint format,
+        loadable by ``dtrl eval``)."""
         from dtrl.models.checkpoint import save_policy
 
-        target = self.path / POLICY_DIR
+        target = self.path / directory
         save_policy(target, model, normalizer, task_name, extra=extra)
         return target
 

@@ -23,6 +23,7 @@ ratio of a fresh sub-trajectory is exactly 1 before the first update.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import sys
 import time
@@ -37,6 +38,7 @@ from dtrl import objectives
 from dtrl.algos.common import DTFinetuneConfig
 from dtrl.config import parse_config, resolve_device
 from dtrl.errors import DtrlError
+from dtrl.runs import BEST_POLICY_DIR
 
 # ----------------------------------------------------------------------------------------------
 # configuration
@@ -116,6 +118,13 @@ class GRPOConfig(DTFinetuneConfig):
     """T_eval (Table 6): timesteps the policy sees in every online rollout (full episodes, groups,
     evaluation), as ODT's code truncates the model's input online; the ratio's log-probs are recomputed
     with the same short context. None: the model's full sliding window (its training context)"""
+    learning_rate_schedule: Literal["constant", "linear"] = "constant"
+    """'linear': the policy's learning rate falls linearly from learning_rate to 0 at the last of
+    ``iterations`` (CleanRL's anneal_lr), so late updates cannot undo what was learned; the schedule
+    follows the iteration count, not the time limit, so a seeded run stays reproducible"""
+    keep_best_policy: bool = True
+    """also save the policy of the best in-run evaluation so far (by mean return) to RUN/best_policy, as
+    stable-baselines3's EvalCallback keeps best_model; RUN/policy is always the last one"""
     policy_averaging: float = 0.0
     """decay of an exponential moving average of the policy's weights, updated once per iteration (not
     in the paper; 0: off). When on, the average is the policy that is evaluated and saved, and the
@@ -381,6 +390,21 @@ def policy_outputs(model, batch, context_length: int | None = None) -> tuple[tor
     return log_probs, dist.entropy()
 
 
+def scheduled_learning_rate(config: GRPOConfig, iteration: int) -> float:
+    """The policy's learning rate during ``iteration`` (1-based) under ``learning_rate_schedule``."""
+    if config.learning_rate_schedule == "constant":
+        return config.learning_rate
+    return config.learning_rate * (1.0 - (iteration - 1) / config.iterations)
+
+
+def best_evaluated_return(run_path) -> float:
+    """The in-run evaluation return recorded with RUN/best_policy (-inf when there is none yet)."""
+    meta = run_path / BEST_POLICY_DIR / "model.json"
+    if not meta.is_file():
+        return -math.inf
+    return float(json.loads(meta.read_text()).get("extra", {}).get("eval_return_mean", -math.inf))
+
+
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     maskf = mask.to(x.dtype)
     return (x * maskf).sum() / maskf.sum().clamp_min(1.0)
@@ -434,11 +458,15 @@ def train(config: GRPOConfig) -> dict:
                                  num_workers=config.num_workers, seed=config.seed)
     collect_envs = BatchedEnv(task, config.trajectories_per_iteration, num_workers=0, seed=config.seed)
 
+    best_return = best_evaluated_return(run.path)  # of RUN/best_policy, if an earlier session wrote one
     if state is None:  # the curve starts at the pretrained DT
         log_initial_evaluation(run, clock, policy, task, config, eval_rtg, device, config.context_length)
     last_row: dict = {}
     try:
         for iteration in range(start_iteration, config.iterations + 1):  # line 1
+            learning_rate = scheduled_learning_rate(config, iteration)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate
             seeds = episode_seeds(config, iteration, config.trajectories_per_iteration)
             rollout_stats: dict[str, Any] = {}
             timer = time.perf_counter()
@@ -500,6 +528,7 @@ def train(config: GRPOConfig) -> dict:
                 "grpo/group_env_steps": int(groups.env_steps),
                 "grpo/sub_buffer_size": len(sub_buffer),
                 "charts/temperature": model.temperature.item(),
+                "charts/learning_rate": learning_rate,
                 **update_stats,
             }
             out_of_time = config.time_limit_s > 0 and clock.elapsed() >= config.time_limit_s
@@ -511,6 +540,13 @@ def train(config: GRPOConfig) -> dict:
                     metrics.update({key.replace("eval_", "eval_iterate_", 1): value
                                     for key, value in iterate.items()})
                 metrics["time/eval_s"] = time.perf_counter() - timer
+                if config.keep_best_policy and metrics["eval_return_mean"] > best_return:
+                    best_return = metrics["eval_return_mean"]
+                    run.save_policy(evaluated.model, policy.normalizer, task.name, directory=BEST_POLICY_DIR,
+                                    extra={"algo": "grpo", "iteration": iteration, "eval_rtg": eval_rtg,
+                                           "eval_context_length": config.context_length,
+                                           "eval_return_mean": best_return,
+                                           "eval_normalized_mean": metrics["eval_normalized_mean"]})
             last_row = iteration_metrics(iteration, clock, **metrics)
             run.log(last_row)
             if checkpoint_due(iteration, final, config.checkpoint_every):
