@@ -209,9 +209,9 @@ def test_cli_runs_two_iterations_and_writes_a_policy(tiny_policy_dir, tmp_path):
     from dtrl.tasks import get_task
 
     task = get_task(TASK)
-    # no relabeling: the policy is evaluated at the RTG it is trained at, g_online
+    # no relabeling: the policy is evaluated at the RTG it is trained at, g_online, with T_eval (1) steps of context
     expected = evaluate(load_policy(tiny_policy_dir, task=TASK), task, episodes=1, seed=10_000,
-                        target_rtg=task.online_rtg)
+                        target_rtg=task.online_rtg, context_length=1)
     assert initial["iteration"] == 0 and initial["env_steps"] == 0
     assert initial["eval_target_rtg"] == rows[-1]["eval_target_rtg"] == task.online_rtg != task.eval_rtg
     assert initial["eval_return_mean"] == pytest.approx(expected["eval_return_mean"])
@@ -273,9 +273,11 @@ def test_default_eval_rtg_is_online_only_for_methods_that_never_relabel():
 
 def test_resume_equals_uninterrupted(tiny_policy_dir, tmp_path):
     # (in 'refresh' mode, which also shows that every iteration's first ratios are then 1, and with the
-    # weight average on, which is then part of the checkpoint)
+    # weight average on, which is then part of the checkpoint; the lr constant, since a linear schedule
+    # follows --iterations, which the split run changes)
     full, split = tmp_path / "full", tmp_path / "split"
-    refresh = ("--old-log-probs", "refresh", "--policy-averaging", "0.5", "--eval-every", "1")
+    refresh = ("--old-log-probs", "refresh", "--policy-averaging", "0.5", "--eval-every", "1",
+               "--learning-rate-schedule", "constant")
     assert finetune_main(cli_args(tiny_policy_dir, full, 3, *refresh)) == 0
     assert finetune_main(cli_args(tiny_policy_dir, split, 2, *refresh)) == 0
     assert finetune_main(cli_args(tiny_policy_dir, split, 3, *refresh, "--resume")) == 0
