@@ -306,5 +306,7 @@ def test_short_context_rollouts_and_their_log_probs(policy, envs):
         with torch.no_grad():
             whole = batch.log_probs(policy.model)[batch.train_mask]
         assert (whole - batch.log_probs_old[batch.train_mask]).abs().max() > 1e-3
-    with pytest.raises(Exception, match="context length"):
+    from dtrl.errors import DtrlError
+
+    with pytest.raises(DtrlError, match="context length"):
         rollout_episodes(policy, envs, TASK, TARGET, seeds=seeds, max_steps=2, context_length=0)

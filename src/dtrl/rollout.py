@@ -444,8 +444,8 @@ def rollout_episodes(
     rtg = np.full(num_envs, float(target_rtg), np.float64)
     active = np.ones(num_envs, bool)
     with torch.inference_mode(), _eval_mode(model):
-        cache = model.new_cache(num_envs)
         short = None if context_length is None else _ShortContext(policy, device, context_length, num_envs)
+        cache = model.new_cache(num_envs) if short is None else None
         for t in range(horizon):
             if short is not None:
                 cache = short.cache()
@@ -559,15 +559,15 @@ def rollout_from_snapshots(
             model.append_action(cache, action)
             action_np = action.float().cpu().numpy()
             rows = np.flatnonzero(active)
+            fed = _fed_returns(dist, rtg_t, rtg, policy.reward_scale)
             if short is not None:
-                short.push(rows, obs, action_np, _fed_returns(dist, rtg_t, rtg, policy.reward_scale),
-                           timestep0 + j)
+                short.push(rows, obs, action_np, fed, timestep0 + j)
             if sampling:
                 if seg_actions is None:
                     seg_actions = np.zeros((num_starts, sampled_steps, action_np.shape[1]), np.float32)
                 seg_obs[rows, j] = obs[rows]
                 seg_actions[rows, j] = action_np[rows]
-                seg_rtg[rows, j] = _fed_returns(dist, rtg_t, rtg, policy.reward_scale)[rows]
+                seg_rtg[rows, j] = fed[rows]
                 seg_logp[rows, j] = dist.log_prob(action).float().cpu().numpy()[rows]
                 seg_len[rows] += 1
 

@@ -462,6 +462,8 @@ def train(config: GRPOConfig) -> dict:
     collect_envs = BatchedEnv(task, config.trajectories_per_iteration, num_workers=0, seed=config.seed)
 
     best_return = best_evaluated_return(run.path)  # of RUN/best_policy, if an earlier session wrote one
+    # how a saved policy is to be evaluated (dtrl eval reads it back)
+    saved_policy_info = {"algo": "grpo", "eval_rtg": eval_rtg, "eval_context_length": config.context_length}
     if state is None:  # the curve starts at the pretrained DT
         log_initial_evaluation(run, clock, policy, task, config, eval_rtg, device, config.context_length)
     last_row: dict = {}
@@ -546,8 +548,7 @@ def train(config: GRPOConfig) -> dict:
                 if config.keep_best_policy and metrics["eval_return_mean"] > best_return:
                     best_return = metrics["eval_return_mean"]
                     run.save_policy(evaluated.model, policy.normalizer, task.name, directory=BEST_POLICY_DIR,
-                                    extra={"algo": "grpo", "iteration": iteration, "eval_rtg": eval_rtg,
-                                           "eval_context_length": config.context_length,
+                                    extra={**saved_policy_info, "iteration": iteration,
                                            "eval_return_mean": best_return,
                                            "eval_normalized_mean": metrics["eval_normalized_mean"]})
             last_row = iteration_metrics(iteration, clock, **metrics)
@@ -556,8 +557,7 @@ def train(config: GRPOConfig) -> dict:
                 run.save_state({**training_state("grpo", iteration, rng, clock, rng_key="numpy_generator", **components),
                                 "trajectory_buffer": list(trajectory_buffer)}, iteration)
                 run.save_policy(evaluated.model, policy.normalizer, task.name,
-                                extra={"algo": "grpo", "iteration": iteration, "eval_rtg": eval_rtg,
-                                       "eval_context_length": config.context_length})
+                                extra={**saved_policy_info, "iteration": iteration})
             if out_of_time:
                 print(f"grpo: time limit of {config.time_limit_s:.0f} s reached after iteration {iteration}",
                       file=sys.stderr)
