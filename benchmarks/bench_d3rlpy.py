@@ -8,8 +8,8 @@ Table 5) with the same batch size on the same random episodes, and we time N upd
   gradient-norm clip 0.5);
 * dtrl as used in the paper: Gaussian head (NLL - temperature * entropy) with LAMB.
 
-d3rlpy pins gymnasium 1.0, so it lives in its own venv (default /work/venv-d3rlpy, made with
-``python3 -m venv /work/venv-d3rlpy && /work/venv-d3rlpy/bin/pip install torch==2.13.0 d3rlpy==2.8.1``);
+d3rlpy pins gymnasium 1.0, so it lives in its own venv (default .venv-d3rlpy in the working directory, made with
+``python3 -m venv .venv-d3rlpy && .venv-d3rlpy/bin/pip install torch==2.13.0 d3rlpy==2.8.1``);
 this script runs there as a worker (``--worker``) and imports nothing from dtrl in that mode.
 Differences that remain: d3rlpy embeds states with a Linear+ReLU encoder (ours: one Linear) and
 projects q, k, v with three Linears (ours: one fused Linear).
@@ -138,7 +138,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of all implementations")
     parser.add_argument("--bf16", action="store_true", help="also time dtrl with bfloat16 autocast matmuls")
-    parser.add_argument("--d3rlpy-python", default="/work/venv-d3rlpy/bin/python")
+    parser.add_argument("--d3rlpy-python", default=".venv-d3rlpy/bin/python",
+                        help="python of the d3rlpy venv, relative to the working directory (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--worker", metavar="DATA", help=argparse.SUPPRESS)
     args = parser.parse_args()

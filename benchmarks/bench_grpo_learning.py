@@ -64,8 +64,8 @@ def describe(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", default="hopper-random")
-    parser.add_argument("--data", type=Path, help="default: /work/data/TASK.hdf5")
-    parser.add_argument("--pretrained", type=Path, help="default: /work/runs/pretrain-TASK-cpu")
+    parser.add_argument("--data", type=Path, help="default: data/TASK.hdf5")
+    parser.add_argument("--pretrained", type=Path, help="default: runs/pretrain-TASK-cpu")
     parser.add_argument("--out", type=Path, help="default: runs/bench-grpo-TASK-cpu")
     parser.add_argument("--minutes", type=float, default=60.0)
     parser.add_argument("--eval-episodes", type=int, default=10)
@@ -74,8 +74,8 @@ def main() -> None:
     args, finetune_extra = parser.parse_known_args()
     finetune_extra = [a for a in finetune_extra if a != "--"]
     torch.set_num_threads(args.threads)
-    args.data = args.data or Path(f"/work/data/{args.task}.hdf5")
-    args.pretrained = args.pretrained or Path(f"/work/runs/pretrain-{args.task}-cpu")
+    args.data = args.data or Path(f"data/{args.task}.hdf5")
+    args.pretrained = args.pretrained or Path(f"runs/pretrain-{args.task}-cpu")
     args.out = args.out or Path(f"runs/bench-grpo-{args.task}-cpu")
 
     ensure_inputs(args.task, args.data, args.pretrained)

@@ -1,9 +1,9 @@
 """Benchmark: cpu-preset offline pretraining + evaluation, and rollout-engine throughput.
 
     python benchmarks/bench_pretrain.py \\
-        --pretrain hopper-medium=/work/data/hopper-medium.hdf5 \\
-        --pretrain hopper-random=/work/data/hopper-random-200k.hdf5 \\
-        --runs-dir /work/runs --speed --preset-study /work/data/hopper-random-200k.hdf5 \
+        --pretrain hopper-medium=data/hopper-medium.hdf5 \\
+        --pretrain hopper-random=data/hopper-random-200k.hdf5 \\
+        --runs-dir runs --speed --preset-study data/hopper-random-200k.hdf5 \\
         --results benchmarks/results/pretrain.md
 
 For each ``TASK=DATASET`` it runs ``dtrl pretrain --preset cpu`` into ``RUNS_DIR/pretrain-TASK-cpu``
@@ -63,7 +63,8 @@ def pretrain(task_name: str, dataset: str, runs_dir: Path, steps: int | None, ev
     normalised = np.array([task.normalize(r) for r in returns]) if task.has_reference else None
     rates = [m["charts/grad_steps_per_s"] for m in metrics if "charts/grad_steps_per_s" in m]
     return {
-        "task": task_name, "dataset": dataset, "run": str(run), "command": "dtrl " + " ".join(argv),
+        "task": task_name, "dataset": dataset, "command": "dtrl " + " ".join(argv),
+        "run": os.path.relpath(run) if run.is_absolute() else str(run),  # as given, or relative to the working dir
         "steps": final["grad_updates"], "model": config["model"], "batch_size": config["batch_size"],
         "learning_rate": config["learning_rate"],
         "wall_time_s": final["wall_time_s"], "this_call_s": time.time() - started,
@@ -286,7 +287,7 @@ def main() -> None:
                         help="pretrain the cpu preset on this dataset (repeatable)")
     parser.add_argument("--steps", type=int, default=None, help="gradient steps (default: the cpu preset's)")
     parser.add_argument("--eval-episodes", type=int, default=10)
-    parser.add_argument("--runs-dir", default="/work/runs")
+    parser.add_argument("--runs-dir", default="runs", help="relative to the working directory (default: runs)")
     parser.add_argument("--speed", action="store_true", help="also measure rollout throughput")
     parser.add_argument("--speed-envs", type=int, default=32)
     parser.add_argument("--speed-steps", type=int, default=200)

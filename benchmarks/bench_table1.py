@@ -3,7 +3,7 @@ pretrained DT, IQL, ODT, ODT+TD3, PPO-DT, GRPO-DT (and optionally Q-guided GRPO)
 from the same pretrained cpu DT (IQL from the dataset: its offline phase plays the part of the DT's
 pretraining and is not counted in the budget).
 
-    nice /work/venv/bin/python benchmarks/bench_table1.py --budget-s 360 --seeds 0 1 --parallel 2
+    nice python benchmarks/bench_table1.py --budget-s 360 --seeds 0 1 --parallel 2
 
 Every method runs its ``cpu`` preset through the CLI (``dtrl finetune --algo X``) with
 ``--time-limit-s BUDGET --iterations <many>``: it stops after the iteration during which the budget
@@ -11,7 +11,8 @@ ran out, then evaluates (mean action, evaluation RTG, fixed seeds) and finishes.
 the limit is interrupted at BUDGET + grace and resumed for one more iteration so that it ends with a
 final evaluation; the table notes it. ``dtrl report`` makes the score table from the run directories;
 this script adds the compute columns (env steps and gradient updates per iteration, measured) and
-writes benchmarks/results/table1.md.
+writes benchmarks/results/table1.md. Paths (--dataset, --pretrained, --out-root) are relative to the
+working directory, like the CLI's, and are written to the results relative to it.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def run_one(method: str, seed: int, args) -> dict:
     note = ""
     with open(log, "w") as handle:
         process = subprocess.Popen(["nice", "-n", "5"] + cmd, stdout=handle, stderr=subprocess.STDOUT, env=env,
-                                   cwd=ROOT, start_new_session=True)
+                                   start_new_session=True)
         # Watchdog for a run that ignores --time-limit-s: right after it logs an iteration whose
         # training time passed the budget (and its checkpoint has landed), stop its process group.
         # Runs that honour the limit stop themselves; for them only the hard cap applies.
@@ -92,9 +93,15 @@ def run_one(method: str, seed: int, args) -> dict:
             resume = [a for a in cmd if a != "--force"]
             resume[resume.index("--iterations") + 1] = str(last + 1)
             subprocess.run(["nice", "-n", "5"] + resume + ["--resume"], stdout=handle, stderr=subprocess.STDOUT,
-                           env=env, cwd=ROOT, check=False)
+                           env=env, check=False)
     return {"method": method, "seed": seed, "out": str(out), "returncode": process.returncode,
             "elapsed_s": time.time() - started, "note": note}
+
+
+def shown(path: str | Path) -> str:
+    """``path`` as written to the results: relative to the working directory (an absolute path, e.g.
+    from an older ``runs.json``, is made relative; a relative one is kept as given)."""
+    return os.path.relpath(path) if os.path.isabs(path) else str(path)
 
 
 def _metrics(run: Path) -> list[dict]:
@@ -156,10 +163,10 @@ def paper_compute(task: str) -> dict[str, str]:
 
 def write_results(args, runs: list[dict], started: str) -> Path:
     report_dir = Path(args.out_root) / "report"
-    inputs = [r["out"] for r in runs if Path(r["out"], "metrics.jsonl").is_file()]
+    inputs = [shown(r["out"]) for r in runs if Path(r["out"], "metrics.jsonl").is_file()]
     if Path(args.pretrained, "config.json").is_file():
-        inputs.append(args.pretrained)
-    subprocess.run(DTRL + ["report", *inputs, "--out", str(report_dir)], cwd=ROOT, check=False)
+        inputs.append(shown(args.pretrained))
+    subprocess.run(DTRL + ["report", *inputs, "--out", str(report_dir)], check=False)
     report_md = (report_dir / "report.md").read_text() if (report_dir / "report.md").is_file() else "(report failed)"
 
     lines = [
@@ -173,8 +180,8 @@ def write_results(args, runs: list[dict], started: str) -> Path:
         f"torch 1 thread each, `nice`",
         f"- seeds: {', '.join(map(str, args.seeds))}; evaluation: {args.eval_episodes} mean-action episodes at the "
         "evaluation RTG on fixed seeds",
-        f"- all DT methods start from the same pretrained cpu DT `{args.pretrained}`; IQL pretrains offline for "
-        f"{args.iql_offline_steps} steps on `{args.dataset}` (not counted in its budget, like the DT's pretraining)",
+        f"- all DT methods start from the same pretrained cpu DT `{shown(args.pretrained)}`; IQL pretrains offline for "
+        f"{args.iql_offline_steps} steps on `{shown(args.dataset)}` (not counted in its budget, like the DT's pretraining)",
         "- every method uses its `cpu` preset (small: a few minutes per run), not the paper's settings; the scores "
         "are therefore not comparable with the paper's numbers shown beside them",
         "",
@@ -211,7 +218,7 @@ def write_results(args, runs: list[dict], started: str) -> Path:
             lines.append(f"| {NAMES[method]} | {text} |")
     except Exception as exc:  # a preset missing in this checkout should not lose the measured results
         lines.append(f"| - | could not read the paper presets: {type(exc).__name__}: {exc} |")
-    lines += ["", "Runs: " + ", ".join(f"`{r['out']}`" for r in runs), ""]
+    lines += ["", "Runs: " + ", ".join(f"`{shown(r['out'])}`" for r in runs), ""]
     out = ROOT / "benchmarks" / "results" / "table1.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".md.tmp")
@@ -223,8 +230,8 @@ def write_results(args, runs: list[dict], started: str) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="hopper-random")
-    parser.add_argument("--dataset", default="/work/data/hopper-random.hdf5")
-    parser.add_argument("--pretrained", default="/work/runs/pretrain-hopper-random-cpu")
+    parser.add_argument("--dataset", default="data/hopper-random.hdf5")
+    parser.add_argument("--pretrained", default="runs/pretrain-hopper-random-cpu")
     parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=METHODS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--budget-s", type=float, default=360.0, help="training seconds per method and seed")
@@ -234,7 +241,7 @@ def main() -> None:
     parser.add_argument("--iql-offline-steps", type=int, default=5000)
     parser.add_argument("--eval-episodes", type=int, default=5)
     parser.add_argument("--parallel", type=int, default=2, help="runs at once")
-    parser.add_argument("--out-root", default=str(ROOT / "runs" / "bench-table1"))
+    parser.add_argument("--out-root", default="runs/bench-table1")
     parser.add_argument("--report-only", action="store_true", help="only rebuild table1.md from existing runs")
     args = parser.parse_args()
     started = f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M}"

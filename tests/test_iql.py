@@ -65,7 +65,7 @@ def test_iql_offline_then_online_from_the_cli(tiny_files, tmp_path):
 
 def test_iql_refuses_init_and_needs_a_dataset(tmp_path, capsys):
     assert cli(["finetune", "--algo", "iql", "--task", "hopper-random", "--out", str(tmp_path / "a")]) == 2
-    assert "needs --dataset" in capsys.readouterr().err
+    assert "--dataset is required" in capsys.readouterr().err
     assert cli(["finetune", "--algo", "iql", "--task", "hopper-random", "--dataset", "x.hdf5", "--init", "runs/x",
                 "--out", str(tmp_path / "b")]) == 2
     assert "takes no --init" in capsys.readouterr().err

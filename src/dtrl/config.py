@@ -4,7 +4,8 @@
 
     dtrl finetune --algo grpo --task hopper-random --preset cpu --group-size 16 ...
 
-``parse_config`` does that two-stage parse and validates the result before any work starts.
+``parse_config`` does that two-stage parse; every config validates itself when it is built
+(``__post_init__``), so invalid values are refused before any work starts.
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ class ModelConfig:
     expectile: float = 0.99
     """Reinformer: expectile for the max-return head"""
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> None:
         for name in ("n_layer", "n_head", "embed_dim", "context_length", "max_timestep"):
             if getattr(self, name) < 1:
@@ -91,7 +95,14 @@ class CommonConfig:
     checkpoint_every: int = 1
     """write a checkpoint every N iterations (a crash loses at most N)"""
 
+    def __post_init__(self) -> None:
+        # every construction path is checked (CLI, presets, dataclasses.replace, train(Config(...))),
+        # as TRL's configs do; subclasses extend validate()
+        self.validate()
+
     def validate(self) -> None:
+        """Raise DtrlError for a value no run can use. Only values: required inputs (--init,
+        --dataset) are checked where they are loaded, so a preset without them is a valid config."""
         for name in ("eval_episodes", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise DtrlError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -143,10 +154,7 @@ def parse_config(
 
             get_task(task)  # unknown task -> one-line error before anything else
         default = presets[preset](task)
-    config = tyro.cli(config_cls, args=argv, default=default, description=description, prog=prog)
-    if hasattr(config, "validate"):
-        config.validate()
-    return config
+    return tyro.cli(config_cls, args=argv, default=default, description=description, prog=prog)
 
 
 def to_dict(config) -> dict:

@@ -42,6 +42,9 @@ class DemoConfig:
     force: bool = False
     """start over: replace an existing demo directory"""
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> None:
         for name in ("transitions", "pretrain_steps", "iterations", "eval_episodes"):
             if getattr(self, name) < 1:
@@ -65,7 +68,6 @@ def main(argv: list[str]) -> int:
     from rich.console import Console
 
     config = tyro.cli(DemoConfig, args=argv, prog="dtrl demo", description=__doc__.split("\n\n")[0])
-    config.validate()
     console = Console()
     import torch
 

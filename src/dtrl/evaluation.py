@@ -129,6 +129,9 @@ class EvalConfig:
     threads: int = 0
     """torch CPU threads (0: torch's default; 1 is much faster on a busy or 2-core machine)"""
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> None:
         if self.episodes < 1:
             raise DtrlError(f"--episodes must be >= 1, got {self.episodes}")
@@ -146,7 +149,6 @@ def main(argv: list[str]) -> int:
     config = tyro.cli(EvalConfig, args=argv, prog="dtrl eval",
                       description="Evaluate a run's (or a policy directory's) policy: mean action, target RTG; "
                                   "prints the D4RL-normalised return mean ± std.")
-    config.validate()
     if config.threads > 0:
         import torch
 

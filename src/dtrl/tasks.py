@@ -8,7 +8,6 @@ Any other gymnasium MuJoCo env id (``HalfCheetah-v5``, ``Swimmer-v5`` ...) is a 
 from __future__ import annotations
 
 import csv
-import dataclasses
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -45,10 +44,24 @@ class Task:
     """target return-to-go for evaluation (ODT convention: half the online target on MuJoCo)"""
     context_train: int = 20
     """context length K for training (Table 6 T_train)"""
-    context_eval: int = 20
-    """context length K used at evaluation in the paper (Table 6 T_eval)"""
+    context_eval: int = 1
+    """T_eval (Table 6): timesteps of context the policy sees online (rollouts and evaluation)"""
     gamma: float = 0.99
     """discount for GRPO sub-trajectory scores (Table 6)"""
+    batch_size: int = 256
+    """minibatch size of the online updates (Table 6 'BS')"""
+    learning_rate: float = 5e-5
+    """actor learning rate of the online updates (Table 6 lr_a)"""
+    clip_eps: float = 0.2
+    """clip ε of the importance ratio (Table 6)"""
+    sub_trajectory_length: int = 15
+    """L_traj (Table 6): sampled steps of a GRPO sub-trajectory"""
+    eval_steps: int = 400
+    """L_eval (Table 6): mean-action steps that score a GRPO sub-trajectory"""
+    min_group_deviation: float = 2.0
+    """ε_GRPO (Table 6): groups whose scores deviate less than this from their mean are dropped"""
+    init_temperature: float = 0.2
+    """ETPR (Table 6): entropy temperature at the start of finetuning"""
     minari_id: str | None = None
     """Minari dataset id that replaces the D4RL file, when one exists"""
     d4rl_name: str | None = None
@@ -74,22 +87,53 @@ def reference_scores() -> dict[str, tuple[float, float]]:
     return {r["family"]: (float(r["ref_min_score"]), float(r["ref_max_score"])) for r in csv.DictReader(rows)}
 
 
-# Table 6 per domain/level: (online RTG, gamma, context train, context eval). Eval RTG follows ODT.
+# Paper Table 6, per dataset (the rows GRPO-DT, PPO-DT and Q-guided GRPO read through Task):
+# (BS, g_online, gamma, lr_a, L_traj, L_eval, clip eps, eps_GRPO, ETPR, T_eval).
+_TABLE6: dict[str, tuple[int, float, float, float, int, int, float, float, float, int]] = {
+    "hopper-medium": (256, 7200, 0.995, 5e-5, 15, 400, 0.2, 2.0, 0.20, 1),
+    "hopper-medium-replay": (256, 7200, 0.995, 5e-5, 15, 400, 0.2, 2.0, 0.20, 1),
+    "hopper-random": (256, 7200, 0.995, 5e-5, 15, 400, 0.2, 2.0, 0.20, 1),
+    "walker2d-medium": (256, 10000, 0.995, 5e-5, 15, 400, 0.3, 2.0, 0.04, 1),
+    "walker2d-medium-replay": (256, 10000, 0.995, 5e-5, 15, 400, 0.3, 2.0, 0.04, 1),
+    "walker2d-random": (256, 10000, 0.995, 5e-5, 15, 400, 0.3, 2.0, 0.20, 1),
+    "ant-medium": (256, 12000, 0.995, 5e-5, 15, 200, 0.3, 2.0, 0.04, 1),
+    "ant-medium-replay": (256, 12000, 0.995, 5e-5, 15, 200, 0.3, 2.0, 0.04, 1),
+    "ant-random": (256, 12000, 0.995, 5e-5, 15, 200, 0.3, 2.0, 0.20, 1),
+    "door-cloned": (512, 3000, 0.99, 3e-5, 10, 100, 0.3, 0.5, 0.10, 1),
+    "door-human": (512, 3000, 0.99, 3e-5, 10, 100, 0.3, 0.4, 0.04, 1),
+    "pen-cloned": (512, 6000, 0.99, 3e-5, 3, 30, 0.3, 0.0, 0.02, 1),
+    "pen-human": (512, 6000, 0.99, 3e-5, 3, 30, 0.3, 0.0, 0.02, 1),
+    "hammer-cloned": (512, 4000, 0.99, 3e-5, 10, 100, 0.3, 0.0, 0.05, 5),
+    "hammer-human": (512, 4000, 0.99, 3e-5, 10, 100, 0.3, 0.8, 0.05, 5),
+    "antmaze-umaze": (256, 2, 1.0, 5e-5, 10, 200, 0.2, 0.0, 0.05, 1),
+    "antmaze-umaze-diverse": (256, 2, 1.0, 5e-5, 10, 200, 0.2, 0.0, 0.05, 5),
+}
+# A gymnasium MuJoCo env outside the paper gets the settings of its closest kind: random-data locomotion.
+_GENERIC_TABLE6_ROW = "hopper-random"
+
+
+def _table6_fields(name: str) -> dict[str, Any]:
+    bs, rtg, gamma, lr, l_traj, l_eval, clip, eps_grpo, etpr, t_eval = _TABLE6[name]
+    return dict(batch_size=bs, online_rtg=float(rtg), gamma=gamma, learning_rate=lr, sub_trajectory_length=l_traj,
+                eval_steps=l_eval, clip_eps=clip, min_group_deviation=eps_grpo, init_temperature=etpr,
+                context_eval=t_eval)
+
+
+# Per family: env id, horizon and the evaluation RTG (ODT's convention: half of g_online on MuJoCo).
 _LOCOMOTION = {
-    "hopper": dict(env_id="Hopper-v5", online_rtg=7200.0, eval_rtg=3600.0),
-    "walker2d": dict(env_id="Walker2d-v5", online_rtg=10000.0, eval_rtg=5000.0),
+    "hopper": dict(env_id="Hopper-v5", eval_rtg=3600.0),
+    "walker2d": dict(env_id="Walker2d-v5", eval_rtg=5000.0),
     # D4RL's Ant-v2 observation had 111 dims with (always-zero) contact forces; Minari's Ant-v5
     # datasets use 105 dims with contact forces included, which we keep as the gymnasium default.
-    "ant": dict(env_id="Ant-v5", online_rtg=12000.0, eval_rtg=6000.0),
+    "ant": dict(env_id="Ant-v5", eval_rtg=6000.0),
 }
 _MINARI_LOCOMOTION = {"medium": "mujoco/{env}/medium-v0"}
 
 _ADROIT = {
-    "door": dict(env_id="AdroitHandDoor-v1", max_episode_steps=200, online_rtg=3000.0, eval_rtg=3000.0),
-    "hammer": dict(env_id="AdroitHandHammer-v1", max_episode_steps=200, online_rtg=4000.0, eval_rtg=4000.0,
-                   context_eval=5),
+    "door": dict(env_id="AdroitHandDoor-v1", max_episode_steps=200, eval_rtg=3000.0),
+    "hammer": dict(env_id="AdroitHandHammer-v1", max_episode_steps=200, eval_rtg=4000.0),
     # D4RL's pen episodes are 100 steps (its reference scores assume that horizon).
-    "pen": dict(env_id="AdroitHandPen-v1", max_episode_steps=100, online_rtg=6000.0, eval_rtg=6000.0),
+    "pen": dict(env_id="AdroitHandPen-v1", max_episode_steps=100, eval_rtg=6000.0),
 }
 
 
@@ -98,47 +142,70 @@ def _build_registry() -> dict[str, Task]:
     tasks: dict[str, Task] = {}
     for family, spec in _LOCOMOTION.items():
         for level in ("random", "medium", "medium-replay"):
+            name = f"{family}-{level}"
             minari = _MINARI_LOCOMOTION.get(level)
-            tasks[f"{family}-{level}"] = Task(
-                name=f"{family}-{level}", family=family, domain="mujoco", level=level,
+            tasks[name] = Task(
+                name=name, family=family, domain="mujoco", level=level,
                 max_episode_steps=1000, ref_min_score=refs[family][0], ref_max_score=refs[family][1],
-                reward_scale=1000.0, gamma=0.995, context_train=20, context_eval=1,
+                reward_scale=1000.0, context_train=20,
                 minari_id=minari.format(env=family) if minari else None,
-                d4rl_name=f"{family}-{level}-v2", buildable=("random", "medium", "medium-replay"),
-                **spec,
+                d4rl_name=f"{name}-v2", buildable=("random", "medium", "medium-replay"),
+                **spec, **_table6_fields(name),
             )
-    for level, context_train, context_eval in (("umaze", 5, 1), ("umaze-diverse", 1, 5)):
-        ref = refs[f"antmaze-{level}"]
-        tasks[f"antmaze-{level}"] = Task(
-            name=f"antmaze-{level}", env_id="AntMaze_UMaze-v5", family="antmaze", domain="antmaze",
+    for level, context_train in (("umaze", 5), ("umaze-diverse", 1)):
+        name = f"antmaze-{level}"
+        ref = refs[name]
+        tasks[name] = Task(
+            name=name, env_id="AntMaze_UMaze-v5", family="antmaze", domain="antmaze",
             level=level,
             # D4RL antmaze: 27-dim ant state without contact forces, episode ends on reaching the goal.
             env_kwargs={"continuing_task": False, "include_cfrc_ext_in_observation": False},
             max_episode_steps=700, ref_min_score=ref[0], ref_max_score=ref[1], reward_scale=1.0,
-            online_rtg=2.0, eval_rtg=1.0, gamma=1.0, context_train=context_train, context_eval=context_eval,
-            minari_id=f"D4RL/antmaze/{level}-v1", d4rl_name=f"antmaze-{level}-v2",
+            eval_rtg=1.0, context_train=context_train,
+            minari_id=f"D4RL/antmaze/{level}-v1", d4rl_name=f"{name}-v2", **_table6_fields(name),
         )
     for family, spec in _ADROIT.items():
-        spec = dict(spec)
-        context_eval = spec.pop("context_eval", 1)
         for level in ("human", "cloned"):
-            tasks[f"{family}-{level}"] = Task(
-                name=f"{family}-{level}", family=family, domain="adroit", level=level,
+            name = f"{family}-{level}"
+            tasks[name] = Task(
+                name=name, family=family, domain="adroit", level=level,
                 ref_min_score=refs[family][0], ref_max_score=refs[family][1], reward_scale=1000.0,
-                gamma=0.99, context_train=5, context_eval=context_eval,
+                context_train=5,
                 minari_id=f"D4RL/{family}/{level}-v2", d4rl_name=f"{family}-{level}-v1", **spec,
+                **_table6_fields(name),
             )
     return tasks
 
 
 TASKS: dict[str, Task] = _build_registry()
 
+_gymnasium_robotics_registered = False
+
+
+def register_all() -> None:
+    """Register gymnasium-robotics envs (AntMaze, Adroit) with gymnasium, once: task names and
+    generic env ids resolve through gymnasium's registry, and ``dtrl.envs`` makes them from it."""
+    global _gymnasium_robotics_registered
+    if _gymnasium_robotics_registered:
+        return
+    import contextlib
+    import io
+
+    import gymnasium as gym
+
+    # gymnasium-robotics 1.4.2 prints a notice on import: the dense rewards of the Adroit door and
+    # hammer v1 envs changed in 1.2.1 without a version bump (v2 ids come with 1.4.3). Known and
+    # noted in docs; kept off stderr because every BatchedEnv worker process would repeat it.
+    with contextlib.redirect_stderr(io.StringIO()):
+        import gymnasium_robotics
+
+    gym.register_envs(gymnasium_robotics)
+    _gymnasium_robotics_registered = True
+
 
 def _generic_task(env_id: str) -> Task:
     """A task for any gymnasium MuJoCo env id: horizon from its spec, raw-return scores."""
     import gymnasium as gym
-
-    from dtrl.envs import register_all
 
     register_all()
     try:
@@ -150,9 +217,11 @@ def _generic_task(env_id: str) -> Task:
     if "mujoco" not in entry:
         raise DtrlError(f"unknown task {env_id!r}: gymnasium env {env_id} is not a MuJoCo env ({entry})")
     steps = spec.max_episode_steps or 1000
+    # g_online 0: no reference return to aim at (the GRPO-DT preset asks the caller for one)
+    settings = _table6_fields(_GENERIC_TABLE6_ROW) | dict(online_rtg=0.0)
     return Task(name=env_id, env_id=env_id, family="generic", domain="generic", max_episode_steps=steps,
-                reward_scale=1000.0, online_rtg=0.0, eval_rtg=0.0, gamma=0.995, context_train=20,
-                context_eval=20, buildable=("random", "medium", "medium-replay"))
+                reward_scale=1000.0, eval_rtg=0.0, context_train=20,
+                buildable=("random", "medium", "medium-replay"), **settings)
 
 
 def get_task(name: str) -> Task:
@@ -164,10 +233,6 @@ def get_task(name: str) -> Task:
         if key.endswith(suffix) and key[: -len(suffix)] in TASKS:
             return TASKS[key[: -len(suffix)]]
     return _generic_task(key)
-
-
-def with_online_rtg(task: Task, rtg: float) -> Task:
-    return dataclasses.replace(task, online_rtg=rtg)
 
 
 def tasks_table() -> list[dict[str, Any]]:

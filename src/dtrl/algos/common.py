@@ -345,8 +345,9 @@ class DTFinetuneConfig(CommonConfig):
     """target RTG of evaluation rollouts (default: the online RTG for methods trained without hindsight
     relabeling (GRPO-DT, PPO-DT, Q-guided GRPO), the task's eval target for ODT and ODT+TD3)"""
     time_limit_s: float = 0.0
-    """stop after the iteration during which this many seconds of training passed, with a final
-    evaluation and checkpoint (0: no limit; for equal-wall-clock comparisons)"""
+    """stop after the iteration during which this many seconds of training passed; that iteration is
+    evaluated, checkpointed and its policy saved, as a last one would be (0: no limit; for
+    equal-wall-clock comparisons)"""
     threads: int = 0
     """torch CPU threads (0: torch's default, one per core; 1 is much faster for small models on a
     busy or 2-core machine)"""

@@ -111,9 +111,6 @@ class GRPOConfig(DTFinetuneConfig):
     """env worker processes for the group rollouts (0: step the envs in this process)"""
     max_parallel_branches: int = 512
     """at most this many sub-trajectories are rolled out together (more are done in chunks)"""
-    time_limit_s: float = 0.0
-    """stop after the iteration during which the run's wall time passes this (0: run all iterations);
-    that iteration is then evaluated, checkpointed and its policy saved, as a last one would be"""
     context_length: int | None = None
     """T_eval (Table 6): timesteps the policy sees in every online rollout (full episodes, groups,
     evaluation), as ODT's code truncates the model's input online; the ratio's log-probs are recomputed
@@ -132,8 +129,6 @@ class GRPOConfig(DTFinetuneConfig):
 
     def validate(self) -> None:
         super().validate()
-        if not self.init:
-            raise DtrlError("--init is required: a pretrained DT run directory or policy directory (dtrl pretrain)")
         positive = ("trajectories_per_iteration", "trajectory_buffer_size", "trajectories_per_batch",
                     "reset_points_per_trajectory", "sub_trajectory_length", "sub_trajectory_buffer_size",
                     "epochs", "minibatch_size", "max_parallel_branches")
@@ -154,8 +149,6 @@ class GRPOConfig(DTFinetuneConfig):
             raise DtrlError("active-sampling-temperature must be > 0")
         if self.num_workers < 0:
             raise DtrlError(f"num-workers must be >= 0, got {self.num_workers}")
-        if self.time_limit_s < 0:
-            raise DtrlError(f"time-limit-s must be >= 0, got {self.time_limit_s}")
         if self.context_length is not None and self.context_length < 1:
             raise DtrlError(f"context-length must be >= 1, got {self.context_length}")
         if not 0.0 <= self.policy_averaging < 1.0:

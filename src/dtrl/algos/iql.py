@@ -103,8 +103,6 @@ class IQLConfig(CommonConfig):
         super().validate()
         if self.init:
             raise DtrlError("IQL takes no --init: it pretrains its own MLP actor from --dataset (--offline-steps)")
-        if not self.dataset:
-            raise DtrlError("IQL needs --dataset (a D4RL-layout .hdf5 file or a Minari id) for its offline phase")
         for name in ("iterations", "env_steps_per_iteration", "updates_per_env_step", "batch_size", "hidden_dim",
                      "n_layers", "replay_capacity"):
             if getattr(self, name) < 1:

@@ -72,8 +72,6 @@ class PretrainConfig(CommonConfig):
 
     def validate(self) -> None:
         super().validate()
-        if not self.dataset:
-            raise DtrlError("--dataset is required: a D4RL .hdf5 file, a Minari dataset id or a Minari directory")
         for name in ("steps", "steps_per_iteration", "batch_size"):
             if getattr(self, name) < 1:
                 raise DtrlError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -225,6 +223,8 @@ def train(config: PretrainConfig) -> dict:
         torch.set_num_threads(config.threads)
     task = get_task(config.task)
     device = resolve_device(config.device)
+    if not config.dataset:
+        raise DtrlError("--dataset is required: a D4RL .hdf5 file, a Minari dataset id or a Minari directory")
     dataset = load_dataset(config.dataset, task)  # before the run dir: a bad --dataset leaves nothing behind
     run = _open_run(config)
     seed_everything(config.seed)

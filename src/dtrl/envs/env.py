@@ -10,7 +10,7 @@ import numpy as np
 from gymnasium import spaces
 
 from dtrl.errors import DtrlError
-from dtrl.tasks import Task, get_task
+from dtrl.tasks import Task, get_task, register_all
 
 from .snapshot import MujocoStateKeeper, PhysicsSnapshot, pack_array, unpack_array
 
@@ -75,8 +75,6 @@ class BranchableEnv(gym.Wrapper):
     """
 
     def __init__(self, task: Task, seed: int | None = None, render_mode: str | None = None):
-        from . import register_all
-
         register_all()
         self.task = task
         try:
