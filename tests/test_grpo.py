@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from dtrl.algos import grpo
+from dtrl.algos.common import best_evaluated_return
 from dtrl.algos.finetune import ALGORITHMS
 from dtrl.algos.finetune import main as finetune_main
 from dtrl.errors import DtrlError
@@ -229,7 +230,7 @@ def test_cli_runs_two_iterations_and_writes_a_policy(tiny_policy_dir, tmp_path):
     # the best in-run evaluation's policy is kept beside the last one (only iteration 2 was evaluated)
     best = json.loads((out / "best_policy" / "model.json").read_text())["extra"]
     assert best["iteration"] == 2 and best["eval_return_mean"] == pytest.approx(rows[1]["eval_return_mean"])
-    assert grpo.best_evaluated_return(out) == best["eval_return_mean"]
+    assert best_evaluated_return(out) == best["eval_return_mean"]
 
 
 def test_dtrl_eval_defaults_to_the_target_rtg_and_context_the_trainer_recorded(tiny_policy_dir, tmp_path, capsys):

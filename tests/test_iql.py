@@ -10,7 +10,8 @@ import pytest
 import torch
 from test_odt import read_metrics, tiny_files  # noqa: F401  (session fixture shared by the finetuning tests)
 
-from dtrl.algos.iql import advantage_weights, load_actor, q_target, reward_transform_for, value_loss
+from dtrl.algos.iql import advantage_weights, q_target, reward_transform_for, value_loss
+from dtrl.models.checkpoint import load_actor
 from dtrl.cli import main as cli
 from dtrl.data.trajectory import Trajectory
 from dtrl.tasks import get_task
@@ -53,9 +54,10 @@ def test_iql_offline_then_online_from_the_cli(tiny_files, tmp_path):
     assert [(r["env_steps"], r["grad_updates"]) for r in rows] == [(0, 5), (10, 15), (20, 25)]
     assert rows[0]["eval_normalized_mean"] is not None and "losses/value" in rows[2]
     assert json.loads((run / "config.json").read_text())["algo"] == "iql"
-    actor, normalizer, meta = load_actor(run)
-    assert meta["architecture"] == "iql-mlp"
-    assert actor(torch.zeros(1, 11)).mean.shape == (1, 3)
+    loaded = load_actor(run)
+    assert loaded.meta["architecture"] == "iql-mlp"
+    assert loaded.actor(torch.zeros(1, 11)).mean.shape == (1, 3)
+    assert loaded.predict(np.zeros((2, 11), np.float32)).shape == (2, 3)
     assert cli(argv + ["--iterations", "3", "--resume"]) == 0
     assert [(r["iteration"], r["env_steps"]) for r in read_metrics(run)][-1] == (3, 30)
     # `dtrl eval` takes an IQL run like any other, and checks the task's dimensions

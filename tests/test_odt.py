@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from dtrl.algos.common import TrajectoryBuffer, WindowSampler
+from dtrl.algos.buffers import TrajectoryBuffer, WindowSampler
 from dtrl.algos.odt import relabeled_sampler
 from dtrl.cli import main as cli
 from dtrl.data.normalizer import StateNormalizer

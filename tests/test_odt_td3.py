@@ -9,7 +9,7 @@ import pytest
 import torch
 from test_odt import read_metrics, tiny_files  # noqa: F401  (session fixture shared by the finetuning tests)
 
-from dtrl.algos.odt_td3 import smoothed_target_actions, window_critic_loss
+from dtrl.algos.common import smoothed_target_actions, window_critic_loss
 from dtrl.cli import main as cli
 
 

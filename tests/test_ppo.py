@@ -9,7 +9,7 @@ import pytest
 import torch
 from test_odt import read_metrics, tiny_files  # noqa: F401  (session fixture shared by the finetuning tests)
 
-from dtrl.algos.common import rollout_extra, trajectory_segments
+from dtrl.algos.buffers import rollout_extra, trajectory_segments
 from dtrl.algos.ppo import trajectory_advantages
 from dtrl.cli import main as cli
 

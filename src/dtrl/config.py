@@ -68,6 +68,8 @@ class ModelConfig:
             raise DtrlError("model.log_std_min must be < model.log_std_max")
         if self.init_temperature <= 0:
             raise DtrlError(f"model.init_temperature must be > 0, got {self.init_temperature}")
+        if not 0.0 < self.expectile < 1.0:
+            raise DtrlError(f"model.expectile must be in (0, 1), got {self.expectile}")
 
 
 @dataclass

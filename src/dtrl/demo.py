@@ -18,7 +18,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import torch
+import tyro
+from rich.console import Console
+
+from dtrl import report
+from dtrl.algos import finetune, pretrain
+from dtrl.algos.common import EVAL_SEED_OFFSET
+from dtrl.config import resolve_device
+from dtrl.data import cli as data_cli
 from dtrl.errors import DtrlError
+from dtrl.evaluation import default_context_length, default_target_rtg, evaluate
+from dtrl.models.checkpoint import load_policy
+from dtrl.tasks import get_task
 
 
 @dataclass
@@ -52,9 +64,12 @@ class DemoConfig:
 
 
 def _run(argv: list[str]) -> None:
-    from dtrl.cli import main as dtrl_main
-
-    code = dtrl_main(argv)
+    """One stage, run as ``dtrl ARGV`` would run it; its error names the stage."""
+    command = {"data": data_cli.main, "pretrain": pretrain.main, "finetune": finetune.main, "report": report.main}
+    try:
+        code = command[argv[0]](argv[1:])
+    except DtrlError as exc:
+        raise DtrlError(f"demo stage `dtrl {' '.join(argv)}` failed: {exc}") from None
     if code != 0:
         raise DtrlError(f"demo stage `dtrl {' '.join(argv)}` failed (exit {code})")
 
@@ -64,13 +79,8 @@ def _finished(run_dir: Path) -> bool:
 
 
 def main(argv: list[str]) -> int:
-    import tyro
-    from rich.console import Console
-
     config = tyro.cli(DemoConfig, args=argv, prog="dtrl demo", description=__doc__.split("\n\n")[0])
     console = Console()
-    import torch
-
     if not torch.cuda.is_available() or config.device == "cpu":
         # The cpu-preset models are tiny: one torch thread leaves the other core to the simulator
         # and avoids thread oversubscription, which made small-model steps many times slower here.
@@ -113,11 +123,6 @@ def main(argv: list[str]) -> int:
         console.print(f"reusing {finetune_dir}")
 
     console.rule("[bold]4/4 evaluation before and after finetuning")
-    from dtrl.config import resolve_device
-    from dtrl.evaluation import default_context_length, default_target_rtg, evaluate
-    from dtrl.models.checkpoint import load_policy
-    from dtrl.tasks import get_task
-
     task = get_task(config.task)
     device = resolve_device(config.device)
     policies = {"pretrained DT": load_policy(pretrain_dir, task=task, device=device),
@@ -126,7 +131,7 @@ def main(argv: list[str]) -> int:
     target = default_target_rtg(policies["GRPO-DT"], task)
     context = default_context_length(policies["GRPO-DT"])
     results = {label: evaluate(policy, task, episodes=config.eval_episodes, target_rtg=target,
-                               seed=10_000 + config.seed, device=device, context_length=context)
+                               seed=EVAL_SEED_OFFSET + config.seed, device=device, context_length=context)
                for label, policy in policies.items()}
     _run(["report", str(pretrain_dir), str(finetune_dir), "--out", str(root / "report")])
 

@@ -14,7 +14,12 @@ from typing import Literal
 import numpy as np
 import tyro
 
+from dtrl.config import resolve_device
+from dtrl.envs import BatchedEnv
 from dtrl.errors import DtrlError
+from dtrl.models.checkpoint import load_any_policy
+from dtrl.rollout import rollout_episodes
+from dtrl.tasks import get_task
 
 
 def evaluate(
@@ -28,34 +33,39 @@ def evaluate(
     envs=None,
     context_length: int | None = None,
 ) -> dict:
-    """Mean-action episodes with env seeds ``seed, seed+1, ...`` conditioned on ``target_rtg``
-    (default ``task.eval_rtg``).
+    """Mean-action episodes with env seeds ``seed, seed+1, ...``.
+
+    ``policy`` is anything with the act interface: a Decision Transformer policy (``model``,
+    ``normalizer``, ``reward_scale``: rolled out by ``dtrl.rollout``, conditioned on ``target_rtg``,
+    default ``task.eval_rtg``) or a Markov policy with ``predict(observations [N, O], device) -> mean
+    actions [N, A]`` (IQL's actor; no target return), as SB3's ``evaluate_policy`` takes any model
+    with ``predict``.
 
     Returns ``eval_return_mean/std``, ``eval_normalized_mean/std`` (None without reference scores),
-    ``eval_length_mean`` and ``eval_episodes``. ``envs``: an existing ``BatchedEnv`` of exactly
-    ``episodes`` copies to reuse (periodic evaluation inside a training loop); otherwise one is
-    made and closed here. ``context_length``: timesteps of history the model sees (Table 6's
-    T_eval; None: its full sliding window).
+    ``eval_length_mean``, ``eval_episodes``, ``eval_target_rtg`` and ``eval_context_length`` (None
+    for a Markov policy). ``envs``: an existing ``BatchedEnv`` of exactly ``episodes`` copies to
+    reuse; otherwise one is made and closed here. ``context_length``: timesteps of history a DT sees
+    (Table 6's T_eval; None: its full sliding window).
     """
-    from dtrl.rollout import rollout_episodes
-
     if episodes < 1:
         raise DtrlError(f"evaluation needs at least 1 episode, got {episodes}")
-    target = task.eval_rtg if target_rtg is None else float(target_rtg)
+    markov = hasattr(policy, "predict")
+    target = None if markov else task.eval_rtg if target_rtg is None else float(target_rtg)
+    seeds = [seed + i for i in range(episodes)]
     own_envs = envs is None
     if own_envs:
-        from dtrl.envs import BatchedEnv
-
         envs = BatchedEnv(task, episodes, num_workers=num_workers, seed=seed)
     try:
-        trajectories = rollout_episodes(policy, envs, task, target, seeds=[seed + i for i in range(episodes)],
-                                        mode="mean", device=device,
-                                        context_length=context_length)
+        if markov:
+            returns, lengths = _markov_episodes(policy, envs, seeds, task.max_episode_steps, device)
+        else:
+            trajectories = rollout_episodes(policy, envs, task, target, seeds=seeds, mode="mean", device=device,
+                                            context_length=context_length)
+            returns = np.array([t.episode_return for t in trajectories], dtype=np.float64)
+            lengths = np.array([len(t) for t in trajectories], dtype=np.float64)
     finally:
         if own_envs:
             envs.close()
-    returns = np.array([t.episode_return for t in trajectories], dtype=np.float64)
-    lengths = np.array([len(t) for t in trajectories], dtype=np.float64)
     result = {
         "eval_return_mean": float(returns.mean()),
         "eval_return_std": float(returns.std()),
@@ -64,13 +74,31 @@ def evaluate(
         "eval_length_mean": float(lengths.mean()),
         "eval_episodes": int(episodes),
         "eval_target_rtg": target,
-        "eval_context_length": context_length,
+        "eval_context_length": None if markov else context_length,
     }
     if task.has_reference:
         normalized = np.array([task.normalize(r) for r in returns], dtype=np.float64)
         result["eval_normalized_mean"] = float(normalized.mean())
         result["eval_normalized_std"] = float(normalized.std())
     return result
+
+
+def _markov_episodes(policy, envs, seeds: list[int], max_steps: int, device: str) -> tuple[np.ndarray, np.ndarray]:
+    """(returns, lengths) of one episode per env copy with ``policy.predict``'s mean actions."""
+    count = len(seeds)
+    obs = np.asarray(envs.reset(seeds), dtype=np.float32)
+    returns = np.zeros(count, np.float64)
+    lengths = np.zeros(count, np.int64)
+    active = np.ones(count, bool)
+    for _ in range(max_steps):
+        obs, reward, terminated, truncated = envs.step(policy.predict(obs, device), active)
+        obs = np.asarray(obs, dtype=np.float32)
+        returns[active] += np.asarray(reward, np.float64)[active]
+        lengths[active] += 1
+        active &= ~(np.asarray(terminated, bool) | np.asarray(truncated, bool))
+        if not active.any():
+            break
+    return returns, lengths.astype(np.float64)
 
 
 def default_target_rtg(policy, task, target_rtg: float | None = None) -> float:
@@ -142,10 +170,6 @@ class EvalConfig:
 
 
 def main(argv: list[str]) -> int:
-    from dtrl.config import resolve_device
-    from dtrl.models.checkpoint import load_policy
-    from dtrl.tasks import get_task
-
     config = tyro.cli(EvalConfig, args=argv, prog="dtrl eval",
                       description="Evaluate a run's (or a policy directory's) policy: mean action, target RTG; "
                                   "prints the D4RL-normalised return mean ± std.")
@@ -154,53 +178,14 @@ def main(argv: list[str]) -> int:
 
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
-    if _is_iql_policy(config.run):
-        result, task = _evaluate_iql(config, device)
-    else:
-        if config.task is None:
-            policy = load_policy(config.run, device=device)
-            task = get_task(policy.task_name)
-        else:
-            task = get_task(config.task)
-            policy = load_policy(config.run, task=task, device=device)
-        target = default_target_rtg(policy, task, config.target_rtg)
-        result = evaluate(policy, task, episodes=config.episodes, target_rtg=target, seed=config.seed, device=device,
-                          num_workers=config.num_workers,
-                          context_length=default_context_length(policy, config.context_length))
+    task = get_task(config.task) if config.task is not None else None
+    policy = load_any_policy(config.run, task=task, device=device)
+    task = task or get_task(policy.task_name)
+    result = evaluate(policy, task, episodes=config.episodes, target_rtg=default_target_rtg(policy, task, config.target_rtg),
+                      seed=config.seed, device=device, num_workers=config.num_workers,
+                      context_length=default_context_length(policy, config.context_length))
     if config.json:
         print(json.dumps({"task": task.name, **result}))
     else:
         print(f"{task.name}: {format_result(result)}")
     return 0
-
-
-def _is_iql_policy(path: str) -> bool:
-    """IQL's MLP actor (the non-DT baseline) is saved in the same folder layout with its own
-    architecture tag; it needs no target return."""
-    from pathlib import Path
-
-    for directory in (Path(path) / "policy", Path(path)):
-        meta = directory / "model.json"
-        if meta.is_file():
-            try:
-                return json.loads(meta.read_text()).get("architecture") == "iql-mlp"
-            except (OSError, json.JSONDecodeError):
-                return False
-    return False
-
-
-def _evaluate_iql(config: "EvalConfig", device: str):
-    from dtrl.algos.iql import evaluate_actor, load_actor
-    from dtrl.tasks import get_task
-
-    actor, normalizer, meta = load_actor(config.run, device=device)
-    task = get_task(config.task or meta["task"])
-    from dtrl.envs import make
-
-    env = make(task.name)
-    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    env.close()
-    if (obs_dim, act_dim) != (meta["obs_dim"], meta["act_dim"]):
-        raise DtrlError(f"{config.run} was trained for obs/act dims {meta['obs_dim']}/{meta['act_dim']}, "
-                        f"but task {task.name} has {obs_dim}/{act_dim}")
-    return evaluate_actor(actor, normalizer, task, episodes=config.episodes, seed=config.seed, device=device), task

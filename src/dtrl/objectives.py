@@ -27,6 +27,15 @@ RATIO_LEVELS: tuple[str, ...] = ("token", "sequence", "geometric")
 MAX_LOG_RATIO = 20.0
 
 
+def masked_mean(values: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Mean of ``values`` over the positions where ``mask`` is True (all of them without a mask); 0
+    when no position is valid."""
+    if mask is None:
+        return values.mean()
+    maskf = mask.to(values.dtype)
+    return (values * maskf).sum() / maskf.sum().clamp_min(1.0)
+
+
 # --------------------------------------------------------------------------------------------
 # GRPO: group-normalised advantages (Eq. 2) with the paper's minimum-deviation rule (Table 6)
 # --------------------------------------------------------------------------------------------
@@ -208,9 +217,7 @@ def approx_kl(logp_new: Tensor, logp_old: Tensor, mask: Tensor) -> Tensor:
     ``kl_beta * approx_kl(...)`` can serve as the KL penalty of Eq. (1)/(3)."""
     _check_shapes(logp_new, logp_old, mask)
     log_ratio = (logp_new - logp_old).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
-    per_step = torch.expm1(log_ratio) - log_ratio
-    maskf = mask.to(per_step.dtype)
-    return (per_step * maskf).sum() / maskf.sum().clamp_min(1.0)
+    return masked_mean(torch.expm1(log_ratio) - log_ratio, mask)
 
 
 # --------------------------------------------------------------------------------------------
@@ -312,10 +319,11 @@ def td3_target(reward: Tensor, done: Tensor, next_q1: Tensor, next_q2: Tensor, g
         return reward + gamma * (1.0 - done.to(reward.dtype)) * torch.minimum(next_q1, next_q2)
 
 
-def expectile_loss(diff: Tensor, expectile: float) -> Tensor:
+def expectile_loss(diff: Tensor, expectile: float, mask: Tensor | None = None) -> Tensor:
     """Asymmetric L2 of IQL / Reinformer: ``mean(|τ - 1(diff < 0)| · diff²)`` with
-    ``diff = target - prediction``; τ > 0.5 pushes the prediction towards an upper expectile."""
+    ``diff = target - prediction`` (over the positions where ``mask`` is True); τ > 0.5 pushes the
+    prediction towards an upper expectile."""
     if not 0.0 < expectile < 1.0:
         raise ValueError(f"expectile must be in (0, 1), got {expectile}")
     weight = torch.where(diff < 0, 1.0 - expectile, expectile)
-    return (weight * diff**2).mean()
+    return masked_mean(weight * diff**2, mask)

@@ -28,6 +28,7 @@ import numpy as np
 import tyro
 
 from dtrl.errors import DtrlError
+from dtrl.files import atomic_write_text, atomic_write_with
 from dtrl.runs import CONFIG_FILE, is_finished, iter_run_dirs, read_config, read_metrics
 
 # our algorithm names (config "algo") -> the paper's column names (pretraining runs: see load_run)
@@ -380,20 +381,14 @@ def plot_task(task: str, groups: list[GroupResult], x_name: str, out_file: Path)
     if ax.lines:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = out_file.with_name(f".{out_file.name}.tmp")
-    fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    os.replace(tmp, out_file)
+    try:
+        atomic_write_with(out_file, lambda temp: fig.savefig(temp, dpi=110, format="png"))
+    finally:
+        plt.close(fig)
 
 
 # ---------------------------------------------------------------------------------------------
 # command
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def build_report(config: ReportConfig) -> dict:
@@ -427,13 +422,13 @@ def build_report(config: ReportConfig) -> dict:
     ] + ([f"{len(not_evaluated)} run(s) without an evaluation yet are listed with –."] if not_evaluated else [])) + "\n"
 
     files = [out / "report.md", out / "report.csv"]
-    _write_text(out / "report.md", markdown)
+    atomic_write_text(out / "report.md", markdown)
     rows = csv_rows(groups)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-    _write_text(out / "report.csv", buffer.getvalue())
+    atomic_write_text(out / "report.csv", buffer.getvalue())
 
     by_task: dict[str, list[GroupResult]] = defaultdict(list)
     for group in groups.values():

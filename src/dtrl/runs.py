@@ -42,13 +42,13 @@ import shutil
 import socket
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
 from dtrl.errors import DtrlError
+from dtrl.files import atomic_write, atomic_write_text
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -105,46 +105,10 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 # atomic file helpers
 
 
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable; not available on every platform (e.g. Windows), where it is skipped.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(file)`` on a temp file next to ``path``, fsync it, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique hidden name next to the target (same filesystem, so the rename is atomic); opened
-    # with "xb" rather than mkstemp so the file gets the usual umask permissions, not 0600.
-    tmp_name = str(path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"))
-    try:
-        with open(tmp_name, "xb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        # Whatever happened (disk full, NaN check, KeyboardInterrupt), the old file is untouched.
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
 def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
     """Write ``data`` as indented JSON atomically (non-finite floats become null)."""
     text = json.dumps(_jsonable(data), indent=2, allow_nan=False) + "\n"
-    _atomic_write(Path(path), lambda handle: handle.write(text.encode()))
+    atomic_write_text(path, text)
 
 
 def _jsonable(value: Any) -> Any:
@@ -458,7 +422,7 @@ class RunDir:
                             f"the checkpoint of iteration {self.checkpoint_iteration} is kept)")
         payload = {"format": 1, "iteration": int(iteration), "state": state, "rng": capture_rng_state(),
                    "saved_at": _now_iso()}
-        _atomic_write(self.path / CHECKPOINT_DIR / STATE_FILE, lambda handle: torch.save(payload, handle))
+        atomic_write(self.path / CHECKPOINT_DIR / STATE_FILE, lambda handle: torch.save(payload, handle))
         self.checkpoint_iteration = int(iteration)
         if self._writer is not None:
             self._writer.flush()
@@ -540,7 +504,7 @@ def _truncate_metrics(path: Path, iteration: int) -> list[dict]:
     torn_tail = bool(text) and not text.endswith("\n")
     if len(kept) != len(rows) or torn_tail:
         text = "".join(json.dumps(row, allow_nan=False) + "\n" for row in kept)
-        _atomic_write(file, lambda handle: handle.write(text.encode()))
+        atomic_write_text(file, text)
     return kept
 
 

@@ -40,6 +40,8 @@ except ModuleNotFoundError:  # Python 3.10
 from dtrl.errors import DtrlError
 from dtrl.runs import CONFIG_FILE, atomic_write_json, has_checkpoint, is_finished, remove_run_dir
 
+# the dtrl commands a trial may run: the ones that train or evaluate (each writes its own run directory)
+TRIAL_COMMANDS = ("data", "pretrain", "finetune", "eval", "demo")
 INSTALL_HINT = "dtrl sweep needs Ray Tune: pip install 'ray[tune]'  (or: pip install 'dtrl[sweep]')"
 
 
@@ -171,10 +173,9 @@ def spec_from_dict(raw: dict, where: str = "sweep spec") -> SweepSpec:
         bad = [a for a in spec.algos if a not in ALGORITHMS]
         if bad:
             raise DtrlError(f"{where}: unknown algo(s) {', '.join(bad)} (choose from {', '.join(ALGORITHMS)})")
-    from dtrl.cli import COMMANDS
-
-    if spec.command.split()[0] not in COMMANDS or spec.command.split()[0] in ("sweep", "report"):
-        raise DtrlError(f"{where}: command {spec.command!r} is not a dtrl training command")
+    if spec.command.split()[0] not in TRIAL_COMMANDS:
+        raise DtrlError(f"{where}: command {spec.command!r} is not a dtrl training command "
+                        f"(choose from {', '.join(TRIAL_COMMANDS)})")
     for forbidden in ("--out", "--seed", "--task", "--algo", "--resume", "--force"):
         if any(a == forbidden or a.startswith(forbidden + "=") for a in spec.args):
             raise DtrlError(f"{where}: args must not set {forbidden} (the sweep sets it per trial)")

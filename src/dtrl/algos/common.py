@@ -1,21 +1,41 @@
-"""Pieces every online finetuning loop shares (stable-baselines3 style, kept small): seeding and RNG
-state, the trajectory FIFO buffer (ODT, PPO, GRPO-Q), the transition replay buffer (TD3 and IQL
-critics), the run-directory glue (create or resume, checkpoint, evaluation schedule) and loading the
-``--init`` policy. The loops themselves stay in their own files so each reads top to bottom.
+"""Pieces every online finetuning loop shares (stable-baselines3 style, kept small): seeding, the
+run-directory glue (create or resume, checkpoint, evaluation schedule, the end of an iteration), the
+options and helpers of the Decision-Transformer finetuning loops (loading ``--init``, optimisers,
+the optimiser and temperature steps), the ODT loss that ODT and ODT+TD3 share and the TD3 critic that
+ODT+TD3 and Q-guided GRPO share. Buffers live in ``dtrl.algos.buffers``. The loops themselves stay
+in their own files, one per algorithm, and do not import each other.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import json
+import math
+import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Literal, Sequence
+from typing import Any, Callable, Iterator, Literal
 
 import numpy as np
 import torch
 
 from dtrl.config import CommonConfig, to_dict
-from dtrl.data.trajectory import Trajectory
+from dtrl.data import load_dataset
 from dtrl.errors import DtrlError
+from dtrl.evaluation import evaluate
+from dtrl.models.checkpoint import load_policy
+from dtrl.models.critics import TwinQ, default_hidden_dim, default_layer_norm
+from dtrl.objectives import masked_mean, td3_target
+from dtrl.optim import Lamb
+from dtrl.runs import BEST_POLICY_DIR, RunDir
+from dtrl.runs import seed_everything as seed_globals
+
+# Env reset seeds, so that evaluation never replays a training episode: evaluation episode i of a
+# run with seed s uses EVAL_SEED_OFFSET + s + i (the same episodes at every evaluation, as
+# ``dtrl eval --seed`` does); training episodes use TRAINING_SEED_STRIDE * (s + 1) + ..., far above.
+EVAL_SEED_OFFSET = 10_000
+TRAINING_SEED_STRIDE = 1_000_000
 
 
 # ----------------------------------------------------------------------------------------------
@@ -24,185 +44,18 @@ from dtrl.errors import DtrlError
 
 def seed_everything(seed: int) -> np.random.Generator:
     """Seed python, numpy and torch; return the numpy Generator the loop draws its samples from."""
-    from dtrl.runs import seed_everything as seed_globals
-
     seed_globals(seed)
     return np.random.default_rng(seed)
 
 
-# ----------------------------------------------------------------------------------------------
-# Buffers
-
-
-class TrajectoryBuffer:
-    """FIFO buffer of whole trajectories, sampled with probability proportional to their length
-    (ODT's replay buffer; Algorithm 1/2 line 3).
-
-    ODT seeds it with the top offline trajectories by return and then replaces the oldest entries by
-    online ones; PPO and GRPO-Q use it empty-started as a plain FIFO of recent rollouts.
-    """
-
-    def __init__(self, capacity: int):
-        if capacity < 1:
-            raise DtrlError(f"trajectory buffer capacity must be >= 1, got {capacity}")
-        self.capacity = capacity
-        self.trajectories: list[Trajectory] = []
-        self.extras: list[dict[str, np.ndarray]] = []
-
-    def __len__(self) -> int:
-        return len(self.trajectories)
-
-    @property
-    def num_transitions(self) -> int:
-        return sum(len(t) for t in self.trajectories)
-
-    def add(self, trajectory: Trajectory, extra: dict[str, np.ndarray] | None = None) -> None:
-        """Append one trajectory (with optional per-step arrays, e.g. sampling-time log-probs and
-        RTGs); the oldest is dropped once the buffer is full."""
-        if len(trajectory) == 0:
-            return
-        self.trajectories.append(trajectory)
-        self.extras.append(extra or {})
-        if len(self.trajectories) > self.capacity:
-            del self.trajectories[0]
-            del self.extras[0]
-
-    def seed_with_top(self, trajectories: Sequence[Trajectory]) -> None:
-        """Fill the buffer with the ``capacity`` highest-return trajectories, in increasing order of
-        return so the FIFO replaces the worst ones first (ODT)."""
-        ranked = sorted(trajectories, key=lambda t: t.episode_return)
-        for trajectory in ranked[-self.capacity:]:
-            self.add(trajectory)
-
-    def sample_indices(self, count: int, rng: np.random.Generator) -> np.ndarray:
-        """Indices of ``count`` trajectories drawn with replacement, p(tau) = |tau| / sum |tau'|."""
-        if not self.trajectories:
-            raise DtrlError("cannot sample from an empty trajectory buffer")
-        lengths = np.array([len(t) for t in self.trajectories], dtype=np.float64)
-        return rng.choice(len(lengths), size=count, replace=True, p=lengths / lengths.sum())
-
-    def state_dict(self) -> dict:
-        return {"capacity": self.capacity, "trajectories": [_trajectory_to_dict(t) for t in self.trajectories],
-                "extras": self.extras}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.capacity = state["capacity"]
-        self.trajectories = [_trajectory_from_dict(d) for d in state["trajectories"]]
-        self.extras = list(state["extras"])
-
-
-def _trajectory_to_dict(t: Trajectory) -> dict:
-    return {"observations": t.observations, "actions": t.actions, "rewards": t.rewards,
-            "terminated": t.terminated, "truncated": t.truncated}
-
-
-def _trajectory_from_dict(d: dict) -> Trajectory:
-    return Trajectory(np.asarray(d["observations"]), np.asarray(d["actions"]), np.asarray(d["rewards"]),
-                      bool(d["terminated"]), bool(d["truncated"]))
-
-
-class ReplayBuffer:
-    """Ring buffer of transitions (s, a, r, s', done) for TD3 / IQL critics.
-
-    ``done`` is 1 only for true terminations: a time-limit cut still bootstraps from s'. The last
-    step of a truncated trajectory has no recorded s' in a D4RL-layout dataset; it is kept out of the
-    buffer unless the caller passes ``final_observation``.
-    """
-
-    def __init__(self, obs_dim: int, act_dim: int, capacity: int):
-        if capacity < 1:
-            raise DtrlError(f"replay buffer capacity must be >= 1, got {capacity}")
-        self.capacity = capacity
-        self.observations = np.zeros((capacity, obs_dim), dtype=np.float32)
-        self.actions = np.zeros((capacity, act_dim), dtype=np.float32)
-        self.rewards = np.zeros(capacity, dtype=np.float32)
-        self.next_observations = np.zeros((capacity, obs_dim), dtype=np.float32)
-        self.dones = np.zeros(capacity, dtype=np.float32)
-        self.position = 0
-        self.size = 0
-
-    def __len__(self) -> int:
-        return self.size
-
-    def add_batch(self, obs, actions, rewards, next_obs, dones) -> None:
-        count = len(rewards)
-        if count > self.capacity:  # only the newest `capacity` transitions survive anyway
-            obs, actions, rewards, next_obs, dones = (x[-self.capacity:] for x in (obs, actions, rewards, next_obs, dones))
-            count = self.capacity
-        idx = (self.position + np.arange(count)) % self.capacity
-        self.observations[idx] = obs
-        self.actions[idx] = actions
-        self.rewards[idx] = rewards
-        self.next_observations[idx] = next_obs
-        self.dones[idx] = dones
-        self.position = int((self.position + count) % self.capacity)
-        self.size = int(min(self.size + count, self.capacity))
-
-    def add_trajectory(self, trajectory: Trajectory, final_observation: np.ndarray | None = None,
-                       reward_transform=None) -> None:
-        """Add the transitions of one trajectory. ``final_observation`` is s' after the last action
-        (needed to keep the last transition of a time-limit-truncated episode)."""
-        T = len(trajectory)
-        if T == 0:
-            return
-        obs = trajectory.observations
-        rewards = trajectory.rewards if reward_transform is None else reward_transform(trajectory.rewards)
-        dones = np.zeros(T, dtype=np.float32)
-        if trajectory.terminated:
-            dones[-1] = 1.0
-            last = obs[-1] if final_observation is None else final_observation  # unused: done masks it
-            next_obs = np.concatenate([obs[1:], np.asarray(last, np.float32)[None]], axis=0)
-            keep = T
-        elif final_observation is not None:
-            next_obs = np.concatenate([obs[1:], np.asarray(final_observation, np.float32)[None]], axis=0)
-            keep = T
-        else:
-            next_obs = obs[1:]
-            keep = T - 1
-        self.add_batch(obs[:keep], trajectory.actions[:keep], rewards[:keep], next_obs[:keep], dones[:keep])
-
-    def sample(self, batch_size: int, rng: np.random.Generator, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-        if self.size == 0:
-            raise DtrlError("cannot sample from an empty replay buffer")
-        idx = rng.integers(0, self.size, size=batch_size)
-        as_tensor = lambda x: torch.as_tensor(x[idx], device=device)  # noqa: E731
-        return {"observations": as_tensor(self.observations), "actions": as_tensor(self.actions),
-                "rewards": as_tensor(self.rewards), "next_observations": as_tensor(self.next_observations),
-                "dones": as_tensor(self.dones)}
-
-    def state_dict(self) -> dict:
-        n = self.size
-        # Stored in insertion order, oldest first, so a reload keeps the FIFO order.
-        order = (np.arange(n) + (self.position if n == self.capacity else 0)) % self.capacity
-        return {"capacity": self.capacity, "observations": self.observations[order], "actions": self.actions[order],
-                "rewards": self.rewards[order], "next_observations": self.next_observations[order],
-                "dones": self.dones[order]}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.position, self.size = 0, 0
-        self.add_batch(state["observations"], state["actions"], state["rewards"], state["next_observations"], state["dones"])
+def episode_seeds(config: CommonConfig, iteration: int, count: int) -> list[int]:
+    """Distinct env reset seeds for the ``count`` rollouts of ``iteration`` (reproducible per run seed)."""
+    base = TRAINING_SEED_STRIDE * (config.seed + 1) + count * iteration
+    return [base + i for i in range(count)]
 
 
 # ----------------------------------------------------------------------------------------------
-# Small torch helpers
-
-
-def soft_update(target: torch.nn.Module, source: torch.nn.Module, tau: float) -> None:
-    """Polyak averaging: target <- tau * source + (1 - tau) * target."""
-    with torch.no_grad():
-        for t, s in zip(target.parameters(), source.parameters()):
-            t.lerp_(s, tau)
-
-
-def grad_norm_clip(parameters: Iterable[torch.nn.Parameter], max_norm: float) -> float:
-    params = [p for p in parameters if p.grad is not None]
-    if not params or max_norm <= 0:
-        return 0.0
-    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-
-
-# ----------------------------------------------------------------------------------------------
-# Run-directory glue
+# Run-directory glue: create or resume, checkpoint, schedules, the metrics row
 
 
 @dataclass
@@ -235,8 +88,6 @@ def open_run(config: Any, algo: str):
 
     Returns ``(run, state)``: ``state`` is the last checkpoint's dict (None for a fresh run); loading
     it restores the global RNGs, so call this after the models are built."""
-    from dtrl.runs import RunDir
-
     run = RunDir.open(config.out, {**to_dict(config), "algo": algo}, resume=config.resume, force=config.force)
     state = run.load_state() if config.resume else None
     if state is not None and state.get("algo") not in (None, algo):
@@ -297,8 +148,6 @@ def load_init_policy(init: str | None, task, device: str):
     """The pretrained DT (``--init RUN`` or a policy dir) as ``LoadedPolicy``; one-line errors."""
     if not init:
         raise DtrlError("--init is required: a pretrained DT run directory or policy directory (dtrl pretrain)")
-    from dtrl.models.checkpoint import load_policy
-
     return load_policy(init, task=task, device=device)
 
 
@@ -308,13 +157,124 @@ def load_offline_dataset(source: str | None, task, required: bool):
         if required:
             raise DtrlError("--dataset is required for this algorithm: a D4RL .hdf5 file or a Minari dataset id")
         return None
-    from dtrl.data import load_dataset
-
     return load_dataset(source, task)
 
 
+class StageTimer:
+    """Wall time of the stages of one iteration, as ``time/<stage>_s`` metrics:
+    ``with timer("update"): ...``."""
+
+    def __init__(self) -> None:
+        self.metrics: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            key = f"time/{stage}_s"
+            self.metrics[key] = self.metrics.get(key, 0.0) + time.perf_counter() - started
+
+
+def evaluate_policy(policy, task, config: CommonConfig, device: str, target_rtg: float | None = None,
+                    context_length: int | None = None) -> dict:
+    """In-run evaluation with the mean action on fixed seeds disjoint from the training seeds
+    (``target_rtg`` and ``context_length``: see ``dtrl.evaluation.evaluate``)."""
+    return evaluate(policy, task, episodes=config.eval_episodes, target_rtg=target_rtg,
+                    seed=EVAL_SEED_OFFSET + config.seed, device=device, context_length=context_length)
+
+
+def log_initial_evaluation(run, clock: Clock, config: CommonConfig, evaluate_now: Callable[[], dict]) -> None:
+    """Iteration 0 of a fresh run's learning curve: the init policy, evaluated exactly as later
+    iterations are, so every finetuning curve starts from the score of the DT it finetunes."""
+    if config.eval_every > 0:
+        run.log(iteration_metrics(0, clock, **evaluate_now()))
+
+
+def end_of_iteration(run, iteration: int, config, clock: Clock, metrics: dict, evaluate_now: Callable[[], dict],
+                     checkpoint: Callable[[], None], on_evaluation: Callable[[dict], None] | None = None
+                     ) -> tuple[bool, dict]:
+    """The tail every online iteration shares, in this order: is the time limit reached
+    (``stopping``); when an evaluation is due (every ``eval_every`` iterations and at the last one,
+    planned or stopped at) ``evaluate_now()``, then ``on_evaluation(evaluation)``; one metrics row
+    (``metrics``, the evaluation, ``time/eval_s``); when a checkpoint is due, ``checkpoint()``.
+    Returns ``(stopping, evaluation)``."""
+    stopping = out_of_time(clock, config.time_limit_s)
+    evaluation: dict = {}
+    timer = StageTimer()
+    if evaluation_due(iteration, config.iterations, config.eval_every, stopping):
+        with timer("eval"):
+            evaluation = evaluate_now()
+        if on_evaluation is not None:
+            on_evaluation(evaluation)
+    run.log(iteration_metrics(iteration, clock, **metrics, **evaluation, **timer.metrics))
+    if checkpoint_due(iteration, config.iterations, config.checkpoint_every, stopping):
+        checkpoint()
+    if stopping:
+        print(f"time limit of {config.time_limit_s:.0f} s reached after iteration {iteration}", file=sys.stderr)
+    return stopping, evaluation
+
+
+def save_checkpoint(run, iteration: int, state: dict, model, normalizer, task_name: str, policy_info: dict) -> None:
+    """RUN/policy (the policy to evaluate, with ``policy_info`` and the iteration in its metadata)
+    and the resumable training state."""
+    run.save_policy(model, normalizer, task_name, extra={**policy_info, "iteration": iteration})
+    run.save_state(state, iteration)
+
+
+def finish_run(run, algo: str, iteration: int, evaluation: dict) -> dict:
+    """Write final.json (the last iteration and its evaluation) and print the completion line every
+    training command prints; returns that summary."""
+    summary = {"algo": algo, "iteration": iteration, **evaluation}
+    run.mark_finished(summary)
+    score = evaluation.get("eval_normalized_mean")
+    shown = f"normalised {score:.1f}" if score is not None else f"return {evaluation.get('eval_return_mean'):.1f}"
+    print(f"{algo}: finished {iteration} iterations in {run.path}: {shown}")
+    return summary
+
+
+class BestPolicy:
+    """RUN/best_policy: the policy of the best in-run evaluation so far (by mean return), as
+    stable-baselines3's EvalCallback keeps best_model. Its return is read back from the saved
+    policy, so a resumed run keeps comparing against it."""
+
+    def __init__(self, run) -> None:
+        self.run = run
+        self.best_return = best_evaluated_return(run.path)
+
+    def update(self, evaluation: dict, model, normalizer, task_name: str, policy_info: dict, iteration: int) -> None:
+        if evaluation["eval_return_mean"] <= self.best_return:
+            return
+        self.best_return = evaluation["eval_return_mean"]
+        self.run.save_policy(model, normalizer, task_name, directory=BEST_POLICY_DIR,
+                             extra={**policy_info, "iteration": iteration, "eval_return_mean": self.best_return,
+                                    "eval_normalized_mean": evaluation["eval_normalized_mean"]})
+
+
+def best_evaluated_return(run_path) -> float:
+    """The in-run evaluation return recorded with RUN/best_policy (-inf when there is none yet)."""
+    meta = run_path / BEST_POLICY_DIR / "model.json"
+    if not meta.is_file():
+        return -math.inf
+    return float(json.loads(meta.read_text()).get("extra", {}).get("eval_return_mean", -math.inf))
+
+
+def mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Average per-update metric dicts into one row (keys of the first row)."""
+    if not rows:
+        return {}
+    return {key: float(np.mean([row[key] for row in rows if key in row])) for key in rows[0]}
+
+
+def rollout_charts(rollouts) -> dict[str, float]:
+    """The mean return and length of an iteration's collected episodes."""
+    return {"charts/episodic_return": float(np.mean([r.episode_return for r in rollouts])),
+            "charts/episode_length": float(np.mean([len(r) for r in rollouts]))}
+
+
 # ----------------------------------------------------------------------------------------------
-# What every Decision-Transformer finetuning loop (PPO-DT, GRPO-Q, ODT, ODT+TD3) shares
+# What every Decision-Transformer finetuning loop (GRPO-DT, PPO-DT, GRPO-Q, ODT, ODT+TD3) shares
 
 
 @dataclass
@@ -413,8 +373,6 @@ def build_dt_optimizers(config: DTFinetuneConfig, model):
     """(actor optimiser over everything but the log-temperature, the log-temperature's Adam or None)."""
     params = [p for p in model.policy_parameters() if p.requires_grad]
     if config.optimizer == "lamb":
-        from dtrl.optim import Lamb
-
         actor = Lamb(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     else:
         actor = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -435,154 +393,98 @@ def online_targets(config: DTFinetuneConfig, task) -> tuple[float, float]:
     return online, online if config.evaluates_at_online_rtg() else float(task.eval_rtg)
 
 
-def evaluate_policy(policy, task, config: DTFinetuneConfig, eval_rtg: float, device: str,
-                    context_length: int | None = None) -> dict:
-    """Mean-action evaluation on fixed seeds disjoint from the training seeds (``context_length``:
-    the short online context of ``dtrl.rollout.rollout_episodes``, None for the model's own window)."""
-    from dtrl.evaluation import evaluate
-
-    return evaluate(policy, task, episodes=config.eval_episodes, target_rtg=eval_rtg, seed=10_000 + config.seed,
-                    device=device, context_length=context_length)
-
-
-def log_initial_evaluation(run, clock: Clock, policy, task, config: DTFinetuneConfig, eval_rtg: float,
-                           device: str, context_length: int | None = None) -> None:
-    """Iteration 0 of a fresh run's learning curve: the init policy, evaluated exactly as later
-    iterations are, so every finetuning curve starts from the score of the DT it finetunes."""
-    if config.eval_every > 0:
-        run.log(iteration_metrics(0, clock, **evaluate_policy(policy, task, config, eval_rtg, device,
-                                                              context_length)))
+def optimizer_step(loss: torch.Tensor, optimizer, grad_clip: float) -> float:
+    """zero_grad, backward, clip the gradient norm of the optimiser's parameters at ``grad_clip``
+    (0: no clipping), step; returns the gradient norm before clipping."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if grad_clip > 0:
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    else:
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    optimizer.step()
+    return float(grad_norm)
 
 
-def episode_seeds(config: CommonConfig, iteration: int, count: int) -> list[int]:
-    """Distinct env reset seeds for the ``count`` rollouts of ``iteration`` (reproducible per run seed)."""
-    base = 1_000_000 * (config.seed + 1) + count * iteration
-    return [base + i for i in range(count)]
+def temperature_step(model, entropy: torch.Tensor, optimizer) -> None:
+    """One Adam step of the log-temperature towards the target entropy -dim(A) (ODT's rule); a no-op
+    when the temperature is frozen (``optimizer`` None). Its gradient is cleared either way, so the
+    policy's loss never moves it."""
+    if optimizer is not None:
+        optimizer.zero_grad(set_to_none=True)
+        model.temperature_loss(entropy.detach()).backward()
+        optimizer.step()
+    model.log_temperature.grad = None
 
 
-def end_of_iteration(run, algo: str, iteration: int, config: DTFinetuneConfig, clock: Clock, policy, task,
-                     eval_rtg: float, device: str, rollouts, losses: dict, charts: dict | None = None,
-                     state: Callable[[], dict] | None = None) -> tuple[bool, dict]:
-    """The tail of a DT finetuning iteration: check the time limit, evaluate when due, log the row
-    (losses, evaluation, the rollouts' mean return and length, ``charts``), save the policy and the
-    checkpoint ``state()`` builds when due. Returns ``(stopping, evaluation)``."""
-    stopping = out_of_time(clock, config.time_limit_s)
-    evaluation = (evaluate_policy(policy, task, config, eval_rtg, device)
-                  if evaluation_due(iteration, config.iterations, config.eval_every, stopping) else {})
-    run.log(iteration_metrics(
-        iteration, clock, **losses, **evaluation,
-        **{"charts/episodic_return": float(np.mean([r.episode_return for r in rollouts])),
-           "charts/episode_length": float(np.mean([len(r) for r in rollouts])), **(charts or {})}))
-    if checkpoint_due(iteration, config.iterations, config.checkpoint_every, stopping):
-        run.save_policy(policy.model, policy.normalizer, task.name,
-                        extra={"algo": algo, "iteration": iteration, "eval_rtg": eval_rtg})
-        run.save_state(state(), iteration)
-    return stopping, evaluation
+def soft_update(target: torch.nn.Module, source: torch.nn.Module, tau: float) -> None:
+    """Polyak averaging: target <- tau * source + (1 - tau) * target."""
+    with torch.no_grad():
+        for t, s in zip(target.parameters(), source.parameters()):
+            t.lerp_(s, tau)
 
 
-def mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
-    """Average per-update metric dicts into one row (keys of the first row)."""
-    if not rows:
-        return {}
-    return {key: float(np.mean([row[key] for row in rows if key in row])) for key in rows[0]}
+# ----------------------------------------------------------------------------------------------
+# ODT's supervised loss (ODT and ODT+TD3)
 
 
-class WindowSampler:
-    """K-step windows over a ``TrajectoryBuffer`` (trajectories drawn ∝ length, then the window's
-    last step uniformly), like ``dtrl.data.SequenceSampler`` but also carrying the per-step arrays
-    stored with each trajectory (``extra``: sampling-time RTGs, log-probs ...) and ``dones`` (True
-    at the last step of a terminated trajectory), which the critic-based loops need.
-
-    ``rtg``: 'recorded' uses the stored ``extra['returns_to_go']`` (the RTG the policy was
-    conditioned on: PPO, GRPO-Q never relabel); 'hindsight' recomputes g_t = sum_{t'>=t} r_t' from
-    the rewards (ODT's relabeling, used by ODT+TD3). Returned RTGs are divided by ``reward_scale``.
-    """
-
-    def __init__(self, buffer: TrajectoryBuffer, context_length: int, reward_scale: float, normalizer,
-                 rng: np.random.Generator, rtg: Literal["recorded", "hindsight"]):
-        trajectories = buffer.trajectories
-        self.context_length = context_length
-        self.rng = rng
-        self.lengths = np.array([len(t) for t in trajectories], dtype=np.int64)
-        self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
-        self.fields: dict[str, np.ndarray] = {
-            "states": normalizer.normalize(np.concatenate([t.observations for t in trajectories]).astype(np.float32)),
-            "actions": np.concatenate([t.actions for t in trajectories]).astype(np.float32),
-            "rewards": np.concatenate([t.rewards for t in trajectories]).astype(np.float32),
-            "timesteps": np.concatenate([np.arange(n, dtype=np.int64) for n in self.lengths]),
-        }
-        dones = np.zeros(int(self.lengths.sum()), dtype=np.float32)
-        for start, trajectory in zip(self.starts, trajectories):
-            dones[start + len(trajectory) - 1] = float(trajectory.terminated)
-        self.fields["dones"] = dones
-        if rtg == "hindsight":
-            raw_rtg = np.concatenate([t.returns_to_go() for t in trajectories])
-        else:
-            if any("returns_to_go" not in extra for extra in buffer.extras):
-                raise DtrlError("rtg='recorded' needs every buffered trajectory stored with its returns_to_go")
-            raw_rtg = np.concatenate([extra["returns_to_go"] for extra in buffer.extras])
-        self.fields["returns_to_go"] = (np.asarray(raw_rtg, np.float64) / reward_scale).astype(np.float32)
-        for key in (buffer.extras[0].keys() if buffer.extras else ()):
-            if key != "returns_to_go" and all(key in extra for extra in buffer.extras):
-                self.fields[key] = np.concatenate([extra[key] for extra in buffer.extras])
-
-    def sample(self, batch_size: int, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-        traj = self.rng.choice(len(self.lengths), size=batch_size, p=self.lengths / self.lengths.sum())
-        end = np.minimum((self.rng.random(batch_size) * self.lengths[traj]).astype(np.int64), self.lengths[traj] - 1)
-        return self.gather(traj, end, device)
-
-    def gather(self, traj: np.ndarray, end: np.ndarray, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-        """Windows of K steps ending at step ``end[b]`` of trajectory ``traj[b]``, left-padded with
-        zeros (``mask`` False)."""
-        K = self.context_length
-        local = np.asarray(end)[:, None] - K + 1 + np.arange(K)[None, :]
-        mask = local >= 0
-        flat = self.starts[np.asarray(traj)][:, None] + np.maximum(local, 0)
-        batch = {}
-        for key, values in self.fields.items():
-            window = values[flat]
-            window[~mask] = 0
-            batch[key] = torch.as_tensor(window, device=device)
-        batch["mask"] = torch.as_tensor(mask, device=device)
-        return batch
+def offline_seed_trajectories(dataset, task):
+    """Offline trajectories eligible for the replay buffer; AntMaze's 1-step trajectories are
+    artefacts of its data generation and are dropped (paper A.3.1, following ODT+TD3)."""
+    trajectories = dataset.trajectories
+    if task.domain == "antmaze":
+        trajectories = [t for t in trajectories if len(t) > 1]
+    return trajectories
 
 
-def trajectory_segments(trajectory: Trajectory, extra: dict[str, np.ndarray], segment_length: int,
-                        history_length: int) -> list[tuple[Any, slice]]:
-    """Cut one buffered trajectory into consecutive ``dtrl.rollout.Segment``s of ``segment_length``
-    steps, each carrying the ``history_length`` steps before it as context, so that
-    ``segments_to_batch(...).log_probs(model)`` reproduces the sampling-time log-probs when
-    ``history_length >= model.receptive_field``. Returns (segment, slice of its steps) pairs;
-    ``extra`` must hold the recorded ``returns_to_go`` and ``log_probs``."""
-    from dtrl.rollout import Segment, TokenHistory
-
-    rtg = np.asarray(extra["returns_to_go"], np.float32)
-    log_probs = np.asarray(extra["log_probs"], np.float32)
-    timesteps = np.arange(len(trajectory), dtype=np.int64)
-    pieces = []
-    for start in range(0, len(trajectory), segment_length):
-        steps = slice(start, min(start + segment_length, len(trajectory)))
-        first = max(0, start - history_length)
-        history = TokenHistory(trajectory.observations[first:start], trajectory.actions[first:start],
-                               rtg[first:start], timesteps[first:start])
-        pieces.append((Segment(history=history, observations=trajectory.observations[steps],
-                               actions=trajectory.actions[steps], returns_to_go=rtg[steps],
-                               timesteps=timesteps[steps], log_probs=log_probs[steps],
-                               rewards=trajectory.rewards[steps]), steps))
-    return pieces
+def supervised_loss(model, batch: dict, dist=None) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """ODT objective on a window batch: (policy loss, entropy, metrics). ``dist``: the model's
+    output on this batch when the caller already has it."""
+    mask = batch["mask"]
+    actions = batch["actions"].clamp(-1.0 + 1e-6, 1.0 - 1e-6)  # tanh head: |a| < 1
+    if dist is None:
+        dist = model(batch["states"], batch["actions"], batch["returns_to_go"], batch["timesteps"], mask)
+    loss, nll, entropy = model.nll_entropy_loss(dist, actions, mask)
+    return loss, entropy, {"losses/action_nll": nll.item(), "losses/entropy": entropy.item(),
+                           "losses/temperature": model.temperature.item()}
 
 
-def scatter_steps(per_segment: Sequence[np.ndarray], width: int, device: str | torch.device = "cpu") -> torch.Tensor:
-    """[B, width] tensor holding each segment's per-step values at its (right-aligned, since
-    ``segments_to_batch`` left-pads) training positions, 0 elsewhere."""
-    out = np.zeros((len(per_segment), width), np.float32)
-    for row, values in enumerate(per_segment):
-        if len(values):
-            out[row, width - len(values):] = values
-    return torch.as_tensor(out, device=device)
+# ----------------------------------------------------------------------------------------------
+# The TD3 twin critic (ODT+TD3 and Q-guided GRPO)
 
 
-def rollout_extra(rollout) -> dict[str, np.ndarray]:
-    """What PPO / GRPO-Q keep per step beside the trajectory: the RTG the policy was conditioned on
-    and the sampling-time log-prob (never relabeled, never recomputed)."""
-    return {"returns_to_go": rollout.returns_to_go.astype(np.float32), "log_probs": rollout.log_probs.astype(np.float32)}
+def smoothed_target_actions(mean_actions: torch.Tensor, noise_std: float, noise_clip: float) -> torch.Tensor:
+    """TD3 target policy smoothing: clip(a' + clip(ε, -c, c), -1, 1), ε ~ N(0, σ²)."""
+    noise = (torch.randn_like(mean_actions) * noise_std).clamp(-noise_clip, noise_clip)
+    return (mean_actions + noise).clamp(-1.0, 1.0)
+
+
+def window_critic_loss(critic, critic_target, target_model, batch: dict, gamma: float, noise_std: float,
+                       noise_clip: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """Twin-Q TD loss on every transition (s_t, a_t, r_t, s_{t+1}) inside a batch of windows.
+
+    The next action at s_{t+1} is the target DT's prediction at position t+1 of the same window
+    (its context: the window's tokens up to s_{t+1}). The last position has no s_{t+1} in the
+    window: it is trained only when it is terminal (target r_t). Returns (loss, metrics)."""
+    states, actions, mask = batch["states"], batch["actions"], batch["mask"]
+    with torch.no_grad():
+        target_dist = target_model(states, actions, batch["returns_to_go"], batch["timesteps"], mask)
+        next_actions = smoothed_target_actions(target_dist.mean[:, 1:], noise_std, noise_clip)
+        next_q1, next_q2 = critic_target(states[:, 1:], next_actions)
+        pad = torch.zeros_like(next_q1[:, :1])
+        target = td3_target(batch["rewards"], batch["dones"], torch.cat([next_q1, pad], 1),
+                            torch.cat([next_q2, pad], 1), gamma)
+        has_next = torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], 1)
+        valid = mask & (has_next | batch["dones"].bool())
+    q1, q2 = critic(states, actions)
+    loss = masked_mean((q1 - target) ** 2 + (q2 - target) ** 2, valid)
+    return loss, {"losses/critic": loss.item(), "charts/q_mean": float(masked_mean(q1.detach(), valid))}
+
+
+def build_critic(config: TD3CriticConfig, task, obs_dim: int, act_dim: int, device: str):
+    """(twin critic, its frozen target copy), sized per domain unless the config says otherwise."""
+    critic = TwinQ(obs_dim, act_dim, hidden_dim=config.critic_hidden_dim or default_hidden_dim(task.domain),
+                   layer_norm=default_layer_norm(task.domain) if config.critic_layer_norm is None
+                   else config.critic_layer_norm).to(device)
+    return critic, copy.deepcopy(critic).requires_grad_(False)

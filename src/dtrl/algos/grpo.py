@@ -23,10 +23,7 @@ ratio of a fresh sub-trajectory is exactly 1 before the first update.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import sys
-import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -34,11 +31,22 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
 from dtrl import objectives
-from dtrl.algos.common import DTFinetuneConfig
+from dtrl.algos.common import (
+    BestPolicy, Clock, DTFinetuneConfig, StageTimer, build_dt_optimizers, end_of_iteration, episode_seeds,
+    evaluate_policy, finish_run, log_initial_evaluation, online_targets, open_run, optimizer_step, prepare_policy,
+    restore_training_state, save_checkpoint, seed_everything, temperature_step, training_state,
+)
 from dtrl.config import parse_config, resolve_device
+from dtrl.data import sample_proportional_to_length
+from dtrl.envs import BatchedEnv
 from dtrl.errors import DtrlError
-from dtrl.runs import BEST_POLICY_DIR
+from dtrl.rollout import Segment, TokenHistory, rollout_episodes, rollout_from_snapshots, segments_to_batch
+from dtrl.tasks import get_task
+
+ALGO = "grpo"
 
 # ----------------------------------------------------------------------------------------------
 # configuration
@@ -158,46 +166,21 @@ class GRPOConfig(DTFinetuneConfig):
         return not self.hindsight_relabel  # the relabeling ablation trains at achieved returns, as ODT
 
 
-# Table 6, per dataset: (BS, online RTG, gamma, lr_a, L_traj, L_eval, clip ε, ε_GRPO, ETPR, T_eval).
-_TABLE6: dict[str, tuple] = {
-    "hopper-medium": (256, 7200, 0.995, 5e-5, 15, 400, 0.2, 2.0, 0.20, 1),
-    "hopper-medium-replay": (256, 7200, 0.995, 5e-5, 15, 400, 0.2, 2.0, 0.20, 1),
-    "hopper-random": (256, 7200, 0.995, 5e-5, 15, 400, 0.2, 2.0, 0.20, 1),
-    "walker2d-medium": (256, 10000, 0.995, 5e-5, 15, 400, 0.3, 2.0, 0.04, 1),
-    "walker2d-medium-replay": (256, 10000, 0.995, 5e-5, 15, 400, 0.3, 2.0, 0.04, 1),
-    "walker2d-random": (256, 10000, 0.995, 5e-5, 15, 400, 0.3, 2.0, 0.20, 1),
-    "ant-medium": (256, 12000, 0.995, 5e-5, 15, 200, 0.3, 2.0, 0.04, 1),
-    "ant-medium-replay": (256, 12000, 0.995, 5e-5, 15, 200, 0.3, 2.0, 0.04, 1),
-    "ant-random": (256, 12000, 0.995, 5e-5, 15, 200, 0.3, 2.0, 0.20, 1),
-    "door-cloned": (512, 3000, 0.99, 3e-5, 10, 100, 0.3, 0.5, 0.10, 1),
-    "door-human": (512, 3000, 0.99, 3e-5, 10, 100, 0.3, 0.4, 0.04, 1),
-    "pen-cloned": (512, 6000, 0.99, 3e-5, 3, 30, 0.3, 0.0, 0.02, 1),
-    "pen-human": (512, 6000, 0.99, 3e-5, 3, 30, 0.3, 0.0, 0.02, 1),
-    "hammer-cloned": (512, 4000, 0.99, 3e-5, 10, 100, 0.3, 0.0, 0.05, 5),
-    "hammer-human": (512, 4000, 0.99, 3e-5, 10, 100, 0.3, 0.8, 0.05, 5),
-    "antmaze-umaze": (256, 2, 1.0, 5e-5, 10, 200, 0.2, 0.0, 0.05, 1),
-    "antmaze-umaze-diverse": (256, 2, 1.0, 5e-5, 10, 200, 0.2, 0.0, 0.05, 5),
-}
-
-
 def paper_preset(task_name: str) -> GRPOConfig:
     """Tables 5-6 and Appendix A.3: 16 trajectories x 4 reset points x 8 members = 512
-    sub-trajectories per iteration, buffers of 32 trajectories / 2048 sub-trajectories."""
-    from dtrl.tasks import get_task
-
+    sub-trajectories per iteration, buffers of 32 trajectories / 2048 sub-trajectories; the per-task
+    values of Table 6 come from the task registry."""
     task = get_task(task_name)
-    # Generic MuJoCo envs get the locomotion row of the closest kind (random-data settings).
-    row = _TABLE6.get(task.name, _TABLE6["hopper-random"])
-    bs, rtg, gamma, lr, l_traj, l_eval, clip, eps_grpo, etpr, t_eval = row
-    online_rtg = float(rtg) if task.name in _TABLE6 else None
     return GRPOConfig(
         task=task.name, preset="paper", out=f"runs/grpo-{task.name}-paper", iterations=500,
-        online_rtg=online_rtg, trajectories_per_iteration=5 if task.domain == "adroit" else 1,
+        # a generic env has no Table 6 RTG: None lets --online-rtg or the task decide
+        online_rtg=None if task.domain == "generic" else task.online_rtg,
+        trajectories_per_iteration=5 if task.domain == "adroit" else 1,
         trajectory_buffer_size=32, trajectories_per_batch=16, reset_points_per_trajectory=4, group_size=8,
-        sub_trajectory_length=l_traj, eval_steps=l_eval, gamma=gamma, clip_eps=clip,
-        min_group_deviation=eps_grpo, sub_trajectory_buffer_size=2048, epochs=1, minibatch_size=bs,
-        learning_rate=lr, optimizer="lamb", weight_decay=1e-4, grad_clip=0.5, init_temperature=etpr,
-        context_length=t_eval,
+        sub_trajectory_length=task.sub_trajectory_length, eval_steps=task.eval_steps, gamma=task.gamma,
+        clip_eps=task.clip_eps, min_group_deviation=task.min_group_deviation, sub_trajectory_buffer_size=2048,
+        epochs=1, minibatch_size=task.batch_size, learning_rate=task.learning_rate, optimizer="lamb",
+        weight_decay=1e-4, grad_clip=0.5, init_temperature=task.init_temperature, context_length=task.context_eval,
         eval_every=10, eval_episodes=10, checkpoint_every=1,
     )
 
@@ -281,8 +264,6 @@ def branch_starts(trajectories: list, config: GRPOConfig, history_length: int, r
 def rollout_groups(policy, envs, starts: list, config: GRPOConfig, gamma: float, device) -> tuple[list, np.ndarray, int]:
     """Line 6: every start rolled out for L_traj sampled + L_eval mean steps, in chunks of whole
     groups no larger than the env batch. Returns (segments, scores [len(starts)], env steps)."""
-    from dtrl.rollout import rollout_from_snapshots
-
     groups_per_chunk = max(1, envs.num_envs // config.group_size)
     chunk = groups_per_chunk * config.group_size
     segments: list = []
@@ -301,8 +282,6 @@ def full_trajectory_groups(policy, envs, task, config: GRPOConfig, target_rtg: f
                            seeds: list[int], device) -> GroupBatch:
     """Ablation (Fig. 1b), naive GRPO: each group is G whole episodes from one reset seed (one initial
     state), scored by their discounted return and trained on from the first step (no history)."""
-    from dtrl.rollout import Segment, TokenHistory, rollout_episodes
-
     group_seeds = [seed for seed in seeds for _ in range(config.group_size)]  # group-major
     episodes = rollout_episodes(policy, envs, task, target_rtg, group_seeds, mode="sample", device=device,
                                 context_length=config.context_length)
@@ -313,10 +292,10 @@ def full_trajectory_groups(policy, envs, task, config: GRPOConfig, target_rtg: f
                                 ep.log_probs, ep.rewards))
         scores.append(float(objectives.discounted_return(torch.as_tensor(ep.rewards, dtype=torch.float64), gamma)))
     env_steps = sum(len(ep) for ep in episodes)
-    return _advantages(segments, np.asarray(scores).reshape(len(seeds), config.group_size), config, env_steps)
+    return group_batch(segments, np.asarray(scores).reshape(len(seeds), config.group_size), config, env_steps)
 
 
-def _advantages(segments: list, scores: np.ndarray, config: GRPOConfig, env_steps: int) -> GroupBatch:
+def group_batch(segments: list, scores: np.ndarray, config: GRPOConfig, env_steps: int) -> GroupBatch:
     """Line 7: Eq. (2) within each group with the ε_GRPO rule."""
     advantages, valid = objectives.group_advantages(
         torch.as_tensor(scores, dtype=torch.float64), min_std=config.advantage_std_floor,
@@ -334,8 +313,6 @@ def relabel_with_achieved_return(segment, score: float, gamma: float):
     relabels a whole trajectory. The sampling-time log-probs are kept: they were computed with the
     original RTGs, which is exactly the mismatch the paper's Section 3.1 describes.
     """
-    from dtrl.rollout import TokenHistory
-
     achieved = np.empty(len(segment), np.float64)
     remaining = float(score)
     for j, reward in enumerate(segment.rewards):
@@ -393,58 +370,41 @@ def scheduled_learning_rate(config: GRPOConfig, iteration: int) -> float:
     return config.learning_rate * (1.0 - (iteration - 1) / config.iterations)
 
 
-def best_evaluated_return(run_path) -> float:
-    """The in-run evaluation return recorded with RUN/best_policy (-inf when there is none yet)."""
-    meta = run_path / BEST_POLICY_DIR / "model.json"
-    if not meta.is_file():
-        return -math.inf
-    return float(json.loads(meta.read_text()).get("extra", {}).get("eval_return_mean", -math.inf))
+def set_learning_rate(optimizer, learning_rate: float) -> float:
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate
+    return learning_rate
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    maskf = mask.to(x.dtype)
-    return (x * maskf).sum() / maskf.sum().clamp_min(1.0)
+def push_groups(sub_buffer: SubTrajectoryBuffer, groups: GroupBatch, config: GRPOConfig, gamma: float) -> None:
+    """Line 8: the members of the groups that carry a signal enter T_sub with their advantages (FIFO)."""
+    for n in np.flatnonzero(groups.valid):
+        for i in range(config.group_size):
+            index = n * config.group_size + i
+            segment = groups.segments[index]
+            if config.hindsight_relabel:
+                segment = relabel_with_achieved_return(segment, float(groups.scores[n, i]), gamma)
+            sub_buffer.add(segment, groups.advantages[n, i])
 
 
-# ----------------------------------------------------------------------------------------------
-# the loop
+def group_metrics(groups: GroupBatch, sub_buffer_size: int) -> dict[str, Any]:
+    """What the iteration's groups looked like: scores, their spread, dropped groups, advantages."""
+    valid_advantages = groups.advantages[groups.valid]
+    return {
+        "grpo/mean_group_score": float(groups.scores.mean()),
+        "grpo/score_std_within_group": float(groups.scores.std(axis=1, ddof=1).mean()),
+        "grpo/groups_total": int(len(groups.valid)),
+        "grpo/groups_dropped": int((~groups.valid).sum()),
+        "grpo/advantage_abs_mean": float(np.abs(valid_advantages).mean()) if valid_advantages.size else 0.0,
+        "grpo/advantage_max": float(valid_advantages.max()) if valid_advantages.size else 0.0,
+        "grpo/advantage_min": float(valid_advantages.min()) if valid_advantages.size else 0.0,
+        "grpo/group_env_steps": int(groups.env_steps),
+        "grpo/sub_buffer_size": sub_buffer_size,
+    }
 
 
-def train(config: GRPOConfig) -> dict:
-    """Run Algorithm 1 as ``config`` says, writing the run directory ``config.out``; returns the last
-    metrics row."""
-    from dtrl.algos.common import (Clock, build_dt_optimizers, checkpoint_due, episode_seeds, evaluate_policy,
-                                   evaluation_due, iteration_metrics, log_initial_evaluation, online_targets,
-                                   open_run, prepare_policy, restore_training_state, seed_everything,
-                                   training_state)
-    from dtrl.envs import BatchedEnv
-    from dtrl.rollout import rollout_episodes, segments_to_batch
-    from dtrl.tasks import get_task
-
-    task = get_task(config.task)
-    device = resolve_device(config.device)
-    online_rtg, eval_rtg = online_targets(config, task)
-    gamma = task.gamma if config.gamma is None else config.gamma
-
-    rng = seed_everything(config.seed)
-    policy = prepare_policy(config, task, device)  # ETPR set, dropout off (eval mode; gradients flow)
-    model = policy.model
-    # context before a reset point that the ratio needs
-    history_length = int(model.receptive_field) if config.context_length is None else config.context_length - 1
-    optimizer, temperature_optimizer = build_dt_optimizers(config, model)
-    averaged = average_of_weights(model, config.policy_averaging)
-    evaluated = policy if averaged is None else dataclasses.replace(policy, model=averaged.module)
-    run, state = open_run(config, "grpo")  # after building the model: resuming restores the global RNGs
-    trajectory_buffer: deque = deque(maxlen=config.trajectory_buffer_size)  # T_replay
-    sub_buffer = SubTrajectoryBuffer(config.sub_trajectory_buffer_size)  # T_sub
-    clock = Clock()
-    start_iteration = 1
-    components = dict(model=model, optimizer=optimizer, temperature_optimizer=temperature_optimizer,
-                      sub_buffer=sub_buffer, averaged_model=averaged)
-    if state is not None:
-        trajectory_buffer.extend(state["trajectory_buffer"])
-        start_iteration = restore_training_state(state, rng, clock, rng_key="numpy_generator", **components)
-
+def make_envs(task, config: GRPOConfig) -> tuple[BatchedEnv, BatchedEnv]:
+    """(the env copies groups are branched in, the env copies full trajectories are collected in)."""
     if config.full_trajectories:  # G copies per initial state, all episodes of an iteration at once
         branch_envs = BatchedEnv(task, config.trajectories_per_iteration * config.group_size,
                                  num_workers=config.num_workers, seed=config.seed)
@@ -452,115 +412,7 @@ def train(config: GRPOConfig) -> dict:
         branches = config.trajectories_per_batch * config.reset_points_per_trajectory * config.group_size
         branch_envs = BatchedEnv(task, min(branches, max(config.max_parallel_branches, config.group_size)),
                                  num_workers=config.num_workers, seed=config.seed)
-    collect_envs = BatchedEnv(task, config.trajectories_per_iteration, num_workers=0, seed=config.seed)
-
-    best_return = best_evaluated_return(run.path)  # of RUN/best_policy, if an earlier session wrote one
-    # how a saved policy is to be evaluated (dtrl eval reads it back)
-    saved_policy_info = {"algo": "grpo", "eval_rtg": eval_rtg, "eval_context_length": config.context_length}
-    if state is None:  # the curve starts at the pretrained DT
-        log_initial_evaluation(run, clock, policy, task, config, eval_rtg, device, config.context_length)
-    last_row: dict = {}
-    try:
-        for iteration in range(start_iteration, config.iterations + 1):  # line 1
-            learning_rate = scheduled_learning_rate(config, iteration)
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate
-            seeds = episode_seeds(config, iteration, config.trajectories_per_iteration)
-            rollout_stats: dict[str, Any] = {}
-            timer = time.perf_counter()
-            if config.full_trajectories:
-                groups = full_trajectory_groups(policy, branch_envs, task, config, online_rtg, gamma,
-                                                seeds, device)
-                clock.env_steps += groups.env_steps
-                rollout_stats["charts/rollout_return"] = float(np.mean([s.rewards.sum() for s in groups.segments]))
-            else:
-                # line 2: full trajectories with the current policy from s_1 and g_online; FIFO update
-                episodes = rollout_episodes(policy, collect_envs, task, online_rtg, seeds, mode="sample",
-                                            record_snapshots=True, device=device,
-                                            context_length=config.context_length)
-                trajectory_buffer.extend(episodes)
-                clock.env_steps += sum(len(ep) for ep in episodes)
-                rollout_stats["charts/rollout_return"] = float(np.mean([ep.episode_return for ep in episodes]))
-                rollout_stats["charts/rollout_length"] = float(np.mean([len(ep) for ep in episodes]))
-                rollout_stats["time/full_rollouts_s"], timer = time.perf_counter() - timer, time.perf_counter()
-                # line 3: a minibatch of full trajectories, p(τ) ∝ |τ|
-                lengths = np.array([len(ep) for ep in trajectory_buffer], dtype=np.float64)
-                chosen = rng.choice(len(lengths), size=config.trajectories_per_batch, replace=True,
-                                    p=lengths / lengths.sum())
-                # lines 4-5: K reset points per trajectory (action-variance distribution)
-                starts = branch_starts([trajectory_buffer[i] for i in chosen], config, history_length, rng)
-                # line 6: G sub-trajectories per reset point, L_traj sampled + L_eval mean steps
-                segments, scores, steps = rollout_groups(policy, branch_envs, starts, config, gamma, device)
-                clock.env_steps += steps
-                # line 7: advantages by Eq. (2), ε_GRPO rule
-                groups = _advantages(segments, scores.reshape(-1, config.group_size), config, steps)
-            rollout_stats["time/group_rollouts_s"], timer = time.perf_counter() - timer, time.perf_counter()
-
-            # line 8: the sub-trajectory buffer takes the groups that carry a signal (FIFO)
-            for n in np.flatnonzero(groups.valid):
-                for i in range(config.group_size):
-                    index = n * config.group_size + i
-                    segment = groups.segments[index]
-                    if config.hindsight_relabel:
-                        segment = relabel_with_achieved_return(segment, float(groups.scores[n, i]), gamma)
-                    sub_buffer.add(segment, groups.advantages[n, i])
-
-            # line 9: finetune on T_sub with the clipped surrogate at `ratio_level` (Eq. 3 by default)
-            update_stats = update_policy(policy, sub_buffer, optimizer, temperature_optimizer, config, rng, device,
-                                         segments_to_batch)
-            clock.grad_updates += update_stats.pop("updates")
-            if averaged is not None:
-                averaged.update_parameters(model)
-            rollout_stats["time/update_s"], timer = time.perf_counter() - timer, time.perf_counter()
-
-            valid_advantages = groups.advantages[groups.valid]
-            metrics = {
-                **rollout_stats,
-                "grpo/mean_group_score": float(groups.scores.mean()),
-                "grpo/score_std_within_group": float(groups.scores.std(axis=1, ddof=1).mean()),
-                "grpo/groups_total": int(len(groups.valid)),
-                "grpo/groups_dropped": int((~groups.valid).sum()),
-                "grpo/advantage_abs_mean": float(np.abs(valid_advantages).mean()) if valid_advantages.size else 0.0,
-                "grpo/advantage_max": float(valid_advantages.max()) if valid_advantages.size else 0.0,
-                "grpo/advantage_min": float(valid_advantages.min()) if valid_advantages.size else 0.0,
-                "grpo/group_env_steps": int(groups.env_steps),
-                "grpo/sub_buffer_size": len(sub_buffer),
-                "charts/temperature": model.temperature.item(),
-                "charts/learning_rate": learning_rate,
-                **update_stats,
-            }
-            out_of_time = config.time_limit_s > 0 and clock.elapsed() >= config.time_limit_s
-            final = iteration if out_of_time else config.iterations
-            if evaluation_due(iteration, final, config.eval_every):
-                metrics.update(evaluate_policy(evaluated, task, config, eval_rtg, device, config.context_length))
-                if averaged is not None:  # what the average buys over the iterate it smooths
-                    iterate = evaluate_policy(policy, task, config, eval_rtg, device, config.context_length)
-                    metrics.update({key.replace("eval_", "eval_iterate_", 1): value
-                                    for key, value in iterate.items()})
-                metrics["time/eval_s"] = time.perf_counter() - timer
-                if config.keep_best_policy and metrics["eval_return_mean"] > best_return:
-                    best_return = metrics["eval_return_mean"]
-                    run.save_policy(evaluated.model, policy.normalizer, task.name, directory=BEST_POLICY_DIR,
-                                    extra={**saved_policy_info, "iteration": iteration,
-                                           "eval_return_mean": best_return,
-                                           "eval_normalized_mean": metrics["eval_normalized_mean"]})
-            last_row = iteration_metrics(iteration, clock, **metrics)
-            run.log(last_row)
-            if checkpoint_due(iteration, final, config.checkpoint_every):
-                run.save_state({**training_state("grpo", iteration, rng, clock, rng_key="numpy_generator", **components),
-                                "trajectory_buffer": list(trajectory_buffer)}, iteration)
-                run.save_policy(evaluated.model, policy.normalizer, task.name,
-                                extra={**saved_policy_info, "iteration": iteration})
-            if out_of_time:
-                print(f"grpo: time limit of {config.time_limit_s:.0f} s reached after iteration {iteration}",
-                      file=sys.stderr)
-                break
-        run.mark_finished({k: v for k, v in last_row.items() if k.startswith("eval_") or k == "iteration"})
-    finally:
-        branch_envs.close()
-        collect_envs.close()
-        run.close()
-    return last_row
+    return branch_envs, BatchedEnv(task, config.trajectories_per_iteration, num_workers=0, seed=config.seed)
 
 
 def average_of_weights(model, decay: float):
@@ -568,22 +420,19 @@ def average_of_weights(model, decay: float):
     decay 0). Its first update copies the weights; buffers are constant in a DT, so they are not averaged."""
     if decay <= 0:
         return None
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
     averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
     averaged.update_parameters(model)  # start at the pretrained weights
     return averaged.eval()
 
 
 def update_policy(policy, sub_buffer: SubTrajectoryBuffer, optimizer, temperature_optimizer, config: GRPOConfig,
-                  rng: np.random.Generator, device, segments_to_batch) -> dict:
+                  rng: np.random.Generator, device) -> dict:
     """Line 9: ``epochs`` passes over T_sub in random minibatches. Loss = clipped surrogate (at
     ``ratio_level``) + β·KL - α·entropy; α is then stepped towards the target entropy (ODT's rule)."""
     model = policy.model
     items = list(sub_buffer.items)
     if config.old_log_probs == "refresh":
-        items = refresh_log_probs(model, policy, items, config.minibatch_size, device, segments_to_batch,
-                                  config.context_length)
+        items = refresh_log_probs(policy, items, config.minibatch_size, device, config.context_length)
     sums: dict[str, float] = {}
     updates = 0
     first_ratio_deviation = None
@@ -598,20 +447,10 @@ def update_policy(policy, sub_buffer: SubTrajectoryBuffer, optimizer, temperatur
             surrogate = objectives.clipped_surrogate(log_probs, logp_old, advantages, batch.train_mask,
                                                      config.ratio_level, config.clip_eps, config.clip_eps_high)
             kl = objectives.approx_kl(log_probs, logp_old, batch.train_mask)
-            mean_entropy = masked_mean(entropy, batch.train_mask)
-            temperature = model.temperature.detach()
-            loss = surrogate + config.kl_beta * kl - temperature * mean_entropy
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            params = [p for group in optimizer.param_groups for p in group["params"]]
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip) if config.grad_clip > 0 else \
-                torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-            optimizer.step()
-            if temperature_optimizer is not None:  # α towards the target entropy -dim(A) (ODT's rule)
-                temperature_optimizer.zero_grad(set_to_none=True)
-                model.temperature_loss(mean_entropy.detach()).backward()
-                temperature_optimizer.step()
-            model.log_temperature.grad = None
+            mean_entropy = objectives.masked_mean(entropy, batch.train_mask)
+            loss = surrogate + config.kl_beta * kl - model.temperature.detach() * mean_entropy
+            grad_norm = optimizer_step(loss, optimizer, config.grad_clip)
+            temperature_step(model, mean_entropy, temperature_optimizer)  # α towards entropy -dim(A)
 
             stats = objectives.surrogate_stats(log_probs.detach(), logp_old, batch.train_mask, config.ratio_level,
                                                config.clip_eps, config.clip_eps_high)
@@ -637,26 +476,130 @@ def update_policy(policy, sub_buffer: SubTrajectoryBuffer, optimizer, temperatur
 
 
 @torch.no_grad()
-def refresh_log_probs(model, policy, items: list, chunk: int, device, segments_to_batch,
-                      context_length: int | None = None) -> list:
+def refresh_log_probs(policy, items: list, chunk: int, device, context_length: int | None = None) -> list:
     """``old_log_probs='refresh'``: the buffer's sub-trajectories with log-probs recomputed under the
     current policy (same context), to serve as π_old for this iteration's updates."""
     refreshed = []
     for begin in range(0, len(items), chunk):
         part = items[begin:begin + chunk]
         batch = segments_to_batch([seg for seg, _ in part], policy.normalizer, policy.reward_scale, device=device)
-        log_probs, _ = policy_outputs(model, batch, context_length)
+        log_probs, _ = policy_outputs(policy.model, batch, context_length)
         for row, (segment, advantage) in enumerate(part):
             new = log_probs[row][batch.train_mask[row]].float().cpu().numpy()
             refreshed.append((dataclasses.replace(segment, log_probs=new), advantage))
     return refreshed
 
 
+# ----------------------------------------------------------------------------------------------
+# the loop
+
+
+def train(config: GRPOConfig) -> dict:
+    """Run Algorithm 1 as ``config`` says, writing the run directory ``config.out``; returns the
+    final evaluation."""
+    task = get_task(config.task)
+    device = resolve_device(config.device)
+    online_rtg, eval_rtg = online_targets(config, task)
+    gamma = task.gamma if config.gamma is None else config.gamma
+    rng = seed_everything(config.seed)
+    policy = prepare_policy(config, task, device)  # ETPR set, dropout off (eval mode; gradients flow)
+    model = policy.model
+    # the context before a reset point that the ratio needs
+    history_length = int(model.receptive_field) if config.context_length is None else config.context_length - 1
+    optimizer, temperature_optimizer = build_dt_optimizers(config, model)
+    averaged = average_of_weights(model, config.policy_averaging)
+    evaluated = policy if averaged is None else dataclasses.replace(policy, model=averaged.module)
+    run, state = open_run(config, ALGO)  # after building the model: resuming restores the global RNGs
+    trajectory_buffer: deque = deque(maxlen=config.trajectory_buffer_size)  # T_replay
+    sub_buffer = SubTrajectoryBuffer(config.sub_trajectory_buffer_size)  # T_sub
+    clock = Clock()
+    components = dict(model=model, optimizer=optimizer, temperature_optimizer=temperature_optimizer,
+                      sub_buffer=sub_buffer, averaged_model=averaged)
+    iteration = 0
+    if state is not None:
+        trajectory_buffer.extend(state["trajectory_buffer"])
+        iteration = restore_training_state(state, rng, clock, rng_key="numpy_generator", **components) - 1
+    branch_envs, collect_envs = make_envs(task, config)
+    best_policy = BestPolicy(run)
+    # how a saved policy is to be evaluated (dtrl eval reads it back)
+    policy_info = {"algo": ALGO, "eval_rtg": eval_rtg, "eval_context_length": config.context_length}
+
+    def evaluate_now() -> dict:
+        evaluation = evaluate_policy(evaluated, task, config, device, eval_rtg, config.context_length)
+        if averaged is not None:  # what the weight average buys over the iterate it smooths
+            iterate = evaluate_policy(policy, task, config, device, eval_rtg, config.context_length)
+            evaluation.update({key.replace("eval_", "eval_iterate_", 1): value for key, value in iterate.items()})
+        return evaluation
+
+    def checkpoint() -> None:
+        training = training_state(ALGO, iteration, rng, clock, rng_key="numpy_generator", **components)
+        save_checkpoint(run, iteration, {**training, "trajectory_buffer": list(trajectory_buffer)}, evaluated.model,
+                        policy.normalizer, task.name, policy_info)
+
+    def keep_best(evaluation: dict) -> None:
+        if config.keep_best_policy:
+            best_policy.update(evaluation, evaluated.model, policy.normalizer, task.name, policy_info, iteration)
+
+    if state is None:  # the curve starts at the pretrained DT
+        log_initial_evaluation(run, clock, config,
+                               lambda: evaluate_policy(policy, task, config, device, eval_rtg, config.context_length))
+    last_evaluation: dict = {}
+    try:
+        for iteration in range(iteration + 1, config.iterations + 1):  # line 1
+            learning_rate = set_learning_rate(optimizer, scheduled_learning_rate(config, iteration))
+            seeds = episode_seeds(config, iteration, config.trajectories_per_iteration)
+            timer = StageTimer()
+            if config.full_trajectories:  # ablation Fig. 1b: groups of whole episodes replace lines 2-7
+                with timer("group_rollouts"):
+                    groups = full_trajectory_groups(policy, branch_envs, task, config, online_rtg, gamma, seeds,
+                                                    device)
+                charts = {"charts/rollout_return": float(np.mean([s.rewards.sum() for s in groups.segments]))}
+            else:
+                # line 2: full trajectories with the current policy from s_1 and g_online; FIFO update
+                with timer("full_rollouts"):
+                    episodes = rollout_episodes(policy, collect_envs, task, online_rtg, seeds, mode="sample",
+                                                record_snapshots=True, device=device,
+                                                context_length=config.context_length)
+                trajectory_buffer.extend(episodes)
+                clock.env_steps += sum(len(ep) for ep in episodes)
+                charts = {"charts/rollout_return": float(np.mean([ep.episode_return for ep in episodes])),
+                          "charts/rollout_length": float(np.mean([len(ep) for ep in episodes]))}
+                with timer("group_rollouts"):
+                    # line 3: a minibatch of full trajectories, p(τ) ∝ |τ|
+                    chosen = sample_proportional_to_length([len(ep) for ep in trajectory_buffer],
+                                                           config.trajectories_per_batch, rng)
+                    # lines 4-5: K reset points in each, from softmax(action variance) (active sampling)
+                    starts = branch_starts([trajectory_buffer[i] for i in chosen], config, history_length, rng)
+                    # line 6: G sub-trajectories per reset point, L_traj sampled + L_eval mean-action steps
+                    segments, scores, steps = rollout_groups(policy, branch_envs, starts, config, gamma, device)
+                    # line 7: advantages by Eq. (2) within each group, ε_GRPO rule
+                    groups = group_batch(segments, scores.reshape(-1, config.group_size), config, steps)
+            clock.env_steps += groups.env_steps
+            # line 8: the sub-trajectory buffer takes the groups that carry a signal (FIFO)
+            push_groups(sub_buffer, groups, config, gamma)
+            # line 9: finetune on T_sub with the clipped surrogate at `ratio_level` (Eq. 3 by default)
+            with timer("update"):
+                losses = update_policy(policy, sub_buffer, optimizer, temperature_optimizer, config, rng, device)
+                if averaged is not None:
+                    averaged.update_parameters(model)
+            clock.grad_updates += losses.pop("updates")
+
+            metrics = {**charts, **timer.metrics, **group_metrics(groups, len(sub_buffer)),
+                       "charts/temperature": model.temperature.item(), "charts/learning_rate": learning_rate,
+                       **losses}
+            stopping, evaluation = end_of_iteration(run, iteration, config, clock, metrics, evaluate_now,
+                                                    checkpoint, keep_best)
+            last_evaluation = evaluation or last_evaluation
+            if stopping:
+                break
+        return finish_run(run, ALGO, iteration, last_evaluation or evaluate_now())
+    finally:
+        branch_envs.close()
+        collect_envs.close()
+        run.close()
+
+
 def main(argv: list[str]) -> int:
-    config = parse_config(GRPOConfig, argv, PRESETS, description=__doc__.split("\n\n")[0],
-                          prog="dtrl finetune --algo grpo")
-    row = train(config)
-    score = row.get("eval_normalized_mean")
-    shown = f"normalised {score:.1f}" if isinstance(score, (int, float)) else f"return {row.get('eval_return_mean')}"
-    print(f"grpo: finished {row.get('iteration')} iterations in {config.out}: {shown}")
+    train(parse_config(GRPOConfig, argv, PRESETS, description=__doc__.split("\n\n")[0],
+                       prog="dtrl finetune --algo grpo"))
     return 0

@@ -33,17 +33,19 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from dtrl.algos.buffers import TrajectoryBuffer, WindowSampler, rollout_extra, trajectory_segments
 from dtrl.algos.common import (
-    Clock, TD3CriticConfig, TrajectoryBuffer, WindowSampler, build_dt_optimizers, end_of_iteration, episode_seeds,
-    evaluate_policy, log_initial_evaluation, online_targets, open_run, prepare_policy,
-    restore_training_state, rollout_extra, seed_everything, soft_update, training_state, trajectory_segments,
+    Clock, TD3CriticConfig, build_critic, build_dt_optimizers, end_of_iteration, episode_seeds, evaluate_policy,
+    finish_run, log_initial_evaluation, online_targets, open_run, optimizer_step, prepare_policy,
+    restore_training_state, rollout_charts, save_checkpoint, seed_everything, soft_update, temperature_step,
+    training_state, window_critic_loss,
 )
-from dtrl.algos.odt import optimiser_step, temperature_step
-from dtrl.algos.odt_td3 import build_critic, window_critic_loss
 from dtrl.config import parse_config, resolve_device
+from dtrl.envs import BatchedEnv
 from dtrl.errors import DtrlError
 from dtrl.models.distributions import ActionDistribution
 from dtrl.objectives import clipped_surrogate, group_advantages, surrogate_stats
+from dtrl.rollout import rollout_episodes, segments_to_batch
 from dtrl.tasks import get_task
 
 ALGO = "grpo-q"
@@ -102,8 +104,7 @@ class GRPOQConfig(TD3CriticConfig):
 
 
 def _table6(task) -> dict:
-    clip = 0.2 if task.family in ("hopper", "antmaze") or task.domain == "generic" else 0.3
-    return dict(clip_eps=clip, learning_rate=3e-5 if task.domain == "adroit" else 5e-5,
+    return dict(clip_eps=task.clip_eps, learning_rate=task.learning_rate,
                 trajectories_per_iteration=5 if task.domain == "adroit" else 1,
                 gamma=task.gamma if task.domain != "generic" else 0.99)
 
@@ -111,7 +112,7 @@ def _table6(task) -> dict:
 def paper_preset(task_name: str) -> GRPOQConfig:
     task = get_task(task_name)
     return GRPOQConfig(task=task.name, preset="paper", iterations=1000, buffer_size=32, trajectories_per_update=16,
-                       group_size=8, minibatch_size=512 if task.domain == "adroit" else 256,
+                       group_size=8, minibatch_size=task.batch_size,
                        critic_updates_per_iteration=256, critic_warmup_iterations=10, eval_every=10,
                        eval_episodes=10, **_table6(task))
 
@@ -157,9 +158,6 @@ def main(argv: list[str]) -> int:
 
 
 def train(config: GRPOQConfig) -> dict:
-    from dtrl.envs import BatchedEnv
-    from dtrl.rollout import rollout_episodes, segments_to_batch
-
     device = resolve_device(config.device)
     task = get_task(config.task)
     rng = seed_everything(config.seed)
@@ -171,26 +169,32 @@ def train(config: GRPOQConfig) -> dict:
     history_length = model.receptive_field if config.history_length is None else config.history_length
     online_rtg, eval_rtg = online_targets(config, task)
     optimizer, temperature_optimizer = build_dt_optimizers(config, model)
-    actor_params = model.policy_parameters()
     critic, critic_target = build_critic(config, task, model.state_dim, model.act_dim, device)
     critic_optimizer = torch.optim.Adam(critic.parameters(), lr=config.critic_lr)
 
     buffer = TrajectoryBuffer(config.buffer_size)
     clock = Clock()
     run, state = open_run(config, ALGO)
-    start = 1
+    iteration = 0
     components = dict(model=model, target_model=target_model, critic=critic, critic_target=critic_target,
                       optimizer=optimizer, critic_optimizer=critic_optimizer,
                       temperature_optimizer=temperature_optimizer, buffer=buffer)
     if state is not None:
-        start = restore_training_state(state, rng, clock, **components)
+        iteration = restore_training_state(state, rng, clock, **components) - 1
     envs = BatchedEnv(task, config.trajectories_per_iteration, seed=config.seed)
 
+    def evaluate_now() -> dict:
+        return evaluate_policy(policy, task, config, device, eval_rtg)
+
+    def checkpoint() -> None:
+        save_checkpoint(run, iteration, training_state(ALGO, iteration, rng, clock, **components), model,
+                        policy.normalizer, task.name, {"algo": ALGO, "eval_rtg": eval_rtg})
+
     if state is None:  # the curve starts at the pretrained DT
-        log_initial_evaluation(run, clock, policy, task, config, eval_rtg, device)
+        log_initial_evaluation(run, clock, config, evaluate_now)
     last_eval: dict = {}
     try:
-        for iteration in range(start, config.iterations + 1):
+        for iteration in range(iteration + 1, config.iterations + 1):
             # line 2: roll out with the online target; FIFO buffer (RTGs as conditioned, never relabeled)
             rollouts = rollout_episodes(policy, envs, task, online_rtg,
                                         seeds=episode_seeds(config, iteration, config.trajectories_per_iteration),
@@ -206,9 +210,7 @@ def train(config: GRPOQConfig) -> dict:
                 loss, metrics = window_critic_loss(critic, critic_target, target_model,
                                                    sampler.sample(config.critic_batch_size, device), config.gamma,
                                                    config.policy_noise, config.noise_clip)
-                critic_optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                critic_optimizer.step()
+                optimizer_step(loss, critic_optimizer, 0.0)
                 if step % config.policy_delay == 0:
                     soft_update(critic_target, critic, config.tau)
                     soft_update(target_model, model, config.tau)
@@ -247,8 +249,8 @@ def train(config: GRPOQConfig) -> dict:
                                                     advantages.t().reshape(-1), per_action, "token", config.clip_eps)
                         entropy = dist.entropy().mean()
                         loss = pg_loss - model.temperature.detach() * entropy
-                        grad_norm = optimiser_step(loss, optimizer, actor_params, config.grad_clip)
-                        temperature_step(model.temperature_loss(entropy), temperature_optimizer)
+                        grad_norm = optimizer_step(loss, optimizer, config.grad_clip)
+                        temperature_step(model, entropy, temperature_optimizer)
                         clock.grad_updates += 1
                         ratio = surrogate_stats(logp_new.detach().reshape(-1, 1), logp_old.reshape(-1, 1), per_action,
                                                 "token", config.clip_eps)
@@ -262,17 +264,12 @@ def train(config: GRPOQConfig) -> dict:
             for row in stats:  # critic and policy rows carry different keys
                 for key, value in row.items():
                     merged.setdefault(key, []).append(value)
-            stopping, evaluation = end_of_iteration(
-                run, ALGO, iteration, config, clock, policy, task, eval_rtg, device, rollouts,
-                {k: float(np.mean(v)) for k, v in merged.items()},
-                state=lambda: training_state(ALGO, iteration, rng, clock, **components))
+            metrics = {**{k: float(np.mean(v)) for k, v in merged.items()}, **rollout_charts(rollouts)}
+            stopping, evaluation = end_of_iteration(run, iteration, config, clock, metrics, evaluate_now, checkpoint)
             last_eval = evaluation or last_eval
             if stopping:
                 break
-        if not last_eval:
-            last_eval = evaluate_policy(policy, task, config, eval_rtg, device)
-        run.mark_finished({"algo": ALGO, **last_eval})
+        return finish_run(run, ALGO, iteration, last_eval or evaluate_now())
     finally:
         envs.close()
         run.close()
-    return last_eval

@@ -19,33 +19,37 @@ used as they are.
 
 Metrics: iteration 0 is the end of the offline phase; iteration i >= 1 is after i·env_steps_per_iteration
 online steps. The actor is saved to RUN/policy (``model.safetensors`` + ``model.json`` with
-``"architecture": "iql-mlp"`` + ``normalizer.json``); it is an MLP, not a Decision Transformer, so
-``dtrl eval`` does not load it — ``dtrl.algos.iql.load_actor(RUN)`` does, and the run's own
-``eval_*`` metrics are its evaluation.
+``"architecture": "iql-mlp"`` + ``normalizer.json``, ``dtrl.models.checkpoint.save_actor``); ``dtrl eval
+RUN`` evaluates it like any policy.
 """
 
 from __future__ import annotations
 
 import copy
-import json
-import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dtrl.algos.buffers import ReplayBuffer
 from dtrl.algos.common import (
-    Clock, ReplayBuffer, checkpoint_due, evaluation_due, iteration_metrics, load_offline_dataset, open_run,
-    restore_training_state, seed_everything, soft_update, training_state,
+    Clock, checkpoint_due, evaluate_policy, evaluation_due, finish_run, iteration_metrics, load_offline_dataset,
+    open_run, restore_training_state, seed_everything, soft_update, training_state,
 )
 from dtrl.config import CommonConfig, parse_config, resolve_device
+from dtrl.data import StateNormalizer
+from dtrl.envs import make
 from dtrl.errors import DtrlError
+from dtrl.models.checkpoint import LoadedActor, save_actor
+from dtrl.models.critics import TanhGaussianActor, TwinQ, ValueNet
 from dtrl.objectives import expectile_loss
 from dtrl.tasks import Task, get_task
+
+# The online phase's env reset seeds: episode k of a run with seed s is reset with
+# ONLINE_SEED_STRIDE * s + k (a prime stride, so runs with different seeds never share an episode).
+ONLINE_SEED_STRIDE = 1_000_003
 
 ALGO = "iql"
 
@@ -185,103 +189,12 @@ class IQLAgent(torch.nn.Module):
 
     def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, n_layers: int, actor_dropout: float):
         super().__init__()
-        from dtrl.models.critics import TanhGaussianActor, TwinQ, ValueNet
-
         # ReLU MLPs as in the IQL paper.
         self.actor = TanhGaussianActor(obs_dim, act_dim, hidden_dim=hidden_dim, n_layers=n_layers,
                                        activation="relu", dropout=actor_dropout)
         self.q = TwinQ(obs_dim, act_dim, hidden_dim=hidden_dim, n_layers=n_layers, activation="relu")
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         self.v = ValueNet(obs_dim, hidden_dim=hidden_dim, n_layers=n_layers, activation="relu")
-
-
-# ----------------------------------------------------------------------------------------------
-# Evaluation of the MLP actor (mean action), batched over episodes
-
-
-@torch.no_grad()
-def evaluate_actor(actor, normalizer, task: Task, episodes: int, seed: int, device: str = "cpu") -> dict:
-    """Mean-action episodes in a BatchedEnv; the contract's eval_* keys."""
-    from dtrl.envs import BatchedEnv
-
-    envs = BatchedEnv(task, num_envs=episodes, seed=seed)
-    was_training = actor.training
-    actor.eval()
-    try:
-        obs = np.asarray(envs.reset([seed + i for i in range(episodes)]), dtype=np.float32)
-        returns = np.zeros(episodes, np.float64)
-        lengths = np.zeros(episodes, np.int64)
-        active = np.ones(episodes, bool)
-        for _ in range(task.max_episode_steps):
-            states = torch.as_tensor(normalizer.normalize(obs), device=device)
-            action = actor(states).mean.float().cpu().numpy()
-            obs, reward, term, trunc = envs.step(action, active)
-            obs = np.asarray(obs, dtype=np.float32)
-            returns[active] += np.asarray(reward, np.float64)[active]
-            lengths[active] += 1
-            active &= ~(np.asarray(term, bool) | np.asarray(trunc, bool))
-            if not active.any():
-                break
-    finally:
-        actor.train(was_training)
-        envs.close()
-    normalized = [task.normalize(r) for r in returns]
-    has_ref = normalized[0] is not None
-    return {
-        "eval_return_mean": float(returns.mean()), "eval_return_std": float(returns.std()),
-        "eval_normalized_mean": float(np.mean(normalized)) if has_ref else None,
-        "eval_normalized_std": float(np.std(normalized)) if has_ref else None,
-        "eval_length_mean": float(lengths.mean()),
-    }
-
-
-# ----------------------------------------------------------------------------------------------
-# Saving / loading the actor (safetensors, like every dtrl policy)
-
-
-def save_actor(directory: Path, actor, normalizer, task_name: str, config: IQLConfig, obs_dim: int, act_dim: int) -> None:
-    """RUN/policy: model.safetensors, model.json, normalizer.json; each file replaced atomically."""
-    from safetensors.torch import save_file
-
-    directory.mkdir(parents=True, exist_ok=True)
-    meta = {"architecture": "iql-mlp", "task": task_name, "obs_dim": obs_dim, "act_dim": act_dim,
-            "hidden_dim": config.hidden_dim, "n_layers": config.n_layers, "actor_dropout": config.actor_dropout}
-    tensors = {k: v.detach().cpu().contiguous() for k, v in actor.state_dict().items()}
-    for name, write in (
-        ("model.safetensors", lambda tmp: save_file(tensors, tmp)),
-        ("model.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2))),
-        ("normalizer.json", lambda tmp: Path(tmp).write_text(json.dumps(normalizer.to_dict()))),
-    ):
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=directory)
-        os.close(fd)
-        try:
-            write(tmp)
-            os.replace(tmp, directory / name)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-
-def load_actor(path: str | os.PathLike, device: str = "cpu"):
-    """(actor, normalizer, meta) from an IQL run directory or its policy directory."""
-    from safetensors.torch import load_file
-
-    from dtrl.data.normalizer import StateNormalizer
-    from dtrl.models.critics import TanhGaussianActor
-
-    path = Path(path)
-    directory = path / "policy" if (path / "policy" / "model.json").is_file() else path
-    try:
-        meta = json.loads((directory / "model.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DtrlError(f"{path} holds no IQL policy (model.json: {exc})") from None
-    if meta.get("architecture") != "iql-mlp":
-        raise DtrlError(f"{path} is not an IQL policy (architecture {meta.get('architecture')!r})")
-    actor = TanhGaussianActor(meta["obs_dim"], meta["act_dim"], hidden_dim=meta["hidden_dim"],
-                              n_layers=meta["n_layers"], activation="relu", dropout=meta["actor_dropout"])
-    actor.load_state_dict(load_file(str(directory / "model.safetensors"), device=device))
-    normalizer = StateNormalizer.from_dict(json.loads((directory / "normalizer.json").read_text()))
-    return actor.to(device).eval(), normalizer, meta
 
 
 # ----------------------------------------------------------------------------------------------
@@ -295,9 +208,6 @@ def main(argv: list[str]) -> int:
 
 
 def train(config: IQLConfig) -> dict:
-    from dtrl.data.normalizer import StateNormalizer
-    from dtrl.envs import make
-
     device = resolve_device(config.device)
     task = get_task(config.task)
     rng = seed_everything(config.seed)
@@ -382,18 +292,22 @@ def train(config: IQLConfig) -> dict:
             "env_snapshot": env.snapshot() if episode["obs"] is not None else None,
             "episode": episode, "offline_seconds": offline_seconds,
         }, iteration)
-        save_actor(run.path / "policy", agent.actor, normalizer, task.name, config, dataset.obs_dim, dataset.act_dim)
+        save_actor(run.path / "policy", agent.actor, normalizer, task.name, dataset.obs_dim, dataset.act_dim,
+                   config.hidden_dim, config.n_layers, config.actor_dropout)
 
-    def evaluate() -> dict:
-        return evaluate_actor(agent.actor, normalizer, task, config.eval_episodes, seed=10_000 + config.seed,
-                              device=device)
+    def evaluate_now() -> dict:
+        agent.actor.eval()  # the mean action without dropout
+        try:
+            return evaluate_policy(LoadedActor(agent.actor, normalizer, task.name), task, config, device=device)
+        finally:
+            agent.actor.train()
 
     last_eval: dict = {}
     try:
         # ---- offline phase (iteration 0) ----
         if start_iteration == 0:
             stats = [update(replay.sample(config.batch_size, rng, device)) for _ in range(offline_done, config.offline_steps)]
-            last_eval = evaluate()
+            last_eval = evaluate_now()
             run.log(iteration_metrics(0, clock, **average(stats), **last_eval,
                                       **{"charts/reward_scale": reward_scale, "charts/replay_size": len(replay)}))
             offline_seconds = clock.elapsed()
@@ -401,11 +315,12 @@ def train(config: IQLConfig) -> dict:
             start_iteration = 1
 
         # ---- online phase: one env step, then updates_per_env_step gradient steps ----
+        iteration = start_iteration - 1
         for iteration in range(start_iteration, config.iterations + 1):
             stats, finished_returns = [], []
             for _ in range(config.env_steps_per_iteration):
                 if episode["obs"] is None:
-                    obs, _ = env.reset(seed=int(config.seed * 1_000_003 + episode["count"]))
+                    obs, _ = env.reset(seed=int(ONLINE_SEED_STRIDE * config.seed + episode["count"]))
                     episode.update(obs=np.asarray(obs, np.float32), length=0)
                     episode["return"] = 0.0
                 with torch.no_grad():
@@ -425,7 +340,7 @@ def train(config: IQLConfig) -> dict:
                 for _ in range(config.updates_per_env_step):
                     stats.append(update(replay.sample(config.batch_size, rng, device)))
             stopping = config.time_limit_s > 0 and clock.elapsed() - offline_seconds >= config.time_limit_s
-            evaluation = evaluate() if evaluation_due(iteration, config.iterations, config.eval_every, stopping) else {}
+            evaluation = evaluate_now() if evaluation_due(iteration, config.iterations, config.eval_every, stopping) else {}
             last_eval = evaluation or last_eval
             online = {"charts/episodic_return": float(np.mean(finished_returns)) if finished_returns else None,
                       "charts/episodes": len(finished_returns)}
@@ -434,8 +349,7 @@ def train(config: IQLConfig) -> dict:
                 checkpoint(iteration)
             if stopping:
                 break
-        run.mark_finished({k: v for k, v in last_eval.items()} | {"algo": ALGO})
+        return finish_run(run, ALGO, iteration, last_eval or evaluate_now())
     finally:
         env.close()
         run.close()
-    return last_eval

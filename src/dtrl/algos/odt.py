@@ -22,15 +22,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
+from dtrl.algos.buffers import TrajectoryBuffer
 from dtrl.algos.common import (
-    Clock, DTFinetuneConfig, TrajectoryBuffer, build_dt_optimizers, end_of_iteration, episode_seeds, evaluate_policy,
-    log_initial_evaluation, load_offline_dataset, mean_metrics, online_targets, open_run, prepare_policy,
-    restore_training_state, seed_everything, training_state,
+    Clock, DTFinetuneConfig, build_dt_optimizers, end_of_iteration, episode_seeds, evaluate_policy, finish_run,
+    load_offline_dataset, log_initial_evaluation, mean_metrics, offline_seed_trajectories, online_targets, open_run,
+    optimizer_step, prepare_policy, restore_training_state, rollout_charts, save_checkpoint, seed_everything,
+    supervised_loss, temperature_step, training_state,
 )
 from dtrl.config import parse_config, resolve_device
+from dtrl.data import SequenceSampler
+from dtrl.envs import BatchedEnv
 from dtrl.errors import DtrlError
+from dtrl.rollout import rollout_episodes
 from dtrl.tasks import get_task
 
 ALGO = "odt"
@@ -63,8 +67,7 @@ class ODTConfig(DTFinetuneConfig):
 def _settings(task) -> dict:
     # ODT's per-domain online settings: lr 1e-4 (Adroit and AntMaze: as GRPO's Table 6 lr_a), batch
     # as Table 6 BS; the temperature continues from pretraining.
-    return dict(learning_rate=1e-4 if task.domain in ("mujoco", "generic") else 5e-5,
-                batch_size=512 if task.domain == "adroit" else 256)
+    return dict(learning_rate=1e-4 if task.domain in ("mujoco", "generic") else 5e-5, batch_size=task.batch_size)
 
 
 def paper_preset(task_name: str) -> ODTConfig:
@@ -84,54 +87,14 @@ PRESETS = {"cpu": cpu_preset, "paper": paper_preset}
 
 
 # ----------------------------------------------------------------------------------------------
-# Pieces ODT+TD3 reuses
-
-
-def offline_seed_trajectories(dataset, task):
-    """Offline trajectories eligible for the replay buffer; AntMaze's 1-step trajectories are
-    artefacts of its data generation and are dropped (paper A.3.1, following ODT+TD3)."""
-    trajectories = dataset.trajectories
-    if task.domain == "antmaze":
-        trajectories = [t for t in trajectories if len(t) > 1]
-    return trajectories
+# Hindsight return relabeling
 
 
 def relabeled_sampler(buffer: TrajectoryBuffer, context_length: int, policy, rng: np.random.Generator):
     """Windows over the buffer with hindsight-relabeled RTGs: ``SequenceSampler`` computes each
     step's RTG from the trajectory's own rewards, g_t = sum_{t' >= t} r_t' (scaled by the policy's
     reward scale), ignoring the target the trajectory was rolled out with."""
-    from dtrl.data import SequenceSampler
-
     return SequenceSampler(buffer.trajectories, context_length, policy.reward_scale, policy.normalizer, rng)
-
-
-def supervised_loss(model, batch: dict, dist=None) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
-    """ODT objective on a window batch: (policy loss, temperature loss, metrics). ``dist``: the
-    model's output on this batch when the caller already has it."""
-    mask = batch["mask"]
-    actions = batch["actions"].clamp(-1.0 + 1e-6, 1.0 - 1e-6)  # tanh head: |a| < 1
-    if dist is None:
-        dist = model(batch["states"], batch["actions"], batch["returns_to_go"], batch["timesteps"], mask)
-    loss, nll, entropy = model.nll_entropy_loss(dist, actions, mask)
-    temperature_loss = model.temperature_loss(entropy)
-    return loss, temperature_loss, {"losses/action_nll": nll.item(), "losses/entropy": entropy.item(),
-                                    "losses/temperature": model.temperature.item()}
-
-
-def optimiser_step(loss, optimizer, parameters, grad_clip: float) -> float:
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    norm = torch.nn.utils.clip_grad_norm_(parameters, grad_clip) if grad_clip > 0 else torch.tensor(0.0)
-    optimizer.step()
-    return float(norm)
-
-
-def temperature_step(temperature_loss, optimizer) -> None:
-    if optimizer is None:
-        return
-    optimizer.zero_grad(set_to_none=True)
-    temperature_loss.backward()
-    optimizer.step()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -145,9 +108,6 @@ def main(argv: list[str]) -> int:
 
 
 def train(config: ODTConfig) -> dict:
-    from dtrl.envs import BatchedEnv
-    from dtrl.rollout import rollout_episodes
-
     device = resolve_device(config.device)
     task = get_task(config.task)
     rng = seed_everything(config.seed)
@@ -157,23 +117,29 @@ def train(config: ODTConfig) -> dict:
     online_rtg, eval_rtg = online_targets(config, task)
     dataset = load_offline_dataset(config.dataset, task, required=True)
     optimizer, temperature_optimizer = build_dt_optimizers(config, model)
-    actor_params = model.policy_parameters()
 
     buffer = TrajectoryBuffer(config.buffer_size)
     buffer.seed_with_top(offline_seed_trajectories(dataset, task))
     clock = Clock()
     run, state = open_run(config, ALGO)
-    start = 1
+    iteration = 0
     components = dict(model=model, optimizer=optimizer, temperature_optimizer=temperature_optimizer, buffer=buffer)
     if state is not None:
-        start = restore_training_state(state, rng, clock, **components)
+        iteration = restore_training_state(state, rng, clock, **components) - 1
     envs = BatchedEnv(task, config.trajectories_per_iteration, seed=config.seed)
 
+    def evaluate_now() -> dict:
+        return evaluate_policy(policy, task, config, device, eval_rtg)
+
+    def checkpoint() -> None:
+        save_checkpoint(run, iteration, training_state(ALGO, iteration, rng, clock, **components), model,
+                        policy.normalizer, task.name, {"algo": ALGO, "eval_rtg": eval_rtg})
+
     if state is None:  # the curve starts at the pretrained DT
-        log_initial_evaluation(run, clock, policy, task, config, eval_rtg, device)
+        log_initial_evaluation(run, clock, config, evaluate_now)
     last_eval: dict = {}
     try:
-        for iteration in range(start, config.iterations + 1):
+        for iteration in range(iteration + 1, config.iterations + 1):
             # 1-2. collect with the online target, add to the FIFO buffer
             rollouts = rollout_episodes(policy, envs, task, online_rtg,
                                         seeds=episode_seeds(config, iteration, config.trajectories_per_iteration),
@@ -187,24 +153,19 @@ def train(config: ODTConfig) -> dict:
             stats = []
             for _ in range(config.updates_per_iteration):
                 batch = {k: v.to(device) for k, v in sampler.sample(config.batch_size).items()}
-                loss, temperature_loss, metrics = supervised_loss(model, batch)
-                metrics["losses/grad_norm"] = optimiser_step(loss, optimizer, actor_params, config.grad_clip)
-                temperature_step(temperature_loss, temperature_optimizer)
+                loss, entropy, metrics = supervised_loss(model, batch)
+                metrics["losses/grad_norm"] = optimizer_step(loss, optimizer, config.grad_clip)
+                temperature_step(model, entropy, temperature_optimizer)
                 clock.grad_updates += 1
                 stats.append(metrics)
 
             # 5. evaluation, logging, checkpoint
-            stopping, evaluation = end_of_iteration(
-                run, ALGO, iteration, config, clock, policy, task, eval_rtg, device, rollouts, mean_metrics(stats),
-                {"charts/buffer_trajectories": len(buffer)},
-                lambda: training_state(ALGO, iteration, rng, clock, **components))
+            metrics = {**mean_metrics(stats), **rollout_charts(rollouts), "charts/buffer_trajectories": len(buffer)}
+            stopping, evaluation = end_of_iteration(run, iteration, config, clock, metrics, evaluate_now, checkpoint)
             last_eval = evaluation or last_eval
             if stopping:
                 break
-        if not last_eval:
-            last_eval = evaluate_policy(policy, task, config, eval_rtg, device)
-        run.mark_finished({"algo": ALGO, **last_eval})
+        return finish_run(run, ALGO, iteration, last_eval or evaluate_now())
     finally:
         envs.close()
         run.close()
-    return last_eval

@@ -28,19 +28,21 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
+from dtrl.algos.buffers import TrajectoryBuffer, WindowSampler
 from dtrl.algos.common import (
-    Clock, TD3CriticConfig, TrajectoryBuffer, WindowSampler, build_dt_optimizers, end_of_iteration, episode_seeds,
-    evaluate_policy, log_initial_evaluation, load_offline_dataset, mean_metrics, online_targets, open_run,
-    prepare_policy, restore_training_state, seed_everything, soft_update, training_state,
+    Clock, TD3CriticConfig, build_critic, build_dt_optimizers, end_of_iteration, episode_seeds, evaluate_policy,
+    finish_run, load_offline_dataset, log_initial_evaluation, mean_metrics, offline_seed_trajectories,
+    online_targets, open_run, optimizer_step, prepare_policy, restore_training_state, rollout_charts,
+    save_checkpoint, seed_everything, soft_update, supervised_loss, temperature_step, training_state,
+    window_critic_loss,
 )
-from dtrl.algos.odt import offline_seed_trajectories, optimiser_step, supervised_loss, temperature_step
 from dtrl.config import parse_config, resolve_device
+from dtrl.envs import BatchedEnv
 from dtrl.errors import DtrlError
-from dtrl.objectives import td3_target
+from dtrl.objectives import masked_mean
+from dtrl.rollout import rollout_episodes
 from dtrl.tasks import get_task
 
 ALGO = "odt-td3"
@@ -84,7 +86,7 @@ class ODTTD3Config(TD3CriticConfig):
 def paper_preset(task_name: str) -> ODTTD3Config:
     task = get_task(task_name)
     return ODTTD3Config(task=task.name, preset="paper", iterations=1000, updates_per_iteration=300,
-                        batch_size=512 if task.domain == "adroit" else 256, buffer_size=1000,
+                        batch_size=task.batch_size, buffer_size=1000,
                         learning_rate=1e-4 if task.domain == "mujoco" else 5e-5,
                         gamma=0.99 if task.domain != "antmaze" else 0.995, critic_warmup_steps=10_000,
                         eval_every=10, eval_episodes=10)
@@ -101,48 +103,6 @@ PRESETS = {"cpu": cpu_preset, "paper": paper_preset}
 
 
 # ----------------------------------------------------------------------------------------------
-# TD3 pieces (GRPO-Q uses them too)
-
-
-def smoothed_target_actions(mean_actions: torch.Tensor, noise_std: float, noise_clip: float) -> torch.Tensor:
-    """TD3 target policy smoothing: clip(a' + clip(ε, -c, c), -1, 1), ε ~ N(0, σ²)."""
-    noise = (torch.randn_like(mean_actions) * noise_std).clamp(-noise_clip, noise_clip)
-    return (mean_actions + noise).clamp(-1.0, 1.0)
-
-
-def window_critic_loss(critic, critic_target, target_model, batch: dict, gamma: float, noise_std: float,
-                       noise_clip: float) -> tuple[torch.Tensor, dict[str, float]]:
-    """Twin-Q TD loss on every transition (s_t, a_t, r_t, s_{t+1}) inside a batch of windows.
-
-    The next action at s_{t+1} is the target DT's prediction at position t+1 of the same window
-    (its context: the window's tokens up to s_{t+1}). The last position has no s_{t+1} in the
-    window: it is trained only when it is terminal (target r_t). Returns (loss, metrics)."""
-    states, actions, mask = batch["states"], batch["actions"], batch["mask"]
-    with torch.no_grad():
-        target_dist = target_model(states, actions, batch["returns_to_go"], batch["timesteps"], mask)
-        next_actions = smoothed_target_actions(target_dist.mean[:, 1:], noise_std, noise_clip)
-        next_q1, next_q2 = critic_target(states[:, 1:], next_actions)
-        pad = torch.zeros_like(next_q1[:, :1])
-        target = td3_target(batch["rewards"], batch["dones"], torch.cat([next_q1, pad], 1),
-                            torch.cat([next_q2, pad], 1), gamma)
-        has_next = torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], 1)
-        valid = (mask & (has_next | batch["dones"].bool())).float()
-    q1, q2 = critic(states, actions)
-    count = valid.sum().clamp_min(1.0)
-    loss = (((q1 - target) ** 2 + (q2 - target) ** 2) * valid).sum() / count
-    return loss, {"losses/critic": loss.item(), "charts/q_mean": float((q1.detach() * valid).sum() / count)}
-
-
-def build_critic(config, task, obs_dim: int, act_dim: int, device: str):
-    from dtrl.models.critics import TwinQ, default_hidden_dim, default_layer_norm
-
-    critic = TwinQ(obs_dim, act_dim, hidden_dim=config.critic_hidden_dim or default_hidden_dim(task.domain),
-                   layer_norm=default_layer_norm(task.domain) if config.critic_layer_norm is None
-                   else config.critic_layer_norm).to(device)
-    return critic, copy.deepcopy(critic).requires_grad_(False)
-
-
-# ----------------------------------------------------------------------------------------------
 # The loop
 
 
@@ -153,9 +113,6 @@ def main(argv: list[str]) -> int:
 
 
 def train(config: ODTTD3Config) -> dict:
-    from dtrl.envs import BatchedEnv
-    from dtrl.rollout import rollout_episodes
-
     device = resolve_device(config.device)
     task = get_task(config.task)
     rng = seed_everything(config.seed)
@@ -166,7 +123,6 @@ def train(config: ODTTD3Config) -> dict:
     online_rtg, eval_rtg = online_targets(config, task)
     dataset = load_offline_dataset(config.dataset, task, required=True)
     optimizer, temperature_optimizer = build_dt_optimizers(config, model)
-    actor_params = model.policy_parameters()
     critic, critic_target = build_critic(config, task, dataset.obs_dim, dataset.act_dim, device)
     critic_optimizer = torch.optim.Adam(critic.parameters(), lr=config.critic_lr)
 
@@ -174,40 +130,44 @@ def train(config: ODTTD3Config) -> dict:
     buffer.seed_with_top(offline_seed_trajectories(dataset, task))
     clock = Clock()
     run, state = open_run(config, ALGO)
-    start = 1
+    iteration = 0
     components = dict(model=model, target_model=target_model, critic=critic, critic_target=critic_target,
                       optimizer=optimizer, critic_optimizer=critic_optimizer,
                       temperature_optimizer=temperature_optimizer, buffer=buffer)
     if state is not None:
-        start = restore_training_state(state, rng, clock, **components)
+        iteration = restore_training_state(state, rng, clock, **components) - 1
     envs = BatchedEnv(task, config.trajectories_per_iteration, seed=config.seed)
 
     def critic_step(batch) -> dict:
         loss, metrics = window_critic_loss(critic, critic_target, target_model, batch, config.gamma,
                                            config.policy_noise, config.noise_clip)
-        critic_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        critic_optimizer.step()
+        optimizer_step(loss, critic_optimizer, 0.0)
         return metrics
 
     def actor_step(batch) -> dict:
         dist = model(batch["states"], batch["actions"], batch["returns_to_go"], batch["timesteps"], batch["mask"])
-        loss_odt, temperature_loss, metrics = supervised_loss(model, batch, dist)
+        loss_odt, entropy, metrics = supervised_loss(model, batch, dist)
         # TD3 term on the DT's own mean action at every valid step of the window.
         q = critic.q1(torch.cat([batch["states"], dist.mean], -1)).squeeze(-1)
-        valid = batch["mask"].float()
-        q_mean = (q * valid).sum() / valid.sum().clamp_min(1.0)
-        scale = (q.detach().abs() * valid).sum() / valid.sum().clamp_min(1.0)
+        q_mean = masked_mean(q, batch["mask"])
+        scale = masked_mean(q.detach().abs(), batch["mask"])
         loss = loss_odt - config.rl_weight * q_mean / scale.clamp_min(1e-6)
-        metrics["losses/grad_norm"] = optimiser_step(loss, optimizer, actor_params, config.grad_clip)
-        temperature_step(temperature_loss, temperature_optimizer)
+        metrics["losses/grad_norm"] = optimizer_step(loss, optimizer, config.grad_clip)
+        temperature_step(model, entropy, temperature_optimizer)
         soft_update(target_model, model, config.tau)
         soft_update(critic_target, critic, config.tau)
         metrics.update({"losses/actor_q": q_mean.item(), "losses/actor_total": loss.item()})
         return metrics
 
+    def evaluate_now() -> dict:
+        return evaluate_policy(policy, task, config, device, eval_rtg)
+
+    def checkpoint() -> None:
+        save_checkpoint(run, iteration, training_state(ALGO, iteration, rng, clock, **components), model,
+                        policy.normalizer, task.name, {"algo": ALGO, "eval_rtg": eval_rtg})
+
     if state is None:  # the curve starts at the pretrained DT
-        log_initial_evaluation(run, clock, policy, task, config, eval_rtg, device)
+        log_initial_evaluation(run, clock, config, evaluate_now)
     last_eval: dict = {}
     try:
         if state is None and config.critic_warmup_steps > 0:
@@ -215,7 +175,7 @@ def train(config: ODTTD3Config) -> dict:
             for step in range(config.critic_warmup_steps):
                 critic_step(sampler.sample(config.batch_size, device))
                 soft_update(critic_target, critic, config.tau)
-        for iteration in range(start, config.iterations + 1):
+        for iteration in range(iteration + 1, config.iterations + 1):
             # 1. collect with the online target RTG, FIFO buffer
             rollouts = rollout_episodes(policy, envs, task, online_rtg,
                                         seeds=episode_seeds(config, iteration, config.trajectories_per_iteration),
@@ -236,16 +196,12 @@ def train(config: ODTTD3Config) -> dict:
                 stats.append(metrics)
 
             # 3. evaluation, logging, checkpoint
-            stopping, evaluation = end_of_iteration(
-                run, ALGO, iteration, config, clock, policy, task, eval_rtg, device, rollouts, mean_metrics(stats),
-                state=lambda: training_state(ALGO, iteration, rng, clock, **components))
+            metrics = {**mean_metrics(stats), **rollout_charts(rollouts)}
+            stopping, evaluation = end_of_iteration(run, iteration, config, clock, metrics, evaluate_now, checkpoint)
             last_eval = evaluation or last_eval
             if stopping:
                 break
-        if not last_eval:
-            last_eval = evaluate_policy(policy, task, config, eval_rtg, device)
-        run.mark_finished({"algo": ALGO, **last_eval})
+        return finish_run(run, ALGO, iteration, last_eval or evaluate_now())
     finally:
         envs.close()
         run.close()
-    return last_eval

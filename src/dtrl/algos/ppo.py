@@ -26,15 +26,18 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from dtrl.algos.buffers import TrajectoryBuffer, rollout_extra, scatter_steps, trajectory_segments
 from dtrl.algos.common import (
-    Clock, DTFinetuneConfig, TrajectoryBuffer, build_dt_optimizers, end_of_iteration, episode_seeds, evaluate_policy,
-    log_initial_evaluation, mean_metrics, online_targets, open_run, prepare_policy, rollout_extra,
-    restore_training_state, scatter_steps, seed_everything, training_state, trajectory_segments,
+    Clock, DTFinetuneConfig, build_dt_optimizers, end_of_iteration, episode_seeds, evaluate_policy, finish_run,
+    log_initial_evaluation, mean_metrics, online_targets, open_run, optimizer_step, prepare_policy,
+    restore_training_state, rollout_charts, save_checkpoint, seed_everything, temperature_step, training_state,
 )
-from dtrl.algos.odt import optimiser_step, temperature_step
 from dtrl.config import parse_config, resolve_device
+from dtrl.envs import BatchedEnv
 from dtrl.errors import DtrlError
+from dtrl.models.critics import ValueNet, default_hidden_dim, default_layer_norm
 from dtrl.objectives import clipped_surrogate, lambda_returns, ppo_value_loss, surrogate_stats
+from dtrl.rollout import rollout_episodes, segments_to_batch
 from dtrl.tasks import get_task
 
 ALGO = "ppo"
@@ -94,15 +97,14 @@ class PPOConfig(DTFinetuneConfig):
 
 
 def _table6(task) -> dict:
-    clip = 0.2 if task.family in ("hopper", "antmaze") or task.domain == "generic" else 0.3
-    lr = 3e-5 if task.domain == "adroit" else 5e-5
-    return dict(clip_eps=clip, learning_rate=lr, trajectories_per_iteration=16 if task.domain == "adroit" else 8)
+    return dict(clip_eps=task.clip_eps, learning_rate=task.learning_rate,
+                trajectories_per_iteration=16 if task.domain == "adroit" else 8)
 
 
 def paper_preset(task_name: str) -> PPOConfig:
     task = get_task(task_name)
     return PPOConfig(task=task.name, preset="paper", iterations=1000, update_epochs=4,
-                     minibatch_size=512 if task.domain == "adroit" else 256, eval_every=10, eval_episodes=10,
+                     minibatch_size=task.batch_size, eval_every=10, eval_episodes=10,
                      **_table6(task))
 
 
@@ -122,8 +124,6 @@ PRESETS = {"cpu": cpu_preset, "paper": paper_preset}
 
 def build_value_critic(config, task, obs_dim: int, device: str):
     """V(s, g): an MLP on concat(normalised state, scaled RTG)."""
-    from dtrl.models.critics import ValueNet, default_hidden_dim, default_layer_norm
-
     return ValueNet(obs_dim + 1, hidden_dim=config.critic_hidden_dim or default_hidden_dim(task.domain),
                     layer_norm=default_layer_norm(task.domain) if config.critic_layer_norm is None
                     else config.critic_layer_norm).to(device)
@@ -161,9 +161,6 @@ def main(argv: list[str]) -> int:
 
 
 def train(config: PPOConfig) -> dict:
-    from dtrl.envs import BatchedEnv
-    from dtrl.rollout import rollout_episodes, segments_to_batch
-
     device = resolve_device(config.device)
     task = get_task(config.task)
     rng = seed_everything(config.seed)
@@ -173,7 +170,6 @@ def train(config: PPOConfig) -> dict:
     history_length = model.receptive_field if config.history_length is None else config.history_length
     online_rtg, eval_rtg = online_targets(config, task)
     optimizer, temperature_optimizer = build_dt_optimizers(config, model)
-    actor_params = model.policy_parameters()
     critic = build_value_critic(config, task, model.state_dim, device)
     critic_optimizer = torch.optim.AdamW(critic.parameters(), lr=config.critic_lr,
                                          weight_decay=config.critic_weight_decay)
@@ -181,18 +177,25 @@ def train(config: PPOConfig) -> dict:
     buffer = TrajectoryBuffer(config.trajectories_per_iteration * config.buffer_multiplier)
     clock = Clock()
     run, state = open_run(config, ALGO)
-    start = 1
+    iteration = 0
     components = dict(model=model, critic=critic, optimizer=optimizer, critic_optimizer=critic_optimizer,
                       temperature_optimizer=temperature_optimizer, buffer=buffer)
     if state is not None:
-        start = restore_training_state(state, rng, clock, **components)
+        iteration = restore_training_state(state, rng, clock, **components) - 1
     envs = BatchedEnv(task, config.trajectories_per_iteration, seed=config.seed)
 
+    def evaluate_now() -> dict:
+        return evaluate_policy(policy, task, config, device, eval_rtg)
+
+    def checkpoint() -> None:
+        save_checkpoint(run, iteration, training_state(ALGO, iteration, rng, clock, **components), model,
+                        policy.normalizer, task.name, {"algo": ALGO, "eval_rtg": eval_rtg})
+
     if state is None:  # the curve starts at the pretrained DT
-        log_initial_evaluation(run, clock, policy, task, config, eval_rtg, device)
+        log_initial_evaluation(run, clock, config, evaluate_now)
     last_eval: dict = {}
     try:
-        for iteration in range(start, config.iterations + 1):
+        for iteration in range(iteration + 1, config.iterations + 1):
             # 1. rollout with the online target; log-probs and RTGs as sampled, FIFO buffer
             rollouts = rollout_episodes(policy, envs, task, online_rtg,
                                         seeds=episode_seeds(config, iteration, config.trajectories_per_iteration),
@@ -236,16 +239,12 @@ def train(config: PPOConfig) -> dict:
                     pg_loss = clipped_surrogate(logp_new, logp_old, adv, each_step, "token", config.clip_eps)
                     entropy = dist.entropy()[train].mean()
                     loss = pg_loss - model.temperature.detach() * entropy
-                    grad_norm = optimiser_step(loss, optimizer, actor_params, config.grad_clip)
-                    temperature_step(model.temperature_loss(entropy), temperature_optimizer)
+                    grad_norm = optimizer_step(loss, optimizer, config.grad_clip)
+                    temperature_step(model, entropy, temperature_optimizer)
 
                     values = critic(critic_inputs(batch.states[train], batch.returns_to_go[train]))
                     value_loss = ppo_value_loss(values, ret)
-                    critic_optimizer.zero_grad(set_to_none=True)
-                    value_loss.backward()
-                    if config.grad_clip > 0:
-                        torch.nn.utils.clip_grad_norm_(critic.parameters(), config.grad_clip)
-                    critic_optimizer.step()
+                    optimizer_step(value_loss, critic_optimizer, config.grad_clip)
                     clock.grad_updates += 1
                     ratio = surrogate_stats(logp_new.detach(), logp_old, each_step, "token", config.clip_eps)
                     stats.append({"losses/policy": pg_loss.item(), "losses/value": value_loss.item(),
@@ -254,17 +253,12 @@ def train(config: PPOConfig) -> dict:
                                   "losses/clipfrac": ratio.clip_fraction, "losses/ratio_mean": ratio.ratio_mean})
 
             # 4. evaluation, logging, checkpoint
-            stopping, evaluation = end_of_iteration(
-                run, ALGO, iteration, config, clock, policy, task, eval_rtg, device, rollouts, mean_metrics(stats),
-                {"charts/segments": len(pieces)},
-                lambda: training_state(ALGO, iteration, rng, clock, **components))
+            metrics = {**mean_metrics(stats), **rollout_charts(rollouts), "charts/segments": len(pieces)}
+            stopping, evaluation = end_of_iteration(run, iteration, config, clock, metrics, evaluate_now, checkpoint)
             last_eval = evaluation or last_eval
             if stopping:
                 break
-        if not last_eval:
-            last_eval = evaluate_policy(policy, task, config, eval_rtg, device)
-        run.mark_finished({"algo": ALGO, **last_eval})
+        return finish_run(run, ALGO, iteration, last_eval or evaluate_now())
     finally:
         envs.close()
         run.close()
-    return last_eval

@@ -9,13 +9,13 @@ Layout (all arrays share the first dimension N = number of transitions):
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
 from dtrl.errors import DtrlError
+from dtrl.files import atomic_write_with
 
 REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
 """keys every D4RL-layout file must hold"""
@@ -79,7 +79,7 @@ def _to_python(value: Any) -> Any:
 
 
 def write_d4rl(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any] | None = None) -> None:
-    """Write a D4RL-layout file atomically: a temp file in the same directory, then ``os.replace``, so a
+    """Write a D4RL-layout file atomically (``dtrl.files``: a temp file next to it, then a rename), so a
     crash or error never leaves a half-written ``path``. Overwrites ``path`` if it exists (callers
     decide whether that is allowed)."""
     import h5py
@@ -92,12 +92,8 @@ def write_d4rl(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], attrs:
         if len(value) != n:
             raise DtrlError(f"cannot write {path}: {key} has {len(value)} rows but rewards has {n}")
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with h5py.File(tmp_name, "w") as f:
+    def write_file(temp: str) -> None:
+        with h5py.File(temp, "w") as f:
             for key, value in arrays.items():
                 value = np.asarray(value)
                 if key in ("terminals", "timeouts"):
@@ -108,12 +104,5 @@ def write_d4rl(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], attrs:
                                  compression_opts=4 if compress else None)
             for key, value in (attrs or {}).items():
                 f.attrs[key] = value if value is not None else ""
-        # mkstemp makes the file private (0600); give it the permissions a plain open() would have.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_name, 0o666 & ~umask)
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
+
+    atomic_write_with(path, write_file)

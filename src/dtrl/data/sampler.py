@@ -27,6 +27,13 @@ def returns_to_go(rewards: np.ndarray) -> np.ndarray:
     return np.cumsum(np.asarray(rewards, dtype=np.float64)[::-1])[::-1]
 
 
+def sample_proportional_to_length(lengths, count: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of ``count`` trajectories drawn with replacement, p(τ) = |τ| / Σ|τ'| (ODT's replay
+    sampling; Algorithm 1/2 line 3)."""
+    lengths = np.asarray(lengths, dtype=np.float64)
+    return rng.choice(len(lengths), size=count, replace=True, p=lengths / lengths.sum())
+
+
 class SequenceSampler:
     def __init__(
         self,
@@ -60,7 +67,6 @@ class SequenceSampler:
         self.rtg = (np.concatenate([returns_to_go(t.rewards) for t in trajectories]) / self.reward_scale).astype(
             np.float32)
         self.timesteps = np.concatenate([np.arange(n, dtype=np.int64) for n in self.lengths])
-        self.probabilities = self.lengths / self.lengths.sum()
 
     @property
     def n_trajectories(self) -> int:
@@ -72,7 +78,7 @@ class SequenceSampler:
 
     def sample_indices(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         """(trajectory index [B], window end step within it [B])."""
-        traj = self.rng.choice(self.n_trajectories, size=batch_size, p=self.probabilities)
+        traj = sample_proportional_to_length(self.lengths, batch_size, self.rng)
         end = (self.rng.random(batch_size) * self.lengths[traj]).astype(np.int64)
         return traj, np.minimum(end, self.lengths[traj] - 1)
 

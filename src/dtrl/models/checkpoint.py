@@ -8,26 +8,31 @@
 ``save_policy`` writes all three into a temporary sibling directory and swaps it in with renames, so a
 crash never leaves a half-written policy; ``load_policy`` accepts the policy directory or a run
 directory (``RUN/policy``) and checks the model fits the task it will be run on.
+
+The non-DT baseline's policy (IQL's MLP actor, ``"architecture": "iql-mlp"``) is kept in the same
+layout: ``save_actor`` / ``load_actor``, and ``load_any_policy`` returns whichever a folder holds.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 import dtrl
 from dtrl.config import ModelConfig, from_dict, to_dict
 from dtrl.errors import DtrlError
+from dtrl.files import atomic_replace_directory
 
 MODEL_FILE = "model.safetensors"
 META_FILE = "model.json"
 NORMALIZER_FILE = "normalizer.json"
 FORMAT_VERSION = 1
+ACTOR_ARCHITECTURE = "iql-mlp"
 
 
 @dataclass
@@ -48,8 +53,6 @@ class LoadedPolicy:
 
 def save_policy(directory, model, normalizer, task_name: str, extra: dict | None = None) -> Path:
     """Write ``model`` + ``normalizer`` to ``directory`` (replacing it atomically); returns the path."""
-    from safetensors.torch import save_file
-
     from dtrl.tasks import get_task
 
     directory = Path(directory)
@@ -64,28 +67,21 @@ def save_policy(directory, model, normalizer, task_name: str, extra: dict | None
         "reward_scale": float(get_task(task_name).reward_scale),
         "extra": dict(extra or {}),
     }
-    # safetensors refuses tensors that share memory; clone-free contiguous CPU copies are enough
-    tensors = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    try:
+    return _write_policy_directory(directory, model, meta, normalizer)
+
+
+def _write_policy_directory(directory, module, meta: dict, normalizer) -> Path:
+    from safetensors.torch import save_file
+
+    # safetensors refuses tensors that share memory; contiguous CPU copies are enough
+    tensors = {name: t.detach().to("cpu").contiguous() for name, t in module.state_dict().items()}
+
+    def fill(staging: Path) -> None:
         save_file(tensors, str(staging / MODEL_FILE))
         (staging / META_FILE).write_text(json.dumps(meta, indent=2))
         (staging / NORMALIZER_FILE).write_text(json.dumps(normalizer.to_dict()))
-        for name in (MODEL_FILE, META_FILE, NORMALIZER_FILE):
-            with open(staging / name, "rb") as f:
-                os.fsync(f.fileno())
-        if directory.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
-            os.rename(directory, retired / directory.name)
-            os.rename(staging, directory)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.rename(staging, directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return directory
+
+    return atomic_replace_directory(directory, fill)
 
 
 def _policy_directory(path: Path) -> Path:
@@ -152,3 +148,77 @@ def _check_task_dims(task, state_dim: int, act_dim: int, directory: Path) -> Non
             f"the policy in {directory} takes obs dim {state_dim} / action dim {act_dim}, but task "
             f"{task.name} has obs dim {env_obs} / action dim {env_act}"
         )
+
+
+# ----------------------------------------------------------------------------------------------
+# Markov policies (IQL's MLP actor): act on the observation alone, no target return
+
+
+@dataclass
+class LoadedActor:
+    """An MLP actor a ~ π(·|s) ready to evaluate, with the normaliser of its inputs."""
+
+    actor: Any
+    """dtrl.models.critics.TanhGaussianActor, in eval mode"""
+    normalizer: Any
+    """dtrl.data.StateNormalizer of the actor's inputs"""
+    task_name: str
+    """the task the actor was trained on"""
+    meta: dict = field(default_factory=dict)
+    """everything in model.json"""
+
+    @torch.no_grad()
+    def predict(self, observations: np.ndarray, device: str = "cpu") -> np.ndarray:
+        """Mean actions [N, A] for raw observations [N, O] (what ``dtrl.evaluation.evaluate`` calls)."""
+        states = torch.as_tensor(self.normalizer.normalize(observations), device=device)
+        return self.actor(states).mean.float().cpu().numpy()
+
+
+def save_actor(directory, actor, normalizer, task_name: str, obs_dim: int, act_dim: int, hidden_dim: int,
+               n_layers: int, dropout: float) -> Path:
+    """Write an MLP actor in the policy layout (replacing ``directory`` atomically)."""
+    meta = {"architecture": ACTOR_ARCHITECTURE, "task": task_name, "obs_dim": obs_dim, "act_dim": act_dim,
+            "hidden_dim": hidden_dim, "n_layers": n_layers, "actor_dropout": dropout,
+            "dtrl_version": dtrl.__version__}
+    return _write_policy_directory(directory, actor, meta, normalizer)
+
+
+def load_actor(path, task=None, device: str = "cpu") -> LoadedActor:
+    """Load an MLP actor from its policy directory or run directory; with ``task``, refuse one whose
+    observation/action sizes differ from that task's environment."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from dtrl.data import StateNormalizer
+    from dtrl.models.critics import TanhGaussianActor
+
+    directory = _policy_directory(Path(path))
+    try:
+        meta = json.loads((directory / META_FILE).read_text())
+        normalizer = StateNormalizer.from_dict(json.loads((directory / NORMALIZER_FILE).read_text()))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DtrlError(f"cannot read the policy in {directory}: {exc}") from None
+    if meta.get("architecture") != ACTOR_ARCHITECTURE:
+        raise DtrlError(f"{path} is not an IQL policy (architecture {meta.get('architecture')!r})")
+    if task is not None:
+        _check_task_dims(task, int(meta["obs_dim"]), int(meta["act_dim"]), directory)
+    actor = TanhGaussianActor(meta["obs_dim"], meta["act_dim"], hidden_dim=meta["hidden_dim"],
+                              n_layers=meta["n_layers"], activation="relu", dropout=meta["actor_dropout"])
+    try:
+        actor.load_state_dict(load_file(str(directory / MODEL_FILE), device="cpu"))
+    except (OSError, SafetensorError, RuntimeError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DtrlError(f"cannot load the weights in {directory / MODEL_FILE}: {first_line}") from None
+    return LoadedActor(actor.to(device).eval(), normalizer, str(meta.get("task", "")), meta)
+
+
+def load_any_policy(path, task=None, device: str = "cpu") -> LoadedPolicy | LoadedActor:
+    """Whatever policy ``path`` holds: a Decision Transformer (``LoadedPolicy``) or an MLP actor."""
+    directory = _policy_directory(Path(path))
+    try:
+        architecture = json.loads((directory / META_FILE).read_text()).get("architecture")
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DtrlError(f"cannot read the policy in {directory}: {exc}") from None
+    if architecture == ACTOR_ARCHITECTURE:
+        return load_actor(directory, task=task, device=device)
+    return load_policy(directory, task=task, device=device)

@@ -23,6 +23,7 @@ import torch.nn as nn
 from dtrl.config import ModelConfig
 from dtrl.models.distributions import ActionDistribution, at_least_float32
 from dtrl.models.gpt import GPT, KVCache, init_weights
+from dtrl.objectives import masked_mean
 
 
 @dataclass
@@ -218,13 +219,6 @@ class DecisionTransformer(nn.Module):
 
     # ---- pretraining losses ---------------------------------------------------------------------
 
-    @staticmethod
-    def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        if mask is None:
-            return values.mean()
-        mask = mask.to(values.dtype)
-        return (values * mask).sum() / mask.sum().clamp(min=1.0)
-
     def nll_entropy_loss(
         self, dist: ActionDistribution, actions: torch.Tensor, mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -232,8 +226,8 @@ class DecisionTransformer(nn.Module):
 
         Returns (loss, nll, entropy), the last two masked means; feed ``entropy`` to ``temperature_loss``.
         """
-        nll = -self._masked_mean(dist.log_prob(actions), mask)
-        entropy = self._masked_mean(dist.entropy(), mask)
+        nll = -masked_mean(dist.log_prob(actions), mask)
+        entropy = masked_mean(dist.entropy(), mask)
         return nll - self.temperature.detach() * entropy, nll, entropy
 
     def temperature_loss(self, entropy: torch.Tensor) -> torch.Tensor:
@@ -243,7 +237,7 @@ class DecisionTransformer(nn.Module):
 
     def mse_loss(self, dist: ActionDistribution, actions: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Original DT objective: mean squared error of the (tanh) action over valid steps."""
-        return self._masked_mean(((dist.mean - actions) ** 2).mean(dim=-1), mask)
+        return masked_mean(((dist.mean - actions) ** 2).mean(dim=-1), mask)
 
     def pretrain_loss(
         self, states, actions, returns_to_go, timesteps, mask=None

@@ -18,12 +18,7 @@ from dtrl.config import ModelConfig
 from dtrl.models.decision_transformer import DecisionTransformer, PolicyCache
 from dtrl.models.distributions import ActionDistribution, at_least_float32
 from dtrl.models.gpt import init_weights
-
-
-def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
-    """Asymmetric squared loss |m - 1(diff < 0)| * diff^2 with diff = target - prediction."""
-    weight = torch.where(diff < 0, 1.0 - expectile, expectile)
-    return weight * diff * diff
+from dtrl.objectives import expectile_loss
 
 
 class Reinformer(DecisionTransformer):
@@ -75,7 +70,7 @@ class Reinformer(DecisionTransformer):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Action loss (Gaussian: NLL - temperature * entropy; deterministic: MSE) + weighted expectile
         loss of the predicted returns. Returns (loss, metrics); ``metrics['entropy']`` is attached."""
-        return_loss = self._masked_mean(expectile_loss(returns_to_go - predicted_returns, self.config.expectile), mask)
+        return_loss = expectile_loss(returns_to_go - predicted_returns, self.config.expectile, mask)
         metrics = {"return_loss": return_loss.detach()}
         if self.stochastic:
             action_loss, nll, entropy = self.nll_entropy_loss(dist, actions, mask)
@@ -88,7 +83,7 @@ class Reinformer(DecisionTransformer):
     def return_loss(self, states, actions, returns_to_go, timesteps, mask=None) -> torch.Tensor:
         """The expectile loss of the return head alone (masked mean over steps)."""
         _, predicted_returns = self.forward_with_returns(states, actions, returns_to_go, timesteps, mask)
-        return self._masked_mean(expectile_loss(returns_to_go - predicted_returns, self.config.expectile), mask)
+        return expectile_loss(returns_to_go - predicted_returns, self.config.expectile, mask)
 
     def pretrain_loss(self, states, actions, returns_to_go, timesteps, mask=None):
         dist, predicted_returns = self.forward_with_returns(states, actions, returns_to_go, timesteps, mask)

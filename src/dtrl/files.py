@@ -1,0 +1,103 @@
+"""Crash-safe file writes: the one way dtrl replaces a file or a folder.
+
+A write goes to a hidden temp file (or folder) next to the target, is fsynced, then renamed over
+the target, so a crash, a full disk or ``kill -9`` at any moment leaves either the old content or
+the new one, never a half-written file. The temp name is unique per process and write, and it is
+created with ``open(..., "x")`` so it gets the usual umask permissions (``mkstemp`` would make it
+0600).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+
+def fsync_directory(directory: str | os.PathLike) -> None:
+    """Make a rename inside ``directory`` durable (skipped where a folder cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _temp_name(path: Path, kind: str) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.{kind}")
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
+    """Call ``write(handle)`` on a binary temp file next to ``path``, fsync it, rename it over ``path``.
+    Whatever goes wrong before the rename (disk full, a NaN check, KeyboardInterrupt), ``path`` keeps
+    its old content and the temp file is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = _temp_name(path, "tmp")
+    try:
+        with open(temp, "xb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    fsync_directory(path.parent)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write(path, lambda handle: handle.write(text.encode()))
+
+
+def atomic_write_with(path: str | os.PathLike, write_file: Callable[[str], object]) -> None:
+    """For writers that want a file name rather than a handle (h5py, matplotlib, safetensors):
+    ``write_file(temp_path)`` fills a temp file next to ``path`` that then replaces ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = _temp_name(path, "tmp")
+    try:
+        with open(temp, "xb"):  # claims the name with umask permissions; the writer reopens it
+            pass
+        write_file(str(temp))
+        with open(temp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    fsync_directory(path.parent)
+
+
+def atomic_replace_directory(directory: str | os.PathLike, fill: Callable[[Path], object]) -> Path:
+    """Replace the folder ``directory`` by one that ``fill(staging)`` writes: its files are fsynced,
+    the old folder is moved aside, the new one renamed into place, the old one deleted. A crash
+    leaves the old folder or the new one in place (and at worst a hidden staging folder beside it)."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = _temp_name(directory, "tmp")
+    staging.mkdir()
+    try:
+        fill(staging)
+        for file in staging.iterdir():
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+        if directory.exists():
+            retired = _temp_name(directory, "old")
+            os.rename(directory, retired)
+            os.rename(staging, directory)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.rename(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    fsync_directory(directory.parent)
+    return directory
