@@ -116,7 +116,7 @@ def main(argv: list[str]) -> int:
     console.rule("[bold]3/4 online finetuning with GRPO-DT (cpu preset)")
     if not _finished(finetune_dir):
         resume = ["--resume"] if (finetune_dir / "checkpoints").exists() else []
-        _run(["finetune", "--algo", "grpo", *common, "--init", str(pretrain_dir), "--dataset", str(dataset),
+        _run(["finetune", "--algo", "grpo", *common, "--init", str(pretrain_dir),
               "--iterations", str(config.iterations), "--out", str(finetune_dir),
               "--eval-episodes", str(config.eval_episodes), *resume])
     else:

@@ -181,8 +181,9 @@ def main(argv: list[str]) -> int:
     task = get_task(config.task) if config.task is not None else None
     policy = load_any_policy(config.run, task=task, device=device)
     task = task or get_task(policy.task_name)
-    result = evaluate(policy, task, episodes=config.episodes, target_rtg=default_target_rtg(policy, task, config.target_rtg),
-                      seed=config.seed, device=device, num_workers=config.num_workers,
+    result = evaluate(policy, task, episodes=config.episodes,
+                      target_rtg=default_target_rtg(policy, task, config.target_rtg), seed=config.seed,
+                      device=device, num_workers=config.num_workers,
                       context_length=default_context_length(policy, config.context_length))
     if config.json:
         print(json.dumps({"task": task.name, **result}))

@@ -12,7 +12,8 @@ check a two-step update against a hand computation of these formulas.
 
 from __future__ import annotations
 
-from typing import Iterable, Literal
+from collections.abc import Iterable
+from typing import Literal
 
 import torch
 from pytorch_optimizer import Lamb as _PytorchOptimizerLamb

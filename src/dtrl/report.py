@@ -274,8 +274,11 @@ def markdown_table(groups: dict[tuple[str, str], GroupResult]) -> str:
             if kind == "ours":
                 group = row_groups[label]
                 # ties are judged as printed (2 decimals), so equal-looking cells are bold together
-                cells.append("–" if group is None or not group.scores
-                             else _fmt(group.mean, group.std, bold=len(scored) > 1 and round(group.mean, 2) == round(best, 2)))
+                if group is None or not group.scores:
+                    cells.append("–")
+                else:
+                    bold = len(scored) > 1 and round(group.mean, 2) == round(best, 2)
+                    cells.append(_fmt(group.mean, group.std, bold=bold))
             elif label in paper_row:
                 mean, std = paper_row[label]
                 cells.append(_fmt(mean, std, bold=len(paper_scores) > 1 and round(mean, 2) == round(paper_best, 2)))

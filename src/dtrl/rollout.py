@@ -30,8 +30,9 @@ histories of different lengths into one cache in a single pass.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, Sequence
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -71,7 +72,7 @@ class TokenHistory:
     def __len__(self) -> int:
         return len(self.timesteps)
 
-    def last(self, length: int) -> "TokenHistory":
+    def last(self, length: int) -> TokenHistory:
         """The last ``length`` steps (all of them if there are fewer)."""
         if len(self) <= length:
             return self
@@ -80,7 +81,7 @@ class TokenHistory:
                             self.timesteps[cut:])
 
     @staticmethod
-    def empty(obs_dim: int, act_dim: int) -> "TokenHistory":
+    def empty(obs_dim: int, act_dim: int) -> TokenHistory:
         return TokenHistory(
             np.zeros((0, obs_dim), np.float32), np.zeros((0, act_dim), np.float32),
             np.zeros(0, np.float64), np.zeros(0, np.int64),
@@ -135,7 +136,7 @@ class RolloutTrajectory:
             self.observations[start:t], self.actions[start:t], self.returns_to_go[start:t], self.timesteps[start:t]
         )
 
-    def branch_start(self, t: int, history_length: int) -> "BranchStart":
+    def branch_start(self, t: int, history_length: int) -> BranchStart:
         """A reset point at step t (needs ``snapshots``): its env state, RTG and token history."""
         if self.snapshots is None:
             raise DtrlError("this trajectory was collected without record_snapshots=True: cannot branch from it")
@@ -236,7 +237,7 @@ class SegmentBatch:
     """[B, T] sampling-time log-probs on the train_mask positions, 0 elsewhere"""
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
-    def train_step_windows(self, context_length: int) -> "SegmentBatch":
+    def train_step_windows(self, context_length: int) -> SegmentBatch:
         """The input a rollout with a short context (``context_length``) gave the model for each trained
         step: one row per ``train_mask`` position (row-major order), that step last, the
         ``context_length - 1`` steps before it in front (left-padded where the row has fewer)."""
@@ -256,9 +257,9 @@ class SegmentBatch:
             keep = mask.view(*mask.shape, *([1] * (values.dim() - 2)))
             return torch.where(keep, values, torch.zeros((), dtype=values.dtype, device=values.device))
 
-        return SegmentBatch(states=take(self.states), actions=take(self.actions), returns_to_go=take(self.returns_to_go),
-                            timesteps=take(self.timesteps), mask=mask, train_mask=last,
-                            log_probs_old=take(self.log_probs_old) * last)
+        return SegmentBatch(states=take(self.states), actions=take(self.actions),
+                            returns_to_go=take(self.returns_to_go), timesteps=take(self.timesteps), mask=mask,
+                            train_mask=last, log_probs_old=take(self.log_probs_old) * last)
 
     def log_probs(self, model) -> torch.Tensor:
         """[B, T] log-probs of the batch's actions under ``model`` (0 outside ``train_mask``)."""

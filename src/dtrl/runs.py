@@ -42,8 +42,9 @@ import shutil
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -256,7 +257,8 @@ def _run_info(config: dict) -> dict:
         "numpy_version": np.__version__,
         "python_version": platform.python_version(),
         "device": device,
-        "device_name": torch.cuda.get_device_name(0) if device.startswith("cuda") else platform.processor() or platform.machine(),
+        "device_name": (torch.cuda.get_device_name(0) if device.startswith("cuda")
+                        else platform.processor() or platform.machine()),
         "hostname": socket.gethostname(),
         "start_time": _now_iso(),
         "command": sys.argv,
@@ -283,7 +285,7 @@ class RunDir:
     # -- opening ------------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, path: str | os.PathLike, config: dict, force: bool = False) -> "RunDir":
+    def create(cls, path: str | os.PathLike, config: dict, force: bool = False) -> RunDir:
         """Start a new run in ``path``.
 
         An existing non-empty directory is refused unless ``force``; with ``force`` it is moved
@@ -317,13 +319,14 @@ class RunDir:
         return cls(path, full, checkpoint_iteration=None, wall_time_offset=0.0)
 
     @classmethod
-    def resume(cls, path: str | os.PathLike, config: dict | None = None) -> "RunDir":
+    def resume(cls, path: str | os.PathLike, config: dict | None = None) -> RunDir:
         """Reopen the run in ``path`` to continue from its last checkpoint.
 
         Metrics lines logged after the checkpointed iteration are dropped (the resumed run logs
         them again). A finished run becomes unfinished (final.json is moved into the resume
-        record in config.json) until ``mark_finished`` is called again. If ``config`` is given, fields that differ from the stored config (other than
-        resume/force/out) are reported on stderr and recorded in ``run_info.resumes``.
+        record in config.json) until ``mark_finished`` is called again. If ``config`` is given,
+        fields that differ from the stored config (other than resume/force/out) are reported on
+        stderr and recorded in ``run_info.resumes``.
         """
         path = Path(path)
         if not path.is_dir():
@@ -369,7 +372,7 @@ class RunDir:
         return run
 
     @classmethod
-    def open(cls, path: str | os.PathLike, config: dict, resume: bool = False, force: bool = False) -> "RunDir":
+    def open(cls, path: str | os.PathLike, config: dict, resume: bool = False, force: bool = False) -> RunDir:
         """``resume(path, config)`` when ``resume`` else ``create(path, config, force)``."""
         if resume and force:
             raise DtrlError("--resume and --force contradict each other (continue the run, or start it over?)")
@@ -469,7 +472,7 @@ class RunDir:
         if not self._metrics_file.closed:
             self._metrics_file.close()
 
-    def __enter__(self) -> "RunDir":
+    def __enter__(self) -> RunDir:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -72,6 +72,9 @@ class SweepSpec:
     args: list[str] = field(default_factory=list)
     """fixed command-line arguments for every trial; {task}, {algo}, {seed}, {out_root} are filled in,
     e.g. ["--init", "runs/pretrain/{task}/dt/seed{seed}", "--preset", "cpu"]"""
+    algo_args: dict[str, list[str]] = field(default_factory=dict)
+    """more fixed arguments for the trials of one algo (after ``args``, same placeholders), e.g.
+    {odt = ["--dataset", "data/{task}.hdf5"]}: what one method needs and another refuses"""
     out_root: str = "runs/sweep"
     """folder holding every trial's run directory (on a cluster: a filesystem all nodes share)"""
     resources: Resources = field(default_factory=Resources)
@@ -139,18 +142,14 @@ def spec_from_dict(raw: dict, where: str = "sweep spec") -> SweepSpec:
                 raise DtrlError(f"{where}: '{key}' must be a non-empty list")
     if not all(isinstance(s, int) and not isinstance(s, bool) for s in data.get("seeds", [0])):
         raise DtrlError(f"{where}: 'seeds' must be integers, got {data['seeds']}")
-    args = data.get("args", [])
-    if isinstance(args, dict):  # {init = "..."} -> ["--init", "..."]; true -> a bare flag
-        flat: list[str] = []
-        for name, value in args.items():
-            flag = f"--{name.replace('_', '-')}" if not name.startswith("-") else name
-            flat += [flag] if value is True else [] if value is False else [flag, str(value)]
-        args = flat
-    elif isinstance(args, str):
-        args = shlex.split(args)
-    if not isinstance(args, list):
-        raise DtrlError(f"{where}: 'args' must be a list of strings or a table of option -> value")
-    data["args"] = [str(a) for a in args]
+    data["args"] = _as_argv(data.get("args", []), f"{where}: 'args'")
+    algo_args = data.get("algo_args", {})
+    if not isinstance(algo_args, dict):
+        raise DtrlError(f"{where}: 'algo_args' must be a table of algo -> arguments")
+    data["algo_args"] = {algo: _as_argv(value, f"{where}: algo_args.{algo}") for algo, value in algo_args.items()}
+    unused = sorted(set(data["algo_args"]) - set(data.get("algos", [])))
+    if unused:
+        raise DtrlError(f"{where}: algo_args for {', '.join(unused)}, which 'algos' does not list")
     overrides = data.get("overrides", {})
     if not isinstance(overrides, dict):
         raise DtrlError(f"{where}: 'overrides' must be a table of field -> list of values")
@@ -177,7 +176,8 @@ def spec_from_dict(raw: dict, where: str = "sweep spec") -> SweepSpec:
         raise DtrlError(f"{where}: command {spec.command!r} is not a dtrl training command "
                         f"(choose from {', '.join(TRIAL_COMMANDS)})")
     for forbidden in ("--out", "--seed", "--task", "--algo", "--resume", "--force"):
-        if any(a == forbidden or a.startswith(forbidden + "=") for a in spec.args):
+        given = [*spec.args, *(a for extra in spec.algo_args.values() for a in extra)]
+        if any(a == forbidden or a.startswith(forbidden + "=") for a in given):
             raise DtrlError(f"{where}: args must not set {forbidden} (the sweep sets it per trial)")
     from dtrl.tasks import get_task
 
@@ -234,6 +234,22 @@ def _dir_safe(text: str) -> str:
     return "".join(c if c.isalnum() or c in "._=+-" else "_" for c in text)
 
 
+def _as_argv(args, where: str) -> list[str]:
+    """Command-line arguments from a list, a shell string, or a table of option -> value (true: a
+    bare flag, false: left out)."""
+    if isinstance(args, dict):  # {init = "..."} -> ["--init", "..."]
+        flat: list[str] = []
+        for name, value in args.items():
+            flag = f"--{name.replace('_', '-')}" if not name.startswith("-") else name
+            flat += [flag] if value is True else [] if value is False else [flag, str(value)]
+        args = flat
+    elif isinstance(args, str):
+        args = shlex.split(args)
+    if not isinstance(args, list):
+        raise DtrlError(f"{where} must be a list of strings or a table of option -> value")
+    return [str(a) for a in args]
+
+
 def expand_trials(spec: SweepSpec, out_root: Path) -> list[Trial]:
     """Every cell of tasks x algos x seeds x overrides grid, in that nesting order."""
     from dtrl.tasks import get_task
@@ -248,7 +264,7 @@ def expand_trials(spec: SweepSpec, out_root: Path) -> list[Trial]:
         run_dir = out_root / _dir_safe(task) / _dir_safe(algo) / leaf
         fill = {"task": task, "algo": algo, "seed": seed, "out_root": str(out_root)}
         try:
-            fixed = [arg.format(**fill) for arg in spec.args]
+            fixed = [arg.format(**fill) for arg in [*spec.args, *spec.algo_args.get(algo, [])]]
         except (KeyError, IndexError, ValueError) as exc:
             raise DtrlError(f"sweep spec args: bad placeholder {exc} (use {{task}}, {{algo}}, {{seed}}, "
                             "{out_root}; double literal braces)") from None
@@ -261,7 +277,8 @@ def expand_trials(spec: SweepSpec, out_root: Path) -> list[Trial]:
         trials.append(Trial(task=task, algo=algo, seed=seed, overrides=overrides, run_dir=str(run_dir), argv=argv))
     dirs = [t.run_dir for t in trials]
     if len(set(dirs)) != len(dirs):
-        raise DtrlError("sweep spec: two trials map to the same run directory (duplicate tasks, algos, seeds or values)")
+        raise DtrlError("sweep spec: two trials map to the same run directory "
+                        "(duplicate tasks, algos, seeds or values)")
     return trials
 
 

@@ -6,7 +6,8 @@ whose recomputed log-probs equal the sampling-time ones.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -108,7 +109,8 @@ class ReplayBuffer:
     def add_batch(self, obs, actions, rewards, next_obs, dones) -> None:
         count = len(rewards)
         if count > self.capacity:  # only the newest `capacity` transitions survive anyway
-            obs, actions, rewards, next_obs, dones = (x[-self.capacity:] for x in (obs, actions, rewards, next_obs, dones))
+            obs, actions, rewards, next_obs, dones = (x[-self.capacity:]
+                                                      for x in (obs, actions, rewards, next_obs, dones))
             count = self.capacity
         idx = (self.position + np.arange(count)) % self.capacity
         self.observations[idx] = obs
@@ -142,7 +144,8 @@ class ReplayBuffer:
             keep = T - 1
         self.add_batch(obs[:keep], trajectory.actions[:keep], rewards[:keep], next_obs[:keep], dones[:keep])
 
-    def sample(self, batch_size: int, rng: np.random.Generator, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    def sample(self, batch_size: int, rng: np.random.Generator,
+               device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
         if self.size == 0:
             raise DtrlError("cannot sample from an empty replay buffer")
         idx = rng.integers(0, self.size, size=batch_size)
@@ -161,7 +164,8 @@ class ReplayBuffer:
 
     def load_state_dict(self, state: dict) -> None:
         self.position, self.size = 0, 0
-        self.add_batch(state["observations"], state["actions"], state["rewards"], state["next_observations"], state["dones"])
+        self.add_batch(state["observations"], state["actions"], state["rewards"], state["next_observations"],
+                       state["dones"])
 
 
 
@@ -261,4 +265,5 @@ def scatter_steps(per_segment: Sequence[np.ndarray], width: int, device: str | t
 def rollout_extra(rollout) -> dict[str, np.ndarray]:
     """What PPO / GRPO-Q keep per step beside the trajectory: the RTG the policy was conditioned on
     and the sampling-time log-prob (never relabeled, never recomputed)."""
-    return {"returns_to_go": rollout.returns_to_go.astype(np.float32), "log_probs": rollout.log_probs.astype(np.float32)}
+    return {"returns_to_go": rollout.returns_to_go.astype(np.float32),
+            "log_probs": rollout.log_probs.astype(np.float32)}

@@ -14,8 +14,9 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -283,8 +284,6 @@ class DTFinetuneConfig(CommonConfig):
 
     init: str | None = None
     """pretrained DT: a `dtrl pretrain` run directory or a policy directory (required)"""
-    dataset: str | None = None
-    """offline data (.hdf5 or Minari id): seeds ODT/ODT+TD3's buffers; accepted and ignored by PPO/GRPO-Q"""
     iterations: int = 10
     """online iterations (paper: 'iteration' of Algorithm 1/2 line 1)"""
     learning_rate: float = 5e-5

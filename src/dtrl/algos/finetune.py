@@ -68,6 +68,7 @@ def main(argv: list[str]) -> int:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name == module_name:
-            raise DtrlError(f"algorithm {algo!r} is not available in this dtrl installation ({module_name} missing)") from None
+            raise DtrlError(f"algorithm {algo!r} is not available in this dtrl installation "
+                            f"({module_name} missing)") from None
         raise
     return int(module.main(rest) or 0)

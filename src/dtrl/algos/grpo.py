@@ -30,14 +30,29 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from dtrl import objectives
 from dtrl.algos.common import (
-    BestPolicy, Clock, DTFinetuneConfig, StageTimer, build_dt_optimizers, end_of_iteration, episode_seeds,
-    evaluate_policy, finish_run, log_initial_evaluation, online_targets, open_run, optimizer_step, prepare_policy,
-    restore_training_state, save_checkpoint, seed_everything, temperature_step, training_state,
+    BestPolicy,
+    Clock,
+    DTFinetuneConfig,
+    StageTimer,
+    build_dt_optimizers,
+    end_of_iteration,
+    episode_seeds,
+    evaluate_policy,
+    finish_run,
+    log_initial_evaluation,
+    online_targets,
+    open_run,
+    optimizer_step,
+    prepare_policy,
+    restore_training_state,
+    save_checkpoint,
+    seed_everything,
+    temperature_step,
+    training_state,
 )
 from dtrl.config import parse_config, resolve_device
 from dtrl.data import sample_proportional_to_length
@@ -56,11 +71,11 @@ ALGO = "grpo"
 class GRPOConfig(DTFinetuneConfig):
     """GRPO-DT finetuning (Algorithm 1). Paper values: Table 5 (common) and Table 6 (per domain).
 
-    Inherited from the shared finetuning config: init, dataset (accepted, unused by GRPO-DT),
-    iterations (T), learning_rate (lr_a), weight_decay, grad_clip, optimizer (LAMB), init_temperature
-    (ETPR), temperature_learning_rate (α learned towards entropy -dim(A); 0 freezes it), online_rtg
-    (g_online), eval_rtg (default g_online: Table 6 gives one RTG, and without relabeling the policy
-    is only ever trained at RTGs that descend from it)."""
+    Inherited from the shared finetuning config: init, iterations (T), learning_rate (lr_a),
+    weight_decay, grad_clip, optimizer (LAMB), init_temperature (ETPR), temperature_learning_rate (α
+    learned towards entropy -dim(A); 0 freezes it), online_rtg (g_online), eval_rtg (default
+    g_online: Table 6 gives one RTG, and without relabeling the policy is only ever trained at RTGs
+    that descend from it)."""
 
     trajectories_per_iteration: int = 1
     """full episodes collected per iteration into the trajectory buffer (line 2; paper: 1, Adroit 5)"""
@@ -194,12 +209,11 @@ def cpu_preset(task_name: str) -> GRPOConfig:
     config = paper_preset(task_name)
     return dataclasses.replace(
         config, preset="cpu", out=f"runs/grpo-{config.task}-cpu", iterations=900,
-        # without the decay the mean-action policy kept flipping between running and falling to the
-        # end of the hour (final scores +20 or -4 on runs whose best evaluations were 52 and 55)
+        # the decay stops late updates undoing what was learned (the runs that chose each value of
+        # this preset: docs/grpo.md, Presets)
         learning_rate_schedule="linear",
         trajectories_per_batch=2, reset_points_per_trajectory=2, group_size=8,
-        # L_eval must outlast the policy's failures: with 100 steps, once episodes passed ~150 steps most
-        # branches survived their window and the scores stopped telling falling from standing
+        # L_eval must outlast the policy's failures, or the scores stop telling falling from standing
         eval_steps=min(config.eval_steps, 300), sub_trajectory_buffer_size=256, minibatch_size=64, epochs=1,
         learning_rate=1e-3, optimizer="adamw", temperature_learning_rate=1e-2, max_parallel_branches=64,
         eval_every=25, eval_episodes=5, checkpoint_every=10, threads=1,
@@ -261,7 +275,8 @@ def branch_starts(trajectories: list, config: GRPOConfig, history_length: int, r
     return starts
 
 
-def rollout_groups(policy, envs, starts: list, config: GRPOConfig, gamma: float, device) -> tuple[list, np.ndarray, int]:
+def rollout_groups(policy, envs, starts: list, config: GRPOConfig, gamma: float,
+                   device) -> tuple[list, np.ndarray, int]:
     """Line 6: every start rolled out for L_traj sampled + L_eval mean steps, in chunks of whole
     groups no larger than the env batch. Returns (segments, scores [len(starts)], env steps)."""
     groups_per_chunk = max(1, envs.num_envs // config.group_size)
@@ -515,10 +530,10 @@ def train(config: GRPOConfig) -> dict:
     clock = Clock()
     components = dict(model=model, optimizer=optimizer, temperature_optimizer=temperature_optimizer,
                       sub_buffer=sub_buffer, averaged_model=averaged)
-    iteration = 0
+    start = 1
     if state is not None:
         trajectory_buffer.extend(state["trajectory_buffer"])
-        iteration = restore_training_state(state, rng, clock, rng_key="numpy_generator", **components) - 1
+        start = restore_training_state(state, rng, clock, rng_key="numpy_generator", **components)
     branch_envs, collect_envs = make_envs(task, config)
     best_policy = BestPolicy(run)
     # how a saved policy is to be evaluated (dtrl eval reads it back)
@@ -545,7 +560,8 @@ def train(config: GRPOConfig) -> dict:
                                lambda: evaluate_policy(policy, task, config, device, eval_rtg, config.context_length))
     last_evaluation: dict = {}
     try:
-        for iteration in range(iteration + 1, config.iterations + 1):  # line 1
+        iteration = start - 1  # the last one done: what finish_run reports when none is left to run
+        for iteration in range(start, config.iterations + 1):  # line 1
             learning_rate = set_learning_rate(optimizer, scheduled_learning_rate(config, iteration))
             seeds = episode_seeds(config, iteration, config.trajectories_per_iteration)
             timer = StageTimer()

@@ -35,10 +35,27 @@ import torch
 
 from dtrl.algos.buffers import TrajectoryBuffer, WindowSampler, rollout_extra, trajectory_segments
 from dtrl.algos.common import (
-    Clock, TD3CriticConfig, build_critic, build_dt_optimizers, end_of_iteration, episode_seeds, evaluate_policy,
-    finish_run, log_initial_evaluation, online_targets, open_run, optimizer_step, prepare_policy,
-    restore_training_state, rollout_charts, save_checkpoint, seed_everything, soft_update, temperature_step,
-    training_state, window_critic_loss,
+    Clock,
+    TD3CriticConfig,
+    build_critic,
+    build_dt_optimizers,
+    end_of_iteration,
+    episode_seeds,
+    evaluate_policy,
+    finish_run,
+    log_initial_evaluation,
+    online_targets,
+    open_run,
+    optimizer_step,
+    prepare_policy,
+    restore_training_state,
+    rollout_charts,
+    save_checkpoint,
+    seed_everything,
+    soft_update,
+    temperature_step,
+    training_state,
+    window_critic_loss,
 )
 from dtrl.config import parse_config, resolve_device
 from dtrl.envs import BatchedEnv
@@ -175,12 +192,12 @@ def train(config: GRPOQConfig) -> dict:
     buffer = TrajectoryBuffer(config.buffer_size)
     clock = Clock()
     run, state = open_run(config, ALGO)
-    iteration = 0
+    start = 1
     components = dict(model=model, target_model=target_model, critic=critic, critic_target=critic_target,
                       optimizer=optimizer, critic_optimizer=critic_optimizer,
                       temperature_optimizer=temperature_optimizer, buffer=buffer)
     if state is not None:
-        iteration = restore_training_state(state, rng, clock, **components) - 1
+        start = restore_training_state(state, rng, clock, **components)
     envs = BatchedEnv(task, config.trajectories_per_iteration, seed=config.seed)
 
     def evaluate_now() -> dict:
@@ -194,7 +211,8 @@ def train(config: GRPOQConfig) -> dict:
         log_initial_evaluation(run, clock, config, evaluate_now)
     last_eval: dict = {}
     try:
-        for iteration in range(iteration + 1, config.iterations + 1):
+        iteration = start - 1  # the last one done: what finish_run reports when none is left to run
+        for iteration in range(start, config.iterations + 1):
             # line 2: roll out with the online target; FIFO buffer (RTGs as conditioned, never relabeled)
             rollouts = rollout_episodes(policy, envs, task, online_rtg,
                                         seeds=episode_seeds(config, iteration, config.trajectories_per_iteration),

@@ -35,8 +35,18 @@ import torch.nn.functional as F
 
 from dtrl.algos.buffers import ReplayBuffer
 from dtrl.algos.common import (
-    Clock, checkpoint_due, evaluate_policy, evaluation_due, finish_run, iteration_metrics, load_offline_dataset,
-    open_run, restore_training_state, seed_everything, soft_update, training_state,
+    Clock,
+    checkpoint_due,
+    evaluate_policy,
+    evaluation_due,
+    finish_run,
+    iteration_metrics,
+    load_offline_dataset,
+    open_run,
+    restore_training_state,
+    seed_everything,
+    soft_update,
+    training_state,
 )
 from dtrl.config import CommonConfig, parse_config, resolve_device
 from dtrl.data import StateNormalizer
@@ -162,7 +172,8 @@ def q_target(rewards: torch.Tensor, dones: torch.Tensor, next_value: torch.Tenso
     return (rewards + gamma * (1.0 - dones) * next_value).detach()
 
 
-def advantage_weights(target_q: torch.Tensor, value: torch.Tensor, temperature: float, max_weight: float) -> torch.Tensor:
+def advantage_weights(target_q: torch.Tensor, value: torch.Tensor, temperature: float,
+                      max_weight: float) -> torch.Tensor:
     """exp(β(Q - V)) clipped at ``max_weight`` (AWR weights; no gradient)."""
     return torch.exp(temperature * (target_q - value)).clamp(max=max_weight).detach()
 
@@ -216,7 +227,8 @@ def train(config: IQLConfig) -> dict:
     kind, reward_scale, reward_shift = reward_transform_for(config.reward_transform, task, dataset.trajectories)
     transform = lambda r: np.asarray(r, np.float32) * reward_scale + reward_shift  # noqa: E731
 
-    agent = IQLAgent(dataset.obs_dim, dataset.act_dim, config.hidden_dim, config.n_layers, config.actor_dropout).to(device)
+    agent = IQLAgent(dataset.obs_dim, dataset.act_dim, config.hidden_dim, config.n_layers,
+                     config.actor_dropout).to(device)
     actor_opt = torch.optim.Adam(agent.actor.parameters(), lr=config.actor_lr)
     q_opt = torch.optim.Adam(agent.q.parameters(), lr=config.critic_lr)
     v_opt = torch.optim.Adam(agent.v.parameters(), lr=config.critic_lr)
@@ -306,7 +318,8 @@ def train(config: IQLConfig) -> dict:
     try:
         # ---- offline phase (iteration 0) ----
         if start_iteration == 0:
-            stats = [update(replay.sample(config.batch_size, rng, device)) for _ in range(offline_done, config.offline_steps)]
+            stats = [update(replay.sample(config.batch_size, rng, device))
+                     for _ in range(offline_done, config.offline_steps)]
             last_eval = evaluate_now()
             run.log(iteration_metrics(0, clock, **average(stats), **last_eval,
                                       **{"charts/reward_scale": reward_scale, "charts/replay_size": len(replay)}))
@@ -340,7 +353,8 @@ def train(config: IQLConfig) -> dict:
                 for _ in range(config.updates_per_env_step):
                     stats.append(update(replay.sample(config.batch_size, rng, device)))
             stopping = config.time_limit_s > 0 and clock.elapsed() - offline_seconds >= config.time_limit_s
-            evaluation = evaluate_now() if evaluation_due(iteration, config.iterations, config.eval_every, stopping) else {}
+            due = evaluation_due(iteration, config.iterations, config.eval_every, stopping)
+            evaluation = evaluate_now() if due else {}
             last_eval = evaluation or last_eval
             online = {"charts/episodic_return": float(np.mean(finished_returns)) if finished_returns else None,
                       "charts/episodes": len(finished_returns)}

@@ -25,10 +25,28 @@ import numpy as np
 
 from dtrl.algos.buffers import TrajectoryBuffer
 from dtrl.algos.common import (
-    Clock, DTFinetuneConfig, build_dt_optimizers, end_of_iteration, episode_seeds, evaluate_policy, finish_run,
-    load_offline_dataset, log_initial_evaluation, mean_metrics, offline_seed_trajectories, online_targets, open_run,
-    optimizer_step, prepare_policy, restore_training_state, rollout_charts, save_checkpoint, seed_everything,
-    supervised_loss, temperature_step, training_state,
+    Clock,
+    DTFinetuneConfig,
+    build_dt_optimizers,
+    end_of_iteration,
+    episode_seeds,
+    evaluate_policy,
+    finish_run,
+    load_offline_dataset,
+    log_initial_evaluation,
+    mean_metrics,
+    offline_seed_trajectories,
+    online_targets,
+    open_run,
+    optimizer_step,
+    prepare_policy,
+    restore_training_state,
+    rollout_charts,
+    save_checkpoint,
+    seed_everything,
+    supervised_loss,
+    temperature_step,
+    training_state,
 )
 from dtrl.config import parse_config, resolve_device
 from dtrl.data import SequenceSampler
@@ -44,6 +62,8 @@ ALGO = "odt"
 class ODTConfig(DTFinetuneConfig):
     """Online Decision Transformer finetuning (supervised loss, hindsight return relabeling)."""
 
+    dataset: str | None = None
+    """offline data (.hdf5 or Minari id) whose best trajectories seed the replay buffer (required)"""
     trajectories_per_iteration: int = 1
     """episodes collected per iteration (ODT: 1)"""
     updates_per_iteration: int = 300
@@ -122,10 +142,10 @@ def train(config: ODTConfig) -> dict:
     buffer.seed_with_top(offline_seed_trajectories(dataset, task))
     clock = Clock()
     run, state = open_run(config, ALGO)
-    iteration = 0
+    start = 1
     components = dict(model=model, optimizer=optimizer, temperature_optimizer=temperature_optimizer, buffer=buffer)
     if state is not None:
-        iteration = restore_training_state(state, rng, clock, **components) - 1
+        start = restore_training_state(state, rng, clock, **components)
     envs = BatchedEnv(task, config.trajectories_per_iteration, seed=config.seed)
 
     def evaluate_now() -> dict:
@@ -139,7 +159,8 @@ def train(config: ODTConfig) -> dict:
         log_initial_evaluation(run, clock, config, evaluate_now)
     last_eval: dict = {}
     try:
-        for iteration in range(iteration + 1, config.iterations + 1):
+        iteration = start - 1  # the last one done: what finish_run reports when none is left to run
+        for iteration in range(start, config.iterations + 1):
             # 1-2. collect with the online target, add to the FIFO buffer
             rollouts = rollout_episodes(policy, envs, task, online_rtg,
                                         seeds=episode_seeds(config, iteration, config.trajectories_per_iteration),

@@ -32,10 +32,30 @@ import torch
 
 from dtrl.algos.buffers import TrajectoryBuffer, WindowSampler
 from dtrl.algos.common import (
-    Clock, TD3CriticConfig, build_critic, build_dt_optimizers, end_of_iteration, episode_seeds, evaluate_policy,
-    finish_run, load_offline_dataset, log_initial_evaluation, mean_metrics, offline_seed_trajectories,
-    online_targets, open_run, optimizer_step, prepare_policy, restore_training_state, rollout_charts,
-    save_checkpoint, seed_everything, soft_update, supervised_loss, temperature_step, training_state,
+    Clock,
+    TD3CriticConfig,
+    build_critic,
+    build_dt_optimizers,
+    end_of_iteration,
+    episode_seeds,
+    evaluate_policy,
+    finish_run,
+    load_offline_dataset,
+    log_initial_evaluation,
+    mean_metrics,
+    offline_seed_trajectories,
+    online_targets,
+    open_run,
+    optimizer_step,
+    prepare_policy,
+    restore_training_state,
+    rollout_charts,
+    save_checkpoint,
+    seed_everything,
+    soft_update,
+    supervised_loss,
+    temperature_step,
+    training_state,
     window_critic_loss,
 )
 from dtrl.config import parse_config, resolve_device
@@ -52,6 +72,8 @@ ALGO = "odt-td3"
 class ODTTD3Config(TD3CriticConfig):
     """ODT's supervised loss plus a TD3 actor term from jointly trained twin critics."""
 
+    dataset: str | None = None
+    """offline data (.hdf5 or Minari id) whose best trajectories seed the replay buffer (required)"""
     trajectories_per_iteration: int = 1
     """episodes collected per iteration (ODT: 1)"""
     updates_per_iteration: int = 300
@@ -130,12 +152,12 @@ def train(config: ODTTD3Config) -> dict:
     buffer.seed_with_top(offline_seed_trajectories(dataset, task))
     clock = Clock()
     run, state = open_run(config, ALGO)
-    iteration = 0
+    start = 1
     components = dict(model=model, target_model=target_model, critic=critic, critic_target=critic_target,
                       optimizer=optimizer, critic_optimizer=critic_optimizer,
                       temperature_optimizer=temperature_optimizer, buffer=buffer)
     if state is not None:
-        iteration = restore_training_state(state, rng, clock, **components) - 1
+        start = restore_training_state(state, rng, clock, **components)
     envs = BatchedEnv(task, config.trajectories_per_iteration, seed=config.seed)
 
     def critic_step(batch) -> dict:
@@ -172,10 +194,11 @@ def train(config: ODTTD3Config) -> dict:
     try:
         if state is None and config.critic_warmup_steps > 0:
             sampler = WindowSampler(buffer, window, policy.reward_scale, policy.normalizer, rng, rtg="hindsight")
-            for step in range(config.critic_warmup_steps):
+            for _ in range(config.critic_warmup_steps):
                 critic_step(sampler.sample(config.batch_size, device))
                 soft_update(critic_target, critic, config.tau)
-        for iteration in range(iteration + 1, config.iterations + 1):
+        iteration = start - 1  # the last one done: what finish_run reports when none is left to run
+        for iteration in range(start, config.iterations + 1):
             # 1. collect with the online target RTG, FIFO buffer
             rollouts = rollout_episodes(policy, envs, task, online_rtg,
                                         seeds=episode_seeds(config, iteration, config.trajectories_per_iteration),

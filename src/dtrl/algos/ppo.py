@@ -28,9 +28,25 @@ import torch
 
 from dtrl.algos.buffers import TrajectoryBuffer, rollout_extra, scatter_steps, trajectory_segments
 from dtrl.algos.common import (
-    Clock, DTFinetuneConfig, build_dt_optimizers, end_of_iteration, episode_seeds, evaluate_policy, finish_run,
-    log_initial_evaluation, mean_metrics, online_targets, open_run, optimizer_step, prepare_policy,
-    restore_training_state, rollout_charts, save_checkpoint, seed_everything, temperature_step, training_state,
+    Clock,
+    DTFinetuneConfig,
+    build_dt_optimizers,
+    end_of_iteration,
+    episode_seeds,
+    evaluate_policy,
+    finish_run,
+    log_initial_evaluation,
+    mean_metrics,
+    online_targets,
+    open_run,
+    optimizer_step,
+    prepare_policy,
+    restore_training_state,
+    rollout_charts,
+    save_checkpoint,
+    seed_everything,
+    temperature_step,
+    training_state,
 )
 from dtrl.config import parse_config, resolve_device
 from dtrl.envs import BatchedEnv
@@ -177,11 +193,11 @@ def train(config: PPOConfig) -> dict:
     buffer = TrajectoryBuffer(config.trajectories_per_iteration * config.buffer_multiplier)
     clock = Clock()
     run, state = open_run(config, ALGO)
-    iteration = 0
+    start = 1
     components = dict(model=model, critic=critic, optimizer=optimizer, critic_optimizer=critic_optimizer,
                       temperature_optimizer=temperature_optimizer, buffer=buffer)
     if state is not None:
-        iteration = restore_training_state(state, rng, clock, **components) - 1
+        start = restore_training_state(state, rng, clock, **components)
     envs = BatchedEnv(task, config.trajectories_per_iteration, seed=config.seed)
 
     def evaluate_now() -> dict:
@@ -195,7 +211,8 @@ def train(config: PPOConfig) -> dict:
         log_initial_evaluation(run, clock, config, evaluate_now)
     last_eval: dict = {}
     try:
-        for iteration in range(iteration + 1, config.iterations + 1):
+        iteration = start - 1  # the last one done: what finish_run reports when none is left to run
+        for iteration in range(start, config.iterations + 1):
             # 1. rollout with the online target; log-probs and RTGs as sampled, FIFO buffer
             rollouts = rollout_episodes(policy, envs, task, online_rtg,
                                         seeds=episode_seeds(config, iteration, config.trajectories_per_iteration),

@@ -25,9 +25,25 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
+import torch
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
-from dtrl.config import CommonConfig, ModelConfig, parse_config, to_dict
+from dtrl.algos.common import EVAL_SEED_OFFSET, Clock, iteration_metrics
+from dtrl.config import CommonConfig, ModelConfig, parse_config, resolve_device, to_dict
+from dtrl.data import SequenceSampler, StateNormalizer, load_dataset
 from dtrl.errors import DtrlError
+from dtrl.evaluation import evaluate, format_result
+from dtrl.models import build_model
+from dtrl.models.checkpoint import LoadedPolicy
+from dtrl.optim import linear_warmup, make_optimizer
+from dtrl.runs import RunDir, has_checkpoint, seed_everything
 from dtrl.tasks import get_task
 
 
@@ -86,7 +102,8 @@ class PretrainConfig(CommonConfig):
         if self.loss == "mse" and self.model.policy != "deterministic":
             raise DtrlError("--loss mse trains a deterministic DT: also pass --model.policy deterministic")
         if self.loss != "mse" and self.model.policy == "deterministic":
-            raise DtrlError(f"--loss {self.loss} needs --model.policy gaussian (a deterministic head has no likelihood)")
+            raise DtrlError(f"--loss {self.loss} needs --model.policy gaussian "
+                            "(a deterministic head has no likelihood)")
         if (self.loss == "reinformer") != (self.model.architecture == "reinformer"):
             raise DtrlError("--loss reinformer goes with --model.architecture reinformer (and only with it)")
 
@@ -141,10 +158,6 @@ PRESETS = {"cpu": cpu_preset, "paper": paper_preset}
 def build_optimizers(config: PretrainConfig, model):
     """(policy optimiser over everything but the log-temperature, its linear warm-up schedule,
     the log-temperature's Adam, or None when the head has no entropy to regulate)."""
-    import torch
-
-    from dtrl.optim import linear_warmup, make_optimizer
-
     optimizer = make_optimizer(config.optimizer, model.policy_parameters(), lr=config.learning_rate,
                                weight_decay=config.weight_decay)
     scheduler = linear_warmup(optimizer, config.warmup_steps)
@@ -164,8 +177,6 @@ def pretrain_step(model, batch: dict, optimizer, scheduler, temperature_optimize
     """One gradient step on the model's offline objective (``model.pretrain_loss``: ODT's
     NLL - temperature * entropy, the DT's MSE, or Reinformer's action + expectile return loss), then
     one Adam step of the temperature towards the target entropy. Returns float metrics."""
-    import torch
-
     device_type = batch["states"].device.type
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         loss, parts = model.pretrain_loss(batch["states"], batch["actions"], batch["returns_to_go"],
@@ -190,8 +201,6 @@ def pretrain_step(model, batch: dict, optimizer, scheduler, temperature_optimize
 def _open_run(config: PretrainConfig):
     """A new run directory, or with --resume the existing one, continued with the settings given
     now (e.g. a larger --steps): RunDir.resume warns about and records every changed setting."""
-    from dtrl.runs import RunDir, has_checkpoint
-
     run_config = {**to_dict(config), "algo": "pretrain"}
     if not config.resume:
         return RunDir.open(config.out, run_config, force=config.force)
@@ -206,20 +215,7 @@ def _open_run(config: PretrainConfig):
 
 def train(config: PretrainConfig) -> dict:
     """Run (or resume) pretraining; returns the final evaluation."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
-
-    from dtrl.algos.common import Clock, iteration_metrics
-    from dtrl.config import resolve_device
-    from dtrl.data import SequenceSampler, StateNormalizer, load_dataset
-    from dtrl.evaluation import evaluate, format_result
-    from dtrl.models import build_model
-    from dtrl.models.checkpoint import LoadedPolicy
-    from dtrl.runs import seed_everything
-
     if config.threads > 0:
-        import torch
-
         torch.set_num_threads(config.threads)
     task = get_task(config.task)
     device = resolve_device(config.device)
@@ -255,7 +251,7 @@ def train(config: PretrainConfig) -> dict:
         clock.load_state_dict(state["clock"])
         start_iteration = int(state["iteration"])
     policy = LoadedPolicy(model, normalizer, task.reward_scale, task.name)
-    eval_seed = 10_000 + config.seed  # disjoint from any training seed; the same episodes every evaluation
+    eval_seed = EVAL_SEED_OFFSET + config.seed  # disjoint from training seeds; the same episodes every evaluation
     policy_meta = {"preset": config.preset, "dataset": dataset.source, "loss": config.loss,
                    "context_length": config.model.context_length}
 

@@ -18,8 +18,9 @@ import copy
 import dataclasses
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -29,6 +30,10 @@ from dtrl.tasks import TASKS, Task, get_task
 
 LEVELS = ("random", "medium", "medium-replay")
 
+
+# Collection env i of a build with seed s starts from reset seed ENV_SEED_STRIDE * s + i (later
+# episodes continue that env's own RNG), so builds with different seeds never share an episode.
+ENV_SEED_STRIDE = 10_000
 
 @dataclass
 class BuildConfig:
@@ -127,10 +132,18 @@ def make_env(task: Task, seed: int | None = None):
 
 
 def _progress(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), disable=not enabled)
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                    disable=not enabled)
 
 
 def collect(
@@ -146,7 +159,8 @@ def collect(
     transitions of finished episodes exist; the last episode is cut to fit and marked as a timeout.
     Returns D4RL arrays, episodes in the order they finished."""
     envs = [make_env(task) for _ in range(num_envs)]
-    observations = np.stack([env.reset(seed=seed * 10_000 + i)[0] for i, env in enumerate(envs)]).astype(np.float32)
+    observations = np.stack([env.reset(seed=ENV_SEED_STRIDE * seed + i)[0]
+                             for i, env in enumerate(envs)]).astype(np.float32)
     running: list[dict[str, list]] = [{k: [] for k in ("obs", "act", "rew", "next", "term")} for _ in envs]
     finished: list[dict[str, np.ndarray]] = []
     n_done = 0
@@ -216,7 +230,7 @@ def train_sac_to_target(task: Task, config: BuildConfig, target: float, log: Cal
 
     def evaluate() -> float:
         returns = []
-        for episode in range(config.eval_episodes):
+        for _ in range(config.eval_episodes):
             obs, _ = eval_env.reset()
             total, done = 0.0, False
             while not done:

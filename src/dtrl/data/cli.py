@@ -108,7 +108,8 @@ def describe(source: str, task_name: str | None = None) -> str:
         f"episodes     {dataset.n_episodes}  (length mean {lengths.mean():.1f}, min {lengths.min()}, "
         f"max {lengths.max()}; {terminated} terminated, {dataset.n_episodes - terminated} timed out or cut)",
         f"dims         observation {dataset.obs_dim}, action {dataset.act_dim}",
-        f"return       {returns.mean():.2f} ± {returns.std():.2f} raw (min {returns.min():.2f}, max {returns.max():.2f})",
+        f"return       {returns.mean():.2f} ± {returns.std():.2f} raw "
+        f"(min {returns.min():.2f}, max {returns.max():.2f})",
     ]
     if task.has_reference:
         normalized = np.array([task.normalize(r) for r in returns])

@@ -9,8 +9,9 @@ Layout (all arrays share the first dimension N = number of transitions):
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -78,7 +79,8 @@ def _to_python(value: Any) -> Any:
     return value
 
 
-def write_d4rl(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any] | None = None) -> None:
+def write_d4rl(path: str | os.PathLike, arrays: Mapping[str, np.ndarray],
+               attrs: Mapping[str, Any] | None = None) -> None:
     """Write a D4RL-layout file atomically (``dtrl.files``: a temp file next to it, then a rename), so a
     crash or error never leaves a half-written ``path``. Overwrites ``path`` if it exists (callers
     decide whether that is allowed)."""

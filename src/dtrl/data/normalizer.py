@@ -3,8 +3,9 @@ so that online rollouts and evaluation feed the model exactly what it was traine
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -24,21 +25,21 @@ class StateNormalizer:
     differs from it; 1e-3 keeps such dims bounded while leaving real scales (>= 1e-2) untouched."""
 
     @classmethod
-    def from_trajectories(cls, trajectories: Sequence[Trajectory], min_std: float = DEFAULT_MIN_STD) -> "StateNormalizer":
+    def from_trajectories(cls, trajectories: Sequence[Trajectory], min_std: float = DEFAULT_MIN_STD) -> StateNormalizer:
         if not trajectories:
             raise DtrlError("cannot compute state statistics from an empty list of trajectories")
         observations = np.concatenate([t.observations for t in trajectories], axis=0).astype(np.float64)
         return cls.from_array(observations, min_std)
 
     @classmethod
-    def from_array(cls, observations: np.ndarray, min_std: float = DEFAULT_MIN_STD) -> "StateNormalizer":
+    def from_array(cls, observations: np.ndarray, min_std: float = DEFAULT_MIN_STD) -> StateNormalizer:
         observations = np.asarray(observations, dtype=np.float64)
         mean = observations.mean(axis=0)
         std = np.maximum(observations.std(axis=0), min_std)
         return cls(mean.astype(np.float32), std.astype(np.float32))
 
     @classmethod
-    def identity(cls, obs_dim: int) -> "StateNormalizer":
+    def identity(cls, obs_dim: int) -> StateNormalizer:
         return cls(np.zeros(obs_dim, np.float32), np.ones(obs_dim, np.float32))
 
     @property
@@ -69,7 +70,7 @@ class StateNormalizer:
         return {"mean": [float(v) for v in self.mean], "std": [float(v) for v in self.std]}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "StateNormalizer":
+    def from_dict(cls, data: dict[str, Any]) -> StateNormalizer:
         try:
             mean = np.asarray(data["mean"], dtype=np.float32)
             std = np.asarray(data["std"], dtype=np.float32)

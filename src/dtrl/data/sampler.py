@@ -13,7 +13,7 @@ left-padded (mask False, zeros), matching how the rollout cache fills up.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -103,7 +103,7 @@ class SequenceSampler:
             "rewards": self.rewards[flat],
             "timesteps": self.timesteps[flat],
         }
-        for key, value in batch.items():  # padding is zero, never a neighbour's data
+        for value in batch.values():  # padding is zero, never a neighbour's data
             value[~mask] = 0
         out = {key: torch.from_numpy(value) for key, value in batch.items()}
         out["mask"] = torch.from_numpy(mask)

@@ -49,7 +49,8 @@ def split_episodes(
     ends = np.flatnonzero(np.logical_or(terminals, timeouts))
     trajectories: list[Trajectory] = []
     start = 0
-    for end in list(ends) + ([len(rewards) - 1] if len(rewards) and (not len(ends) or ends[-1] != len(rewards) - 1) else []):
+    unterminated_tail = len(rewards) and (not len(ends) or ends[-1] != len(rewards) - 1)
+    for end in list(ends) + ([len(rewards) - 1] if unterminated_tail else []):
         stop = int(end) + 1
         if stop <= start:
             continue

@@ -15,7 +15,8 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import traceback
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -294,7 +295,8 @@ class BatchedEnv:
         """Exact snapshots of the copies ``indices`` (default all), in that order."""
         indices = self._indices(indices)
         groups = self._group(indices)
-        results = self._call("snapshot", {w: ([int(self._position[indices[k]]) for k in ks],) for w, ks in groups.items()})
+        results = self._call("snapshot",
+                             {w: ([int(self._position[indices[k]]) for k in ks],) for w, ks in groups.items()})
         snapshots: list[EnvSnapshot | None] = [None] * len(indices)
         for w, ks in groups.items():
             for k, snap in zip(ks, results[w]):
@@ -325,7 +327,7 @@ class BatchedEnv:
         for conn in self._conns:
             conn.close()
 
-    def __enter__(self) -> "BatchedEnv":
+    def __enter__(self) -> BatchedEnv:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -83,7 +83,8 @@ class BranchableEnv(gym.Wrapper):
         except gym.error.Error as exc:
             raise DtrlError(f"cannot make env {task.env_id} for task {task.name}: {exc}") from None
         except TypeError as exc:
-            raise DtrlError(f"env {task.env_id} rejects the kwargs of task {task.name} {task.env_kwargs}: {exc}") from None
+            raise DtrlError(f"env {task.env_id} rejects the kwargs of task {task.name} {task.env_kwargs}: "
+                            f"{exc}") from None
         super().__init__(raw)
         self._raw = raw
         self._keeper = MujocoStateKeeper(raw, task.env_id, task.family)

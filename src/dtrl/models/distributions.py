@@ -127,7 +127,7 @@ class ActionDistribution:
         pre_tanh = self.mu + self.std * torch.randn_like(self.mu)
         return gaussian + log_one_minus_tanh_sq(pre_tanh).sum(dim=-1)
 
-    def __getitem__(self, index) -> "ActionDistribution":
+    def __getitem__(self, index) -> ActionDistribution:
         """Index the leading (non-action) dims, e.g. ``dist[:, -1]`` for the last step."""
         return ActionDistribution(
             self.mu[index],
