@@ -95,13 +95,15 @@ def main() -> None:
         phases = ", ".join(f"{k} {v:.0f}" for k, v in summary["phases"].items())
         for path, entry in summary["files"].items():
             lines.append(
-                f"| {name} | {total:.0f} | {phases} | {Path(path).name} | {entry['transitions']} | {entry['episodes']} | "
+                f"| {name} | {total:.0f} | {phases} | {Path(path).name} | "
+                f"{entry['transitions']} | {entry['episodes']} | "
                 f"{entry['return_mean']:.1f} ± {entry['return_std']:.1f} | "
                 f"{entry.get('normalized_mean', float('nan')):.1f} ± {entry.get('normalized_std', float('nan')):.1f} |")
     sac = medium_summary.get("sac", {})
     if sac:
         lines += ["", f"SAC reached the medium point after {sac['steps']} env steps "
-                      f"(evaluation return {sac['eval_return']:.1f}, target {sac['target']:.1f}, reached: {sac['reached']}).",
+                      f"(evaluation return {sac['eval_return']:.1f}, target {sac['target']:.1f}, "
+                      f"reached: {sac['reached']}).",
                   "Evaluations (step: stochastic return): "
                   + ", ".join(f"{s}: {r:.0f}" for s, r in sac["evaluations"])]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

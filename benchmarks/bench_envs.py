@@ -119,16 +119,20 @@ def bench_snapshots(args: Args) -> list[dict]:
         blob = pickle.dumps(snapshot)
         action = np.zeros(env.act_dim, np.float32)
         # env.step is measured after restoring each time so the state stays bounded
-        step_and_restore = _best_of(args.repeats, lambda: (env.step(action), env.restore(snapshot)), 200)
-        restore = _best_of(args.repeats, lambda: other.restore(snapshot), 500)
+        step_and_restore = _best_of(args.repeats, lambda env=env, action=action, snapshot=snapshot:
+                                    (env.step(action), env.restore(snapshot)), 200)
+        restore = _best_of(args.repeats, lambda other=other, snapshot=snapshot: other.restore(snapshot), 500)
         raw_env = other.unwrapped_env
-        gym_step_and_restore = _best_of(args.repeats, lambda: (raw_env.step(action), other.restore(snapshot)), 200)
+        gym_step_and_restore = _best_of(args.repeats,
+                                        lambda raw_env=raw_env, action=action, other=other, snapshot=snapshot:
+                                        (raw_env.step(action), other.restore(snapshot)), 200)
         rows.append({
             "task": name,
             "env": env.task.env_id,
             "snapshot_us": 1e6 * _best_of(args.repeats, env.snapshot, 500),
             "restore_us": 1e6 * restore,
-            "pickle_roundtrip_us": 1e6 * _best_of(args.repeats, lambda: pickle.loads(pickle.dumps(snapshot)), 500),
+            "pickle_roundtrip_us": 1e6 * _best_of(args.repeats,
+                                                  lambda snapshot=snapshot: pickle.loads(pickle.dumps(snapshot)), 500),
             "bytes": len(blob),
             "env_step_us": 1e6 * (step_and_restore - restore),
             "gym_step_us": 1e6 * (gym_step_and_restore - restore),
@@ -159,14 +163,14 @@ def bench_batched(args: Args) -> list[dict]:
                     actions = rng.uniform(-1, 1, (num_envs, envs.act_dim)).astype(np.float32)
                     batched_steps = max(2, args.env_steps_per_measure // num_envs)
 
-                    def run():
+                    def run(batched_steps=batched_steps, actions=actions):
                         for _ in range(batched_steps):
                             envs.step(actions)
 
                     wall = _best_of(args.repeats, run, 1, time.perf_counter)
                     cpu = _best_of(args.repeats, run, 1) if workers == 0 else float("nan")
                     group = [snapshots[0]] * num_envs
-                    restore_s = _best_of(args.repeats, lambda: envs.restore(group), 1, time.perf_counter)
+                    restore_s = _best_of(args.repeats, lambda group=group: envs.restore(group), 1, time.perf_counter)
                     snapshot_s = _best_of(args.repeats, envs.snapshot, 1, time.perf_counter)
                 rows.append({
                     "task": name, "num_envs": num_envs, "workers": workers,
@@ -217,7 +221,7 @@ def check_exactness(args: Args) -> list[dict]:
             for k in range(max(len(recorded) for _, recorded in futures)):
                 step_actions = np.zeros((envs.num_envs, envs.act_dim))
                 active = np.array([k < len(recorded) for _, recorded in futures])
-                for i, (actions, recorded) in enumerate(futures):
+                for i, (actions, _recorded) in enumerate(futures):
                     if active[i]:
                         step_actions[i] = actions[k]
                 obs, rewards, terminated, truncated = envs.step(step_actions, active)
@@ -257,26 +261,31 @@ def _table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
 def write_report(args: Args, snapshot_rows: list[dict], batched_rows: list[dict], round_trip_s: float,
                  exactness_rows: list[dict], seconds: float) -> None:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    python = f"{platform.python_implementation()} {platform.python_version()}"
+    default_workers = {n: default_num_workers(n) for n in (8, 64, 512)}
     text = f"""# dtrl.envs benchmark
 
 - date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC
-- machine: {platform.machine()}, {cpus} CPU cores usable, no GPU, {platform.python_implementation()} {platform.python_version()},
+- machine: {platform.machine()}, {cpus} CPU cores usable, no GPU, {python},
   mujoco {mujoco.__version__}; **shared with other jobs** (several helpers running tests at the same time), so
   timings are noisy: each number is the minimum over {args.repeats} repeats (worker runs: wall clock).
 - command: `python benchmarks/bench_envs.py{' --quick' if args.quick else ''}` ({seconds:.0f} s)
-- default_num_workers here: N=8 -> {default_num_workers(8)}, N=64 -> {default_num_workers(64)}, N=512 -> {default_num_workers(512)}
+- default_num_workers here: N=8 -> {default_workers[8]}, N=64 -> {default_workers[64]}, N=512 -> {default_workers[512]}
 
 ## Summary (computed from the tables below)
 
-- snapshot + restore together cost {_range([100 * (r["snapshot_us"] + r["restore_us"]) / r["env_step_us"] for r in snapshot_rows])} % of one env step
+- snapshot + restore together cost {_range([100 * (r["snapshot_us"] + r["restore_us"]) / r["env_step_us"]
+                                            for r in snapshot_rows])} % of one env step
   (CPU time); a pickled snapshot is {_range([r["bytes"] for r in snapshot_rows], ".0f")} bytes.
-- our wrapper adds {_range([r["env_step_us"] - r["gym_step_us"] for r in snapshot_rows])} us per step over the gymnasium env's own step
+- our wrapper adds {_range([r["env_step_us"] - r["gym_step_us"]
+                            for r in snapshot_rows])} us per step over the gymnasium env's own step
   (noise level: some rows come out negative).
 - in-process BatchedEnv reaches {_range([r["cpu_ratio"] for r in batched_rows if r["workers"] == 0], ".2f")} of the bare
   `mj_step` rate in CPU terms: the rest is the gymnasium envs' Python step code.
 - 2 workers vs in-process on this shared 2-core machine (wall clock, same task and N):
   {_range([w["wall_rate"] / i["wall_rate"] for w in batched_rows for i in batched_rows
-           if w["workers"] > 0 and i["workers"] == 0 and (w["task"], w["num_envs"]) == (i["task"], i["num_envs"])], ".2f")} x;
+           if w["workers"] > 0 and i["workers"] == 0
+           and (w["task"], w["num_envs"]) == (i["task"], i["num_envs"])], ".2f")} x;
   workers need free cores, hence `default_num_workers` = 0 on machines with 1-2 cores.
 - exactness sweep: {sum(r["exact"] == "yes" for r in exactness_rows)} of {len(exactness_rows)} envs bit-exact over
   {sum(r["steps_compared"] for r in exactness_rows)} compared steps.

@@ -110,8 +110,8 @@ def main() -> None:
     print("|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         if row.get("eval_normalized_mean") is not None:
-            print(f"| {row['iteration']} | {row['wall_time_s'] / 60:.1f} | {row['env_steps']:,} | {row['grad_updates']} "
-                  f"| {row.get('charts/rollout_return', float('nan')):.0f} | "
+            print(f"| {row['iteration']} | {row['wall_time_s'] / 60:.1f} | {row['env_steps']:,} | "
+                  f"{row['grad_updates']} | {row.get('charts/rollout_return', float('nan')):.0f} | "
                   f"{row['eval_normalized_mean']:.1f} ± {row['eval_normalized_std']:.1f} |")
     best_dir = args.out / "best_policy"
     if best_dir.is_dir():  # selected on the in-run evaluation seeds, scored here on the benchmark's seeds
@@ -123,7 +123,8 @@ def main() -> None:
     print(f"\npretrained {before['eval_normalized_mean']:.1f} -> GRPO-DT {after['eval_normalized_mean']:.1f} "
           f"± {after['eval_normalized_std']:.1f} ({args.eval_episodes} episodes, seeds from {args.eval_seed}): "
           f"{gain:+.1f} points at target RTG {after['eval_target_rtg']:.0f} in {wall / 60:.1f} min, "
-          f"{rows[-1]['iteration']} iterations, {rows[-1]['env_steps']:,} env steps; cpu count {os.cpu_count()}; argv {' '.join(sys.argv[1:])}")
+          f"{rows[-1]['iteration']} iterations, {rows[-1]['env_steps']:,} env steps; "
+          f"cpu count {os.cpu_count()}; argv {' '.join(sys.argv[1:])}")
 
 
 if __name__ == "__main__":

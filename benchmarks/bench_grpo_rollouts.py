@@ -120,7 +120,8 @@ def main() -> None:
     with BatchedEnv(task, 1) as envs:
         (trajectory,) = rollout_episodes(policy, envs, task, task.eval_rtg, [0], mode=args.trajectory_mode,
                                          record_snapshots=True)
-    print(f"# {task.name}: {args.trajectory_mode} trajectory of {len(trajectory)} steps; model receptive field {history} steps; "
+    print(f"# {task.name}: {args.trajectory_mode} trajectory of {len(trajectory)} steps; "
+          f"model receptive field {history} steps; "
           f"torch threads {torch.get_num_threads()}; {platform.processor() or platform.machine()}")
     print("| branches | workers | env steps | rollout s | env-steps/s | raw mj_step s | policy s | bound env-steps/s "
           "| achieved / bound |")

@@ -189,7 +189,7 @@ def main() -> None:
         "",
         f"### (a) Rollout inference, paper-size model (4 layers, 4 heads, 512 embed), batch {args.infer_batch}",
         "",
-        "| K | KV-cached act (ms/step) | cached vs K=%d | window recompute (ms/step) | cache speed-up |" % rows[0][0],
+        f"| K | KV-cached act (ms/step) | cached vs K={rows[0][0]} | window recompute (ms/step) | cache speed-up |",
         "|---|---|---|---|---|",
     ]
     for context, cached, uncached in rows:

@@ -11,8 +11,8 @@ For each ``TASK=DATASET`` it runs ``dtrl pretrain --preset cpu`` into ``RUNS_DIR
 pretrained DT's D4RL-normalised return next to the dataset's own (a DT imitates its data), the wall
 time and the gradient-step rate. The rollout part measures env steps per second of
 ``rollout_episodes`` (N copies, one batched model call per step) against stepping the same envs with
-constant actions (no model), and of ``rollout_from_snapshots`` (GRPO groups). The preset study times model sizes and compares two
-learning rates, the numbers the cpu preset was chosen from.
+constant actions (no model), and of ``rollout_from_snapshots`` (GRPO groups).
+The preset study times model sizes and compares two learning rates, the numbers the cpu preset was chosen from.
 Timings on a shared machine are noisy; speed targets are stated in the results, never asserted.
 """
 
@@ -35,7 +35,7 @@ torch.set_num_threads(1)
 
 from dtrl.cli import main as dtrl  # noqa: E402
 from dtrl.data import load_dataset  # noqa: E402
-from dtrl.runs import is_finished, has_checkpoint  # noqa: E402
+from dtrl.runs import has_checkpoint, is_finished  # noqa: E402
 from dtrl.tasks import get_task  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -215,8 +215,8 @@ def write_results(path: Path, pretrains: list[dict], speed: dict | None, study: 
             "A Decision Transformer imitates its data, conditioned on the target return: the pretrained policy's",
             "score (mean action, target RTG = task eval RTG, fixed eval seeds) should be near the dataset's own.",
             "",
-            "| task | dataset (episodes) | dataset normalised | pretrained DT normalised | DT raw return | DT episode length "
-            "| grad steps | wall time | grad steps/s |",
+            "| task | dataset (episodes) | dataset normalised | pretrained DT normalised | DT raw return "
+            "| DT episode length | grad steps | wall time | grad steps/s |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for p in pretrains:
@@ -225,9 +225,10 @@ def write_results(path: Path, pretrains: list[dict], speed: dict | None, study: 
                                (e["eval_normalized_mean"], e["eval_normalized_std"]))
             lines.append(
                 f"| {p['task']} | `{Path(p['dataset']).name}` ({p['dataset_episodes']}) | "
-                f"{fmt_pair(p['dataset_normalized'])} | {dt_norm} ({e['eval_episodes']} ep., RTG {e['eval_target_rtg']:.0f}) | "
-                f"{e['eval_return_mean']:.0f} ± {e['eval_return_std']:.0f} | {e['eval_length_mean']:.0f} | {p['steps']} | "
-                f"{p['wall_time_s'] / 60:.1f} min | {p['grad_steps_per_s'] or float('nan'):.1f} |")
+                f"{fmt_pair(p['dataset_normalized'])} | {dt_norm} "
+                f"({e['eval_episodes']} ep., RTG {e['eval_target_rtg']:.0f}) | "
+                f"{e['eval_return_mean']:.0f} ± {e['eval_return_std']:.0f} | {e['eval_length_mean']:.0f} | "
+                f"{p['steps']} | {p['wall_time_s'] / 60:.1f} min | {p['grad_steps_per_s'] or float('nan'):.1f} |")
         lines += [""]
         for p in pretrains:
             m = p["model"]
@@ -251,8 +252,10 @@ def write_results(path: Path, pretrains: list[dict], speed: dict | None, study: 
             "| what | env steps/s |",
             "|---|---|",
             f"| envs alone, zero actions (no model) | {s['env_only']:.0f} |",
-            f"| `rollout_episodes` (sampled actions, one KV-cached model call per step) | {s['rollout_episodes']:.0f} |",
-            f"| `rollout_episodes` + env snapshot every step (GRPO collection) | {s['rollout_episodes_snapshots']:.0f} |",
+            f"| `rollout_episodes` (sampled actions, one KV-cached model call per step) | "
+            f"{s['rollout_episodes']:.0f} |",
+            f"| `rollout_episodes` + env snapshot every step (GRPO collection) | "
+            f"{s['rollout_episodes_snapshots']:.0f} |",
             f"| `rollout_from_snapshots` (groups of 8, prefilled history, L=15 sampled + M=60 mean) | "
             f"{s['rollout_from_snapshots']:.0f} |",
             "",

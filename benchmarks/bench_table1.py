@@ -152,12 +152,14 @@ def paper_compute(task: str) -> dict[str, str]:
                       f"{t.batch_size} (actor + critic)")
     p = ppo.PRESETS["paper"](task)
     out["ppo"] = (f"{p.trajectories_per_iteration} episodes; {p.update_epochs} epochs over "
-                  f"{p.trajectories_per_iteration * p.buffer_multiplier} buffered episodes, minibatch {p.minibatch_size} segments")
+                  f"{p.trajectories_per_iteration * p.buffer_multiplier} buffered episodes, "
+                  f"minibatch {p.minibatch_size} segments")
     q = grpo_q.PRESETS["paper"](task)
     out["grpo-q"] = (f"{q.trajectories_per_iteration} episode; {q.critic_updates_per_iteration} critic updates + "
                      f"{q.policy_epochs} epochs over {q.trajectories_per_update} trajectories x G={q.group_size}")
     i = iql.PRESETS["paper"](task)
-    out["iql"] = f"{i.env_steps_per_iteration} env steps; {i.env_steps_per_iteration * i.updates_per_env_step} updates x batch {i.batch_size}"
+    out["iql"] = (f"{i.env_steps_per_iteration} env steps; {i.env_steps_per_iteration * i.updates_per_env_step} "
+                  f"updates x batch {i.batch_size}")
     return out
 
 
@@ -181,7 +183,8 @@ def write_results(args, runs: list[dict], started: str) -> Path:
         f"- seeds: {', '.join(map(str, args.seeds))}; evaluation: {args.eval_episodes} mean-action episodes at the "
         "evaluation RTG on fixed seeds",
         f"- all DT methods start from the same pretrained cpu DT `{shown(args.pretrained)}`; IQL pretrains offline for "
-        f"{args.iql_offline_steps} steps on `{shown(args.dataset)}` (not counted in its budget, like the DT's pretraining)",
+        f"{args.iql_offline_steps} steps on `{shown(args.dataset)}` "
+        "(not counted in its budget, like the DT's pretraining)",
         "- every method uses its `cpu` preset (small: a few minutes per run), not the paper's settings; the scores "
         "are therefore not comparable with the paper's numbers shown beside them",
         "",
@@ -201,7 +204,7 @@ def write_results(args, runs: list[dict], started: str) -> Path:
         if not summaries:
             lines.append(f"| {NAMES[method]} | - | - | - | - | - | - | - | no completed run |")
             continue
-        mean = lambda key: float(np.mean([s[key] for s in summaries]))  # noqa: E731
+        mean = lambda key, summaries=summaries: float(np.mean([s[key] for s in summaries]))  # noqa: E731
         finals = [s["final"] for s in summaries if s["final"] is not None]
         score = f"{np.mean(finals):.2f} ± {np.std(finals):.2f}" if finals else "-"
         note = "; ".join(sorted({r["note"] for r in mine if r["note"]}))
@@ -209,8 +212,8 @@ def write_results(args, runs: list[dict], started: str) -> Path:
             note = (note + "; " if note else "") + f"+ {mean('offline_grad_updates'):.0f} offline updates " \
                    f"({mean('offline_wall_time_s'):.0f} s, not counted)"
         lines.append(f"| {NAMES[method]} | {mean('iterations'):.1f} | {mean('env_steps_per_iteration'):.0f} | "
-                     f"{mean('grad_updates_per_iteration'):.1f} | {mean('env_steps'):.0f} | {mean('grad_updates'):.0f} | "
-                     f"{mean('wall_time_s'):.0f} | {score} | {note} |")
+                     f"{mean('grad_updates_per_iteration'):.1f} | {mean('env_steps'):.0f} | "
+                     f"{mean('grad_updates'):.0f} | {mean('wall_time_s'):.0f} | {score} | {note} |")
     lines += ["", "## Nominal compute per iteration of the `paper` presets", "", "| method | per iteration |",
               "|---|---|"]
     try:
@@ -235,7 +238,8 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=METHODS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--budget-s", type=float, default=360.0, help="training seconds per method and seed")
-    parser.add_argument("--grace-s", type=float, default=600.0, help="hard cap beyond the budget (start-up, evaluation)")
+    parser.add_argument("--grace-s", type=float, default=600.0,
+                        help="hard cap beyond the budget (start-up, evaluation)")
     parser.add_argument("--iql-env-steps-per-iteration", type=int, default=250)
     parser.add_argument("--iql-grace-s", type=float, default=600.0, help="extra allowance for IQL's offline phase")
     parser.add_argument("--iql-offline-steps", type=int, default=5000)
@@ -249,7 +253,8 @@ def main() -> None:
     if args.report_only:
         saved = Path(args.out_root) / "runs.json"
         runs = (json.loads(saved.read_text()) if saved.is_file() else
-                [{"method": m, "seed": s, "out": str(Path(args.out_root) / f"{m}-seed{s}"), "note": ""} for m, s in jobs])
+                [{"method": m, "seed": s, "out": str(Path(args.out_root) / f"{m}-seed{s}"), "note": ""}
+                 for m, s in jobs])
     else:
         with ThreadPoolExecutor(max_workers=args.parallel) as pool:
             runs = list(pool.map(lambda job: run_one(job[0], job[1], args), jobs))

@@ -10,15 +10,7 @@ import pytest
 import torch
 
 from dtrl.cli import main as dtrl_main
-from dtrl.data import (
-    SequenceSampler,
-    StateNormalizer,
-    Trajectory,
-    load_dataset,
-    read_attrs,
-    read_d4rl,
-    write_d4rl,
-)
+from dtrl.data import SequenceSampler, StateNormalizer, Trajectory, load_dataset, read_attrs, read_d4rl, write_d4rl
 from dtrl.data.builder import BuildConfig, build, resolve_dataset_name
 from dtrl.errors import DtrlError
 from dtrl.tasks import get_task
@@ -215,7 +207,6 @@ def test_minari_id_missing_offline_is_one_line_error(tmp_path, monkeypatch):
 def test_local_minari_dataset_loads_by_id_and_directory(tmp_path, monkeypatch):
     import gymnasium as gym
     import minari
-
     from minari.data_collector.episode_buffer import EpisodeBuffer
 
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "store"))

@@ -1,7 +1,9 @@
 """GRPO-DT (Algorithm 1): groups, RTG bookkeeping, ratios, the CLI loop, resume; and the finetune dispatcher."""
 
+import copy
 import dataclasses
 import json
+import math
 
 import numpy as np
 import pytest
@@ -320,7 +322,13 @@ def test_policy_averaging_saves_and_evaluates_the_average(tiny_policy_dir, tmp_p
 def test_ablation_switches_run(tiny_policy_dir, tmp_path, flags):
     out = tmp_path / "ablation"
     assert finetune_main(cli_args(tiny_policy_dir, out, 1, "--eval-every", "0", "--eval-episodes", "1", *flags)) == 0
-    assert read_metrics(out)[0]["grad_updates"] >= 0
+    (row,) = read_metrics(out)
+    # one group per initial state (full trajectories: 1 episode seed), else 2 trajectories x 2 reset points
+    groups = 1 if "--full-trajectories" in flags else 4
+    kept = (groups - row["grpo/groups_dropped"]) * 4  # G = 4 members each
+    assert row["iteration"] == 1 and row["env_steps"] > 0 and row["grpo/groups_total"] == groups
+    assert row["grpo/sub_buffer_size"] == kept > 0  # --min-group-deviation 0 keeps every group that varies
+    assert row["grad_updates"] == math.ceil(kept / 8)  # one epoch of minibatches of 8 over T_sub
 
 
 def test_threads_option_sets_torch_threads_and_rejects_negative(tiny_policy_dir, tmp_path):
@@ -369,3 +377,71 @@ def test_linear_learning_rate_schedule(tiny_policy_dir, tmp_path):
     assert finetune_main(cli_args(tiny_policy_dir, out, 2, "--learning-rate", "1e-3",
                                   "--learning-rate-schedule", "linear")) == 0
     assert [row["charts/learning_rate"] for row in read_metrics(out)[1:]] == pytest.approx([1e-3, 5e-4])
+
+
+# ---------------------------------------------------------------------------------------------- line 9, by hand
+
+
+def five_step_segments(loaded, trajectory, count):
+    config = small_config(reset_points_per_trajectory=2)
+    _, segments, _, _ = group_rollout(loaded, trajectory, config, seed=2)
+    chosen = [s for s in segments if len(s) == 5][:count]
+    assert len(chosen) == count
+    return config, chosen
+
+
+def summed_log_probs(policy, segments, context_length):
+    from dtrl.rollout import segments_to_batch
+
+    batch = segments_to_batch(segments, policy.normalizer, policy.reward_scale)
+    with torch.no_grad():
+        log_probs, _ = grpo.policy_outputs(policy.model, batch, context_length)
+    return log_probs.sum(dim=1)
+
+
+def one_update(loaded, config, items, learning_rate=1e-3):
+    """update_policy on a fresh copy of the policy, temperature ~0 (no entropy pull), plain SGD."""
+    policy = dataclasses.replace(loaded, model=copy.deepcopy(loaded.model))
+    with torch.no_grad():
+        policy.model.log_temperature.fill_(-30.0)
+    buffer = grpo.SubTrajectoryBuffer(len(items))
+    for segment, advantage in items:
+        buffer.add(segment, advantage)
+    optimizer = torch.optim.SGD([p for p in policy.model.policy_parameters() if p.requires_grad], lr=learning_rate)
+    stats = grpo.update_policy(policy, buffer, optimizer, None, dataclasses.replace(config, minibatch_size=len(items)),
+                               np.random.default_rng(0), "cpu")
+    return policy, stats
+
+
+@pytest.mark.parametrize("advantage", [1.0, -1.0])
+def test_one_update_moves_the_sequence_log_prob_with_the_advantage_sign(loaded, trajectory, advantage):
+    config, (segment,) = five_step_segments(loaded, trajectory, 1)
+    before = summed_log_probs(loaded, [segment], config.context_length)
+    policy, stats = one_update(loaded, config, [(segment, advantage)])
+    after = summed_log_probs(policy, [segment], config.context_length)
+    assert stats["updates"] == 1 and stats["losses/clipfrac"] == 0.0  # a fresh sub-trajectory: ratio 1
+    assert float(after - before) * advantage > 0
+    # the step is first order: it moves the sequence log-prob by roughly lr * |grad|^2, no more
+    assert abs(float(after - before)) < 1.0
+
+
+def test_positive_and_negative_sequences_move_apart(loaded, trajectory):
+    config, (good, bad) = five_step_segments(loaded, trajectory, 2)
+    before = summed_log_probs(loaded, [good, bad], config.context_length)
+    policy, _ = one_update(loaded, config, [(good, 1.0), (bad, -1.0)])
+    after = summed_log_probs(policy, [good, bad], config.context_length)
+    change = after - before
+    assert float(change[0]) > float(change[1])  # first order: the gap widens by lr * |g_good - g_bad|^2 / 2
+
+
+def test_clip_fraction_and_ratio_match_a_hand_computation(loaded, trajectory):
+    # two sub-trajectories sampled by exactly this policy (ratio 1) and two whose behaviour log-probs
+    # were 0.01 lower at each of their 5 steps: sequence ratio e^0.05 = 1.0513, outside [1 - ε, 1 + ε]
+    config, segments = five_step_segments(loaded, trajectory, 4)
+    shifted = [dataclasses.replace(s, log_probs=s.log_probs - np.float32(0.01)) for s in segments[2:]]
+    items = [(s, 1.0) for s in [*segments[:2], *shifted]]
+    _, stats = one_update(loaded, dataclasses.replace(config, clip_eps=1e-3), items)
+    assert stats["losses/clipfrac"] == 0.5
+    assert stats["losses/ratio_max"] == pytest.approx(math.exp(0.05), rel=1e-4)
+    assert stats["losses/ratio_min"] == pytest.approx(1.0, abs=1e-4)
+    assert stats["losses/first_update_ratio_max_dev"] == pytest.approx(math.exp(0.05) - 1, rel=1e-3)

@@ -8,13 +8,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from test_odt import read_metrics, tiny_files  # noqa: F401  (session fixture shared by the finetuning tests)
 
 from dtrl.algos.iql import advantage_weights, q_target, reward_transform_for, value_loss
-from dtrl.models.checkpoint import load_actor
 from dtrl.cli import main as cli
 from dtrl.data.trajectory import Trajectory
+from dtrl.models.checkpoint import load_actor
 from dtrl.tasks import get_task
+from test_odt import read_metrics, tiny_files  # noqa: F401  (session fixture shared by the finetuning tests)
 
 
 def test_expectile_value_loss_weights_under_and_over_estimates_asymmetrically():
@@ -65,6 +65,25 @@ def test_iql_offline_then_online_from_the_cli(tiny_files, tmp_path):
     assert cli(["eval", str(run), "--episodes", "1", "--task", "walker2d-random"]) == 2
 
 
+@pytest.mark.parametrize("schedule", [[], ["--actor-cosine-schedule"]])
+def test_the_actor_keeps_learning_online(tiny_files, tmp_path, schedule):
+    # the bug this pins: a cosine schedule that reached lr 0 at the end of the offline phase froze
+    # the actor for the whole online phase
+    from safetensors.torch import load_file
+
+    dataset, _ = tiny_files
+    run = tmp_path / "iql"
+    argv = ["finetune", "--algo", "iql", "--task", "hopper-random", "--dataset", str(dataset), "--out", str(run),
+            "--offline-steps", "20", "--env-steps-per-iteration", "10", "--batch-size", "8", "--hidden-dim", "16",
+            "--eval-every", "0", "--eval-episodes", "1", "--device", "cpu", *schedule]
+    assert cli(argv + ["--iterations", "1"]) == 0
+    after_one = load_file(str(run / "policy" / "model.safetensors"))
+    assert cli(argv + ["--iterations", "2", "--resume"]) == 0
+    after_two = load_file(str(run / "policy" / "model.safetensors"))
+    assert [r["charts/actor_lr"] for r in read_metrics(run)[1:]] == [3e-4, 3e-4]
+    assert any(not torch.equal(after_one[name], after_two[name]) for name in after_one)
+
+
 def test_iql_refuses_init_and_needs_a_dataset(tmp_path, capsys):
     assert cli(["finetune", "--algo", "iql", "--task", "hopper-random", "--out", str(tmp_path / "a")]) == 2
     assert "--dataset is required" in capsys.readouterr().err
@@ -77,4 +96,4 @@ def test_paper_hyperparameters_per_domain():
     from dtrl.algos.iql import PRESETS
 
     settings = {t: PRESETS["paper"](t) for t in ("hopper-medium", "antmaze-umaze", "door-human")}
-    assert [(c.expectile, c.temperature) for c in settings.values()] == [(0.7, 3.0), (0.9, 10.0), (0.7, 0.5)]
+    assert [(c.expectile, c.temperature) for c in settings.values()] == [(0.7, 3.0), (0.9, 10.0), (0.8, 3.0)]

@@ -218,7 +218,8 @@ def test_prefill_with_mixed_history_lengths_continues_exactly(architecture):
     mask = torch.tensor([[i >= start - h for i in range(start)] for h in lengths])
     cache = model.new_cache(3)
     with torch.no_grad():
-        model.prefill(cache, states[:, :start], actions[:, :start], returns_to_go[:, :start], timesteps[:, :start], mask)
+        model.prefill(cache, states[:, :start], actions[:, :start], returns_to_go[:, :start], timesteps[:, :start],
+                      mask)
         for t in range(start, 14):
             dist = model.act(cache, returns_to_go[:, t], states[:, t], timesteps[:, t])
             model.append_action(cache, actions[:, t])
@@ -249,7 +250,8 @@ def test_receptive_field_history_reproduces_log_probs(architecture):
         for history, should_match in ((field, True), (8, True), (7, False), (2, False)):
             sl = slice(seg.start - history, seg.stop)
             part = model(states[:, sl], actions[:, sl], returns_to_go[:, sl], timesteps[:, sl])
-            difference = (part[:, history:].log_prob(actions[:, seg]) - full[:, seg].log_prob(actions[:, seg])).abs().max()
+            difference = (part[:, history:].log_prob(actions[:, seg])
+                          - full[:, seg].log_prob(actions[:, seg])).abs().max()
             assert (float(difference) < 1e-11) == should_match, (history, float(difference))
 
 
@@ -376,7 +378,8 @@ def test_reinformer_act_ignores_target_and_feeds_its_return_prediction():
             outs.append(model.act(cache, target, states, t))
     assert torch.equal(outs[0].mu, outs[1].mu)
     with torch.no_grad():
-        _, predicted = model.forward_with_returns(states[:, None], torch.zeros(3, 1, ACT), torch.zeros(3, 1), t[:, None])
+        _, predicted = model.forward_with_returns(states[:, None], torch.zeros(3, 1, ACT), torch.zeros(3, 1),
+                                                  t[:, None])
     torch.testing.assert_close(outs[0].returns_to_go, predicted[:, 0], atol=1e-6, rtol=1e-6)
 
 
@@ -433,7 +436,8 @@ def test_checkpoint_round_trip_is_exact(tmp_path, architecture):
     assert loaded.task_name == "hopper-medium" and loaded.reward_scale == 1000.0
     assert loaded.meta["extra"] == {"algo": "test", "iteration": 3}
     assert type(loaded.model) is type(model) and not loaded.model.training
-    assert np.array_equal(loaded.normalizer.mean, normalizer.mean) and np.array_equal(loaded.normalizer.std, normalizer.std)
+    assert (np.array_equal(loaded.normalizer.mean, normalizer.mean)
+            and np.array_equal(loaded.normalizer.std, normalizer.std))
     gen = torch.Generator().manual_seed(0)
     states, actions = torch.randn(2, 7, 11, generator=gen), torch.rand(2, 7, 3, generator=gen) * 2 - 1
     rtg, ts = torch.randn(2, 7, generator=gen), torch.arange(7).expand(2, 7)

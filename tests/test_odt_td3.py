@@ -7,10 +7,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from test_odt import read_metrics, tiny_files  # noqa: F401  (session fixture shared by the finetuning tests)
 
 from dtrl.algos.common import smoothed_target_actions, window_critic_loss
 from dtrl.cli import main as cli
+from test_odt import read_metrics, tiny_files  # noqa: F401  (session fixture shared by the finetuning tests)
 
 
 def test_target_smoothing_noise_is_clipped_and_actions_stay_in_the_box():

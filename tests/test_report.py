@@ -107,11 +107,13 @@ def test_raw_returns_for_tasks_without_reference_and_pretrain_runs(tmp_path):
     root = tmp_path / "runs"
     make_run(root / "cheetah", {"task": "HalfCheetah-v5", "algo": "grpo", "seed": 0},
              [{"iteration": 1, "env_steps": 10, "eval_return_mean": 1234.5, "eval_normalized_mean": None}])
-    make_run(root / "pre", {"task": "hopper-random", "seed": 0, "run_info": {"command": ["/venv/bin/dtrl", "pretrain"]}},
+    make_run(root / "pre", {"task": "hopper-random", "seed": 0,
+                            "run_info": {"command": ["/venv/bin/dtrl", "pretrain"]}},
              [{"iteration": 1, "eval_return_mean": 300.0, "eval_normalized_mean": 9.8}])
     make_run(root / "dt", {"task": "hopper-random", "seed": 0, "algo": "pretrain", "model": {"architecture": "dt"}},
              [{"iteration": 1, "eval_return_mean": 300.0, "eval_normalized_mean": 2.5}])
-    make_run(root / "rf", {"task": "hopper-random", "seed": 0, "algo": "pretrain", "model": {"architecture": "reinformer"}},
+    make_run(root / "rf", {"task": "hopper-random", "seed": 0, "algo": "pretrain",
+                           "model": {"architecture": "reinformer"}},
              [{"iteration": 1, "eval_return_mean": 300.0, "eval_normalized_mean": 3.5}])
     result = build_report(ReportConfig(run_dirs=tuple(str(root / n) for n in ("cheetah", "pre", "dt", "rf")),
                                        out=str(tmp_path / "o")))

@@ -13,7 +13,12 @@ from dtrl.envs import BatchedEnv, make
 from dtrl.models import build_model
 from dtrl.models.checkpoint import LoadedPolicy
 from dtrl.rollout import (
-    BranchStart, RolloutTrajectory, Segment, TokenHistory, rollout_episodes, rollout_from_snapshots,
+    BranchStart,
+    RolloutTrajectory,
+    Segment,
+    TokenHistory,
+    rollout_episodes,
+    rollout_from_snapshots,
     segments_to_batch,
 )
 from dtrl.tasks import get_task

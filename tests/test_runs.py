@@ -13,7 +13,15 @@ import torch
 
 from dtrl import runs
 from dtrl.errors import DtrlError
-from dtrl.runs import RunDir, capture_rng_state, is_finished, read_config, read_metrics, restore_rng_state, seed_everything
+from dtrl.runs import (
+    RunDir,
+    capture_rng_state,
+    is_finished,
+    read_config,
+    read_metrics,
+    restore_rng_state,
+    seed_everything,
+)
 
 CONFIG = {"task": "hopper-random", "algo": "grpo", "seed": 7, "device": "cpu", "lr": 1e-4}
 
@@ -134,7 +142,8 @@ def test_nan_in_state_dict_is_refused_and_old_checkpoint_kept(tmp_path):
 
     with torch.no_grad():
         model[1].weight[0, 0] = float("nan")
-    with pytest.raises(DtrlError, match=r"iteration 5: state\['model'\]\['1.weight'\] contains NaN.*iteration 4 is kept"):
+    with pytest.raises(DtrlError,
+                       match=r"iteration 5: state\['model'\]\['1.weight'\] contains NaN.*iteration 4 is kept"):
         run.save_state({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, iteration=5)
 
     with torch.no_grad():

@@ -62,8 +62,18 @@ def test_json_spec_with_args_table_and_defaults(tmp_path):
     assert trial.run_dir == str(tmp_path / "hopper-medium" / "pretrain" / "seed0")
 
 
+def test_algo_args_reach_only_their_algorithm(tmp_path):
+    spec = spec_from_dict({"tasks": ["hopper-random"], "algos": ["grpo", "odt"], "args": ["--preset", "cpu"],
+                           "algo_args": {"odt": ["--dataset", "data/{task}.hdf5"]}})
+    grpo, odt = expand_trials(spec, tmp_path)
+    assert grpo.argv[-2:] == ["--preset", "cpu"]
+    assert odt.argv[-4:] == ["--preset", "cpu", "--dataset", "data/hopper-random.hdf5"]
+
+
 @pytest.mark.parametrize("raw, message", [
     ({"algos": ["grpo"]}, "'tasks' is required"),
+    ({"tasks": ["hopper-random"], "algos": ["grpo"], "algo_args": {"odt": ["--x"]}}, "'algos' does not list"),
+    ({"tasks": ["hopper-random"], "algos": ["odt"], "algo_args": {"odt": ["--out", "x"]}}, "must not set --out"),
     ({"tasks": ["hopper-random"], "algos": ["grpo"], "sedes": [1]}, "unknown key.*sedes"),
     ({"tasks": ["hopper-random"]}, "needs 'algos'"),
     ({"tasks": ["hopper-random"], "algos": ["trpo"]}, "unknown algo.*trpo"),
@@ -220,12 +230,14 @@ def test_ray_runs_two_trials_and_second_invocation_skips_them(tmp_path, capsys, 
     assert "2 trial(s) done, 0 failed, 0 stopped" in out
     for seed in (0, 1):
         run_dir = tmp_path / "out" / "hopper-random" / "pretrain" / f"seed{seed}"
-        assert is_finished(run_dir), (run_dir.with_suffix(".log").read_text() if run_dir.with_suffix(".log").exists() else "")
+        assert is_finished(run_dir), (run_dir.with_suffix(".log").read_text()
+                                      if run_dir.with_suffix(".log").exists() else "")
         config = read_config(run_dir)
         assert config["seed"] == seed and config["task"] == "hopper-random" and config["steps"] == 2
         assert read_metrics(run_dir)[-1]["grad_updates"] == 2
         assert (run_dir / "policy").is_dir()
-    mtimes = [os.path.getmtime(tmp_path / "out" / "hopper-random" / "pretrain" / f"seed{s}" / "final.json") for s in (0, 1)]
+    mtimes = [os.path.getmtime(tmp_path / "out" / "hopper-random" / "pretrain" / f"seed{s}" / "final.json")
+              for s in (0, 1)]
 
     assert cli_main(["sweep", str(spec), "--resume"]) == 0
     out = capsys.readouterr().out

@@ -6,9 +6,9 @@ from dtrl.tasks import TASKS, get_task
 
 
 def test_registry_has_the_papers_17_datasets():
-    expected = {f"{e}-{l}" for e in ("hopper", "walker2d", "ant") for l in ("random", "medium", "medium-replay")}
+    expected = {f"{e}-{kind}" for e in ("hopper", "walker2d", "ant") for kind in ("random", "medium", "medium-replay")}
     expected |= {"antmaze-umaze", "antmaze-umaze-diverse"}
-    expected |= {f"{e}-{l}" for e in ("door", "hammer", "pen") for l in ("human", "cloned")}
+    expected |= {f"{e}-{kind}" for e in ("door", "hammer", "pen") for kind in ("human", "cloned")}
     assert set(TASKS) == expected
 
 

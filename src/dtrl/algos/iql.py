@@ -42,6 +42,7 @@ from dtrl.algos.common import (
     finish_run,
     iteration_metrics,
     load_offline_dataset,
+    mean_metrics,
     open_run,
     restore_training_state,
     seed_everything,
@@ -53,7 +54,7 @@ from dtrl.data import StateNormalizer
 from dtrl.envs import make
 from dtrl.errors import DtrlError
 from dtrl.models.checkpoint import LoadedActor, save_actor
-from dtrl.models.critics import TanhGaussianActor, TwinQ, ValueNet
+from dtrl.models.critics import TwinQ, ValueNet, build_actor
 from dtrl.objectives import expectile_loss
 from dtrl.tasks import Task, get_task
 
@@ -90,8 +91,14 @@ class IQLConfig(CommonConfig):
     """Adam learning rate of the actor"""
     critic_lr: float = 3e-4
     """Adam learning rate of the twin Q and of V"""
-    actor_cosine_schedule: bool = True
-    """cosine-decay the actor learning rate over the offline phase (IQL code)"""
+    actor: Literal["gaussian", "tanh-gaussian"] = "gaussian"
+    """'gaussian': N(tanh(mu(s)), state-independent std), the official IQL actor; 'tanh-gaussian': a
+    tanh-squashed Gaussian with state-dependent std (dtrl's earlier actor; its log-prob of dataset
+    actions near +-1 is huge, which skews the advantage-weighted regression)"""
+    actor_cosine_schedule: bool = False
+    """cosine-decay the actor's learning rate to 0 over the offline phase (IQL's offline recipe); the
+    online phase then restarts at actor_lr. Off by default: the official finetuning config does not
+    decay it (opt_decay_schedule None)"""
     gamma: float = 0.99
     """discount factor"""
     tau: float = 0.005
@@ -134,11 +141,12 @@ class IQLConfig(CommonConfig):
 
 
 def _domain_settings(task: Task) -> dict:
-    """IQL paper hyperparameters per domain (expectile, temperature, actor dropout)."""
+    """IQL's hyperparameters per domain (expectile τ, temperature β, actor dropout): the IQL paper's for
+    MuJoCo and AntMaze, CORL's finetuning configs for Adroit."""
     if task.domain == "antmaze":
         return dict(expectile=0.9, temperature=10.0)
-    if task.domain == "adroit":
-        return dict(expectile=0.7, temperature=0.5, actor_dropout=0.1)
+    if task.domain == "adroit":  # CORL's finetuning configs (door, hammer, pen, relocate)
+        return dict(expectile=0.8, temperature=3.0, actor_dropout=0.1)
     return dict(expectile=0.7, temperature=3.0)
 
 
@@ -196,13 +204,12 @@ def reward_transform_for(kind: str, task: Task, trajectories) -> tuple[str, floa
 
 
 class IQLAgent(torch.nn.Module):
-    """Actor π(a|s) (tanh-Gaussian), twin Q(s,a) with a target copy, and V(s); all MLPs."""
+    """Actor π(a|s), twin Q(s,a) with a target copy, and V(s); ReLU MLPs as in the IQL paper."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, n_layers: int, actor_dropout: float):
+    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, n_layers: int, actor_dropout: float,
+                 actor: str = "gaussian"):
         super().__init__()
-        # ReLU MLPs as in the IQL paper.
-        self.actor = TanhGaussianActor(obs_dim, act_dim, hidden_dim=hidden_dim, n_layers=n_layers,
-                                       activation="relu", dropout=actor_dropout)
+        self.actor = build_actor(actor, obs_dim, act_dim, hidden_dim, n_layers, actor_dropout)
         self.q = TwinQ(obs_dim, act_dim, hidden_dim=hidden_dim, n_layers=n_layers, activation="relu")
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         self.v = ValueNet(obs_dim, hidden_dim=hidden_dim, n_layers=n_layers, activation="relu")
@@ -227,12 +234,12 @@ def train(config: IQLConfig) -> dict:
     kind, reward_scale, reward_shift = reward_transform_for(config.reward_transform, task, dataset.trajectories)
     transform = lambda r: np.asarray(r, np.float32) * reward_scale + reward_shift  # noqa: E731
 
-    agent = IQLAgent(dataset.obs_dim, dataset.act_dim, config.hidden_dim, config.n_layers,
-                     config.actor_dropout).to(device)
+    agent = IQLAgent(dataset.obs_dim, dataset.act_dim, config.hidden_dim, config.n_layers, config.actor_dropout,
+                     config.actor).to(device)
     actor_opt = torch.optim.Adam(agent.actor.parameters(), lr=config.actor_lr)
     q_opt = torch.optim.Adam(agent.q.parameters(), lr=config.critic_lr)
     v_opt = torch.optim.Adam(agent.v.parameters(), lr=config.critic_lr)
-    # IQL decays the actor's learning rate over the offline steps; online it stays at the final value.
+    # --actor-cosine-schedule: IQL's offline recipe decays the actor's lr over the offline steps only
     actor_sched = torch.optim.lr_scheduler.CosineAnnealingLR(actor_opt, T_max=max(config.offline_steps, 1)) \
         if config.actor_cosine_schedule and config.offline_steps > 0 else None
 
@@ -295,9 +302,6 @@ def train(config: IQLConfig) -> dict:
         return {"losses/value": loss_v.item(), "losses/q": loss_q.item(), "losses/actor": loss_pi.item(),
                 "charts/adv_weight_mean": weights.mean().item(), "charts/v_mean": value.mean().item()}
 
-    def average(stats: list[dict]) -> dict:
-        return {k: float(np.mean([s[k] for s in stats])) for k in stats[0]} if stats else {}
-
     def checkpoint(iteration: int) -> None:
         run.save_state({
             **training_state(ALGO, iteration, rng, clock, actor_sched=actor_sched, **components),
@@ -305,7 +309,7 @@ def train(config: IQLConfig) -> dict:
             "episode": episode, "offline_seconds": offline_seconds,
         }, iteration)
         save_actor(run.path / "policy", agent.actor, normalizer, task.name, dataset.obs_dim, dataset.act_dim,
-                   config.hidden_dim, config.n_layers, config.actor_dropout)
+                   config.hidden_dim, config.n_layers, config.actor_dropout, config.actor)
 
     def evaluate_now() -> dict:
         agent.actor.eval()  # the mean action without dropout
@@ -321,9 +325,11 @@ def train(config: IQLConfig) -> dict:
             stats = [update(replay.sample(config.batch_size, rng, device))
                      for _ in range(offline_done, config.offline_steps)]
             last_eval = evaluate_now()
-            run.log(iteration_metrics(0, clock, **average(stats), **last_eval,
+            run.log(iteration_metrics(0, clock, **mean_metrics(stats), **last_eval,
                                       **{"charts/reward_scale": reward_scale, "charts/replay_size": len(replay)}))
             offline_seconds = clock.elapsed()
+            for group in actor_opt.param_groups:  # online the actor learns at actor_lr (a decay ended at 0)
+                group["lr"] = config.actor_lr
             checkpoint(0)
             start_iteration = 1
 
@@ -338,7 +344,7 @@ def train(config: IQLConfig) -> dict:
                     episode["return"] = 0.0
                 with torch.no_grad():
                     state_t = torch.as_tensor(normalizer.normalize(episode["obs"][None]), device=device)
-                    action = agent.actor(state_t).sample()[0].cpu().numpy()
+                    action = agent.actor(state_t).sample()[0].clamp(-1.0, 1.0).cpu().numpy()
                 next_obs, reward, terminated, truncated, _ = env.step(action)
                 next_obs = np.asarray(next_obs, np.float32)
                 replay.add_batch(episode["obs"][None], action[None], transform([reward]), next_obs[None],
@@ -357,8 +363,8 @@ def train(config: IQLConfig) -> dict:
             evaluation = evaluate_now() if due else {}
             last_eval = evaluation or last_eval
             online = {"charts/episodic_return": float(np.mean(finished_returns)) if finished_returns else None,
-                      "charts/episodes": len(finished_returns)}
-            run.log(iteration_metrics(iteration, clock, **average(stats), **online, **evaluation))
+                      "charts/episodes": len(finished_returns), "charts/actor_lr": actor_opt.param_groups[0]["lr"]}
+            run.log(iteration_metrics(iteration, clock, **mean_metrics(stats), **online, **evaluation))
             if checkpoint_due(iteration, config.iterations, config.checkpoint_every, stopping):
                 checkpoint(iteration)
             if stopping:

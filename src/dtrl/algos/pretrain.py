@@ -26,14 +26,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from dtrl.algos.common import EVAL_SEED_OFFSET, Clock, iteration_metrics
 from dtrl.config import CommonConfig, ModelConfig, parse_config, resolve_device, to_dict

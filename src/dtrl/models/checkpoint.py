@@ -175,10 +175,11 @@ class LoadedActor:
 
 
 def save_actor(directory, actor, normalizer, task_name: str, obs_dim: int, act_dim: int, hidden_dim: int,
-               n_layers: int, dropout: float) -> Path:
-    """Write an MLP actor in the policy layout (replacing ``directory`` atomically)."""
-    meta = {"architecture": ACTOR_ARCHITECTURE, "task": task_name, "obs_dim": obs_dim, "act_dim": act_dim,
-            "hidden_dim": hidden_dim, "n_layers": n_layers, "actor_dropout": dropout,
+               n_layers: int, dropout: float, kind: str) -> Path:
+    """Write an MLP actor of ``kind`` (``dtrl.models.critics.ACTORS``) in the policy layout (replacing
+    ``directory`` atomically)."""
+    meta = {"architecture": ACTOR_ARCHITECTURE, "actor": kind, "task": task_name, "obs_dim": obs_dim,
+            "act_dim": act_dim, "hidden_dim": hidden_dim, "n_layers": n_layers, "actor_dropout": dropout,
             "dtrl_version": dtrl.__version__}
     return _write_policy_directory(directory, actor, meta, normalizer)
 
@@ -190,7 +191,7 @@ def load_actor(path, task=None, device: str = "cpu") -> LoadedActor:
     from safetensors.torch import load_file
 
     from dtrl.data import StateNormalizer
-    from dtrl.models.critics import TanhGaussianActor
+    from dtrl.models.critics import build_actor
 
     directory = _policy_directory(Path(path))
     try:
@@ -202,8 +203,9 @@ def load_actor(path, task=None, device: str = "cpu") -> LoadedActor:
         raise DtrlError(f"{path} is not an IQL policy (architecture {meta.get('architecture')!r})")
     if task is not None:
         _check_task_dims(task, int(meta["obs_dim"]), int(meta["act_dim"]), directory)
-    actor = TanhGaussianActor(meta["obs_dim"], meta["act_dim"], hidden_dim=meta["hidden_dim"],
-                              n_layers=meta["n_layers"], activation="relu", dropout=meta["actor_dropout"])
+    # actors saved before the "actor" key existed were tanh-squashed Gaussians
+    actor = build_actor(meta.get("actor", "tanh-gaussian"), meta["obs_dim"], meta["act_dim"], meta["hidden_dim"],
+                        meta["n_layers"], meta["actor_dropout"])
     try:
         actor.load_state_dict(load_file(str(directory / MODEL_FILE), device="cpu"))
     except (OSError, SafetensorError, RuntimeError) as exc:

@@ -85,6 +85,27 @@ class TwinQ(nn.Module):
         return torch.minimum(*self(states, actions))
 
 
+class GaussianActor(nn.Module):
+    """pi(a|s) = N(tanh(mu(s)), diag(exp(2 log_std))) with a learned state-independent log-std: IQL's
+    actor in its official code (ikostrikov/implicit_q_learning's policy without tanh-squashed
+    distribution; CORL's GaussianPolicy). Only the mean is squashed, so the log-likelihood of a
+    dataset action at +-1 stays finite (a tanh-squashed distribution's goes to +-inf there); samples
+    are clipped to [-1, 1] by whoever steps an env with them."""
+
+    def __init__(self, state_dim: int, act_dim: int, hidden_dim: int = 256, n_layers: int = 2,
+                 activation: Activation = "relu", layer_norm: bool = False, dropout: float = 0.0,
+                 log_std_min: float = -5.0, log_std_max: float = 2.0):
+        super().__init__()
+        self.trunk = MLP(state_dim, act_dim, hidden_dim, n_layers, activation, layer_norm, dropout)
+        self.log_std = nn.Parameter(torch.zeros(act_dim))
+        self.log_std_min, self.log_std_max = log_std_min, log_std_max
+
+    def forward(self, states: torch.Tensor) -> torch.distributions.Independent:
+        mean = torch.tanh(self.trunk(states))
+        std = self.log_std.clamp(self.log_std_min, self.log_std_max).exp().expand_as(mean)
+        return torch.distributions.Independent(torch.distributions.Normal(mean, std), 1)
+
+
 class TanhGaussianActor(nn.Module):
     """pi(a|s) = tanh(N(mu(s), sigma(s))): states [..., O] -> ``ActionDistribution`` over [...].
 
@@ -104,3 +125,14 @@ class TanhGaussianActor(nn.Module):
         low, high = self.log_std_min, self.log_std_max
         log_std = low + 0.5 * (high - low) * (torch.tanh(raw_log_std) + 1.0)
         return ActionDistribution(mu, log_std)
+
+
+ACTORS = {"gaussian": GaussianActor, "tanh-gaussian": TanhGaussianActor}
+
+
+def build_actor(kind: str, state_dim: int, act_dim: int, hidden_dim: int, n_layers: int, dropout: float) -> nn.Module:
+    """IQL's MLP actor of ``kind`` (``ACTORS``), with ReLU as in the IQL paper."""
+    if kind not in ACTORS:
+        raise ValueError(f"unknown actor {kind!r} (choose from {', '.join(ACTORS)})")
+    return ACTORS[kind](state_dim, act_dim, hidden_dim=hidden_dim, n_layers=n_layers, activation="relu",
+                        dropout=dropout)
