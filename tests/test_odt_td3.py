@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from dtrl.algos.common import smoothed_target_actions, window_critic_loss
+from dtrl.algos.odt_td3 import td3_actor_loss
 from dtrl.cli import main as cli
 from test_odt import read_metrics, tiny_files  # noqa: F401  (session fixture shared by the finetuning tests)
 
@@ -76,9 +77,37 @@ def test_odt_td3_two_iterations_from_the_cli(tiny_files, tmp_path):
     assert cli(["finetune", "--algo", "odt-td3", "--task", "hopper-random", "--init", str(policy),
                 "--dataset", str(dataset), "--out", str(run), "--iterations", "2", "--updates-per-iteration", "2",
                 "--batch-size", "4", "--buffer-size", "4", "--critic-warmup-steps", "2", "--critic-hidden-dim", "16",
-                "--eval-episodes", "1", "--eval-every", "0", "--device", "cpu"]) == 0
+                "--min-transitions-per-iteration", "30", "--eval-episodes", "1", "--eval-every", "0",
+                "--device", "cpu"]) == 0
     rows = read_metrics(run)
-    assert [r["iteration"] for r in rows] == [1, 2] and rows[-1]["grad_updates"] == 4
-    assert {"losses/critic", "losses/actor_q", "losses/action_nll"} <= set(rows[-1])
+    # official MuJoCo settings: 2 critic updates per actor update, episodes until 30 new transitions
+    assert [r["iteration"] for r in rows] == [1, 2] and rows[-1]["grad_updates"] == 2 * 2 * 2
+    assert rows[0]["env_steps"] >= 30 and rows[1]["env_steps"] - rows[0]["env_steps"] >= 30
+    assert {"losses/critic", "losses/actor_q", "losses/action_mse"} <= set(rows[-1])
     assert "eval_normalized_mean" in rows[-1]
-    assert json.loads((run / "config.json").read_text())["algo"] == "odt-td3"
+    config = json.loads((run / "config.json").read_text())
+    assert config["algo"] == "odt-td3" and config["actor"] == "deterministic" and config["context_length"] == 5
+
+
+def test_the_stochastic_variant_runs(tiny_files, tmp_path):
+    dataset, policy = tiny_files
+    run = tmp_path / "odt-td3-stochastic"
+    assert cli(["finetune", "--algo", "odt-td3", "--task", "hopper-random", "--init", str(policy),
+                "--dataset", str(dataset), "--out", str(run), "--iterations", "1", "--updates-per-iteration", "2",
+                "--batch-size", "4", "--buffer-size", "4", "--critic-warmup-steps", "0", "--critic-hidden-dim", "16",
+                "--actor", "stochastic", "--normalize-q", "--policy-delay", "1", "--eval-episodes", "1",
+                "--eval-every", "0", "--device", "cpu"]) == 0
+    assert {"losses/action_nll", "losses/entropy"} <= set(read_metrics(run)[-1])
+
+
+def test_actor_loss_is_the_official_formula_by_hand():
+    # official (trainer.py): sup_coeff * MSE - rl_coeff * mean over valid window steps of Q1(s, pi(s)), raw Q
+    supervised = torch.tensor(0.5)
+    q = torch.tensor([[10.0, 20.0, 30.0], [40.0, 50.0, 60.0]])
+    mask = torch.tensor([[False, True, True], [True, True, True]])
+    loss, q_mean = td3_actor_loss(supervised, q, mask, rl_weight=0.1, normalize_q=False)
+    assert q_mean.item() == pytest.approx((20 + 30 + 40 + 50 + 60) / 5)
+    assert loss.item() == pytest.approx(0.5 - 0.1 * 40.0)
+    # TD3+BC's normalisation divides the Q term by mean |Q|: the term becomes -α exactly
+    loss, _ = td3_actor_loss(supervised, q, mask, rl_weight=0.1, normalize_q=True)
+    assert loss.item() == pytest.approx(0.5 - 0.1)

@@ -261,6 +261,19 @@ class SegmentBatch:
                             returns_to_go=take(self.returns_to_go), timesteps=take(self.timesteps), mask=mask,
                             train_mask=last, log_probs_old=take(self.log_probs_old) * last)
 
+    def step_distributions(self, model, context_length: int | None = None):
+        """The model's action distribution at every ``train_mask`` step (``[N]``, row-major), computed
+        from the context the step was sampled with: the batch's whole rows (``context_length`` None,
+        the model's own sliding window), or each step's last ``context_length`` steps."""
+        if context_length is None:
+            return model(self.states, self.actions, self.returns_to_go, self.timesteps, self.mask)[self.train_mask]
+        windows = self.train_step_windows(context_length)
+        return model(windows.states, windows.actions, windows.returns_to_go, windows.timesteps, windows.mask)[:, -1]
+
+    def train_actions(self) -> torch.Tensor:
+        """[N, act_dim] the actions at the ``train_mask`` steps (the order of ``step_distributions``)."""
+        return self.actions[self.train_mask]
+
     def log_probs(self, model) -> torch.Tensor:
         """[B, T] log-probs of the batch's actions under ``model`` (0 outside ``train_mask``)."""
         dist = model.forward(self.states, self.actions, self.returns_to_go, self.timesteps, self.mask)
@@ -410,18 +423,23 @@ def rollout_episodes(
     device: str | torch.device = "cpu",
     max_steps: int | None = None,
     context_length: int | None = None,
+    exploration_noise: float = 0.0,
 ) -> list[RolloutTrajectory]:
     """Run ``len(seeds)`` episodes (one per env copy, ``len(seeds) == envs.num_envs``) to the end.
 
     ``mode='sample'`` draws a ~ pi (data collection), ``'mean'`` takes the mean action
-    (evaluation, deterministic given the seeds). ``max_steps`` caps the episode length (default:
-    the task's time limit, which the env itself also enforces through ``truncated``).
+    (evaluation, deterministic given the seeds); with ``exploration_noise`` σ > 0 the mean action plus
+    N(0, σ²) noise, clipped to [-1, 1] (TD3's exploration, for a deterministic actor). ``max_steps``
+    caps the episode length (default: the task's time limit, which the env itself also enforces
+    through ``truncated``).
     ``context_length``: the model sees only the last that many timesteps (the current one included),
     as in the paper's evaluation context T_eval (Table 6); None: the model's own sliding window.
     """
     _check_context_length(context_length)
     if mode not in ("sample", "mean"):
         raise DtrlError(f"rollout mode must be 'sample' or 'mean', got {mode!r}")
+    if exploration_noise < 0 or (exploration_noise > 0 and mode != "mean"):
+        raise DtrlError("exploration noise is >= 0 and goes with mode 'mean' (it perturbs the mean action)")
     num_envs = len(seeds)
     if num_envs != envs.num_envs:
         raise DtrlError(f"{num_envs} seeds for a BatchedEnv of {envs.num_envs} copies: give one seed per copy")
@@ -454,6 +472,8 @@ def rollout_episodes(
             timesteps = torch.full((num_envs,), t, dtype=torch.long, device=device)
             dist = model.act(cache, rtg_t, states, timesteps)
             action = dist.mean if mode == "mean" else dist.sample()
+            if exploration_noise > 0:
+                action = (action + exploration_noise * torch.randn_like(action)).clamp(-1.0, 1.0)
             model.append_action(cache, action)
             action_np = action.float().cpu().numpy()
             if actions_rec is None:

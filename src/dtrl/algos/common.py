@@ -49,8 +49,12 @@ def seed_everything(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-def episode_seeds(config: CommonConfig, iteration: int, count: int) -> list[int]:
-    """Distinct env reset seeds for the ``count`` rollouts of ``iteration`` (reproducible per run seed)."""
+def episode_seeds(config: CommonConfig, iteration: int, count: int, round_: int = 0) -> list[int]:
+    """Distinct env reset seeds for the ``count`` rollouts of ``iteration`` (reproducible per run seed).
+    A loop that collects several rounds per iteration gets fresh seeds for each later round, drawn
+    from ``numpy.random.SeedSequence`` of (run seed, iteration, round): no arithmetic collisions."""
+    if round_ > 0:
+        return [int(s) for s in np.random.SeedSequence([config.seed, iteration, round_]).generate_state(count)]
     base = TRAINING_SEED_STRIDE * (config.seed + 1) + count * iteration
     return [base + i for i in range(count)]
 
@@ -303,6 +307,11 @@ class DTFinetuneConfig(CommonConfig):
     eval_rtg: float | None = None
     """target RTG of evaluation rollouts (default: the online RTG for methods trained without hindsight
     relabeling (GRPO-DT, PPO-DT, Q-guided GRPO), the task's eval target for ODT and ODT+TD3)"""
+    context_length: int | None = None
+    """T_eval: timesteps of history the policy sees in every online rollout (collection, groups,
+    evaluation), as the official ODT code truncates the model's input online; likelihoods and ratios
+    are recomputed with the same context. None: the model's full sliding window (its training context).
+    Presets: Table 6 for GRPO-DT, PPO-DT and Q-guided GRPO, the official code for ODT and ODT+TD3"""
     time_limit_s: float = 0.0
     """stop after the iteration during which this many seconds of training passed; that iteration is
     evaluated, checkpointed and its policy saved, as a last one would be (0: no limit; for
@@ -325,6 +334,8 @@ class DTFinetuneConfig(CommonConfig):
             raise DtrlError("weight-decay, grad-clip and temperature-learning-rate must be >= 0")
         if self.init_temperature is not None and not self.init_temperature > 0:
             raise DtrlError(f"init-temperature must be > 0, got {self.init_temperature}")
+        if self.context_length is not None and self.context_length < 1:
+            raise DtrlError(f"context-length must be >= 1, got {self.context_length}")
 
     def evaluates_at_online_rtg(self) -> bool:
         """Whether the default evaluation RTG is g_online: true for methods that never relabel."""
@@ -348,17 +359,29 @@ class TD3CriticConfig(DTFinetuneConfig):
     """critic MLP width (default: 256 MuJoCo, 512 otherwise)"""
     critic_layer_norm: bool | None = None
     """LayerNorm in the critics (default: on Adroit and AntMaze)"""
+    critic_activation: Literal["silu", "relu"] = "silu"
+    """nonlinearity of the critic MLPs"""
+    critic_weight_decay: float = 0.0
+    """decoupled weight decay of the critics' optimiser (AdamW; 0 is Adam)"""
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.critic_lr > 0 or self.critic_weight_decay < 0:
+            raise DtrlError("critic-lr must be > 0 and critic-weight-decay >= 0")
+        if not 0.0 < self.gamma <= 1.0 or not 0.0 < self.tau <= 1.0:
+            raise DtrlError("gamma and tau must be in (0, 1]")
 
 
-def prepare_policy(config: DTFinetuneConfig, task, device: str):
-    """Load ``--init``, check it is a stochastic DT (RL finetuning needs likelihoods), set the initial
-    temperature, and put the model in eval mode: finetuning disables dropout (Table 5), and eval
+def prepare_policy(config: DTFinetuneConfig, task, device: str, stochastic: bool = True):
+    """Load ``--init``, check it is a stochastic DT when ``stochastic`` (likelihood-based finetuning
+    needs one; a deterministic actor can start from either kind, through its mean action), set the
+    initial temperature, and put the model in eval mode: finetuning disables dropout (Table 5), and eval
     mode only affects dropout here, gradients still flow. Sets ``--threads`` first."""
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     policy = load_init_policy(config.init, task, device)
     model = policy.model.to(device)
-    if not getattr(model, "stochastic", True):
+    if stochastic and not getattr(model, "stochastic", True):
         raise DtrlError(f"{config.init} holds a deterministic DT (--model.policy deterministic); online finetuning "
                         "needs a Gaussian policy head (pretrain with --loss odt)")
     if config.init_temperature is not None:
@@ -366,6 +389,13 @@ def prepare_policy(config: DTFinetuneConfig, task, device: str):
             model.log_temperature.fill_(float(np.log(config.init_temperature)))
     model.eval()
     return policy
+
+
+def segment_history_length(model, context_length: int | None) -> int:
+    """Steps of history a training segment must carry for its recomputed log-probs to equal the
+    sampling-time ones: the model's receptive field with its full sliding window, T_eval - 1 with a
+    short online context."""
+    return int(model.receptive_field) if context_length is None else context_length - 1
 
 
 def build_dt_optimizers(config: DTFinetuneConfig, model):
@@ -482,8 +512,12 @@ def window_critic_loss(critic, critic_target, target_model, batch: dict, gamma: 
 
 
 def build_critic(config: TD3CriticConfig, task, obs_dim: int, act_dim: int, device: str):
-    """(twin critic, its frozen target copy), sized per domain unless the config says otherwise."""
+    """(twin critic, its frozen target copy, its optimiser), sized per domain unless the config says
+    otherwise."""
     critic = TwinQ(obs_dim, act_dim, hidden_dim=config.critic_hidden_dim or default_hidden_dim(task.domain),
+                   activation=config.critic_activation,
                    layer_norm=default_layer_norm(task.domain) if config.critic_layer_norm is None
                    else config.critic_layer_norm).to(device)
-    return critic, copy.deepcopy(critic).requires_grad_(False)
+    optimizer = (torch.optim.AdamW(critic.parameters(), lr=config.critic_lr, weight_decay=config.critic_weight_decay)
+                 if config.critic_weight_decay > 0 else torch.optim.Adam(critic.parameters(), lr=config.critic_lr))
+    return critic, copy.deepcopy(critic).requires_grad_(False), optimizer

@@ -51,6 +51,7 @@ from dtrl.algos.common import (
     restore_training_state,
     save_checkpoint,
     seed_everything,
+    segment_history_length,
     temperature_step,
     training_state,
 )
@@ -134,10 +135,6 @@ class GRPOConfig(DTFinetuneConfig):
     """env worker processes for the group rollouts (0: step the envs in this process)"""
     max_parallel_branches: int = 512
     """at most this many sub-trajectories are rolled out together (more are done in chunks)"""
-    context_length: int | None = None
-    """T_eval (Table 6): timesteps the policy sees in every online rollout (full episodes, groups,
-    evaluation), as ODT's code truncates the model's input online; the ratio's log-probs are recomputed
-    with the same short context. None: the model's full sliding window (its training context)"""
     learning_rate_schedule: Literal["constant", "linear"] = "constant"
     """'linear': the policy's learning rate falls linearly from learning_rate to 0 at the last of
     ``iterations`` (CleanRL's anneal_lr), so late updates cannot undo what was learned; the schedule
@@ -172,8 +169,6 @@ class GRPOConfig(DTFinetuneConfig):
             raise DtrlError("active-sampling-temperature must be > 0")
         if self.num_workers < 0:
             raise DtrlError(f"num-workers must be >= 0, got {self.num_workers}")
-        if self.context_length is not None and self.context_length < 1:
-            raise DtrlError(f"context-length must be >= 1, got {self.context_length}")
         if not 0.0 <= self.policy_averaging < 1.0:
             raise DtrlError(f"policy-averaging must be in [0, 1), got {self.policy_averaging}")
 
@@ -361,21 +356,14 @@ class SubTrajectoryBuffer:
 
 
 def policy_outputs(model, batch, context_length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Recompute log-probs [B, T] (0 outside ``train_mask``) and the entropy estimate [B, T] of the
-    batch's sub-trajectory steps, with the same context they were sampled with: the batch's whole rows,
-    or each step's own window of ``context_length`` steps when the rollouts used a short context."""
-    if context_length is not None:
-        windows = batch.train_step_windows(context_length)
-        window_log_probs, window_entropy = policy_outputs(model, windows)
-        log_probs = torch.zeros(batch.train_mask.shape, dtype=window_log_probs.dtype, device=batch.states.device)
-        entropy = torch.zeros(batch.train_mask.shape, dtype=window_entropy.dtype, device=batch.states.device)
-        log_probs[batch.train_mask] = window_log_probs[:, -1]  # rows of `windows` are train_mask positions
-        entropy[batch.train_mask] = window_entropy[:, -1]
-        return log_probs, entropy
-    dist = model.forward(batch.states, batch.actions, batch.returns_to_go, batch.timesteps, batch.mask)
-    zero = torch.zeros((), device=batch.states.device)
-    log_probs = torch.where(batch.train_mask, dist.log_prob(batch.actions), zero)
-    return log_probs, dist.entropy()
+    """Recompute log-probs [B, T] and entropy estimates [B, T] (0 outside ``train_mask``) of the batch's
+    sub-trajectory steps, with the context they were sampled with (``SegmentBatch.step_distributions``)."""
+    dist = batch.step_distributions(model, context_length)
+    log_probs = torch.zeros(batch.train_mask.shape, dtype=dist.mu.dtype, device=batch.states.device)
+    entropy = torch.zeros_like(log_probs)
+    log_probs[batch.train_mask] = dist.log_prob(batch.train_actions())
+    entropy[batch.train_mask] = dist.entropy()
+    return log_probs, entropy
 
 
 def scheduled_learning_rate(config: GRPOConfig, iteration: int) -> float:
@@ -519,8 +507,7 @@ def train(config: GRPOConfig) -> dict:
     rng = seed_everything(config.seed)
     policy = prepare_policy(config, task, device)  # ETPR set, dropout off (eval mode; gradients flow)
     model = policy.model
-    # the context before a reset point that the ratio needs
-    history_length = int(model.receptive_field) if config.context_length is None else config.context_length - 1
+    history_length = segment_history_length(model, config.context_length)  # context before a reset point
     optimizer, temperature_optimizer = build_dt_optimizers(config, model)
     averaged = average_of_weights(model, config.policy_averaging)
     evaluated = policy if averaged is None else dataclasses.replace(policy, model=averaged.module)

@@ -52,6 +52,7 @@ from dtrl.algos.common import (
     rollout_charts,
     save_checkpoint,
     seed_everything,
+    segment_history_length,
     soft_update,
     temperature_step,
     training_state,
@@ -91,7 +92,8 @@ class GRPOQConfig(TD3CriticConfig):
     segment_length: int | None = None
     """steps per training segment (default: the model's context length K)"""
     history_length: int | None = None
-    """context steps before each segment (default: the model's receptive field)"""
+    """context steps before each segment (default: as many as exact log-probs need: the model's
+    receptive field, or context_length - 1 with a short online context)"""
     critic_updates_per_iteration: int = 256
     """TD3 critic steps per round (line 9)"""
     critic_batch_size: int = 256
@@ -116,12 +118,13 @@ class GRPOQConfig(TD3CriticConfig):
             raise DtrlError(f"group-size must be >= 2 (a group needs a baseline), got {self.group_size}")
         if self.critic_warmup_iterations < 0:
             raise DtrlError("critic-warmup-iterations must be >= 0")
-        if not self.clip_eps > 0 or not 0.0 < self.gamma <= 1.0 or not 0.0 < self.tau <= 1.0:
-            raise DtrlError("clip-eps must be > 0, gamma and tau in (0, 1]")
+        if not self.clip_eps > 0:
+            raise DtrlError(f"clip-eps must be > 0, got {self.clip_eps}")
 
 
 def _table6(task) -> dict:
-    return dict(clip_eps=task.clip_eps, learning_rate=task.learning_rate,
+    return dict(clip_eps=task.clip_eps, learning_rate=task.learning_rate, context_length=task.context_eval,
+                init_temperature=task.init_temperature,
                 trajectories_per_iteration=5 if task.domain == "adroit" else 1,
                 gamma=task.gamma if task.domain != "generic" else 0.99)
 
@@ -183,11 +186,11 @@ def train(config: GRPOQConfig) -> dict:
     target_model = copy.deepcopy(model).requires_grad_(False)
     context = model.config.context_length
     segment_length = config.segment_length or context
-    history_length = model.receptive_field if config.history_length is None else config.history_length
+    history_length = (segment_history_length(model, config.context_length) if config.history_length is None
+                      else config.history_length)
     online_rtg, eval_rtg = online_targets(config, task)
     optimizer, temperature_optimizer = build_dt_optimizers(config, model)
-    critic, critic_target = build_critic(config, task, model.state_dim, model.act_dim, device)
-    critic_optimizer = torch.optim.Adam(critic.parameters(), lr=config.critic_lr)
+    critic, critic_target, critic_optimizer = build_critic(config, task, model.state_dim, model.act_dim, device)
 
     buffer = TrajectoryBuffer(config.buffer_size)
     clock = Clock()
@@ -201,11 +204,14 @@ def train(config: GRPOQConfig) -> dict:
     envs = BatchedEnv(task, config.trajectories_per_iteration, seed=config.seed)
 
     def evaluate_now() -> dict:
-        return evaluate_policy(policy, task, config, device, eval_rtg)
+        return evaluate_policy(policy, task, config, device, eval_rtg, config.context_length)
+
+    # how a saved policy is to be evaluated (dtrl eval reads it back)
+    policy_info = {"algo": ALGO, "eval_rtg": eval_rtg, "eval_context_length": config.context_length}
 
     def checkpoint() -> None:
         save_checkpoint(run, iteration, training_state(ALGO, iteration, rng, clock, **components), model,
-                        policy.normalizer, task.name, {"algo": ALGO, "eval_rtg": eval_rtg})
+                        policy.normalizer, task.name, policy_info)
 
     if state is None:  # the curve starts at the pretrained DT
         log_initial_evaluation(run, clock, config, evaluate_now)
@@ -214,7 +220,7 @@ def train(config: GRPOQConfig) -> dict:
         iteration = start - 1  # the last one done: what finish_run reports when none is left to run
         for iteration in range(start, config.iterations + 1):
             # line 2: roll out with the online target; FIFO buffer (RTGs as conditioned, never relabeled)
-            rollouts = rollout_episodes(policy, envs, task, online_rtg,
+            rollouts = rollout_episodes(policy, envs, task, online_rtg, context_length=config.context_length,
                                         seeds=episode_seeds(config, iteration, config.trajectories_per_iteration),
                                         mode="sample", device=device)
             for rollout in rollouts:
@@ -249,8 +255,7 @@ def train(config: GRPOQConfig) -> dict:
                     for first in range(0, len(order), config.minibatch_size):
                         batch = segments_to_batch([pieces[i] for i in order[first:first + config.minibatch_size]],
                                                   normalizer, reward_scale, device, history_length=history_length)
-                        old = model(batch.states, batch.actions, batch.returns_to_go, batch.timesteps,
-                                    batch.mask)[batch.train_mask]
+                        old = batch.step_distributions(model, config.context_length)
                         group_actions = sample_action_groups(old, config.group_size)  # [G, N, A]
                         advantages = q_group_advantages(critic, batch.states[batch.train_mask], group_actions,
                                                         config.min_std)  # [N, G]
@@ -259,8 +264,7 @@ def train(config: GRPOQConfig) -> dict:
                 for _ in range(config.policy_epochs):
                     for index in rng.permutation(len(minibatches)):
                         batch, group_actions, logp_old, advantages = minibatches[index]
-                        dist = model(batch.states, batch.actions, batch.returns_to_go, batch.timesteps,
-                                     batch.mask)[batch.train_mask]
+                        dist = batch.step_distributions(model, config.context_length)
                         logp_new = dist.log_prob(group_actions)  # [G, N]
                         per_action = torch.ones_like(logp_new.reshape(-1, 1), dtype=torch.bool)
                         pg_loss = clipped_surrogate(logp_new.reshape(-1, 1), logp_old.reshape(-1, 1),

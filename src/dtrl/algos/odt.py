@@ -72,22 +72,25 @@ class ODTConfig(DTFinetuneConfig):
     """windows per gradient step"""
     buffer_size: int = 1000
     """trajectories in the replay buffer (ODT: 1000), seeded with the best offline ones"""
-    context_length: int | None = None
-    """K of the training windows (default: the pretrained model's)"""
+    train_context_length: int | None = None
+    """K of the training windows (default: the pretrained model's); online rollouts see context_length"""
 
     def validate(self) -> None:
         super().validate()
         for name in ("trajectories_per_iteration", "updates_per_iteration", "batch_size", "buffer_size"):
             if getattr(self, name) < 1:
                 raise DtrlError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.context_length is not None and self.context_length < 1:
-            raise DtrlError(f"context-length must be >= 1, got {self.context_length}")
+        if self.train_context_length is not None and self.train_context_length < 1:
+            raise DtrlError(f"train-context-length must be >= 1, got {self.train_context_length}")
 
 
 def _settings(task) -> dict:
-    # ODT's per-domain online settings: lr 1e-4 (Adroit and AntMaze: as GRPO's Table 6 lr_a), batch
-    # as Table 6 BS; the temperature continues from pretraining.
-    return dict(learning_rate=1e-4 if task.domain in ("mujoco", "generic") else 5e-5, batch_size=task.batch_size)
+    # The official code (facebookresearch/online-dt): LAMB at lr 1e-4, weight decay 5e-4, grad clip 0.25,
+    # online rollouts and evaluation with the last 5 steps of context (eval_context_length); the
+    # temperature continues from pretraining. Adroit and AntMaze (not in ODT's code): lr as Table 6's
+    # lr_a, batch as Table 6's BS.
+    return dict(learning_rate=1e-4 if task.domain in ("mujoco", "generic") else 5e-5, batch_size=task.batch_size,
+                weight_decay=5e-4, grad_clip=0.25, optimizer="lamb", context_length=5)
 
 
 def paper_preset(task_name: str) -> ODTConfig:
@@ -99,8 +102,8 @@ def paper_preset(task_name: str) -> ODTConfig:
 def cpu_preset(task_name: str) -> ODTConfig:
     task = get_task(task_name)
     return ODTConfig(task=task.name, preset="cpu", iterations=20, trajectories_per_iteration=1,
-                     updates_per_iteration=30, batch_size=64, buffer_size=200, eval_every=5, eval_episodes=5,
-                     learning_rate=1e-4)
+                     updates_per_iteration=30, buffer_size=200, eval_every=5, eval_episodes=5,
+                     **(_settings(task) | {"batch_size": 64, "learning_rate": 1e-4}))
 
 
 PRESETS = {"cpu": cpu_preset, "paper": paper_preset}
@@ -133,7 +136,7 @@ def train(config: ODTConfig) -> dict:
     rng = seed_everything(config.seed)
     policy = prepare_policy(config, task, device)
     model = policy.model
-    context_length = config.context_length or model.config.context_length
+    train_context_length = config.train_context_length or model.config.context_length
     online_rtg, eval_rtg = online_targets(config, task)
     dataset = load_offline_dataset(config.dataset, task, required=True)
     optimizer, temperature_optimizer = build_dt_optimizers(config, model)
@@ -149,11 +152,14 @@ def train(config: ODTConfig) -> dict:
     envs = BatchedEnv(task, config.trajectories_per_iteration, seed=config.seed)
 
     def evaluate_now() -> dict:
-        return evaluate_policy(policy, task, config, device, eval_rtg)
+        return evaluate_policy(policy, task, config, device, eval_rtg, config.context_length)
+
+    # how a saved policy is to be evaluated (dtrl eval reads it back)
+    policy_info = {"algo": ALGO, "eval_rtg": eval_rtg, "eval_context_length": config.context_length}
 
     def checkpoint() -> None:
         save_checkpoint(run, iteration, training_state(ALGO, iteration, rng, clock, **components), model,
-                        policy.normalizer, task.name, {"algo": ALGO, "eval_rtg": eval_rtg})
+                        policy.normalizer, task.name, policy_info)
 
     if state is None:  # the curve starts at the pretrained DT
         log_initial_evaluation(run, clock, config, evaluate_now)
@@ -162,7 +168,7 @@ def train(config: ODTConfig) -> dict:
         iteration = start - 1  # the last one done: what finish_run reports when none is left to run
         for iteration in range(start, config.iterations + 1):
             # 1-2. collect with the online target, add to the FIFO buffer
-            rollouts = rollout_episodes(policy, envs, task, online_rtg,
+            rollouts = rollout_episodes(policy, envs, task, online_rtg, context_length=config.context_length,
                                         seeds=episode_seeds(config, iteration, config.trajectories_per_iteration),
                                         mode="sample", device=device)
             for rollout in rollouts:
@@ -170,7 +176,7 @@ def train(config: ODTConfig) -> dict:
             clock.env_steps += sum(len(r) for r in rollouts)
 
             # 3-4. supervised updates on hindsight-relabeled windows
-            sampler = relabeled_sampler(buffer, context_length, policy, rng)
+            sampler = relabeled_sampler(buffer, train_context_length, policy, rng)
             stats = []
             for _ in range(config.updates_per_iteration):
                 batch = {k: v.to(device) for k, v in sampler.sample(config.batch_size).items()}

@@ -1,32 +1,33 @@
-"""ODT+TD3 (Yan et al., 2024, "RL gradients as a vitamin for online finetuning decision transformers"):
-ODT's supervised loss plus a TD3 policy-gradient term from jointly trained twin critics.
+"""ODT+TD3 (Yan et al., 2024, "Reinforcement learning gradients as vitamin for online finetuning
+decision transformers"): a Decision Transformer finetuned with a supervised loss plus a TD3 policy
+gradient from jointly trained twin critics. A baseline of Table 1, following the authors' code
+(KaiYan289/RL_as_Vitamin_for_Online_Decision_Transformers; docs/baselines.md lists every difference).
 
     dtrl finetune --algo odt-td3 --task hopper-random --init runs/pretrain-hopper --dataset data/hopper-random.hdf5
 
-Each iteration (ODT's loop, :mod:`dtrl.algos.odt`, with a critic):
+Each iteration:
 
-1. roll out one episode with the online target RTG; add it to the trajectory buffer (seeded with the
-   best offline trajectories, FIFO);
-2. ``updates_per_iteration`` times, on a batch of K+1-step windows with hindsight-relabeled RTGs:
+1. roll out episodes with the online target RTG until at least ``min_transitions_per_iteration``
+   steps are collected (official: 1000 on random datasets, Adroit and AntMaze; one episode on medium
+   and medium-replay); the deterministic actor acts with its mean action plus N(0, 0.1²) exploration
+   noise; add them to the trajectory buffer (seeded with the best offline trajectories, FIFO);
+2. ``updates_per_iteration`` actor updates, each after ``policy_delay`` critic updates, on batches of
+   K+1-step windows with hindsight-relabeled RTGs (the last step has its s_{t+1} in the window):
    critic  Q_i(s_t, a_t) -> r_t + γ(1 - done_t) min_j Q'_j(s_{t+1}, ã_{t+1}),
-           ã_{t+1} = clip(π'(s_{t+1} | ctx) + clip(N(0, σ²), -c, c), -1, 1) from the *target* DT π';
-   actor   L_ODT + α · (-Q_1(s_t, π(s_t | ctx))) / mean|Q_1|   (every ``policy_delay`` critic steps),
-           the Q term normalised by its batch magnitude as in TD3+BC so α is scale-free;
-   targets Polyak-averaged (τ) after each actor step;
-3. evaluate with the mean action and the evaluation RTG.
+           ã_{t+1} = clip(π'(s_{t+1} | ctx) + clip(N(0, 0.2²), -0.5, 0.5), -1, 1) from the *target* DT π';
+   actor   MSE(π(s_t | ctx), a_t) - α · Q_1(s_t, π(s_t | ctx)), α = 0.1 on raw Q (official),
+           averaged over the window's valid steps; targets Polyak-averaged (τ) after each actor step;
+3. evaluate with the mean action and the evaluation RTG, T_eval steps of context.
 
-Assumptions (the paper's code was not available here, so these are our choices, stated in --help):
-α = 0.1 on every domain; the critic sees the state and action only (not the RTG); the DT's
-action for the Q term is its mean action tanh(μ) (deterministic policy gradient); critics are MLPs
-(2×256 SiLU on MuJoCo, 2×512 with LayerNorm on Adroit/AntMaze as the paper's A.3.1 says ODT+TD3
-does); TD3's σ = 0.2, c = 0.5, γ = 0.99; the critic gets ``critic_warmup_steps`` critic-only steps on
-the seeded buffer before the first iteration, since it starts untrained while the DT is pretrained.
+``--actor stochastic`` keeps dtrl's earlier variant: ODT's NLL - temperature·entropy loss, sampled
+rollouts, and (with ``--normalize-q``) the Q term divided by its batch mean |Q| as in TD3+BC.
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -70,28 +71,41 @@ ALGO = "odt-td3"
 
 @dataclass
 class ODTTD3Config(TD3CriticConfig):
-    """ODT's supervised loss plus a TD3 actor term from jointly trained twin critics."""
+    """ODT+TD3: a supervised DT loss plus a TD3 actor term from jointly trained twin critics."""
 
     dataset: str | None = None
     """offline data (.hdf5 or Minari id) whose best trajectories seed the replay buffer (required)"""
+    actor: Literal["deterministic", "stochastic"] = "deterministic"
+    """'deterministic' (official): the DT's mean action, trained with MSE, explores with Gaussian noise;
+    'stochastic': ODT's NLL - temperature·entropy loss and sampled rollouts (dtrl's earlier variant)"""
     trajectories_per_iteration: int = 1
-    """episodes collected per iteration (ODT: 1)"""
+    """episodes rolled out together per collection round (official: 1)"""
+    min_transitions_per_iteration: int = 0
+    """collection rounds repeat until the iteration has this many new transitions (official: 1000 on
+    random datasets, Adroit and AntMaze; 0 = one round)"""
+    exploration_noise: float = 0.1
+    """σ of the Gaussian noise on the deterministic actor's online actions (official: 0.1)"""
     updates_per_iteration: int = 300
-    """gradient steps per iteration (ODT: 300)"""
+    """actor updates per iteration (official: 300); the critic takes policy_delay updates per actor update"""
     batch_size: int = 256
     """windows per gradient step"""
     buffer_size: int = 1000
-    """trajectories in the replay buffer, seeded with the best offline ones"""
-    context_length: int | None = None
-    """K (default: the pretrained model's); windows are K+1 steps so s_{t+1} is in the window"""
+    """trajectories in the replay buffer, seeded with the best offline ones (official: 1000 MuJoCo,
+    5000 Adroit, 2000 AntMaze)"""
+    train_context_length: int | None = None
+    """K of the training windows (default: the pretrained model's); they are K+1 steps long so that
+    s_{t+1} is in the window. Online rollouts see context_length"""
     rl_weight: float = 0.1
-    """α: weight of the TD3 term -Q(s, π(s)) / mean|Q| against the ODT loss (assumed 0.1)"""
+    """α: weight of the TD3 term -Q_1(s, π(s)) against the supervised loss (official: 0.1 everywhere)"""
+    normalize_q: bool = False
+    """divide the TD3 term by the batch's mean |Q_1| (TD3+BC's λ; off in the official code)"""
     policy_noise: float = 0.2
     """σ of the target-policy smoothing noise"""
-    policy_delay: int = 1
-    """critic steps per actor step (TD3: 2; 1 keeps ODT's number of supervised updates)"""
+    policy_delay: int = 2
+    """critic updates per actor update (official: 2 on MuJoCo, 1 on Adroit and AntMaze)"""
     critic_warmup_steps: int = 1000
-    """critic-only TD3 steps on the seeded buffer before finetuning starts"""
+    """critic-only TD3 steps on the seeded buffer before finetuning: the official critic trains
+    alongside the DT's pretraining, which dtrl's pretraining does not do"""
 
     def validate(self) -> None:
         super().validate()
@@ -99,29 +113,59 @@ class ODTTD3Config(TD3CriticConfig):
                      "policy_delay"):
             if getattr(self, name) < 1:
                 raise DtrlError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.rl_weight < 0 or self.critic_warmup_steps < 0 or self.policy_noise < 0 or self.noise_clip < 0:
-            raise DtrlError("rl-weight, critic-warmup-steps, policy-noise and noise-clip must be >= 0")
-        if not 0.0 < self.gamma <= 1.0 or not 0.0 < self.tau <= 1.0:
-            raise DtrlError("gamma and tau must be in (0, 1]")
+        for name in ("rl_weight", "critic_warmup_steps", "policy_noise", "noise_clip", "exploration_noise",
+                     "min_transitions_per_iteration"):
+            if not getattr(self, name) >= 0:
+                raise DtrlError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.train_context_length is not None and self.train_context_length < 1:
+            raise DtrlError(f"train-context-length must be >= 1, got {self.train_context_length}")
+
+
+def _official_settings(task) -> dict:
+    """The authors' commands per domain (their README): critic 2x256 ReLU, LayerNorm off MuJoCo,
+    AdamW (weight decay 0.01) at 1e-3 on MuJoCo and 2e-4 elsewhere; actor LAMB with grad clip 0.25;
+    evaluation/rollout context 5 on MuJoCo and pen, 1 on door, hammer and AntMaze."""
+    mujoco = task.domain in ("mujoco", "generic")
+    settings = dict(
+        critic_hidden_dim=256, critic_activation="relu", critic_layer_norm=not mujoco,
+        critic_lr=1e-3 if mujoco else 2e-4, critic_weight_decay=0.01, grad_clip=0.25, optimizer="lamb",
+        learning_rate=1e-4, weight_decay=1e-4, policy_delay=2 if mujoco else 1,
+        gamma=0.998 if task.domain == "antmaze" else 0.99,
+        buffer_size={"adroit": 5000, "antmaze": 2000}.get(task.domain, 1000),
+        context_length=5 if mujoco or task.family == "pen" else 1,
+        min_transitions_per_iteration=1000 if task.level == "random" or not mujoco else 0,
+    )
+    if task.family == "hopper":
+        settings["weight_decay"] = 5e-4
+    elif task.family == "walker2d":
+        settings.update(learning_rate=1e-3, weight_decay=1e-3)
+    return settings
 
 
 def paper_preset(task_name: str) -> ODTTD3Config:
     task = get_task(task_name)
-    return ODTTD3Config(task=task.name, preset="paper", iterations=1000, updates_per_iteration=300,
-                        batch_size=task.batch_size, buffer_size=1000,
-                        learning_rate=1e-4 if task.domain == "mujoco" else 5e-5,
-                        gamma=0.99 if task.domain != "antmaze" else 0.995, critic_warmup_steps=10_000,
-                        eval_every=10, eval_episodes=10)
+    # critic warm-up: as many steps as the official critic trains during pretraining (MuJoCo 5000)
+    return ODTTD3Config(task=task.name, preset="paper", iterations=1000, updates_per_iteration=300, batch_size=256,
+                        critic_warmup_steps=5000, eval_every=10, eval_episodes=10, **_official_settings(task))
 
 
 def cpu_preset(task_name: str) -> ODTTD3Config:
     task = get_task(task_name)
     return ODTTD3Config(task=task.name, preset="cpu", iterations=20, updates_per_iteration=30, batch_size=64,
-                        buffer_size=200, learning_rate=1e-4, critic_warmup_steps=200, eval_every=5, eval_episodes=5,
-                        gamma=0.99 if task.domain != "antmaze" else 0.995)
+                        critic_warmup_steps=200, eval_every=5, eval_episodes=5,
+                        **(_official_settings(task) | {"buffer_size": 200}))
 
 
 PRESETS = {"cpu": cpu_preset, "paper": paper_preset}
+
+
+def td3_actor_loss(supervised: torch.Tensor, q: torch.Tensor, mask: torch.Tensor, rl_weight: float,
+                   normalize_q: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(actor loss, mean Q): ``supervised - α · mean_valid(Q)``; with ``normalize_q`` the Q term is
+    divided by the batch's mean |Q| (TD3+BC), which makes α scale-free."""
+    q_mean = masked_mean(q, mask)
+    scale = masked_mean(q.detach().abs(), mask).clamp_min(1e-6) if normalize_q else 1.0
+    return supervised - rl_weight * q_mean / scale, q_mean
 
 
 # ----------------------------------------------------------------------------------------------
@@ -129,24 +173,41 @@ PRESETS = {"cpu": cpu_preset, "paper": paper_preset}
 
 
 def main(argv: list[str]) -> int:
-    config = parse_config(ODTTD3Config, argv, PRESETS, description=__doc__, prog="dtrl finetune --algo odt-td3")
+    config = parse_config(ODTTD3Config, argv, PRESETS, description=__doc__.split("\n\n")[0],
+                          prog="dtrl finetune --algo odt-td3")
     train(config)
     return 0
+
+
+def collect(policy, envs, task, config: ODTTD3Config, online_rtg: float, iteration: int, device) -> list:
+    """Line 1: rounds of ``trajectories_per_iteration`` episodes until ``min_transitions_per_iteration``."""
+    deterministic = config.actor == "deterministic"
+    rollouts, round_ = [], 0
+    while round_ == 0 or sum(len(r) for r in rollouts) < config.min_transitions_per_iteration:
+        seeds = episode_seeds(config, iteration, config.trajectories_per_iteration, round_)
+        rollouts += rollout_episodes(policy, envs, task, online_rtg, seeds, device=device,
+                                     mode="mean" if deterministic else "sample",
+                                     exploration_noise=config.exploration_noise if deterministic else 0.0,
+                                     context_length=config.context_length)
+        round_ += 1
+    return rollouts
 
 
 def train(config: ODTTD3Config) -> dict:
     device = resolve_device(config.device)
     task = get_task(config.task)
     rng = seed_everything(config.seed)
-    policy = prepare_policy(config, task, device)
+    deterministic = config.actor == "deterministic"
+    policy = prepare_policy(config, task, device, stochastic=not deterministic)
     model = policy.model
     target_model = copy.deepcopy(model).requires_grad_(False)
-    window = (config.context_length or model.config.context_length) + 1
+    window = (config.train_context_length or model.config.context_length) + 1
     online_rtg, eval_rtg = online_targets(config, task)
     dataset = load_offline_dataset(config.dataset, task, required=True)
     optimizer, temperature_optimizer = build_dt_optimizers(config, model)
-    critic, critic_target = build_critic(config, task, dataset.obs_dim, dataset.act_dim, device)
-    critic_optimizer = torch.optim.Adam(critic.parameters(), lr=config.critic_lr)
+    if deterministic:
+        temperature_optimizer = None  # no entropy term
+    critic, critic_target, critic_optimizer = build_critic(config, task, dataset.obs_dim, dataset.act_dim, device)
 
     buffer = TrajectoryBuffer(config.buffer_size)
     buffer.seed_with_top(offline_seed_trajectories(dataset, task))
@@ -168,25 +229,31 @@ def train(config: ODTTD3Config) -> dict:
 
     def actor_step(batch) -> dict:
         dist = model(batch["states"], batch["actions"], batch["returns_to_go"], batch["timesteps"], batch["mask"])
-        loss_odt, entropy, metrics = supervised_loss(model, batch, dist)
-        # TD3 term on the DT's own mean action at every valid step of the window.
+        if deterministic:
+            supervised = model.mse_loss(dist, batch["actions"], batch["mask"])
+            metrics = {"losses/action_mse": supervised.item()}
+        else:
+            supervised, entropy, metrics = supervised_loss(model, batch, dist)
+        # TD3 term on the DT's own mean action at every valid step of the window
         q = critic.q1(torch.cat([batch["states"], dist.mean], -1)).squeeze(-1)
-        q_mean = masked_mean(q, batch["mask"])
-        scale = masked_mean(q.detach().abs(), batch["mask"])
-        loss = loss_odt - config.rl_weight * q_mean / scale.clamp_min(1e-6)
+        loss, q_mean = td3_actor_loss(supervised, q, batch["mask"], config.rl_weight, config.normalize_q)
         metrics["losses/grad_norm"] = optimizer_step(loss, optimizer, config.grad_clip)
-        temperature_step(model, entropy, temperature_optimizer)
+        if not deterministic:
+            temperature_step(model, entropy, temperature_optimizer)
         soft_update(target_model, model, config.tau)
         soft_update(critic_target, critic, config.tau)
         metrics.update({"losses/actor_q": q_mean.item(), "losses/actor_total": loss.item()})
         return metrics
 
     def evaluate_now() -> dict:
-        return evaluate_policy(policy, task, config, device, eval_rtg)
+        return evaluate_policy(policy, task, config, device, eval_rtg, config.context_length)
+
+    # how a saved policy is to be evaluated (dtrl eval reads it back)
+    policy_info = {"algo": ALGO, "eval_rtg": eval_rtg, "eval_context_length": config.context_length}
 
     def checkpoint() -> None:
         save_checkpoint(run, iteration, training_state(ALGO, iteration, rng, clock, **components), model,
-                        policy.normalizer, task.name, {"algo": ALGO, "eval_rtg": eval_rtg})
+                        policy.normalizer, task.name, policy_info)
 
     if state is None:  # the curve starts at the pretrained DT
         log_initial_evaluation(run, clock, config, evaluate_now)
@@ -200,17 +267,15 @@ def train(config: ODTTD3Config) -> dict:
         iteration = start - 1  # the last one done: what finish_run reports when none is left to run
         for iteration in range(start, config.iterations + 1):
             # 1. collect with the online target RTG, FIFO buffer
-            rollouts = rollout_episodes(policy, envs, task, online_rtg,
-                                        seeds=episode_seeds(config, iteration, config.trajectories_per_iteration),
-                                        mode="sample", device=device)
+            rollouts = collect(policy, envs, task, config, online_rtg, iteration, device)
             for rollout in rollouts:
                 buffer.add(rollout.to_trajectory())
             clock.env_steps += sum(len(r) for r in rollouts)
 
-            # 2. critic every step, actor (ODT + α·TD3) every policy_delay steps, on relabeled windows
+            # 2. policy_delay critic steps per actor step (supervised + α·TD3), on relabeled windows
             sampler = WindowSampler(buffer, window, policy.reward_scale, policy.normalizer, rng, rtg="hindsight")
             stats = []
-            for update in range(config.updates_per_iteration):
+            for update in range(config.updates_per_iteration * config.policy_delay):
                 batch = sampler.sample(config.batch_size, device)
                 metrics = critic_step(batch)
                 if update % config.policy_delay == 0:
@@ -219,7 +284,7 @@ def train(config: ODTTD3Config) -> dict:
                 stats.append(metrics)
 
             # 3. evaluation, logging, checkpoint
-            metrics = {**mean_metrics(stats), **rollout_charts(rollouts)}
+            metrics = {**mean_metrics(stats), **rollout_charts(rollouts), "charts/episodes": len(rollouts)}
             stopping, evaluation = end_of_iteration(run, iteration, config, clock, metrics, evaluate_now, checkpoint)
             last_eval = evaluation or last_eval
             if stopping:

@@ -45,6 +45,7 @@ from dtrl.algos.common import (
     rollout_charts,
     save_checkpoint,
     seed_everything,
+    segment_history_length,
     temperature_step,
     training_state,
 )
@@ -80,7 +81,8 @@ class PPOConfig(DTFinetuneConfig):
     segment_length: int | None = None
     """steps trained per segment (default: the model's context length K)"""
     history_length: int | None = None
-    """context steps before each segment (default: the model's receptive field: exact log-probs)"""
+    """context steps before each segment (default: as many as exact log-probs need: the model's
+    receptive field, or context_length - 1 with a short online context)"""
     normalize_advantages: bool = True
     """normalise advantages within each minibatch (CleanRL)"""
     critic_lr: float = 3e-4
@@ -113,7 +115,7 @@ class PPOConfig(DTFinetuneConfig):
 
 
 def _table6(task) -> dict:
-    return dict(clip_eps=task.clip_eps, learning_rate=task.learning_rate,
+    return dict(clip_eps=task.clip_eps, learning_rate=task.learning_rate, context_length=task.context_eval,
                 trajectories_per_iteration=16 if task.domain == "adroit" else 8)
 
 
@@ -183,7 +185,8 @@ def train(config: PPOConfig) -> dict:
     policy = prepare_policy(config, task, device)
     model, normalizer, reward_scale = policy.model, policy.normalizer, policy.reward_scale
     segment_length = config.segment_length or model.config.context_length
-    history_length = model.receptive_field if config.history_length is None else config.history_length
+    history_length = (segment_history_length(model, config.context_length) if config.history_length is None
+                      else config.history_length)
     online_rtg, eval_rtg = online_targets(config, task)
     optimizer, temperature_optimizer = build_dt_optimizers(config, model)
     critic = build_value_critic(config, task, model.state_dim, device)
@@ -201,11 +204,14 @@ def train(config: PPOConfig) -> dict:
     envs = BatchedEnv(task, config.trajectories_per_iteration, seed=config.seed)
 
     def evaluate_now() -> dict:
-        return evaluate_policy(policy, task, config, device, eval_rtg)
+        return evaluate_policy(policy, task, config, device, eval_rtg, config.context_length)
+
+    # how a saved policy is to be evaluated (dtrl eval reads it back)
+    policy_info = {"algo": ALGO, "eval_rtg": eval_rtg, "eval_context_length": config.context_length}
 
     def checkpoint() -> None:
         save_checkpoint(run, iteration, training_state(ALGO, iteration, rng, clock, **components), model,
-                        policy.normalizer, task.name, {"algo": ALGO, "eval_rtg": eval_rtg})
+                        policy.normalizer, task.name, policy_info)
 
     if state is None:  # the curve starts at the pretrained DT
         log_initial_evaluation(run, clock, config, evaluate_now)
@@ -214,7 +220,7 @@ def train(config: PPOConfig) -> dict:
         iteration = start - 1  # the last one done: what finish_run reports when none is left to run
         for iteration in range(start, config.iterations + 1):
             # 1. rollout with the online target; log-probs and RTGs as sampled, FIFO buffer
-            rollouts = rollout_episodes(policy, envs, task, online_rtg,
+            rollouts = rollout_episodes(policy, envs, task, online_rtg, context_length=config.context_length,
                                         seeds=episode_seeds(config, iteration, config.trajectories_per_iteration),
                                         mode="sample", device=device)
             for rollout in rollouts:
@@ -249,12 +255,12 @@ def train(config: PPOConfig) -> dict:
                     ret = scatter_steps([returns[i] for i in rows], width, device)[train]
                     if config.normalize_advantages and adv.numel() > 1:
                         adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-                    dist = model(batch.states, batch.actions, batch.returns_to_go, batch.timesteps, batch.mask)
-                    logp_new = dist.log_prob(batch.actions)[train][:, None]
+                    dist = batch.step_distributions(model, config.context_length)  # [N] train steps
+                    logp_new = dist.log_prob(batch.train_actions())[:, None]
                     logp_old = batch.log_probs_old[train][:, None]
                     each_step = torch.ones_like(logp_new, dtype=torch.bool)  # token level: one ratio per step
                     pg_loss = clipped_surrogate(logp_new, logp_old, adv, each_step, "token", config.clip_eps)
-                    entropy = dist.entropy()[train].mean()
+                    entropy = dist.entropy().mean()
                     loss = pg_loss - model.temperature.detach() * entropy
                     grad_norm = optimizer_step(loss, optimizer, config.grad_clip)
                     temperature_step(model, entropy, temperature_optimizer)
