@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dtrl.algos import grpo
-from dtrl.algos.common import best_evaluated_return
+from dtrl.algos.common import best_evaluated_return, scheduled_learning_rate
 from dtrl.algos.finetune import ALGORITHMS
 from dtrl.algos.finetune import main as finetune_main
 from dtrl.errors import DtrlError
@@ -370,9 +370,9 @@ def test_dispatcher_passes_the_rest_to_the_algorithm(capsys):
 
 def test_linear_learning_rate_schedule(tiny_policy_dir, tmp_path):
     config = small_config(learning_rate=1e-3, iterations=4, learning_rate_schedule="linear")
-    assert [grpo.scheduled_learning_rate(config, i) for i in (1, 2, 3, 4)] == pytest.approx([1e-3, 7.5e-4, 5e-4,
+    assert [scheduled_learning_rate(config, i) for i in (1, 2, 3, 4)] == pytest.approx([1e-3, 7.5e-4, 5e-4,
                                                                                             2.5e-4])
-    assert grpo.scheduled_learning_rate(dataclasses.replace(config, learning_rate_schedule="constant"), 4) == 1e-3
+    assert scheduled_learning_rate(dataclasses.replace(config, learning_rate_schedule="constant"), 4) == 1e-3
     out = tmp_path / "run"
     assert finetune_main(cli_args(tiny_policy_dir, out, 2, "--learning-rate", "1e-3",
                                   "--learning-rate-schedule", "linear")) == 0

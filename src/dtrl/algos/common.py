@@ -307,6 +307,10 @@ class DTFinetuneConfig(CommonConfig):
     eval_rtg: float | None = None
     """target RTG of evaluation rollouts (default: the online RTG for methods trained without hindsight
     relabeling (GRPO-DT, PPO-DT, Q-guided GRPO), the task's eval target for ODT and ODT+TD3)"""
+    learning_rate_schedule: Literal["constant", "linear"] = "constant"
+    """'linear': the policy's learning rate falls linearly from learning_rate to 0 at the last of
+    ``iterations`` (CleanRL's anneal_lr), so late updates cannot undo what was learned; the schedule
+    follows the iteration count, not the time limit, so a seeded run stays reproducible"""
     context_length: int | None = None
     """T_eval: timesteps of history the policy sees in every online rollout (collection, groups,
     evaluation), as the official ODT code truncates the model's input online; likelihoods and ratios
@@ -389,6 +393,19 @@ def prepare_policy(config: DTFinetuneConfig, task, device: str, stochastic: bool
             model.log_temperature.fill_(float(np.log(config.init_temperature)))
     model.eval()
     return policy
+
+
+def scheduled_learning_rate(config: DTFinetuneConfig, iteration: int) -> float:
+    """The policy's learning rate during ``iteration`` (1-based) under ``learning_rate_schedule``."""
+    if config.learning_rate_schedule == "constant":
+        return config.learning_rate
+    return config.learning_rate * (1.0 - (iteration - 1) / config.iterations)
+
+
+def set_learning_rate(optimizer, learning_rate: float) -> float:
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate
+    return learning_rate
 
 
 def segment_history_length(model, context_length: int | None) -> int:

@@ -50,8 +50,10 @@ from dtrl.algos.common import (
     prepare_policy,
     restore_training_state,
     save_checkpoint,
+    scheduled_learning_rate,
     seed_everything,
     segment_history_length,
+    set_learning_rate,
     temperature_step,
     training_state,
 )
@@ -135,10 +137,6 @@ class GRPOConfig(DTFinetuneConfig):
     """env worker processes for the group rollouts (0: step the envs in this process)"""
     max_parallel_branches: int = 512
     """at most this many sub-trajectories are rolled out together (more are done in chunks)"""
-    learning_rate_schedule: Literal["constant", "linear"] = "constant"
-    """'linear': the policy's learning rate falls linearly from learning_rate to 0 at the last of
-    ``iterations`` (CleanRL's anneal_lr), so late updates cannot undo what was learned; the schedule
-    follows the iteration count, not the time limit, so a seeded run stays reproducible"""
     keep_best_policy: bool = True
     """also save the policy of the best in-run evaluation so far (by mean return) to RUN/best_policy, as
     stable-baselines3's EvalCallback keeps best_model; RUN/policy is always the last one"""
@@ -364,19 +362,6 @@ def policy_outputs(model, batch, context_length: int | None = None) -> tuple[tor
     log_probs[batch.train_mask] = dist.log_prob(batch.train_actions())
     entropy[batch.train_mask] = dist.entropy()
     return log_probs, entropy
-
-
-def scheduled_learning_rate(config: GRPOConfig, iteration: int) -> float:
-    """The policy's learning rate during ``iteration`` (1-based) under ``learning_rate_schedule``."""
-    if config.learning_rate_schedule == "constant":
-        return config.learning_rate
-    return config.learning_rate * (1.0 - (iteration - 1) / config.iterations)
-
-
-def set_learning_rate(optimizer, learning_rate: float) -> float:
-    for group in optimizer.param_groups:
-        group["lr"] = learning_rate
-    return learning_rate
 
 
 def push_groups(sub_buffer: SubTrajectoryBuffer, groups: GroupBatch, config: GRPOConfig, gamma: float) -> None:

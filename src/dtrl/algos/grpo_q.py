@@ -51,8 +51,10 @@ from dtrl.algos.common import (
     restore_training_state,
     rollout_charts,
     save_checkpoint,
+    scheduled_learning_rate,
     seed_everything,
     segment_history_length,
+    set_learning_rate,
     soft_update,
     temperature_step,
     training_state,
@@ -219,6 +221,7 @@ def train(config: GRPOQConfig) -> dict:
     try:
         iteration = start - 1  # the last one done: what finish_run reports when none is left to run
         for iteration in range(start, config.iterations + 1):
+            learning_rate = set_learning_rate(optimizer, scheduled_learning_rate(config, iteration))
             # line 2: roll out with the online target; FIFO buffer (RTGs as conditioned, never relabeled)
             rollouts = rollout_episodes(policy, envs, task, online_rtg, context_length=config.context_length,
                                         seeds=episode_seeds(config, iteration, config.trajectories_per_iteration),
@@ -286,7 +289,8 @@ def train(config: GRPOQConfig) -> dict:
             for row in stats:  # critic and policy rows carry different keys
                 for key, value in row.items():
                     merged.setdefault(key, []).append(value)
-            metrics = {**{k: float(np.mean(v)) for k, v in merged.items()}, **rollout_charts(rollouts)}
+            metrics = {"charts/learning_rate": learning_rate,
+                       **{k: float(np.mean(v)) for k, v in merged.items()}, **rollout_charts(rollouts)}
             stopping, evaluation = end_of_iteration(run, iteration, config, clock, metrics, evaluate_now, checkpoint)
             last_eval = evaluation or last_eval
             if stopping:

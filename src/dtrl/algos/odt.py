@@ -43,7 +43,9 @@ from dtrl.algos.common import (
     restore_training_state,
     rollout_charts,
     save_checkpoint,
+    scheduled_learning_rate,
     seed_everything,
+    set_learning_rate,
     supervised_loss,
     temperature_step,
     training_state,
@@ -167,6 +169,7 @@ def train(config: ODTConfig) -> dict:
     try:
         iteration = start - 1  # the last one done: what finish_run reports when none is left to run
         for iteration in range(start, config.iterations + 1):
+            learning_rate = set_learning_rate(optimizer, scheduled_learning_rate(config, iteration))
             # 1-2. collect with the online target, add to the FIFO buffer
             rollouts = rollout_episodes(policy, envs, task, online_rtg, context_length=config.context_length,
                                         seeds=episode_seeds(config, iteration, config.trajectories_per_iteration),
@@ -187,7 +190,8 @@ def train(config: ODTConfig) -> dict:
                 stats.append(metrics)
 
             # 5. evaluation, logging, checkpoint
-            metrics = {**mean_metrics(stats), **rollout_charts(rollouts), "charts/buffer_trajectories": len(buffer)}
+            metrics = {"charts/learning_rate": learning_rate,
+                       **mean_metrics(stats), **rollout_charts(rollouts), "charts/buffer_trajectories": len(buffer)}
             stopping, evaluation = end_of_iteration(run, iteration, config, clock, metrics, evaluate_now, checkpoint)
             last_eval = evaluation or last_eval
             if stopping:

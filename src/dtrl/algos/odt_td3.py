@@ -52,7 +52,9 @@ from dtrl.algos.common import (
     restore_training_state,
     rollout_charts,
     save_checkpoint,
+    scheduled_learning_rate,
     seed_everything,
+    set_learning_rate,
     soft_update,
     supervised_loss,
     temperature_step,
@@ -266,6 +268,7 @@ def train(config: ODTTD3Config) -> dict:
                 soft_update(critic_target, critic, config.tau)
         iteration = start - 1  # the last one done: what finish_run reports when none is left to run
         for iteration in range(start, config.iterations + 1):
+            learning_rate = set_learning_rate(optimizer, scheduled_learning_rate(config, iteration))
             # 1. collect with the online target RTG, FIFO buffer
             rollouts = collect(policy, envs, task, config, online_rtg, iteration, device)
             for rollout in rollouts:
@@ -284,7 +287,8 @@ def train(config: ODTTD3Config) -> dict:
                 stats.append(metrics)
 
             # 3. evaluation, logging, checkpoint
-            metrics = {**mean_metrics(stats), **rollout_charts(rollouts), "charts/episodes": len(rollouts)}
+            metrics = {"charts/learning_rate": learning_rate,
+                       **mean_metrics(stats), **rollout_charts(rollouts), "charts/episodes": len(rollouts)}
             stopping, evaluation = end_of_iteration(run, iteration, config, clock, metrics, evaluate_now, checkpoint)
             last_eval = evaluation or last_eval
             if stopping:

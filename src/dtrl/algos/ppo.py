@@ -44,8 +44,10 @@ from dtrl.algos.common import (
     restore_training_state,
     rollout_charts,
     save_checkpoint,
+    scheduled_learning_rate,
     seed_everything,
     segment_history_length,
+    set_learning_rate,
     temperature_step,
     training_state,
 )
@@ -219,6 +221,7 @@ def train(config: PPOConfig) -> dict:
     try:
         iteration = start - 1  # the last one done: what finish_run reports when none is left to run
         for iteration in range(start, config.iterations + 1):
+            learning_rate = set_learning_rate(optimizer, scheduled_learning_rate(config, iteration))
             # 1. rollout with the online target; log-probs and RTGs as sampled, FIFO buffer
             rollouts = rollout_episodes(policy, envs, task, online_rtg, context_length=config.context_length,
                                         seeds=episode_seeds(config, iteration, config.trajectories_per_iteration),
@@ -276,7 +279,8 @@ def train(config: PPOConfig) -> dict:
                                   "losses/clipfrac": ratio.clip_fraction, "losses/ratio_mean": ratio.ratio_mean})
 
             # 4. evaluation, logging, checkpoint
-            metrics = {**mean_metrics(stats), **rollout_charts(rollouts), "charts/segments": len(pieces)}
+            metrics = {"charts/learning_rate": learning_rate,
+                       **mean_metrics(stats), **rollout_charts(rollouts), "charts/segments": len(pieces)}
             stopping, evaluation = end_of_iteration(run, iteration, config, clock, metrics, evaluate_now, checkpoint)
             last_eval = evaluation or last_eval
             if stopping:
