@@ -10,7 +10,7 @@ import importlib
 
 from dtrl.errors import DtrlError
 
-# --algo value -> (module in dtrl.algos, one-line description)
+# --algo value -> (module in dtrl.algos[:its entry point, default main], one-line description)
 ALGORITHMS: dict[str, tuple[str, str]] = {
     "grpo": ("grpo", "GRPO-DT (Algorithm 1): groups of sub-trajectories from env resets, sequence-level ratio"),
     "grpo-q": ("grpo_q", "Q-function-guided GRPO-DT (Algorithm 2): action groups scored by a TD3 critic"),
@@ -18,6 +18,8 @@ ALGORITHMS: dict[str, tuple[str, str]] = {
     "odt": ("odt", "Online Decision Transformer: supervised NLL with hindsight return relabeling"),
     "odt-td3": ("odt_td3", "ODT+TD3: ODT loss plus TD3 policy gradients from a jointly trained critic"),
     "iql": ("iql", "IQL: implicit Q-learning (expectile value, advantage-weighted policy)"),
+    "sb3-sac": ("sb3:main_sac", "reference line: stable-baselines3 SAC from scratch (no DT, no offline data)"),
+    "sb3-ppo": ("sb3:main_ppo", "reference line: stable-baselines3 PPO from scratch (no DT, no offline data)"),
 }
 
 
@@ -63,7 +65,8 @@ def main(argv: list[str]) -> int:
         raise DtrlError(f"finetune needs --algo (choose from {', '.join(ALGORITHMS)})")
     if algo not in ALGORITHMS:
         raise DtrlError(f"unknown algorithm {algo!r} (choose from {', '.join(ALGORITHMS)})")
-    module_name = f"dtrl.algos.{ALGORITHMS[algo][0]}"
+    module_part, _, entry = ALGORITHMS[algo][0].partition(":")
+    module_name = f"dtrl.algos.{module_part}"
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -71,4 +74,4 @@ def main(argv: list[str]) -> int:
             raise DtrlError(f"algorithm {algo!r} is not available in this dtrl installation "
                             f"({module_name} missing)") from None
         raise
-    return int(module.main(rest) or 0)
+    return int(getattr(module, entry or "main")(rest) or 0)

@@ -33,6 +33,8 @@ META_FILE = "model.json"
 NORMALIZER_FILE = "normalizer.json"
 FORMAT_VERSION = 1
 ACTOR_ARCHITECTURE = "iql-mlp"
+SB3_ARCHITECTURE = "sb3"
+SB3_FILE = "sb3_model.zip"
 
 
 @dataclass
@@ -214,8 +216,58 @@ def load_actor(path, task=None, device: str = "cpu") -> LoadedActor:
     return LoadedActor(actor.to(device).eval(), normalizer, str(meta.get("task", "")), meta)
 
 
-def load_any_policy(path, task=None, device: str = "cpu") -> LoadedPolicy | LoadedActor:
-    """Whatever policy ``path`` holds: a Decision Transformer (``LoadedPolicy``) or an MLP actor."""
+# ----------------------------------------------------------------------------------------------
+# stable-baselines3 models (the reference lines trained from scratch)
+
+
+@dataclass
+class LoadedSB3Policy:
+    """A stable-baselines3 model acting with its deterministic action (``model.predict``)."""
+
+    model: Any
+    """a stable_baselines3 PPO or SAC"""
+    task_name: str
+    """the task it was trained on"""
+    meta: dict = field(default_factory=dict)
+    """everything in model.json"""
+
+    def predict(self, observations: np.ndarray, device: str = "cpu") -> np.ndarray:
+        actions, _ = self.model.predict(observations, deterministic=True)
+        return np.asarray(actions, np.float32)
+
+
+def save_sb3_policy(directory, model, task_name: str, algorithm: str) -> Path:
+    """SB3's own zip plus model.json, in the policy layout (replacing ``directory`` atomically)."""
+    meta = {"architecture": SB3_ARCHITECTURE, "algorithm": algorithm, "task": task_name,
+            "dtrl_version": dtrl.__version__}
+
+    def fill(staging: Path) -> None:
+        model.save(staging / SB3_FILE)
+        (staging / META_FILE).write_text(json.dumps(meta, indent=2))
+
+    return atomic_replace_directory(directory, fill)
+
+
+def load_sb3_policy(path, task=None, device: str = "cpu") -> LoadedSB3Policy:
+    from stable_baselines3 import PPO, SAC
+
+    directory = _policy_directory(Path(path))
+    meta = json.loads((directory / META_FILE).read_text())
+    algorithm = {"sac": SAC, "ppo": PPO}.get(meta.get("algorithm"))
+    if meta.get("architecture") != SB3_ARCHITECTURE or algorithm is None:
+        raise DtrlError(f"{path} holds no stable-baselines3 PPO or SAC policy")
+    try:
+        model = algorithm.load(directory / SB3_FILE, device=device)
+    except (OSError, ValueError, KeyError) as exc:
+        raise DtrlError(f"cannot load {directory / SB3_FILE}: {exc}") from None
+    if task is not None:
+        _check_task_dims(task, model.observation_space.shape[0], model.action_space.shape[0], directory)
+    return LoadedSB3Policy(model, str(meta.get("task", "")), meta)
+
+
+def load_any_policy(path, task=None, device: str = "cpu") -> LoadedPolicy | LoadedActor | LoadedSB3Policy:
+    """Whatever policy ``path`` holds: a Decision Transformer (``LoadedPolicy``), an MLP actor or a
+    stable-baselines3 model."""
     directory = _policy_directory(Path(path))
     try:
         architecture = json.loads((directory / META_FILE).read_text()).get("architecture")
@@ -223,4 +275,6 @@ def load_any_policy(path, task=None, device: str = "cpu") -> LoadedPolicy | Load
         raise DtrlError(f"cannot read the policy in {directory}: {exc}") from None
     if architecture == ACTOR_ARCHITECTURE:
         return load_actor(directory, task=task, device=device)
+    if architecture == SB3_ARCHITECTURE:
+        return load_sb3_policy(directory, task=task, device=device)
     return load_policy(directory, task=task, device=device)

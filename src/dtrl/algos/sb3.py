@@ -1,0 +1,189 @@
+"""Reference lines that are not Decision Transformers: stable-baselines3's PPO and SAC trained from
+scratch on the task, with the same evaluation, run directory and budget axes as every dtrl method —
+"what plain RL reaches with the same compute and no pretrained DT".
+
+    dtrl finetune --algo sb3-sac --task hopper-random --iterations 100 --out runs/sac
+    dtrl finetune --algo sb3-ppo --task hopper-random --iterations 100 --out runs/ppo-mlp
+
+One iteration is ``env_steps_per_iteration`` environment steps of ``model.learn`` (SB3's own loop,
+untouched), then, when due, a mean-action evaluation on the seeds every dtrl method is evaluated on.
+Hyperparameters are SB3's defaults, with rl-baselines3-zoo's MuJoCo value for SAC's learning_starts
+(10000); no pretraining, no offline data. The model is saved as RUN/policy (``dtrl eval RUN`` works).
+Resuming continues from the last checkpoint's model (and SAC's replay buffer), but SB3 does not
+expose its internal RNG streams, so a resumed run is not bit-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from dtrl.algos.common import (
+    Clock,
+    checkpoint_due,
+    evaluate_policy,
+    evaluation_due,
+    finish_run,
+    iteration_metrics,
+    log_initial_evaluation,
+    open_run,
+    out_of_time,
+    seed_everything,
+)
+from dtrl.config import CommonConfig, parse_config, resolve_device
+from dtrl.envs import make
+from dtrl.errors import DtrlError
+from dtrl.models.checkpoint import LoadedSB3Policy, save_sb3_policy
+from dtrl.tasks import get_task
+
+REPLAY_FILE = "replay_buffer.pkl"
+
+
+@dataclass
+class SB3Config(CommonConfig):
+    """stable-baselines3 PPO or SAC from scratch (MLP policy), evaluated like every dtrl method."""
+
+    algorithm: Literal["sac", "ppo"] = "sac"
+    """set by --algo sb3-sac / sb3-ppo"""
+    iterations: int = 10
+    """iterations of env_steps_per_iteration environment steps (one metrics row each)"""
+    env_steps_per_iteration: int = 1000
+    """environment steps per iteration"""
+    learning_rate: float = 3e-4
+    """Adam learning rate of every network (SB3's default)"""
+    learning_rate_schedule: Literal["constant", "linear"] = "constant"
+    """'linear': falls to 0 at the last of ``iterations`` (SB3's progress-based schedule)"""
+    learning_starts: int = 10_000
+    """SAC: random-action steps before the first update (rl-baselines3-zoo's MuJoCo value)"""
+    time_limit_s: float = 0.0
+    """stop after the iteration during which this many seconds of training passed (0: no limit)"""
+    threads: int = 1
+    """torch CPU threads (the MLPs are small: one thread is fastest on a shared machine)"""
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("iterations", "env_steps_per_iteration"):
+            if getattr(self, name) < 1:
+                raise DtrlError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise DtrlError(f"learning-rate must be a positive number, got {self.learning_rate}")
+        if self.learning_starts < 0 or self.time_limit_s < 0 or self.threads < 0:
+            raise DtrlError("learning-starts, time-limit-s and threads must be >= 0")
+
+
+def cpu_preset(task_name: str) -> SB3Config:
+    return SB3Config(task=get_task(task_name).name, preset="cpu", iterations=100, env_steps_per_iteration=1000,
+                     eval_every=5, eval_episodes=5)
+
+
+def paper_preset(task_name: str) -> SB3Config:
+    return SB3Config(task=get_task(task_name).name, preset="paper", iterations=1000, env_steps_per_iteration=1000,
+                     eval_every=10, eval_episodes=10)
+
+
+PRESETS = {"cpu": cpu_preset, "paper": paper_preset}
+
+
+def build_model(config: SB3Config, env, device: str):
+    from stable_baselines3 import PPO, SAC
+
+    if config.algorithm == "sac":
+        return SAC("MlpPolicy", env, learning_rate=config.learning_rate, learning_starts=config.learning_starts,
+                   seed=config.seed, device=device, verbose=0)
+    return PPO("MlpPolicy", env, learning_rate=config.learning_rate, seed=config.seed, device=device, verbose=0)
+
+
+def set_learning_rate(model, config: SB3Config, iteration: int) -> float:
+    """The iteration's learning rate under ``learning_rate_schedule`` (as the DT methods: linear
+    falls from learning_rate to 0 at the last iteration), given to SB3 as a constant for this learn()."""
+    rate = config.learning_rate
+    if config.learning_rate_schedule == "linear":
+        rate *= 1.0 - (iteration - 1) / config.iterations
+    model.learning_rate = rate
+    model._setup_lr_schedule()  # SB3 reads the schedule from model.learning_rate here
+    return rate
+
+
+def gradient_steps(model) -> int:
+    """Gradient steps so far: SAC counts them; PPO counts epochs, each of n_steps / batch_size minibatches."""
+    updates = int(getattr(model, "_n_updates", 0))
+    if hasattr(model, "n_epochs"):
+        return updates * math.ceil(model.n_steps * model.n_envs / model.batch_size)
+    return updates
+
+
+def train(config: SB3Config) -> dict:
+    from stable_baselines3 import PPO, SAC
+
+    algo = f"sb3-{config.algorithm}"
+    task = get_task(config.task)
+    device = resolve_device(config.device)
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    seed_everything(config.seed)
+    env = make(task, seed=config.seed)
+    run, state = open_run(config, algo)
+    checkpoint_dir = run.path / "checkpoints"
+    if state is not None:
+        model = (SAC if config.algorithm == "sac" else PPO).load(checkpoint_dir / "model.zip", env=env, device=device)
+        if config.algorithm == "sac" and (checkpoint_dir / REPLAY_FILE).is_file():
+            model.load_replay_buffer(checkpoint_dir / REPLAY_FILE)
+    else:
+        model = build_model(config, env, device)
+    clock = Clock()
+    start = 1
+    if state is not None:
+        clock.load_state_dict(state["clock"])
+        start = int(state["iteration"]) + 1
+
+    def evaluate_now() -> dict:
+        return evaluate_policy(LoadedSB3Policy(model, task.name), task, config, device)
+
+    def checkpoint(iteration: int) -> None:
+        # the model and SAC's replay buffer first, then the state that points at them
+        save_sb3_policy(run.path / "policy", model, task.name, config.algorithm)
+        model.save(checkpoint_dir / "model.zip")
+        if config.algorithm == "sac":
+            model.save_replay_buffer(checkpoint_dir / REPLAY_FILE)
+        run.save_state({"algo": algo, "iteration": iteration, "clock": clock.state_dict()}, iteration)
+
+    if state is None:
+        log_initial_evaluation(run, clock, config, evaluate_now)
+    last_eval: dict = {}
+    try:
+        iteration = start - 1  # the last one done: what finish_run reports when none is left to run
+        for iteration in range(start, config.iterations + 1):
+            learning_rate = set_learning_rate(model, config, iteration)
+            model.learn(total_timesteps=config.env_steps_per_iteration, reset_num_timesteps=False)
+            clock.env_steps, clock.grad_updates = int(model.num_timesteps), gradient_steps(model)
+            stopping = out_of_time(clock, config.time_limit_s)
+            due = evaluation_due(iteration, config.iterations, config.eval_every, stopping)
+            evaluation = evaluate_now() if due else {}
+            last_eval = evaluation or last_eval
+            run.log(iteration_metrics(iteration, clock, **{"charts/learning_rate": learning_rate}, **evaluation))
+            if checkpoint_due(iteration, config.iterations, config.checkpoint_every, stopping):
+                checkpoint(iteration)
+            if stopping:
+                break
+        return finish_run(run, algo, iteration, last_eval or evaluate_now())
+    finally:
+        env.close()
+        run.close()
+
+
+def _main(argv: list[str], algorithm: str) -> int:
+    config = parse_config(SB3Config, [*argv, "--algorithm", algorithm], PRESETS, description=__doc__.split("\n\n")[0],
+                          prog=f"dtrl finetune --algo sb3-{algorithm}")
+    train(config)
+    return 0
+
+
+def main_sac(argv: list[str]) -> int:
+    return _main(argv, "sac")
+
+
+def main_ppo(argv: list[str]) -> int:
+    return _main(argv, "ppo")
