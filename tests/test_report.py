@@ -48,7 +48,7 @@ def runs_root(tmp_path):
 
 def test_table_means_stds_bold_and_paper_column(runs_root, tmp_path, capsys):
     out = tmp_path / "report"
-    assert cli_main(["report", str(runs_root), "--out", str(out)]) == 0
+    assert cli_main(["report", str(runs_root), "--out", str(out), "--bootstrap-reps", "100"]) == 0
     printed = capsys.readouterr().out
 
     md = (out / "report.md").read_text()
@@ -82,7 +82,7 @@ def test_last_evaluation_counts_and_x_axes(tmp_path):
     rows.append({"iteration": 6, "env_steps": 6000, "eval_normalized_mean": None})  # a NaN evaluation
     make_run(root / "a", {"task": "hopper-medium-v2", "algo": "ppo", "seed": 0}, rows)
     for x in ("env_steps", "wall_time_s"):
-        result = build_report(ReportConfig(run_dirs=(str(root),), out=str(tmp_path / x), x=x))
+        result = build_report(ReportConfig(run_dirs=(str(root),), out=str(tmp_path / x), x=x, bootstrap_reps=100))
         (group,) = result["groups"].values()
         assert group.task == "hopper-medium" and group.label == "PPO-DT"  # -v2 suffix folded in
         assert group.scores == [50.0]
@@ -97,7 +97,7 @@ def test_hyperparameter_variants_become_separate_columns(tmp_path):
                      {"task": "hopper-random", "algo": "grpo", "seed": seed, "clip_eps": clip,
                       "init": f"runs/pretrain/seed{seed}", "out": f"runs/clip{clip}-seed{seed}"},
                      eval_rows(final))
-    result = build_report(ReportConfig(run_dirs=(str(root),), out=str(tmp_path / "out")))
+    result = build_report(ReportConfig(run_dirs=(str(root),), out=str(tmp_path / "out"), bootstrap_reps=100))
     means = {label: g.mean for (_, label), g in result["groups"].items()}
     assert means == {"GRPO-DT (clip_eps=0.1)": 15.0, "GRPO-DT (clip_eps=0.2)": 50.0}
     assert "**50.00 ± 10.00**" in result["markdown"]
@@ -116,7 +116,7 @@ def test_raw_returns_for_tasks_without_reference_and_pretrain_runs(tmp_path):
                            "model": {"architecture": "reinformer"}},
              [{"iteration": 1, "eval_return_mean": 300.0, "eval_normalized_mean": 3.5}])
     result = build_report(ReportConfig(run_dirs=tuple(str(root / n) for n in ("cheetah", "pre", "dt", "rf")),
-                                       out=str(tmp_path / "o")))
+                                       out=str(tmp_path / "o"), bootstrap_reps=100))
     groups = result["groups"]
     assert groups[("HalfCheetah-v5", "GRPO-DT")].metric == "raw"
     assert groups[("HalfCheetah-v5", "GRPO-DT")].scores == [1234.5]
@@ -177,3 +177,30 @@ def test_pretrained_dt_is_drawn_as_the_level_finetuning_starts_from(tmp_path, mo
     dt_line = labels["DT pretrained, final (n=1)"]
     assert np.allclose(dt_line.get_ydata(), 8.0)  # a horizontal level, not a curve over pretraining steps
     assert max(labels["GRPO-DT (n=1)"].get_xdata()) == 5
+
+
+def test_statistics_and_a_report_rebuilt_from_its_evaluations_csv(runs_root, tmp_path):
+    out = tmp_path / "report"
+    first = build_report(ReportConfig(run_dirs=(str(runs_root),), out=str(out), bootstrap_reps=200))
+    with open(out / "statistics.csv") as handle:
+        stats = {(r["task"], r["algorithm"]): r for r in csv.DictReader(handle)}
+    grpo = stats[("hopper-random", "GRPO-DT")]
+    # finals 90, 100, 110: mean and IQM 100 (the IQM of 3 values is the middle one, weighted as rliable does)
+    assert float(grpo["final_mean"]) == pytest.approx(100.0) and float(grpo["final_iqm"]) == pytest.approx(100.0)
+    assert float(grpo["final_mean_lo"]) <= 100.0 <= float(grpo["final_mean_hi"])
+    assert 90.0 <= float(grpo["final_mean_lo"]) and float(grpo["final_mean_hi"]) <= 110.0
+    assert float(grpo["best_mean"]) >= float(grpo["final_mean"])
+    assert "## Statistics over seeds" in (out / "report.md").read_text()
+    assert (out / "performance_profile_hopper-random.png").read_bytes()[:4] == b"\x89PNG"
+    # every evaluation row is in evaluations.csv, and the report rebuilt from it alone is the same table
+    with open(out / "evaluations.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {"iteration", "env_steps", "grad_updates", "wall_time_s", "eval_normalized_mean"} <= set(rows[0])
+    assert len(rows) == sum(sum(1 for m in run.metrics if m.get("eval_return_mean") is not None)
+                            for run in first["runs"])
+    again = build_report(ReportConfig(from_csv=(str(out / "evaluations.csv"),), out=str(tmp_path / "again"),
+                                      bootstrap_reps=200))
+    assert again["markdown"] == first["markdown"]
+    with pytest.raises(DtrlError, match="not an evaluations.csv"):
+        (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
+        build_report(ReportConfig(from_csv=(str(tmp_path / "bad.csv"),), out=str(tmp_path / "x")))

@@ -8,8 +8,14 @@ columns labelled with it. A run's final score is its last ``eval_normalized_mean
 normalised return), or its last raw ``eval_return_mean`` for tasks without reference scores;
 cells are mean ± std over seeds (population std, ddof=0), with the paper's Table 1 beside them.
 
-Writes ``report.md`` (table + per-run list), ``report.csv`` (one row per group) and
-``curves_<task>.png`` (mean ± std band per algorithm over seeds).
+Writes ``report.md`` (table + per-run list), ``report.csv`` (one row per group),
+``evaluations.csv`` (every evaluation of every run with its iteration, env steps, gradient updates
+and wall time: small enough to commit, and ``dtrl report --from-csv evaluations.csv`` rebuilds the
+whole report from it without the run directories), ``curves_<task>_<x>.png`` (mean ± std band per
+algorithm over seeds, one figure per x axis) and, with the optional ``rliable`` extra
+(``pip install dtrl[report]``), ``statistics.csv`` and a section of IQM and mean with 95%
+stratified-bootstrap confidence intervals over seeds (Agarwal et al. 2021) of the final and the
+best-so-far score, plus ``performance_profile_<task>.png``.
 """
 
 from __future__ import annotations
@@ -48,6 +54,10 @@ class ReportConfig:
 
     run_dirs: tyro.conf.Positional[Annotated[tuple[str, ...], tyro.conf.arg(metavar="RUN_DIR...")]] = ()
     """run directories, or folders to search for them (e.g. a sweep's out_root)"""
+    from_csv: tuple[str, ...] = ()
+    """evaluations.csv files of earlier reports to read instead of (or beside) run directories"""
+    bootstrap_reps: int = 2000
+    """bootstrap resamples of the rliable confidence intervals"""
     out: str = "report"
     """folder for report.md, report.csv and the curve PNGs (created if missing)"""
     x: Literal["iterations", "env_steps", "wall_time_s"] = "iterations"
@@ -295,7 +305,7 @@ def runs_table(runs: list[RunResult]) -> str:
         evaluations = sum(1 for row in run.metrics if row.get("eval_return_mean") is not None)
         final = "–" if run.final is None else f"{run.final:.2f}" + (" (raw)" if run.metric == "raw" else "")
         lines.append(f"| {run.task} | {run.label} | {run.seed} | {final} | {evaluations} | "
-                     f"{'yes' if run.finished else 'no'} | {run.path} |")
+                     f"{'yes' if run.finished else 'no'} | {_relative(run.path)} |")
     return "\n".join(lines)
 
 
@@ -313,6 +323,157 @@ def csv_rows(groups: dict[tuple[str, str], GroupResult]) -> list[dict]:
             "paper_std": paper_entry[1] if paper_entry and paper_entry[1] is not None else "",
         })
     return rows
+
+
+EVALUATION_COLUMNS = ["task", "algorithm", "label", "metric", "seed", "run", "finished", "iteration", "env_steps",
+                      "grad_updates", "wall_time_s", "eval_normalized_mean", "eval_normalized_std",
+                      "eval_return_mean", "eval_return_std", "eval_target_rtg", "eval_context_length"]
+
+
+def evaluation_rows(runs: list[RunResult]) -> list[dict]:
+    """Every evaluation of every run, one row each (what ``--from-csv`` reads back)."""
+    rows = []
+    for run in sorted(runs, key=lambda r: (r.task, r.label, str(r.seed), str(r.path))):
+        for metric_row in run.metrics:
+            if metric_row.get("eval_return_mean") is None:
+                continue
+            row = {"task": run.task, "algorithm": run.algo, "label": run.label, "metric": run.metric,
+                   "seed": run.seed, "run": _relative(run.path), "finished": int(run.finished)}
+            row.update({key: metric_row.get(key) for key in EVALUATION_COLUMNS if key not in row})
+            rows.append({key: "" if value is None else value for key, value in row.items()})
+    return rows
+
+
+def _relative(path: Path) -> str:
+    """A run's path as given, relative to the working directory when it lies below it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def runs_from_csv(path: str) -> list[RunResult]:
+    """The runs of an ``evaluations.csv``: each run's evaluation rows as its metrics."""
+    try:
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError as exc:
+        raise DtrlError(f"cannot read {path}: {exc.strerror}") from None
+    missing = set(EVALUATION_COLUMNS) - set(rows[0] if rows else EVALUATION_COLUMNS)
+    if missing:
+        raise DtrlError(f"{path} is not an evaluations.csv of dtrl report (missing {', '.join(sorted(missing))})")
+    by_run: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        by_run[row["run"]].append(row)
+    runs = []
+    for run_path, run_rows in by_run.items():
+        first = run_rows[0]
+        metrics = [{key: _number(row[key]) for key in EVALUATION_COLUMNS[7:]} for row in run_rows]
+        for metric_row, row in zip(metrics, run_rows):
+            metric_row["iteration"] = int(float(row["iteration"]))
+        key = "eval_normalized_mean" if first["metric"] == "normalized" else "eval_return_mean"
+        finals = [m[key] for m in metrics if isinstance(m[key], float)]
+        runs.append(RunResult(path=Path(run_path), task=first["task"], algo=first["algorithm"],
+                              seed=_number(first["seed"]), config={}, metrics=metrics, metric=first["metric"],
+                              final=finals[-1] if finals else None, finished=first["finished"] == "1",
+                              label=first["label"]))
+    return runs
+
+
+def _number(text: str):
+    if text == "":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
+
+
+# ---------------------------------------------------------------------------------------------
+# statistics over seeds (rliable)
+
+
+def best_so_far(run: RunResult) -> float | None:
+    key = "eval_normalized_mean" if run.metric == "normalized" else "eval_return_mean"
+    values = [row[key] for row in run.metrics if isinstance(row.get(key), (int, float)) and math.isfinite(row[key])]
+    return max(values) if values else None
+
+
+def interval_estimates(groups: dict[tuple[str, str], GroupResult], reps: int, seed: int = 0) -> list[dict] | None:
+    """IQM and mean of the final and best-so-far scores per (task, algorithm) with 95%
+    stratified-bootstrap CIs over seeds (rliable); None when rliable is not installed."""
+    try:
+        from rliable import library as rly
+        from rliable import metrics as rly_metrics
+    except ImportError:
+        return None
+
+    def aggregate(x: np.ndarray) -> np.ndarray:
+        return np.array([rly_metrics.aggregate_iqm(x), rly_metrics.aggregate_mean(x)])
+
+    rows = []
+    for (task, label), group in sorted(groups.items()):
+        finals = [r.final for r in group.runs if r.final is not None]
+        bests = [best_so_far(r) for r in group.runs if r.final is not None]
+        if not finals:
+            continue
+        row = {"task": task, "algorithm": label, "metric": group.metric, "n_seeds": len(finals)}
+        for name, values in (("final", finals), ("best", bests)):
+            np.random.seed(seed)  # rliable's bootstrap draws from numpy's global generator
+            point, interval = rly.get_interval_estimates({label: np.asarray(values, float)[:, None]}, aggregate,
+                                                         reps=reps)
+            (iqm, mean), ((iqm_lo, mean_lo), (iqm_hi, mean_hi)) = point[label], interval[label]
+            row.update({f"{name}_iqm": iqm, f"{name}_iqm_lo": iqm_lo, f"{name}_iqm_hi": iqm_hi,
+                        f"{name}_mean": mean, f"{name}_mean_lo": mean_lo, f"{name}_mean_hi": mean_hi})
+        rows.append(row)
+    return rows
+
+
+def statistics_markdown(rows: list[dict]) -> str:
+    lines = ["| task | algorithm | seeds | final IQM [95% CI] | final mean [95% CI] | best-so-far mean [95% CI] |",
+             "|---|---|---:|---:|---:|---:|"]
+    def cell(row: dict, name: str) -> str:
+        return f"{row[name]:.1f} [{row[name + '_lo']:.1f}, {row[name + '_hi']:.1f}]"
+
+    for row in rows:
+        lines.append(f"| {row['task']} | {row['algorithm']} | {row['n_seeds']} | {cell(row, 'final_iqm')} | "
+                     f"{cell(row, 'final_mean')} | {cell(row, 'best_mean')} |")
+    return "\n".join(lines)
+
+
+def plot_performance_profile(task: str, groups: list[GroupResult], out_file: Path, reps: int) -> bool:
+    """rliable's score distribution (fraction of runs above each score, with CI bands) of the final
+    scores; False when rliable is missing or fewer than two seeds exist."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from rliable import library as rly
+        from rliable import plot_utils
+    except ImportError:
+        return False
+    scores = {g.label: np.asarray(g.scores, float)[:, None] for g in groups if len(g.scores) >= 2}
+    if not scores:
+        return False
+    highest = max(float(v.max()) for v in scores.values())
+    thresholds = np.linspace(0.0, max(highest, 1e-6) * 1.05, 81)
+    np.random.seed(0)
+    distributions, bands = rly.create_performance_profile(scores, thresholds, reps=reps)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    plot_utils.plot_performance_profiles(distributions, thresholds, performance_profile_cis=bands,
+                                         colors=dict(zip(scores, plt.cm.tab10.colors)), ax=ax,
+                                         xlabel=r"final normalised return $\tau$" if groups[0].metric == "normalized"
+                                         else r"final return $\tau$")
+    ax.set_title(task)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    try:
+        atomic_write_with(out_file, lambda temp: fig.savefig(temp, dpi=110, format="png"))
+    finally:
+        plt.close(fig)
+    return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -394,15 +555,27 @@ def plot_task(task: str, groups: list[GroupResult], x_name: str, out_file: Path)
 # command
 
 
+def _csv_text(rows: list[dict], columns: list[str] | None = None) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns or list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
 def build_report(config: ReportConfig) -> dict:
     """Load, group, write the files; returns {"markdown", "files", "groups", "runs"}."""
     if config.x not in X_KEYS:
         raise DtrlError(f"--x must be one of {', '.join(X_KEYS)}, got {config.x!r}")
-    runs = [load_run(path) for path in find_runs(list(config.run_dirs))]
+    if not config.run_dirs and not config.from_csv:
+        raise DtrlError("no run directories given (dtrl report RUN_DIR... ; a folder of runs, or --from-csv FILE)")
+    runs = [load_run(path) for path in find_runs(list(config.run_dirs))] if config.run_dirs else []
+    label_variants(runs)
+    for csv_file in config.from_csv:
+        runs.extend(runs_from_csv(csv_file))
     evaluated = [r for r in runs if r.final is not None]
     if not evaluated:
         raise DtrlError(f"none of the {len(runs)} run(s) has an evaluation yet (no eval_return_mean in metrics.jsonl)")
-    label_variants(runs)
     groups = group_runs(runs)
     out = Path(config.out)
     try:
@@ -414,24 +587,35 @@ def build_report(config: ReportConfig) -> dict:
     seeds = sorted({len(g.scores) for g in groups.values() if g.scores})
     seed_note = f"{seeds[0]} seed(s) per cell" if len(seeds) == 1 else "seeds per cell vary (see report.csv)"
     not_evaluated = [r for r in runs if r.final is None]
+    statistics = interval_estimates(groups, config.bootstrap_reps)
+    if statistics is None:
+        statistics_section = ["The IQM / mean confidence intervals need the optional rliable extra: "
+                              "`pip install 'dtrl[report]'`."]
+    else:
+        statistics_section = [
+            "## Statistics over seeds",
+            "IQM and mean of the final and of the best-so-far score, with 95% stratified-bootstrap confidence "
+            f"intervals over seeds ({config.bootstrap_reps} resamples, rliable; Agarwal et al. 2021). The final "
+            "policy is the headline; best-so-far picks the best of a run's evaluations, an optimistic number.",
+            statistics_markdown(statistics)]
     markdown = "\n\n".join([
         "# dtrl report",
         "Final D4RL-normalised return (last evaluation of each run; tasks marked *raw return* have no "
         f"reference scores), mean ± std over seeds ({seed_note}); best of ours and best of the paper's "
         "Table 1 per task in bold.",
         table,
+        *statistics_section,
         "## Runs",
         runs_table(runs),
     ] + ([f"{len(not_evaluated)} run(s) without an evaluation yet are listed with –."] if not_evaluated else [])) + "\n"
 
-    files = [out / "report.md", out / "report.csv"]
+    files = [out / "report.md", out / "report.csv", out / "evaluations.csv"]
     atomic_write_text(out / "report.md", markdown)
-    rows = csv_rows(groups)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(out / "report.csv", buffer.getvalue())
+    atomic_write_text(out / "report.csv", _csv_text(csv_rows(groups)))
+    atomic_write_text(out / "evaluations.csv", _csv_text(evaluation_rows(runs), EVALUATION_COLUMNS))
+    if statistics:
+        atomic_write_text(out / "statistics.csv", _csv_text(statistics))
+        files.append(out / "statistics.csv")
 
     by_task: dict[str, list[GroupResult]] = defaultdict(list)
     for group in groups.values():
@@ -440,6 +624,9 @@ def build_report(config: ReportConfig) -> dict:
         png = out / f"curves_{task.replace('/', '_')}.png"
         plot_task(task, task_groups, config.x, png)
         files.append(png)
+        profile = out / f"performance_profile_{task.replace('/', '_')}.png"
+        if plot_performance_profile(task, task_groups, profile, config.bootstrap_reps):
+            files.append(profile)
     return {"markdown": table, "files": files, "groups": groups, "runs": runs}
 
 
