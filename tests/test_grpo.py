@@ -75,14 +75,15 @@ def trajectory(loaded):
     return episode
 
 
-def group_rollout(loaded, trajectory, config, seed=0):
+def group_rollout(loaded, trajectory, config, seed=0, with_rewards=False):
     from dtrl.envs import BatchedEnv
 
     rng = np.random.default_rng(seed)
     starts = grpo.branch_starts([trajectory], config, loaded.model.receptive_field, rng)
     with BatchedEnv(TASK, len(starts)) as envs:
-        segments, scores, steps = grpo.rollout_groups(loaded, envs, starts, config, gamma=0.99, device="cpu")
-    return starts, segments, scores, steps
+        segments, scores, rewards, steps = grpo.rollout_groups(loaded, envs, starts, config, gamma=0.99,
+                                                               device="cpu")
+    return (starts, segments, scores, steps, rewards) if with_rewards else (starts, segments, scores, steps)
 
 
 # ---------------------------------------------------------------------------------------------- groups
@@ -138,7 +139,7 @@ def test_first_epoch_ratio_is_one_and_relabeling_breaks_it(loaded, trajectory, c
     from dtrl.rollout import segments_to_batch
 
     config = small_config(context_length=context_length)
-    _, segments, scores, _ = group_rollout(loaded, trajectory, config, seed=1)
+    _, segments, scores, _, rewards = group_rollout(loaded, trajectory, config, seed=1, with_rewards=True)
     batch = segments_to_batch(segments, loaded.normalizer, loaded.reward_scale)
     with torch.no_grad():
         log_probs, entropy = grpo.policy_outputs(loaded.model, batch, context_length)
@@ -147,8 +148,15 @@ def test_first_epoch_ratio_is_one_and_relabeling_breaks_it(loaded, trajectory, c
     assert abs(stats.ratio_max - 1) < 1e-4 and abs(stats.ratio_min - 1) < 1e-4
     assert torch.isfinite(entropy[batch.train_mask]).all()
 
-    relabeled = [grpo.relabel_with_achieved_return(s, float(score), 0.99) for s, score in zip(segments, scores)]
-    assert relabeled[0].returns_to_go[0] == pytest.approx(scores[0], rel=1e-5)
+    relabeled = [grpo.relabel_with_achieved_return(s, r) for s, r in zip(segments, rewards)]
+    # ODT's relabel: the undiscounted return the branch achieved from each step on (L_traj + L_eval steps)
+    for segment, branch, rewards_of in zip(relabeled, segments, rewards):
+        expected = [rewards_of[j:].sum() for j in range(len(branch))]
+        np.testing.assert_allclose(segment.returns_to_go, expected, rtol=1e-5)
+        # the history keeps its reward differences: shifted by the first token's change
+        shift = segment.returns_to_go[0] - branch.returns_to_go[0]
+        np.testing.assert_allclose(segment.history.returns_to_go, branch.history.returns_to_go + shift, rtol=1e-5)
+    assert len(rewards[0]) > len(segments[0])  # the L_eval steps count towards the achieved return
     batch = segments_to_batch(relabeled, loaded.normalizer, loaded.reward_scale)
     with torch.no_grad():
         log_probs, _ = grpo.policy_outputs(loaded.model, batch, context_length)
@@ -159,11 +167,13 @@ def test_first_epoch_ratio_is_one_and_relabeling_breaks_it(loaded, trajectory, c
 def test_sub_trajectory_buffer_is_fifo():
     buffer = grpo.SubTrajectoryBuffer(3)
     for i in range(5):
-        buffer.add(np.zeros(i + 1), float(i))
-    assert [adv for _, adv in buffer.items] == [2.0, 3.0, 4.0]
+        buffer.add(np.zeros(i + 1), float(i), iteration=i)
+    assert [(adv, sampled_in) for _, adv, sampled_in in buffer.items] == [(2.0, 2), (3.0, 3), (4.0, 4)]
     clone = grpo.SubTrajectoryBuffer(1)
     clone.load_state_dict(buffer.state_dict())
     assert len(clone) == 3 and clone.items.maxlen == 3
+    clone.load_state_dict({"capacity": 3, "items": [(np.zeros(2), 1.0)]})  # a checkpoint of an older dtrl
+    assert list(clone.items)[0][1:] == (1.0, 0)
 
 
 def test_paper_preset_follows_table6():
@@ -317,7 +327,8 @@ def test_policy_averaging_saves_and_evaluates_the_average(tiny_policy_dir, tmp_p
         finetune_main(cli_args(tiny_policy_dir, tmp_path / "bad", 1, "--policy-averaging", "1"))
 
 
-@pytest.mark.parametrize("flags", [("--full-trajectories",), ("--hindsight-relabel", "--ratio-level", "token"),
+@pytest.mark.parametrize("flags", [("--full-trajectories",), ("--full-trajectories", "--ratio-level", "token"),
+                                   ("--hindsight-relabel", "--ratio-level", "token"),
                                    ("--no-consistent-group-states", "--reset-sampling", "uniform")])
 def test_ablation_switches_run(tiny_policy_dir, tmp_path, flags):
     out = tmp_path / "ablation"
@@ -445,3 +456,39 @@ def test_clip_fraction_and_ratio_match_a_hand_computation(loaded, trajectory):
     assert stats["losses/ratio_max"] == pytest.approx(math.exp(0.05), rel=1e-4)
     assert stats["losses/ratio_min"] == pytest.approx(1.0, abs=1e-4)
     assert stats["losses/first_update_ratio_max_dev"] == pytest.approx(math.exp(0.05) - 1, rel=1e-3)
+
+
+def test_full_trajectory_mode_keeps_only_its_own_recent_episodes(tiny_policy_dir, tmp_path):
+    # sub-trajectory mode here: 2 x 2 x 4 = 16 per iteration in a buffer of 24, about 2 iterations of data;
+    # full-trajectory mode keeps as many iterations of its own data: 2 x (1 seed x G = 4 episodes) = 8
+    config = small_config(full_trajectories=True, trajectories_per_batch=2, reset_points_per_trajectory=2,
+                          group_size=4, sub_trajectory_buffer_size=24)
+    assert grpo.sub_buffer_capacity(config) == 8
+    assert grpo.sub_buffer_capacity(dataclasses.replace(config, full_trajectories=False)) == 24
+    out = tmp_path / "full"
+    assert finetune_main(cli_args(tiny_policy_dir, out, 3, "--full-trajectories", "--eval-every", "0")) == 0
+    assert [row["grpo/sub_buffer_size"] for row in read_metrics(out)] == [4, 8, 8]
+
+
+def test_diagnostics_of_the_buffer_ages_and_the_reset_distribution(tiny_policy_dir, tmp_path):
+    out = tmp_path / "diag"
+    assert finetune_main(cli_args(tiny_policy_dir, out, 2, "--eval-every", "0")) == 0
+    first, second = read_metrics(out)
+    # iteration 1 trains on its own sub-trajectories only (age 0); iteration 2 also replays those of
+    # iteration 1 (age 1), sampled by the policy before its update
+    assert "diagnostics/clipfrac_age0" in first and "diagnostics/clipfrac_age1" not in first
+    assert 0.0 <= second["diagnostics/clipfrac_age1"] <= 1.0 and second["diagnostics/abs_log_ratio_age1"] > 0.0
+    assert first["losses/first_update_ratio_max_dev"] < 1e-4  # before the first step the ratios are 1
+    assert all(0.0 <= row["grpo/reset_entropy"] <= 1.0 for row in (first, second))
+
+
+def test_reset_entropy_is_one_for_uniform_and_low_for_a_peaked_variance():
+    class Flat:
+        action_variance = np.zeros(50, np.float32)
+
+    class Peaked:
+        action_variance = np.array([0.0] * 49 + [30.0], np.float32)
+
+    config = small_config()
+    assert grpo.reset_entropy([Flat], config) == pytest.approx(1.0)
+    assert grpo.reset_entropy([Peaked], config) < 0.05

@@ -234,15 +234,36 @@ class GroupBatch:
     """[N] bool: the group passed the ε_GRPO rule"""
     env_steps: int
     """env steps spent rolling the groups out"""
+    branch_rewards: list
+    """[N*G] each member's rewards from its reset point to the end of what was rolled out (L_traj +
+    L_eval steps, or the whole episode in full-trajectory mode): the hindsight relabeling ablation's
+    achieved returns"""
+
+
+def reset_distribution(trajectory, uniform: bool, temperature: float) -> np.ndarray:
+    """Line 5's distribution over the steps of ``trajectory``: softmax(action variance / temperature),
+    or uniform."""
+    variances = torch.as_tensor(trajectory.action_variance, dtype=torch.float64)
+    probs = objectives.active_sampling_probs(variances, temperature=temperature, uniform=uniform).numpy()
+    return probs / probs.sum()
+
+
+def reset_entropy(trajectories: list, config: GRPOConfig) -> float:
+    """Mean entropy of the reset-point distributions of ``trajectories`` relative to uniform's (1:
+    uniform over the steps, 0: one step certain): how sharply active sampling concentrates."""
+    ratios = []
+    for trajectory in trajectories:
+        probs = reset_distribution(trajectory, config.reset_sampling == "uniform", config.active_sampling_temperature)
+        if len(probs) > 1:
+            ratios.append(float(-(probs * np.log(np.clip(probs, 1e-300, None))).sum() / np.log(len(probs))))
+    return float(np.mean(ratios)) if ratios else 1.0
 
 
 def sample_reset_points(trajectory, count: int, rng: np.random.Generator, uniform: bool,
                         temperature: float) -> np.ndarray:
     """Line 5: ``count`` distinct steps of ``trajectory`` (fewer distinct ones if it is shorter) drawn
     from softmax(action variance / temperature), or uniformly."""
-    variances = torch.as_tensor(trajectory.action_variance, dtype=torch.float64)
-    probs = objectives.active_sampling_probs(variances, temperature=temperature, uniform=uniform).numpy()
-    probs = probs / probs.sum()
+    probs = reset_distribution(trajectory, uniform, temperature)
     replace = count > len(probs)
     return np.sort(rng.choice(len(probs), size=count, replace=replace, p=probs))
 
@@ -269,21 +290,24 @@ def branch_starts(trajectories: list, config: GRPOConfig, history_length: int, r
 
 
 def rollout_groups(policy, envs, starts: list, config: GRPOConfig, gamma: float,
-                   device) -> tuple[list, np.ndarray, int]:
+                   device) -> tuple[list, np.ndarray, list, int]:
     """Line 6: every start rolled out for L_traj sampled + L_eval mean steps, in chunks of whole
-    groups no larger than the env batch. Returns (segments, scores [len(starts)], env steps)."""
+    groups no larger than the env batch. Returns (segments, scores [len(starts)], each branch's
+    rewards, env steps)."""
     groups_per_chunk = max(1, envs.num_envs // config.group_size)
     chunk = groups_per_chunk * config.group_size
     segments: list = []
     scores: list[np.ndarray] = []
+    branch_rewards: list[np.ndarray] = []
     env_steps = 0
     for begin in range(0, len(starts), chunk):
         result = rollout_from_snapshots(policy, envs, starts[begin:begin + chunk], config.sub_trajectory_length,
                                         config.eval_steps, gamma, device=device, context_length=config.context_length)
         segments.extend(result.segments)
         scores.append(result.scores)
+        branch_rewards.extend(rewards[:length] for rewards, length in zip(result.step_rewards, result.lengths))
         env_steps += result.env_steps
-    return segments, np.concatenate(scores), env_steps
+    return segments, np.concatenate(scores), branch_rewards, env_steps
 
 
 def full_trajectory_groups(policy, envs, task, config: GRPOConfig, target_rtg: float, gamma: float,
@@ -300,32 +324,32 @@ def full_trajectory_groups(policy, envs, task, config: GRPOConfig, target_rtg: f
                                 ep.log_probs, ep.rewards))
         scores.append(float(objectives.discounted_return(torch.as_tensor(ep.rewards, dtype=torch.float64), gamma)))
     env_steps = sum(len(ep) for ep in episodes)
-    return group_batch(segments, np.asarray(scores).reshape(len(seeds), config.group_size), config, env_steps)
+    return group_batch(segments, np.asarray(scores).reshape(len(seeds), config.group_size), config, env_steps,
+                       [ep.rewards.astype(np.float64) for ep in episodes])
 
 
-def group_batch(segments: list, scores: np.ndarray, config: GRPOConfig, env_steps: int) -> GroupBatch:
+def group_batch(segments: list, scores: np.ndarray, config: GRPOConfig, env_steps: int,
+                branch_rewards: list) -> GroupBatch:
     """Line 7: Eq. (2) within each group with the ε_GRPO rule."""
     advantages, valid = objectives.group_advantages(
         torch.as_tensor(scores, dtype=torch.float64), min_std=config.advantage_std_floor,
         min_deviation=config.min_group_deviation, deviation_rule=config.deviation_rule,
     )
-    return GroupBatch(segments, scores, advantages.numpy(), valid.numpy(), env_steps)
+    return GroupBatch(segments, scores, advantages.numpy(), valid.numpy(), env_steps, branch_rewards)
 
 
-def relabel_with_achieved_return(segment, score: float, gamma: float):
-    """Ablation (Fig. 1a): hindsight relabeling of a sub-trajectory's RTG tokens.
+def relabel_with_achieved_return(segment, branch_rewards: np.ndarray):
+    """Ablation (Fig. 1a): hindsight relabeling of a sub-trajectory's RTG tokens, as ODT relabels.
 
-    The branch is only observed for L_traj + L_eval steps, so the achieved return from segment step j
-    is the branch's discounted return from j on, ``(score - Σ_{k<j} γ^k r_k) / γ^j``; the history
-    tokens before the reset point are shifted by the same amount as the first segment token, as ODT
-    relabels a whole trajectory. The sampling-time log-probs are kept: they were computed with the
-    original RTGs, which is exactly the mismatch the paper's Section 3.1 describes.
+    The RTG token of segment step j becomes the undiscounted return the branch achieved from j on,
+    ``sum(branch_rewards[j:])`` (ODT's g_t = Σ_{t' >= t} r_t'; a branch is observed for L_traj +
+    L_eval steps, or to its episode's end); the history tokens before the reset point are shifted
+    by the same amount as the first segment token, which is what relabeling the whole trajectory
+    gives them. The sampling-time log-probs are kept: they were computed with the original RTGs,
+    which is exactly the mismatch the paper's Section 3.1 describes.
     """
-    achieved = np.empty(len(segment), np.float64)
-    remaining = float(score)
-    for j, reward in enumerate(segment.rewards):
-        achieved[j] = remaining / (gamma**j) if gamma > 0 else remaining
-        remaining -= (gamma**j) * float(reward)
+    rewards = np.asarray(branch_rewards, np.float64)
+    achieved = np.cumsum(rewards[::-1])[::-1][:len(segment)]  # return-to-go from each segment step
     shift = achieved[0] - float(segment.returns_to_go[0]) if len(segment) else 0.0
     history = segment.history
     history = TokenHistory(history.observations, history.actions,
@@ -333,8 +357,20 @@ def relabel_with_achieved_return(segment, score: float, gamma: float):
     return dataclasses.replace(segment, history=history, returns_to_go=achieved.astype(np.float32))
 
 
+def sub_buffer_capacity(config: GRPOConfig) -> int:
+    """T_sub's capacity. In full-trajectory mode (Fig. 1b) it holds as many *iterations* of data as the
+    sub-trajectory mode does (the paper: 2048 / 512 = 4), not 2048 whole episodes, which at G
+    episodes per iteration would keep hundreds of iterations of stale episodes."""
+    if not config.full_trajectories:
+        return config.sub_trajectory_buffer_size
+    per_iteration = config.trajectories_per_batch * config.reset_points_per_trajectory * config.group_size
+    iterations_kept = max(1, round(config.sub_trajectory_buffer_size / per_iteration))
+    return config.trajectories_per_iteration * config.group_size * iterations_kept
+
+
 class SubTrajectoryBuffer:
-    """T_sub (line 8): FIFO of (sub-trajectory, advantage) pairs; oldest dropped when full."""
+    """T_sub (line 8): FIFO of (sub-trajectory, advantage, iteration it was sampled in); oldest dropped
+    when full."""
 
     def __init__(self, capacity: int):
         self.items: deque = deque(maxlen=capacity)
@@ -342,15 +378,17 @@ class SubTrajectoryBuffer:
     def __len__(self) -> int:
         return len(self.items)
 
-    def add(self, segment, advantage: float) -> None:
+    def add(self, segment, advantage: float, iteration: int = 0) -> None:
         if len(segment):
-            self.items.append((segment, float(advantage)))
+            self.items.append((segment, float(advantage), int(iteration)))
 
     def state_dict(self) -> dict:
         return {"capacity": self.items.maxlen, "items": list(self.items)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.items = deque(state["items"], maxlen=state["capacity"])
+        # checkpoints written before items carried their iteration hold (segment, advantage) pairs
+        items = [item if len(item) == 3 else (*item, 0) for item in state["items"]]
+        self.items = deque(items, maxlen=state["capacity"])
 
 
 def policy_outputs(model, batch, context_length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -364,15 +402,15 @@ def policy_outputs(model, batch, context_length: int | None = None) -> tuple[tor
     return log_probs, entropy
 
 
-def push_groups(sub_buffer: SubTrajectoryBuffer, groups: GroupBatch, config: GRPOConfig, gamma: float) -> None:
+def push_groups(sub_buffer: SubTrajectoryBuffer, groups: GroupBatch, config: GRPOConfig, iteration: int) -> None:
     """Line 8: the members of the groups that carry a signal enter T_sub with their advantages (FIFO)."""
     for n in np.flatnonzero(groups.valid):
         for i in range(config.group_size):
             index = n * config.group_size + i
             segment = groups.segments[index]
             if config.hindsight_relabel:
-                segment = relabel_with_achieved_return(segment, float(groups.scores[n, i]), gamma)
-            sub_buffer.add(segment, groups.advantages[n, i])
+                segment = relabel_with_achieved_return(segment, groups.branch_rewards[index])
+            sub_buffer.add(segment, groups.advantages[n, i], iteration)
 
 
 def group_metrics(groups: GroupBatch, sub_buffer_size: int) -> dict[str, Any]:
@@ -413,23 +451,33 @@ def average_of_weights(model, decay: float):
     return averaged.eval()
 
 
+# ages (iterations since a sub-trajectory was sampled) the diagnostics group T_sub's items by
+AGE_BUCKETS = ((0, 0, "0"), (1, 1, "1"), (2, 3, "2-3"), (4, None, "4+"))
+
+
 def update_policy(policy, sub_buffer: SubTrajectoryBuffer, optimizer, temperature_optimizer, config: GRPOConfig,
-                  rng: np.random.Generator, device) -> dict:
+                  rng: np.random.Generator, device, iteration: int | None = None) -> dict:
     """Line 9: ``epochs`` passes over T_sub in random minibatches. Loss = clipped surrogate (at
-    ``ratio_level``) + β·KL - α·entropy; α is then stepped towards the target entropy (ODT's rule)."""
+    ``ratio_level``) + β·KL - α·entropy; α is then stepped towards the target entropy (ODT's rule).
+
+    With ``iteration`` (the current one), the sub-trajectories' sequence-level ratios are also
+    reported by age (``diagnostics/clipfrac_age*``: the fraction outside the clip range;
+    ``diagnostics/abs_log_ratio_age*``): how much of T_sub old data the clip throws away."""
     model = policy.model
     items = list(sub_buffer.items)
     if config.old_log_probs == "refresh":
         items = refresh_log_probs(policy, items, config.minibatch_size, device, config.context_length)
     sums: dict[str, float] = {}
+    age_sums: dict[str, list[float]] = {}
     updates = 0
     first_ratio_deviation = None
     for _ in range(config.epochs):
         order = rng.permutation(len(items))
         for begin in range(0, len(order), config.minibatch_size):
             chosen = [items[i] for i in order[begin:begin + config.minibatch_size]]
-            batch = segments_to_batch([seg for seg, _ in chosen], policy.normalizer, policy.reward_scale, device=device)
-            advantages = torch.tensor([adv for _, adv in chosen], dtype=torch.float32, device=device)
+            batch = segments_to_batch([seg for seg, _, _ in chosen], policy.normalizer, policy.reward_scale,
+                                      device=device)
+            advantages = torch.tensor([adv for _, adv, _ in chosen], dtype=torch.float32, device=device)
             log_probs, entropy = policy_outputs(model, batch, config.context_length)
             logp_old = batch.log_probs_old
             surrogate = objectives.clipped_surrogate(log_probs, logp_old, advantages, batch.train_mask,
@@ -450,6 +498,9 @@ def update_policy(policy, sub_buffer: SubTrajectoryBuffer, optimizer, temperatur
                 sums[key] = sums.get(key, 0.0) + value
             sums["losses/ratio_max"] = max(sums.get("losses/ratio_max", 0.0), stats.ratio_max)
             sums["losses/ratio_min"] = min(sums.get("losses/ratio_min", math.inf), stats.ratio_min)
+            if iteration is not None:
+                ages = np.array([iteration - sampled_in for _, _, sampled_in in chosen])
+                accumulate_ratio_by_age(age_sums, log_probs.detach(), logp_old, batch.train_mask, ages, config)
             updates += 1
     if updates == 0:  # every group so far was dropped by the ε_GRPO rule: nothing to train on yet
         sums = {key: None for key in ("losses/policy", "losses/approx_kl", "losses/entropy", "losses/clipfrac",
@@ -460,7 +511,23 @@ def update_policy(policy, sub_buffer: SubTrajectoryBuffer, optimizer, temperatur
     # max |ratio - 1| before the first step of this iteration: 0 up to float rounding in iteration 1
     # (only fresh sub-trajectories) and in every iteration with old_log_probs='refresh'
     out["losses/first_update_ratio_max_dev"] = first_ratio_deviation
+    out.update({key: total / count for key, (total, count) in age_sums.items() if count})
     return out
+
+
+def accumulate_ratio_by_age(age_sums: dict, log_probs: torch.Tensor, logp_old: torch.Tensor, mask: torch.Tensor,
+                            ages: np.ndarray, config: GRPOConfig) -> None:
+    """Add one minibatch's sequence-level log-ratios, grouped by the age of their sub-trajectory, to
+    ``age_sums`` (key -> [sum, count]): clipped fraction and mean |log ratio| per AGE_BUCKETS."""
+    log_ratio = objectives.log_importance_ratio(log_probs, logp_old, mask, "sequence").cpu().numpy()
+    high = config.clip_eps if config.clip_eps_high is None else config.clip_eps_high
+    clipped = (log_ratio < math.log1p(-min(config.clip_eps, 1 - 1e-12))) | (log_ratio > math.log1p(high))
+    for low, top, name in AGE_BUCKETS:
+        rows = (ages >= low) & (ages <= (top if top is not None else np.inf))
+        for key, values in ((f"diagnostics/clipfrac_age{name}", clipped), (f"diagnostics/abs_log_ratio_age{name}",
+                                                                            np.abs(log_ratio))):
+            total, count = age_sums.get(key, [0.0, 0])
+            age_sums[key] = [total + float(values[rows].sum()), count + int(rows.sum())]
 
 
 @torch.no_grad()
@@ -470,11 +537,11 @@ def refresh_log_probs(policy, items: list, chunk: int, device, context_length: i
     refreshed = []
     for begin in range(0, len(items), chunk):
         part = items[begin:begin + chunk]
-        batch = segments_to_batch([seg for seg, _ in part], policy.normalizer, policy.reward_scale, device=device)
+        batch = segments_to_batch([seg for seg, _, _ in part], policy.normalizer, policy.reward_scale, device=device)
         log_probs, _ = policy_outputs(policy.model, batch, context_length)
-        for row, (segment, advantage) in enumerate(part):
+        for row, (segment, advantage, sampled_in) in enumerate(part):
             new = log_probs[row][batch.train_mask[row]].float().cpu().numpy()
-            refreshed.append((dataclasses.replace(segment, log_probs=new), advantage))
+            refreshed.append((dataclasses.replace(segment, log_probs=new), advantage, sampled_in))
     return refreshed
 
 
@@ -498,7 +565,7 @@ def train(config: GRPOConfig) -> dict:
     evaluated = policy if averaged is None else dataclasses.replace(policy, model=averaged.module)
     run, state = open_run(config, ALGO)  # after building the model: resuming restores the global RNGs
     trajectory_buffer: deque = deque(maxlen=config.trajectory_buffer_size)  # T_replay
-    sub_buffer = SubTrajectoryBuffer(config.sub_trajectory_buffer_size)  # T_sub
+    sub_buffer = SubTrajectoryBuffer(sub_buffer_capacity(config))  # T_sub
     clock = Clock()
     components = dict(model=model, optimizer=optimizer, temperature_optimizer=temperature_optimizer,
                       sub_buffer=sub_buffer, averaged_model=averaged)
@@ -557,17 +624,21 @@ def train(config: GRPOConfig) -> dict:
                     chosen = sample_proportional_to_length([len(ep) for ep in trajectory_buffer],
                                                            config.trajectories_per_batch, rng)
                     # lines 4-5: K reset points in each, from softmax(action variance) (active sampling)
-                    starts = branch_starts([trajectory_buffer[i] for i in chosen], config, history_length, rng)
+                    trajectories = [trajectory_buffer[i] for i in chosen]
+                    starts = branch_starts(trajectories, config, history_length, rng)
+                    charts["grpo/reset_entropy"] = reset_entropy(trajectories, config)
                     # line 6: G sub-trajectories per reset point, L_traj sampled + L_eval mean-action steps
-                    segments, scores, steps = rollout_groups(policy, branch_envs, starts, config, gamma, device)
+                    segments, scores, rewards, steps = rollout_groups(policy, branch_envs, starts, config, gamma,
+                                                                      device)
                     # line 7: advantages by Eq. (2) within each group, ε_GRPO rule
-                    groups = group_batch(segments, scores.reshape(-1, config.group_size), config, steps)
+                    groups = group_batch(segments, scores.reshape(-1, config.group_size), config, steps, rewards)
             clock.env_steps += groups.env_steps
             # line 8: the sub-trajectory buffer takes the groups that carry a signal (FIFO)
-            push_groups(sub_buffer, groups, config, gamma)
+            push_groups(sub_buffer, groups, config, iteration)
             # line 9: finetune on T_sub with the clipped surrogate at `ratio_level` (Eq. 3 by default)
             with timer("update"):
-                losses = update_policy(policy, sub_buffer, optimizer, temperature_optimizer, config, rng, device)
+                losses = update_policy(policy, sub_buffer, optimizer, temperature_optimizer, config, rng, device,
+                                       iteration)
                 if averaged is not None:
                     averaged.update_parameters(model)
             clock.grad_updates += losses.pop("updates")
