@@ -80,7 +80,7 @@ def test_the_actor_keeps_learning_online(tiny_files, tmp_path, schedule):
     after_one = load_file(str(run / "policy" / "model.safetensors"))
     assert cli(argv + ["--iterations", "2", "--resume"]) == 0
     after_two = load_file(str(run / "policy" / "model.safetensors"))
-    assert [r["charts/actor_lr"] for r in read_metrics(run)[1:]] == [3e-4, 3e-4]
+    assert [r["charts/learning_rate"] for r in read_metrics(run)[1:]] == [3e-4, 3e-4]
     assert any(not torch.equal(after_one[name], after_two[name]) for name in after_one)
 
 

@@ -395,8 +395,9 @@ def prepare_policy(config: DTFinetuneConfig, task, device: str, stochastic: bool
     return policy
 
 
-def scheduled_learning_rate(config: DTFinetuneConfig, iteration: int) -> float:
-    """The policy's learning rate during ``iteration`` (1-based) under ``learning_rate_schedule``."""
+def scheduled_learning_rate(config, iteration: int) -> float:
+    """The learning rate during ``iteration`` (1-based) under the config's ``learning_rate_schedule``
+    (its ``learning_rate`` and ``iterations``)."""
     if config.learning_rate_schedule == "constant":
         return config.learning_rate
     return config.learning_rate * (1.0 - (iteration - 1) / config.iterations)

@@ -45,7 +45,9 @@ from dtrl.algos.common import (
     mean_metrics,
     open_run,
     restore_training_state,
+    scheduled_learning_rate,
     seed_everything,
+    set_learning_rate,
     soft_update,
     training_state,
 )
@@ -87,17 +89,18 @@ class IQLConfig(CommonConfig):
     """width of the actor, Q and V MLPs"""
     n_layers: int = 2
     """hidden layers of each MLP"""
-    actor_lr: float = 3e-4
-    """Adam learning rate of the actor"""
-    critic_lr: float = 3e-4
-    """Adam learning rate of the twin Q and of V"""
+    learning_rate: float = 3e-4
+    """Adam learning rate of the actor, the twin Q and V (the official code: 3e-4 for all three)"""
+    learning_rate_schedule: Literal["constant", "linear"] = "constant"
+    """'linear': online, every network's learning rate falls linearly to 0 at the last of ``iterations``
+    (the tuning grid's second axis, as for every method; the offline phase keeps learning_rate)"""
     actor: Literal["gaussian", "tanh-gaussian"] = "gaussian"
     """'gaussian': N(tanh(mu(s)), state-independent std), the official IQL actor; 'tanh-gaussian': a
     tanh-squashed Gaussian with state-dependent std (dtrl's earlier actor; its log-prob of dataset
     actions near +-1 is huge, which skews the advantage-weighted regression)"""
     actor_cosine_schedule: bool = False
     """cosine-decay the actor's learning rate to 0 over the offline phase (IQL's offline recipe); the
-    online phase then restarts at actor_lr. Off by default: the official finetuning config does not
+    online phase then restarts at learning_rate. Off by default: the official finetuning config does not
     decay it (opt_decay_schedule None)"""
     gamma: float = 0.99
     """discount factor"""
@@ -115,6 +118,9 @@ class IQLConfig(CommonConfig):
     """'auto' picks by domain: locomotion (×1000/return range), antmaze (r - 1), none (Adroit)"""
     replay_capacity: int = 2_000_000
     """transitions kept in the replay buffer (offline data first, then online, FIFO)"""
+    threads: int = 0
+    """torch CPU threads (0: torch's default, one per core; 1 is much faster for these small MLPs on a
+    busy or 2-core machine)"""
     time_limit_s: float = 0.0
     """stop the online phase after the iteration during which this many seconds of online training
     passed, with a final evaluation (0: no limit). The offline phase is not counted: it plays the
@@ -134,6 +140,10 @@ class IQLConfig(CommonConfig):
             raise DtrlError(f"offline-steps must be >= 0, got {self.offline_steps}")
         if not 0.0 < self.expectile < 1.0:
             raise DtrlError(f"expectile must be in (0, 1), got {self.expectile}")
+        if self.threads < 0:
+            raise DtrlError(f"threads must be >= 0, got {self.threads}")
+        if not self.learning_rate > 0:
+            raise DtrlError(f"learning-rate must be > 0, got {self.learning_rate}")
         if self.temperature <= 0 or self.max_weight <= 0:
             raise DtrlError("temperature and max-weight must be > 0")
         if not 0.0 < self.tau <= 1.0 or not 0.0 < self.gamma <= 1.0:
@@ -226,6 +236,8 @@ def main(argv: list[str]) -> int:
 
 
 def train(config: IQLConfig) -> dict:
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
     task = get_task(config.task)
     rng = seed_everything(config.seed)
@@ -236,9 +248,9 @@ def train(config: IQLConfig) -> dict:
 
     agent = IQLAgent(dataset.obs_dim, dataset.act_dim, config.hidden_dim, config.n_layers, config.actor_dropout,
                      config.actor).to(device)
-    actor_opt = torch.optim.Adam(agent.actor.parameters(), lr=config.actor_lr)
-    q_opt = torch.optim.Adam(agent.q.parameters(), lr=config.critic_lr)
-    v_opt = torch.optim.Adam(agent.v.parameters(), lr=config.critic_lr)
+    actor_opt = torch.optim.Adam(agent.actor.parameters(), lr=config.learning_rate)
+    q_opt = torch.optim.Adam(agent.q.parameters(), lr=config.learning_rate)
+    v_opt = torch.optim.Adam(agent.v.parameters(), lr=config.learning_rate)
     # --actor-cosine-schedule: IQL's offline recipe decays the actor's lr over the offline steps only
     actor_sched = torch.optim.lr_scheduler.CosineAnnealingLR(actor_opt, T_max=max(config.offline_steps, 1)) \
         if config.actor_cosine_schedule and config.offline_steps > 0 else None
@@ -328,14 +340,16 @@ def train(config: IQLConfig) -> dict:
             run.log(iteration_metrics(0, clock, **mean_metrics(stats), **last_eval,
                                       **{"charts/reward_scale": reward_scale, "charts/replay_size": len(replay)}))
             offline_seconds = clock.elapsed()
-            for group in actor_opt.param_groups:  # online the actor learns at actor_lr (a decay ended at 0)
-                group["lr"] = config.actor_lr
+            set_learning_rate(actor_opt, config.learning_rate)  # online from learning_rate (a decay ended at 0)
             checkpoint(0)
             start_iteration = 1
 
         # ---- online phase: one env step, then updates_per_env_step gradient steps ----
         iteration = start_iteration - 1
         for iteration in range(start_iteration, config.iterations + 1):
+            learning_rate = scheduled_learning_rate(config, iteration)
+            for optimizer in (actor_opt, q_opt, v_opt):
+                set_learning_rate(optimizer, learning_rate)
             stats, finished_returns = [], []
             for _ in range(config.env_steps_per_iteration):
                 if episode["obs"] is None:
@@ -363,7 +377,7 @@ def train(config: IQLConfig) -> dict:
             evaluation = evaluate_now() if due else {}
             last_eval = evaluation or last_eval
             online = {"charts/episodic_return": float(np.mean(finished_returns)) if finished_returns else None,
-                      "charts/episodes": len(finished_returns), "charts/actor_lr": actor_opt.param_groups[0]["lr"]}
+                      "charts/episodes": len(finished_returns), "charts/learning_rate": learning_rate}
             run.log(iteration_metrics(iteration, clock, **mean_metrics(stats), **online, **evaluation))
             if checkpoint_due(iteration, config.iterations, config.checkpoint_every, stopping):
                 checkpoint(iteration)

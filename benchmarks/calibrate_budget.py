@@ -1,0 +1,185 @@
+"""Equal-compute budgets for the comparison (issue: Table 1 at CPU scale), made machine-independent.
+
+Machines of this kind differ up to 3x in speed, and a study may span several of them, so the study
+does not run "20 minutes per method": it runs, per method, the number of iterations that method
+completed in ``--minutes`` of training on one core *of the calibration machine*, recorded here once.
+
+    nice python benchmarks/calibrate_budget.py --task hopper-random --minutes 20 [--parallel 2]
+    python benchmarks/calibrate_budget.py --task hopper-random --write-specs   # sweeps from the CSV
+
+Each method runs its ``cpu`` preset (seed 0, one torch thread, no in-run evaluation, the shared
+pretrained DT for the DT methods) with ``--time-limit-s``; iterations, env steps and gradient updates
+reached are appended to ``benchmarks/results/budget.csv`` with the machine and the commit. A method
+already in the CSV for this task and budget is skipped, an interrupted one resumed, so the script
+can be re-run across sessions. ``--write-specs`` turns the CSV into ``sweeps/tuning_cpu.toml`` (the
+same learning-rate x schedule grid for every method, seed 0) and ``sweeps/table1_cpu.toml`` (3 seeds,
+every method at its calibrated iterations).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+from bench_grpo_learning import ensure_inputs
+
+METHODS = ["grpo", "grpo-q", "ppo", "odt", "odt-td3", "iql", "sb3-sac", "sb3-ppo"]
+NEEDS_INIT = {"grpo", "grpo-q", "ppo", "odt", "odt-td3"}
+NEEDS_DATASET = {"odt", "odt-td3", "iql"}
+BUDGET_CSV = Path(__file__).parent / "results" / "budget.csv"
+COLUMNS = ["task", "method", "minutes", "iterations", "env_steps", "grad_updates", "wall_time_s", "cpu", "date",
+           "commit"]
+# the tuning grid every method goes through (issue: one tuning protocol for every method)
+LEARNING_RATES = [1e-4, 3e-4, 1e-3]
+SCHEDULES = ["constant", "linear"]
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def read_budget(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def append_row(row: dict, path: Path) -> None:
+    new = not path.is_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def method_args(method: str, data: Path, pretrained: Path) -> list[str]:
+    return ([*(["--init", str(pretrained)] if method in NEEDS_INIT else []),
+             *(["--dataset", str(data)] if method in NEEDS_DATASET else [])])
+
+
+def calibrate(method: str, args: argparse.Namespace) -> dict:
+    out = args.runs / args.task / method
+    argv = [sys.executable, "-m", "dtrl", "finetune", "--algo", method, "--task", args.task, "--preset", "cpu",
+            "--seed", "0", "--threads", "1", "--device", "cpu", "--eval-every", "0", "--eval-episodes", "1",
+            "--iterations", "1000000", "--time-limit-s", str(args.minutes * 60), "--out", str(out),
+            *method_args(method, args.data, args.pretrained)]
+    if (out / "checkpoints" / "state.pt").is_file():
+        argv.append("--resume")
+    elif out.exists():
+        argv.append("--force")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    started = time.time()
+    with open(args.runs / args.task / f"{method}.log", "a") as log:
+        code = subprocess.call(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+    if code != 0:
+        raise SystemExit(f"{method}: dtrl finetune exited {code} (see {args.runs / args.task / method}.log)")
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    last = rows[-1]
+    print(f"{method}: {last['iteration']} iterations, {last['env_steps']:,} env steps, {last['grad_updates']:,} "
+          f"updates in {last['wall_time_s'] / 60:.1f} min of training "
+          f"({(time.time() - started) / 60:.1f} min wall)", flush=True)
+    return {"task": args.task, "method": method, "minutes": args.minutes, "iterations": last["iteration"],
+            "env_steps": last["env_steps"], "grad_updates": last["grad_updates"], "wall_time_s": last["wall_time_s"],
+            "cpu": cpu_name(), "date": datetime.date.today().isoformat(), "commit": commit()}
+
+
+def toml_list(values) -> str:
+    return "[" + ", ".join(json.dumps(v) for v in values) + "]"
+
+
+def write_specs(task: str, minutes: float, sweeps: Path, budget_csv: Path) -> None:
+    budget = {r["method"]: int(r["iterations"]) for r in read_budget(budget_csv)
+              if r["task"] == task and float(r["minutes"]) == minutes}
+    missing = [m for m in METHODS if m not in budget]
+    if missing:
+        raise SystemExit(f"no calibration yet for {', '.join(missing)} on {task} ({minutes} min): run without "
+                         "--write-specs first")
+    algo_args = {m: ["--iterations", str(budget[m]), *method_args(m, Path("data/{task}.hdf5"),
+                                                                   Path("runs/pretrain/{task}/pretrain/seed{seed}"))]
+                 for m in METHODS}
+    table = "\n".join(f'"{m}" = {toml_list(a)}' for m, a in algo_args.items())
+    header = (f"# Generated by benchmarks/calibrate_budget.py --task {task} --minutes {minutes:g} --write-specs from\n"
+              "# benchmarks/results/budget.csv: every method runs the iterations it completed in that many minutes\n"
+              "# of training on one core of the calibration machine (equal compute, machine-independent).\n"
+              "# The DT methods of a seed share the pretrained DT of sweeps/pretrain.toml (same seed).\n")
+    common = (f'command = "finetune"\nalgos = {toml_list(METHODS)}\ntasks = {toml_list([task])}\n')
+    resources = "\n[resources]\ncpus = 1\ngpus = 0\n"
+    sweeps.mkdir(parents=True, exist_ok=True)
+    (sweeps / "tuning_cpu.toml").write_text(
+        header + "# Tuning protocol: the same grid, budget and seed for every method; the chosen setting per\n"
+        "# method is the best final score (benchmarks/results/tuning.md).\n"
+        + common + 'seeds = [0]\nout_root = "runs/tuning_cpu"\nargs = ["--preset", "cpu", "--threads", "1"]\n'
+        + f"\n[algo_args]\n{table}\n\n[overrides]\nlearning_rate = {toml_list(LEARNING_RATES)}\n"
+        + f"learning_rate_schedule = {toml_list(SCHEDULES)}\n" + resources)
+    (sweeps / "table1_cpu.toml").write_text(
+        header + "# Table 1 at CPU scale: 3 seeds, every method at its calibrated budget, its tuned cpu preset.\n"
+        + common + 'seeds = [0, 1, 2]\nout_root = "runs/table1_cpu"\nargs = ["--preset", "cpu", "--threads", "1"]\n'
+        + f"\n[algo_args]\n{table}\n" + resources)
+    print(f"wrote {sweeps / 'tuning_cpu.toml'} and {sweeps / 'table1_cpu.toml'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", default="hopper-random")
+    parser.add_argument("--minutes", type=float, default=20.0)
+    parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    parser.add_argument("--data", type=Path, help="default: data/TASK.hdf5 (built when missing)")
+    parser.add_argument("--pretrained", type=Path, help="default: runs/pretrain-TASK-cpu (pretrained when missing)")
+    parser.add_argument("--runs", type=Path, default=Path("runs/calibration"))
+    parser.add_argument("--parallel", type=int, default=1, help="methods at once (one core each)")
+    parser.add_argument("--write-specs", action="store_true", help="write the sweep specs from budget.csv and stop")
+    parser.add_argument("--sweeps", type=Path, default=Path("sweeps"))
+    parser.add_argument("--budget-csv", type=Path, default=BUDGET_CSV)
+    args = parser.parse_args()
+    if args.write_specs:
+        write_specs(args.task, args.minutes, args.sweeps, args.budget_csv)
+        return
+    args.data = args.data or Path(f"data/{args.task}.hdf5")
+    args.pretrained = args.pretrained or Path(f"runs/pretrain-{args.task}-cpu")
+    ensure_inputs(args.task, args.data, args.pretrained)
+    (args.runs / args.task).mkdir(parents=True, exist_ok=True)
+    done = {r["method"] for r in read_budget(args.budget_csv)
+            if r["task"] == args.task and float(r["minutes"]) == args.minutes}
+    todo = [m for m in args.methods if m not in done]
+    print(f"calibrating {', '.join(todo) or 'nothing (all in budget.csv)'} on {args.task}, {args.minutes:g} min each")
+    with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
+        # each result is recorded as soon as it exists: a session that ends mid-way loses no finished method
+        failed = []
+        for future in as_completed([pool.submit(calibrate, method, args) for method in todo]):
+            try:
+                append_row(future.result(), args.budget_csv)
+            except SystemExit as exc:  # one method failing must not lose the others' results
+                print(exc, file=sys.stderr)
+                failed.append(str(exc).split(":", 1)[0])
+    if failed:
+        raise SystemExit(f"calibration failed for {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main()
