@@ -13,7 +13,8 @@ reached are appended to ``benchmarks/results/budget.csv`` with the machine and t
 already in the CSV for this task and budget is skipped, an interrupted one resumed, so the script
 can be re-run across sessions. ``--write-specs`` turns the CSV into ``sweeps/tuning_cpu.toml`` (the
 same learning-rate x schedule grid for every method, seed 0) and ``sweeps/table1_cpu.toml`` (3 seeds,
-every method at its calibrated iterations).
+every method at its calibrated iterations) and ``sweeps/claims/*.toml`` (one per claim of the paper,
+3 seeds, the methods' calibrated iterations).
 """
 
 from __future__ import annotations
@@ -41,6 +42,17 @@ COLUMNS = ["task", "method", "minutes", "iterations", "env_steps", "grad_updates
 # the tuning grid every method goes through (issue: one tuning protocol for every method)
 LEARNING_RATES = [1e-4, 3e-4, 1e-3]
 SCHEDULES = ["constant", "linear"]
+# the paper's claims (Fig. 1a-e, 3a-c): algorithms and the one switch each figure changes
+CLAIMS = {
+    "fig1a_relabel": (["grpo", "ppo"], {"hindsight_relabel": [False, True]}),
+    "fig1b_full_trajectories": (["grpo"], {"full_trajectories": [False, True]}),
+    "fig1c_consistent_groups": (["grpo"], {"consistent_group_states": [True, False]}),
+    "fig1d_ratio_level": (["grpo"], {"ratio_level": ["sequence", "token", "geometric"]}),
+    "fig1e_reset_sampling": (["grpo"], {"reset_sampling": ["active", "uniform"]}),
+    "fig3a_sub_trajectory_length": (["grpo"], {"sub_trajectory_length": [5, 15, 45]}),
+    "fig3b_eval_steps": (["grpo"], {"eval_steps": [30, 100, 300]}),
+    "fig3c_q_guided": (["grpo", "grpo-q"], {}),
+}
 
 
 def cpu_name() -> str:
@@ -141,7 +153,17 @@ def write_specs(task: str, minutes: float, sweeps: Path, budget_csv: Path) -> No
         header + "# Table 1 at CPU scale: 3 seeds, every method at its calibrated budget, its tuned cpu preset.\n"
         + common + 'seeds = [0, 1, 2]\nout_root = "runs/table1_cpu"\nargs = ["--preset", "cpu", "--threads", "1"]\n'
         + f"\n[algo_args]\n{table}\n" + resources)
-    print(f"wrote {sweeps / 'tuning_cpu.toml'} and {sweeps / 'table1_cpu.toml'}")
+    (sweeps / "claims").mkdir(exist_ok=True)
+    for claim, (algos, overrides) in CLAIMS.items():
+        grid = "".join(f"{name} = {toml_list(values)}\n" for name, values in overrides.items())
+        (sweeps / "claims" / f"{claim}.toml").write_text(
+            header + f"# The paper's claim {claim}: one switch changed, budget and data per iteration kept; 3 seeds.\n"
+            + f'command = "finetune"\nalgos = {toml_list(algos)}\ntasks = {toml_list([task])}\nseeds = [0, 1, 2]\n'
+            + f'out_root = "runs/claims/{claim}"\nargs = ["--preset", "cpu", "--threads", "1"]\n'
+            + "\n[algo_args]\n" + "\n".join(f'"{m}" = {toml_list(algo_args[m])}' for m in algos) + "\n"
+            + (f"\n[overrides]\n{grid}" if grid else "") + resources)
+    print(f"wrote {sweeps / 'tuning_cpu.toml'}, {sweeps / 'table1_cpu.toml'} and {len(CLAIMS)} specs in "
+          f"{sweeps / 'claims'}")
 
 
 def main() -> None:

@@ -69,6 +69,32 @@ def test_ppo_two_iterations_from_the_cli(tiny_files, tmp_path):
     assert "eval_normalized_mean" in rows[-1]
 
 
+def test_the_relabeling_ablation_trains_on_achieved_returns(tiny_files, tmp_path, monkeypatch):
+    # the buffer's RTG tokens become the episodes' achieved returns-to-go; the log-probs stay the sampled ones
+    from dtrl.algos import ppo
+    from dtrl.algos.buffers import TrajectoryBuffer
+
+    kept = []
+    original_add = TrajectoryBuffer.add
+
+    def spy(self, trajectory, extra=None):
+        kept.append((trajectory, extra))
+        return original_add(self, trajectory, extra)
+
+    monkeypatch.setattr(TrajectoryBuffer, "add", spy)
+    _, policy = tiny_files
+    run = tmp_path / "ppo-relabel"
+    assert ppo.main(["--task", "hopper-random", "--init", str(policy), "--out", str(run), "--iterations", "1",
+                     "--trajectories-per-iteration", "2", "--update-epochs", "1", "--minibatch-size", "16",
+                     "--critic-hidden-dim", "16", "--eval-episodes", "1", "--eval-every", "0", "--device", "cpu",
+                     "--hindsight-relabel"]) == 0
+    for trajectory, extra in kept:
+        expected = np.cumsum(trajectory.rewards[::-1].astype(np.float64))[::-1]
+        np.testing.assert_allclose(extra["returns_to_go"], expected, rtol=1e-5)
+    # evaluated as ODT evaluates a relabeled policy: at the task's evaluation RTG, not g_online
+    assert json.loads((run / "final.json").read_text())["eval_target_rtg"] == 3600.0
+
+
 def test_paper_preset_follows_the_paper_per_domain():
     from dtrl.algos.ppo import PRESETS
 

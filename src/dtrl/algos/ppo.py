@@ -52,6 +52,7 @@ from dtrl.algos.common import (
     training_state,
 )
 from dtrl.config import parse_config, resolve_device
+from dtrl.data import returns_to_go
 from dtrl.envs import BatchedEnv
 from dtrl.errors import DtrlError
 from dtrl.models.critics import ValueNet, default_hidden_dim, default_layer_norm
@@ -98,8 +99,13 @@ class PPOConfig(DTFinetuneConfig):
     value_clip_eps: float | None = None
     """CleanRL's clipped value loss range (None: plain MSE)"""
 
+    hindsight_relabel: bool = False
+    """ablation (Fig. 1a): train on RTG tokens relabelled with the return each episode achieved
+    (ODT's g_t = Σ_{t' >= t} r_t'), keeping the sampling-time log-probs: the ratio then compares
+    actions under RTGs the policy never acted on (the paper's Sec. 3.1)"""
+
     def evaluates_at_online_rtg(self) -> bool:
-        return True  # never relabels: trained only at RTGs that descend from g_online
+        return not self.hindsight_relabel  # trained only at RTGs that descend from g_online
 
     def validate(self) -> None:
         super().validate()
@@ -227,7 +233,10 @@ def train(config: PPOConfig) -> dict:
                                         seeds=episode_seeds(config, iteration, config.trajectories_per_iteration),
                                         mode="sample", device=device)
             for rollout in rollouts:
-                buffer.add(rollout.to_trajectory(), rollout_extra(rollout))
+                extra = rollout_extra(rollout)
+                if config.hindsight_relabel:  # the relabeling ablation: achieved returns, old log-probs
+                    extra["returns_to_go"] = returns_to_go(rollout.rewards).astype(np.float32)
+                buffer.add(rollout.to_trajectory(), extra)
             clock.env_steps += sum(len(r) for r in rollouts)
 
             # 2. values of every buffered step under the current critic -> GAE advantages, λ-returns
