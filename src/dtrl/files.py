@@ -39,19 +39,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
     """Call ``write(handle)`` on a binary temp file next to ``path``, fsync it, rename it over ``path``.
     Whatever goes wrong before the rename (disk full, a NaN check, KeyboardInterrupt), ``path`` keeps
     its old content and the temp file is removed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = _temp_name(path, "tmp")
-    try:
-        with open(temp, "xb") as handle:
+
+    def write_file(temp: str) -> None:
+        with open(temp, "wb") as handle:
             write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    fsync_directory(path.parent)
+
+    atomic_write_with(path, write_file)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

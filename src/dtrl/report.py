@@ -468,12 +468,19 @@ def plot_performance_profile(task: str, groups: list[GroupResult], out_file: Pat
                                          else r"final return $\tau$")
     ax.set_title(task)
     ax.legend(fontsize=8)
+    save_figure(fig, out_file)
+    return True
+
+
+def save_figure(fig, out_file: Path) -> None:
+    """Write ``fig`` as a PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     try:
         atomic_write_with(out_file, lambda temp: fig.savefig(temp, dpi=110, format="png"))
     finally:
         plt.close(fig)
-    return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -544,11 +551,7 @@ def plot_task(task: str, groups: list[GroupResult], x_name: str, out_file: Path)
     ax.grid(alpha=0.3)
     if ax.lines:
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    try:
-        atomic_write_with(out_file, lambda temp: fig.savefig(temp, dpi=110, format="png"))
-    finally:
-        plt.close(fig)
+    save_figure(fig, out_file)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -86,6 +86,19 @@ def _write_policy_directory(directory, module, meta: dict, normalizer) -> Path:
     return atomic_replace_directory(directory, fill)
 
 
+def _read_policy_files(path: Path):
+    """(policy directory, model.json's contents, the normaliser) of a policy or run directory."""
+    from dtrl.data import StateNormalizer
+
+    directory = _policy_directory(path)
+    try:
+        meta = json.loads((directory / META_FILE).read_text())
+        normalizer = StateNormalizer.from_dict(json.loads((directory / NORMALIZER_FILE).read_text()))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DtrlError(f"cannot read the policy in {directory}: {exc}") from None
+    return directory, meta, normalizer
+
+
 def _policy_directory(path: Path) -> Path:
     if (path / META_FILE).is_file():
         return path
@@ -102,15 +115,9 @@ def load_policy(path, task=None, device: str = "cpu") -> LoadedPolicy:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from dtrl.data import StateNormalizer
     from dtrl.models import build_model
 
-    directory = _policy_directory(Path(path))
-    try:
-        meta = json.loads((directory / META_FILE).read_text())
-        normalizer = StateNormalizer.from_dict(json.loads((directory / NORMALIZER_FILE).read_text()))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DtrlError(f"cannot read the policy in {directory}: {exc}") from None
+    directory, meta, normalizer = _read_policy_files(Path(path))
     if meta.get("architecture") not in ("dt", "reinformer"):
         raise DtrlError(f"{directory} holds a {meta.get('architecture')!r} policy, not a Decision Transformer")
     try:
@@ -192,15 +199,9 @@ def load_actor(path, task=None, device: str = "cpu") -> LoadedActor:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from dtrl.data import StateNormalizer
     from dtrl.models.critics import build_actor
 
-    directory = _policy_directory(Path(path))
-    try:
-        meta = json.loads((directory / META_FILE).read_text())
-        normalizer = StateNormalizer.from_dict(json.loads((directory / NORMALIZER_FILE).read_text()))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DtrlError(f"cannot read the policy in {directory}: {exc}") from None
+    directory, meta, normalizer = _read_policy_files(Path(path))
     if meta.get("architecture") != ACTOR_ARCHITECTURE:
         raise DtrlError(f"{path} is not an IQL policy (architecture {meta.get('architecture')!r})")
     if task is not None:
