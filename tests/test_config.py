@@ -62,3 +62,22 @@ def test_round_trip_through_dict():
     config = parse(["--task", "hopper-random", "--model.n-layer", "3"])
     again = from_dict(ToyConfig, to_dict(config) | {"field_from_the_future": 1})
     assert again == config
+
+
+@pytest.mark.parametrize("argv", [
+    ["finetune", "--algo", "grpo", "--learning-rate", "inf"],
+    ["finetune", "--algo", "ppo", "--clip-eps", "nan"],
+    ["finetune", "--algo", "odt", "--weight-decay", "-inf"],
+    ["finetune", "--algo", "iql", "--temperature", "nan"],
+    ["finetune", "--algo", "sb3-sac", "--learning-rate", "nan"],
+    ["pretrain", "--learning-rate", "nan"],
+    ["pretrain", "--model.dropout", "nan"],
+    ["eval", "runs/x", "--target-rtg", "inf"],
+    ["data", "build", "hopper-random", "--out", "x.hdf5", "--learning-rate", "nan"],
+])
+def test_every_numeric_option_refuses_nan_and_inf(argv, tmp_path, capsys):
+    from dtrl.cli import main as cli
+
+    assert cli([*argv, "--task" if argv[0] in ("finetune", "pretrain") else "--seed",
+                "hopper-random" if argv[0] in ("finetune", "pretrain") else "0"]) == 2
+    assert "must be a finite number" in capsys.readouterr().err

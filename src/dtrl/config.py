@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, TypeVar
@@ -19,6 +20,15 @@ from typing import Literal, TypeVar
 from dtrl.errors import DtrlError
 
 C = TypeVar("C")
+
+
+def reject_non_finite(config) -> None:
+    """Refuse NaN or ±inf in any float option of ``config`` (nested configs included): no option of
+    dtrl means anything at infinity, and a NaN passes every ``<`` / ``>`` check silently."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise DtrlError(f"{f.name.replace('_', '-')} must be a finite number, got {value}")
 
 
 @dataclass
@@ -55,6 +65,7 @@ class ModelConfig:
     """Reinformer: expectile for the max-return head"""
 
     def __post_init__(self) -> None:
+        reject_non_finite(self)
         self.validate()
 
     def validate(self) -> None:
@@ -101,6 +112,7 @@ class CommonConfig:
     def __post_init__(self) -> None:
         # every construction path is checked (CLI, presets, dataclasses.replace, train(Config(...))),
         # as TRL's configs do; subclasses extend validate()
+        reject_non_finite(self)
         self.validate()
 
     def validate(self) -> None:

@@ -25,7 +25,7 @@ from rich.console import Console
 from dtrl import report
 from dtrl.algos import finetune, pretrain
 from dtrl.algos.common import EVAL_SEED_OFFSET
-from dtrl.config import resolve_device
+from dtrl.config import reject_non_finite, resolve_device
 from dtrl.data import cli as data_cli
 from dtrl.errors import DtrlError
 from dtrl.evaluation import default_context_length, default_target_rtg, evaluate
@@ -55,6 +55,7 @@ class DemoConfig:
     """start over: replace an existing demo directory"""
 
     def __post_init__(self) -> None:
+        reject_non_finite(self)
         self.validate()
 
     def validate(self) -> None:

@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 import tyro
 
-from dtrl.config import resolve_device
+from dtrl.config import reject_non_finite, resolve_device
 from dtrl.envs import BatchedEnv
 from dtrl.errors import DtrlError
 from dtrl.models.checkpoint import load_any_policy
@@ -158,6 +158,7 @@ class EvalConfig:
     """torch CPU threads (0: torch's default; 1 is much faster on a busy or 2-core machine)"""
 
     def __post_init__(self) -> None:
+        reject_non_finite(self)
         self.validate()
 
     def validate(self) -> None:

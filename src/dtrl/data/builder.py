@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from dtrl.config import reject_non_finite
 from dtrl.data.hdf5 import write_d4rl
 from dtrl.errors import DtrlError
 from dtrl.tasks import TASKS, Task, get_task
@@ -78,6 +79,7 @@ class BuildConfig:
     """show rich progress bars with ETA"""
 
     def validate(self) -> None:
+        reject_non_finite(self)
         if not self.dataset:
             raise DtrlError("missing TASK-LEVEL to build (e.g. dtrl data build hopper-medium --out hopper-medium.hdf5)")
         if not self.out:
