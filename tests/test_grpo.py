@@ -492,3 +492,24 @@ def test_reset_entropy_is_one_for_uniform_and_low_for_a_peaked_variance():
     config = small_config()
     assert grpo.reset_entropy([Flat], config) == pytest.approx(1.0)
     assert grpo.reset_entropy([Peaked], config) < 0.05
+
+
+def test_resume_of_a_finished_run_from_the_cli_changes_nothing(tiny_policy_dir, tmp_path, capsys):
+    import hashlib
+
+    from dtrl.cli import main as cli
+
+    out = tmp_path / "done"
+    assert finetune_main(cli_args(tiny_policy_dir, out, 1, "--eval-every", "0")) == 0
+
+    def digest():
+        return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.rglob("*")) if p.is_file()}
+
+    before = digest()
+    assert cli(["finetune", *cli_args(tiny_policy_dir, out, 1, "--eval-every", "0", "--resume")]) == 0
+    assert "is finished" in capsys.readouterr().out
+    ppo = ["finetune", "--algo", "ppo", "--task", TASK, "--init", str(tiny_policy_dir), "--out", str(out),
+           "--resume", "--iterations", "1", "--device", "cpu"]
+    assert cli(ppo) == 2
+    assert "holds a run of algorithm grpo, not ppo" in capsys.readouterr().err
+    assert digest() == before

@@ -235,8 +235,34 @@ def test_mark_finished(tmp_path):
     assert final["eval_normalized_mean"] == 91.5 and final["bad"] is None and "finished_at" in final
 
 
+def _tree_digest(path):
+    import hashlib
+
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_a_refused_or_empty_resume_changes_nothing(tmp_path):
+    from dtrl.errors import NothingToDo
+
+    run = RunDir.create(tmp_path / "run", {**CONFIG, "algo": "grpo", "iterations": 5})
+    run.log({"iteration": 1})
+    run.save_state({"iteration": 1}, 1)
+    run.mark_finished({"iteration": 5, "eval_normalized_mean": 50.0})
+    run.close()
+    before = _tree_digest(tmp_path / "run")
+    with pytest.raises(DtrlError, match="holds a run of algorithm grpo, not ppo"):
+        RunDir.resume(tmp_path / "run", {**CONFIG, "algo": "ppo", "iterations": 5})
+    with pytest.raises(DtrlError, match="holds a run of task"):
+        RunDir.resume(tmp_path / "run", {**CONFIG, "algo": "grpo", "task": "hopper-medium", "iterations": 5})
+    for iterations in (5, 3):  # the same or fewer iterations: a finished run has nothing left to do
+        with pytest.raises(NothingToDo, match="is finished .*eval_normalized_mean 50.0"):
+            RunDir.resume(tmp_path / "run", {**CONFIG, "algo": "grpo", "iterations": iterations})
+    assert _tree_digest(tmp_path / "run") == before
+
+
 def test_resuming_a_finished_run_makes_it_unfinished_until_it_ends_again(tmp_path):
-    run = RunDir.create(tmp_path / "run", CONFIG)
+    run = RunDir.create(tmp_path / "run", {**CONFIG, "iterations": 5})
     run.log({"iteration": 1})
     run.save_state({"iteration": 1}, 1)
     run.mark_finished({"eval_normalized_mean": 50.0})

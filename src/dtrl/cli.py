@@ -10,7 +10,7 @@ import importlib
 import os
 import sys
 
-from dtrl.errors import DtrlError
+from dtrl.errors import DtrlError, NothingToDo
 
 # command -> (module, one-line help). "data" and "finetune" dispatch further inside their modules.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         module = importlib.import_module(COMMANDS[command][0])
         return int(module.main(rest) or 0)
+    except NothingToDo as done:
+        print(f"dtrl: {done}")
+        return 0
     except DtrlError as exc:
         if os.environ.get("DTRL_DEBUG"):
             raise

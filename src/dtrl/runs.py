@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from dtrl.errors import DtrlError
+from dtrl.errors import DtrlError, NothingToDo
 from dtrl.files import atomic_write, atomic_write_text
 
 CONFIG_FILE = "config.json"
@@ -336,6 +336,14 @@ class RunDir:
         if not checkpoint.is_file():
             raise DtrlError(f"cannot resume {path}: it has no checkpoint yet ({CHECKPOINT_DIR}/{STATE_FILE}); "
                             "start it again with --force")
+        if config is not None:  # every refusal before anything is written
+            _check_same_run(path, stored, config)
+            if (path / FINAL_FILE).is_file() and not _asks_for_more(stored, config):
+                summary = json.loads((path / FINAL_FILE).read_text())
+                shown = ", ".join(f"{k} {v}" for k, v in summary.items() if k.startswith(("iteration", "eval_norm",
+                                                                                            "eval_return_mean")))
+                raise NothingToDo(f"{path} is finished ({shown}); nothing changed. Raise --iterations (or --steps) "
+                                  "to continue it")
         iteration = int(_load_checkpoint(checkpoint)["iteration"])
 
         kept = _truncate_metrics(path, iteration)
@@ -494,6 +502,20 @@ def _load_checkpoint(file: Path) -> dict:
     if not isinstance(payload, dict) or "iteration" not in payload or "state" not in payload:
         raise DtrlError(f"{file} is not a dtrl checkpoint (no iteration/state)")
     return payload
+
+
+def _check_same_run(path: Path, stored: dict, config: dict) -> None:
+    """``--resume`` continues the same experiment: another algorithm or task is refused."""
+    for key, what in (("algo", "algorithm"), ("task", "task")):
+        was, now = stored.get(key), config.get(key)
+        if was is not None and now is not None and was != now:
+            raise DtrlError(f"--resume: {path} holds a run of {what} {was}, not {now} (nothing was changed)")
+
+
+def _asks_for_more(stored: dict, config: dict) -> bool:
+    """Whether resuming a finished run with ``config`` extends it (more iterations or steps)."""
+    return any(isinstance(config.get(key), int) and isinstance(stored.get(key), int) and config[key] > stored[key]
+               for key in ("iterations", "steps"))
 
 
 def _truncate_metrics(path: Path, iteration: int) -> list[dict]:

@@ -93,11 +93,10 @@ def open_run(config: Any, algo: str):
 
     Returns ``(run, state)``: ``state`` is the last checkpoint's dict (None for a fresh run); loading
     it restores the global RNGs, so call this after the models are built."""
+    # RunDir.resume refuses another algorithm or task, and a finished run asked for nothing more,
+    # before it writes anything
     run = RunDir.open(config.out, {**to_dict(config), "algo": algo}, resume=config.resume, force=config.force)
     state = run.load_state() if config.resume else None
-    if state is not None and state.get("algo") not in (None, algo):
-        run.close()
-        raise DtrlError(f"--resume: {config.out} holds a {state.get('algo')} run, not {algo}")
     return run, state
 
 
