@@ -350,3 +350,21 @@ def test_kill_9_during_checkpointing_leaves_a_readable_checkpoint(tmp_path):
     assert torch.equal(state["big"], torch.arange(1_000_000, dtype=torch.float64) + iteration)
     assert [r["iteration"] for r in read_metrics(tmp_path / "run")] == list(range(iteration + 1))
     resumed.close()
+
+
+def test_one_writer_per_run_and_crash_leftovers_removed_on_resume(tmp_path):
+    run = RunDir.create(tmp_path / "run", CONFIG)
+    run.log({"iteration": 1})
+    run.save_state({"iteration": 1}, 1)
+    # a second writer (another terminal, a mistyped sweep) is refused while the first holds the run
+    with pytest.raises(DtrlError, match=r"is being written by pid \d+"):
+        RunDir.resume(tmp_path / "run", CONFIG)
+    run.close()
+    # what a kill -9 during a checkpoint or a policy swap leaves behind
+    (tmp_path / "run" / "checkpoints" / ".state.pt.123.abcd1234.tmp").write_bytes(b"half")
+    (tmp_path / "run" / ".policy.123.abcd1234.tmp").mkdir()
+    (tmp_path / "run" / ".policy.123.abcd1234.old").mkdir()
+    resumed = RunDir.resume(tmp_path / "run", CONFIG)
+    leftovers = [p.name for p in (tmp_path / "run").rglob(".*") if p.name.endswith((".tmp", ".old"))]
+    assert leftovers == []
+    resumed.close()

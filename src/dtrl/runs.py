@@ -60,6 +60,7 @@ POLICY_DIR = "policy"
 BEST_POLICY_DIR = "best_policy"
 # Config keys that say how a run was started, not what it computes: they may differ on resume.
 _LAUNCH_KEYS = ("resume", "force", "out")
+LOCK_FILE = ".lock"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,8 +270,11 @@ def _run_info(config: dict) -> dict:
 class RunDir:
     """A run directory opened for writing: ``create`` a new one or ``resume`` an existing one."""
 
-    def __init__(self, path: Path, config: dict, checkpoint_iteration: int | None, wall_time_offset: float):
+    def __init__(self, path: Path, config: dict, checkpoint_iteration: int | None, wall_time_offset: float,
+                 lock=None):
         self.path = path
+        self._lock = lock
+        """the open lock file: one writer per run directory at a time"""
         self.config = config
         """the config.json contents (resolved config plus ``run_info``)"""
         self.checkpoint_iteration = checkpoint_iteration
@@ -313,10 +317,11 @@ class RunDir:
             (path / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise DtrlError(f"cannot create run directory {path}: {exc.strerror}") from None
+        lock = _lock(path)
         full = _jsonable(dict(config))
         full["run_info"] = _run_info(config)
         atomic_write_json(path / CONFIG_FILE, full)
-        return cls(path, full, checkpoint_iteration=None, wall_time_offset=0.0)
+        return cls(path, full, checkpoint_iteration=None, wall_time_offset=0.0, lock=lock)
 
     @classmethod
     def resume(cls, path: str | os.PathLike, config: dict | None = None) -> RunDir:
@@ -344,6 +349,8 @@ class RunDir:
                                                                                             "eval_return_mean")))
                 raise NothingToDo(f"{path} is finished ({shown}); nothing changed. Raise --iterations (or --steps) "
                                   "to continue it")
+        lock = _lock(path)
+        _remove_leftovers(path)
         iteration = int(_load_checkpoint(checkpoint)["iteration"])
 
         kept = _truncate_metrics(path, iteration)
@@ -376,8 +383,7 @@ class RunDir:
         atomic_write_json(path / CONFIG_FILE, stored)
         if final.is_file():
             final.unlink()
-        run = cls(path, stored, checkpoint_iteration=iteration, wall_time_offset=offset)
-        return run
+        return cls(path, stored, checkpoint_iteration=iteration, wall_time_offset=offset, lock=lock)
 
     @classmethod
     def open(cls, path: str | os.PathLike, config: dict, resume: bool = False, force: bool = False) -> RunDir:
@@ -479,6 +485,9 @@ class RunDir:
             self._writer = None
         if not self._metrics_file.closed:
             self._metrics_file.close()
+        if self._lock is not None:
+            self._lock.close()  # closing the file releases the lock
+            self._lock = None
 
     def __enter__(self) -> RunDir:
         return self
@@ -502,6 +511,43 @@ def _load_checkpoint(file: Path) -> dict:
     if not isinstance(payload, dict) or "iteration" not in payload or "state" not in payload:
         raise DtrlError(f"{file} is not a dtrl checkpoint (no iteration/state)")
     return payload
+
+
+def _lock(path: Path):
+    """An exclusive lock on ``path`` for this process (released when the returned file is closed or
+    the process ends): a second writer of the same run directory gets a one-line error instead of
+    interleaving checkpoints and metrics. Where ``fcntl`` does not exist (Windows) there is no lock."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    handle = open(path / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise DtrlError(f"{path} is being written by {holder}: wait for it to end, or give another --out") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    handle.flush()
+    return handle
+
+
+def _remove_leftovers(path: Path) -> None:
+    """Temp files and set-aside folders that a crashed write left behind (``dtrl.files``' hidden
+    ``.NAME.<pid>.<id>.tmp`` / ``.old``): safe to delete once this process holds the run's lock."""
+    leftovers = [p for folder in (path, path / CHECKPOINT_DIR) if folder.is_dir()
+                 for p in folder.iterdir() if p.name.startswith(".") and p.name.endswith((".tmp", ".old"))]
+    for leftover in leftovers:
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+    if leftovers:
+        print(f"dtrl: removed {len(leftovers)} leftover(s) of an interrupted write in {path}", file=sys.stderr)
 
 
 def _check_same_run(path: Path, stored: dict, config: dict) -> None:

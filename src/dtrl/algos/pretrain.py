@@ -215,7 +215,11 @@ def train(config: PretrainConfig) -> dict:
     if not config.dataset:
         raise DtrlError("--dataset is required: a D4RL .hdf5 file, a Minari dataset id or a Minari directory")
     dataset = load_dataset(config.dataset, task)  # before the run dir: a bad --dataset leaves nothing behind
-    run = _open_run(config)
+    with _open_run(config) as run:  # closing it releases the run directory's lock
+        return _pretrain(config, run, task, device, dataset)
+
+
+def _pretrain(config: PretrainConfig, run, task, device: str, dataset) -> dict:
     seed_everything(config.seed)
 
     # 1. data and normaliser
