@@ -11,6 +11,7 @@ import os
 import sys
 
 from dtrl.errors import DtrlError, NothingToDo
+from dtrl.files import USER_FIXABLE_ERRNOS
 
 # command -> (module, one-line help). "data" and "finetune" dispatch further inside their modules.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -55,6 +56,12 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("DTRL_DEBUG"):
             raise
         print(f"dtrl: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk, a permission, a read-only mount: one line, not a traceback
+        if exc.errno not in USER_FIXABLE_ERRNOS or os.environ.get("DTRL_DEBUG"):
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"dtrl: error: {exc.strerror}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("dtrl: interrupted", file=sys.stderr)

@@ -9,12 +9,36 @@ created with ``open(..., "x")`` so it gets the usual umask permissions (``mkstem
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
+
+from dtrl.errors import DtrlError
+
+# what a user fixes outside dtrl (free space, permissions, a read-only mount): a one-line error
+USER_FIXABLE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def _disk_nearly_full(folder: Path) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < 1 << 20
+    except OSError:
+        return False
+
+
+def _refuse(path: Path, exc: BaseException) -> None:
+    """Raise a one-line DtrlError for a write that failed for a reason the user fixes; return otherwise."""
+    if isinstance(exc, OSError) and exc.errno in USER_FIXABLE_ERRNOS:
+        raise DtrlError(f"cannot write {path}: {exc.strerror}") from None
+    if isinstance(exc, Exception) and not isinstance(exc, DtrlError) and (
+            "os error 28" in str(exc) or _disk_nearly_full(path.parent)):
+        # writers in other languages say it their own way: torch "[enforce fail ...] unexpected pos",
+        # safetensors "I/O error: No space left on device (os error 28)", HDF5 its error stack
+        raise DtrlError(f"cannot write {path}: {os.strerror(errno.ENOSPC)}") from None
 
 
 def fsync_directory(directory: str | os.PathLike) -> None:
@@ -55,17 +79,18 @@ def atomic_write_with(path: str | os.PathLike, write_file: Callable[[str], objec
     """For writers that want a file name rather than a handle (h5py, matplotlib, safetensors):
     ``write_file(temp_path)`` fills a temp file next to ``path`` that then replaces ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     temp = _temp_name(path, "tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(temp, "xb"):  # claims the name with umask permissions; the writer reopens it
             pass
         write_file(str(temp))
         with open(temp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(temp, path)
-    except BaseException:
+    except BaseException as exc:
         temp.unlink(missing_ok=True)
+        _refuse(path, exc)
         raise
     fsync_directory(path.parent)
 
@@ -75,10 +100,10 @@ def atomic_replace_directory(directory: str | os.PathLike, fill: Callable[[Path]
     the old folder is moved aside, the new one renamed into place, the old one deleted. A crash
     leaves the old folder or the new one in place (and at worst a hidden staging folder beside it)."""
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
     staging = _temp_name(directory, "tmp")
-    staging.mkdir()
     try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging.mkdir()
         fill(staging)
         for file in staging.iterdir():
             with open(file, "rb") as handle:
@@ -90,8 +115,9 @@ def atomic_replace_directory(directory: str | os.PathLike, fill: Callable[[Path]
             shutil.rmtree(retired, ignore_errors=True)
         else:
             os.rename(staging, directory)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
+        _refuse(directory, exc)
         raise
     fsync_directory(directory.parent)
     return directory

@@ -328,6 +328,16 @@ def _check_out(path: str, force: bool) -> None:
         raise DtrlError(f"{path} already exists (use --force to overwrite it)")
     if os.path.isdir(path):
         raise DtrlError(f"{path} is a directory")
+    # before an hour of SAC, not after it: the folder must take a file
+    folder = os.path.dirname(os.path.abspath(path))
+    probe = os.path.join(folder, f".dtrl-write-check-{os.getpid()}")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with open(probe, "wb"):
+            pass
+        os.unlink(probe)
+    except OSError as exc:
+        raise DtrlError(f"cannot write {path}: {exc.strerror} (checked before building anything)") from None
 
 
 def build(config: BuildConfig, log: Callable[[str], None] = print) -> dict[str, Any]:

@@ -1,0 +1,76 @@
+"""What a user meets on a bad day: a full disk ends a command with one line and damages nothing."""
+
+import hashlib
+import os
+import subprocess
+import uuid
+
+import pytest
+import torch
+
+from dtrl.cli import main as cli
+from dtrl.errors import DtrlError
+from dtrl.runs import RunDir
+
+TASK = "hopper-random"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KiB tmpfs (needs root and a kernel that lets this container mount one; skipped otherwise)."""
+    mount = tmp_path / f"small-{uuid.uuid4().hex[:6]}"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (not root, or mounting is not permitted)")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def digest(folder):
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_checkpoint_that_does_not_fit_is_one_line_and_keeps_the_last_one(small_disk):
+    run = RunDir.create(small_disk / "run", {"task": TASK, "algo": "test", "seed": 0})
+    run.save_state({"iteration": 1, "weights": torch.zeros(1000)}, 1)
+    before = digest(small_disk / "run" / "checkpoints")
+    with pytest.raises(DtrlError, match="cannot write .*state.pt: No space left on device"):
+        run.save_state({"iteration": 2, "weights": torch.zeros(1_000_000)}, 2)  # 4 MB on a 256 KiB disk
+    assert digest(small_disk / "run" / "checkpoints") == before  # the last good checkpoint, no temp file
+    run.close()
+
+
+def test_finetuning_on_a_full_disk_ends_with_one_line(small_disk, tmp_path, capsys):
+    from dtrl.config import ModelConfig
+    from dtrl.data import StateNormalizer
+    from dtrl.models import build_model
+    from dtrl.models.checkpoint import save_policy
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(n_layer=2, n_head=1, embed_dim=64, context_length=4, dropout=0.0), 11, 3)
+    save_policy(tmp_path / "policy", model, StateNormalizer.identity(11), TASK)
+    code = cli(["finetune", "--algo", "grpo", "--task", TASK, "--preset", "cpu", "--init", str(tmp_path / "policy"),
+                "--out", str(small_disk / "grpo"), "--iterations", "50", "--device", "cpu", "--eval-every", "0",
+                "--trajectories-per-batch", "1", "--reset-points-per-trajectory", "1", "--group-size", "2",
+                "--eval-steps", "5", "--checkpoint-every", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err and err[-1].startswith("dtrl: error: ")
+    assert "No space left on device" in err[-1] and "Traceback" not in "\n".join(err)
+
+
+def test_data_build_checks_its_output_folder_before_collecting(tmp_path, capsys):
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(read_only)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a read-only tmpfs here")
+    try:
+        assert cli(["data", "build", TASK, "--out", str(read_only / "d.hdf5"), "--transitions", "100"]) == 2
+        err = capsys.readouterr().err
+        assert "cannot write" in err and "Read-only file system" in err and "checked before building" in err
+    finally:
+        subprocess.run(["umount", "-l", str(read_only)], capture_output=True)
