@@ -74,3 +74,49 @@ def test_data_build_checks_its_output_folder_before_collecting(tmp_path, capsys)
         assert "cannot write" in err and "Read-only file system" in err and "checked before building" in err
     finally:
         subprocess.run(["umount", "-l", str(read_only)], capture_output=True)
+
+
+def _tiny_policy(path, weights_fill=None):
+    from dtrl.config import ModelConfig
+    from dtrl.data import StateNormalizer
+    from dtrl.models import build_model
+    from dtrl.models.checkpoint import save_policy
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(n_layer=1, n_head=1, embed_dim=16, context_length=4, dropout=0.0), 11, 3)
+    if weights_fill is not None:
+        with torch.no_grad():
+            next(model.parameters()).fill_(weights_fill)
+    save_policy(path, model, StateNormalizer.identity(11), TASK)
+    return path
+
+
+def test_damaged_or_non_finite_weights_are_refused_at_load(tmp_path):
+    from dtrl.models.checkpoint import load_policy
+
+    policy = _tiny_policy(tmp_path / "policy")
+    load_policy(policy, task=TASK)  # intact: loads
+    weights = policy / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    for offset in range(len(data) - 64, len(data)):  # 64 flipped bytes in the tensor data, header intact
+        data[offset] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(DtrlError, match="does not match the checksum"):
+        load_policy(policy, task=TASK)
+    assert cli(["eval", str(policy), "--episodes", "1"]) == 2
+    with pytest.raises(DtrlError, match="NaN or infinite weights"):
+        load_policy(_tiny_policy(tmp_path / "nan", weights_fill=float("nan")), task=TASK)
+
+
+def test_saved_files_follow_the_umask(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        policy = _tiny_policy(tmp_path / "policy")
+        run = RunDir.create(tmp_path / "run", {"task": TASK, "algo": "test", "seed": 0})
+        run.save_state({"iteration": 1}, 1)
+        run.close()
+    finally:
+        os.umask(previous)
+    assert (policy.stat().st_mode & 0o777) == 0o755
+    assert (policy / "model.safetensors").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "run" / "checkpoints" / "state.pt").stat().st_mode & 0o777 == 0o644

@@ -23,6 +23,12 @@ from dtrl.errors import DtrlError
 USER_FIXABLE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _disk_nearly_full(folder: Path) -> bool:
     try:
         return shutil.disk_usage(folder).free < 1 << 20
@@ -105,7 +111,9 @@ def atomic_replace_directory(directory: str | os.PathLike, fill: Callable[[Path]
         directory.parent.mkdir(parents=True, exist_ok=True)
         staging.mkdir()
         fill(staging)
+        mode = 0o666 & ~_umask()
         for file in staging.iterdir():
+            os.chmod(file, mode)  # foreign writers (safetensors) create private 0600 files
             with open(file, "rb") as handle:
                 os.fsync(handle.fileno())
         if directory.exists():

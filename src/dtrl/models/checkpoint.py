@@ -15,6 +15,7 @@ layout: ``save_actor`` / ``load_actor``, and ``load_any_policy`` returns whichev
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,7 @@ def _write_policy_directory(directory, module, meta: dict, normalizer) -> Path:
 
     # safetensors refuses tensors that share memory; contiguous CPU copies are enough
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in module.state_dict().items()}
+    meta = {**meta, "weights_sha256": weights_digest(tensors)}
 
     def fill(staging: Path) -> None:
         save_file(tensors, str(staging / MODEL_FILE))
@@ -84,6 +86,39 @@ def _write_policy_directory(directory, module, meta: dict, normalizer) -> Path:
         (staging / NORMALIZER_FILE).write_text(json.dumps(normalizer.to_dict()))
 
     return atomic_replace_directory(directory, fill)
+
+
+def weights_digest(tensors: dict) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order: recorded in model.json
+    and checked on load, so flipped bytes in model.safetensors are found, not run."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def _load_weights(directory: Path, meta: dict) -> dict:
+    """model.safetensors, checked against model.json's digest (policies saved before it was recorded
+    are not checked) and for non-finite values."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    file = directory / MODEL_FILE
+    try:
+        state = load_file(str(file), device="cpu")
+    except (OSError, SafetensorError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DtrlError(f"cannot load the weights in {file}: {first_line}") from None
+    recorded = meta.get("weights_sha256")
+    if recorded is not None and weights_digest(state) != recorded:
+        raise DtrlError(f"{file} does not match the checksum in {META_FILE}: the file is damaged")
+    bad = [name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise DtrlError(f"{file} holds NaN or infinite weights ({', '.join(bad[:3])}): the model that was saved "
+                        "had diverged")
+    return state
 
 
 def _read_policy_files(path: Path):
@@ -112,8 +147,6 @@ def _policy_directory(path: Path) -> Path:
 def load_policy(path, task=None, device: str = "cpu") -> LoadedPolicy:
     """Load a policy directory (or ``RUN/policy``). With ``task`` (a Task or its name), refuse a model
     whose state/action sizes differ from that task's environment."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
     from dtrl.models import build_model
 
@@ -132,10 +165,10 @@ def load_policy(path, task=None, device: str = "cpu") -> LoadedPolicy:
         raise DtrlError(f"{directory}: normaliser has {normalizer.obs_dim} dims but the model takes {state_dim}")
 
     model = build_model(config, state_dim, act_dim)
+    state = _load_weights(directory, meta)
     try:
-        state = load_file(str(directory / MODEL_FILE), device="cpu")
         model.load_state_dict(state, strict=True)
-    except (OSError, SafetensorError, RuntimeError) as exc:
+    except RuntimeError as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DtrlError(f"cannot load the weights in {directory / MODEL_FILE}: {first_line}") from None
     model.to(device).eval()
@@ -196,8 +229,6 @@ def save_actor(directory, actor, normalizer, task_name: str, obs_dim: int, act_d
 def load_actor(path, task=None, device: str = "cpu") -> LoadedActor:
     """Load an MLP actor from its policy directory or run directory; with ``task``, refuse one whose
     observation/action sizes differ from that task's environment."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
     from dtrl.models.critics import build_actor
 
@@ -209,9 +240,10 @@ def load_actor(path, task=None, device: str = "cpu") -> LoadedActor:
     # actors saved before the "actor" key existed were tanh-squashed Gaussians
     actor = build_actor(meta.get("actor", "tanh-gaussian"), meta["obs_dim"], meta["act_dim"], meta["hidden_dim"],
                         meta["n_layers"], meta["actor_dropout"])
+    state = _load_weights(directory, meta)
     try:
-        actor.load_state_dict(load_file(str(directory / MODEL_FILE), device="cpu"))
-    except (OSError, SafetensorError, RuntimeError) as exc:
+        actor.load_state_dict(state)
+    except RuntimeError as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DtrlError(f"cannot load the weights in {directory / MODEL_FILE}: {first_line}") from None
     return LoadedActor(actor.to(device).eval(), normalizer, str(meta.get("task", "")), meta)
