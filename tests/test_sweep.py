@@ -247,3 +247,13 @@ def test_ray_runs_two_trials_and_second_invocation_skips_them(tmp_path, capsys, 
 
     assert cli_main(["report", "out", "--out", "report"]) == 0
     assert "| hopper-random |" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_every_trial_is_validated_before_ray_starts(tmp_path, capsys):
+    spec = tmp_path / "bad.toml"
+    spec.write_text('command = "finetune"\nalgos = ["grpo", "ppo"]\ntasks = ["hopper-random"]\n'
+                    f'out_root = "{tmp_path / "out"}"\nargs = ["--init", "runs/x"]\n'
+                    "[overrides]\nclip_eps = [0.2, -1.0]\n")
+    assert cli_main(["sweep", str(spec), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "clip_eps=-1.0" in err and "must be > 0" in err and not (tmp_path / "out").exists()

@@ -282,6 +282,24 @@ def expand_trials(spec: SweepSpec, out_root: Path) -> list[Trial]:
     return trials
 
 
+def validate_trials(trials: list[Trial]) -> None:
+    """Build every trial's config as its command would (preset, overrides, validation) before Ray
+    starts: a bad value is one line here, not a traceback in each trial's log."""
+    from dtrl.algos import finetune, pretrain
+
+    parsers = {"finetune": finetune.parse, "pretrain": pretrain.parse}
+    for trial in trials:
+        parse = parsers.get(trial.argv[0])
+        if parse is None:
+            continue
+        try:
+            parse(trial.argv[1:])
+        except DtrlError as exc:
+            raise DtrlError(f"trial {trial.run_dir}: {exc}") from None
+        except SystemExit:  # tyro printed what it could not parse
+            raise DtrlError(f"trial {trial.run_dir}: its arguments do not parse (see above)") from None
+
+
 def trial_status(run_dir: str | os.PathLike) -> str:
     """'finished' (final.json), 'resume' (has a checkpoint), 'restart' (started, no checkpoint), 'new'."""
     if is_finished(run_dir):
@@ -400,6 +418,7 @@ def run_sweep(config: SweepConfig) -> int:
         raise DtrlError(f"--max-concurrent must be >= 0, got {config.max_concurrent}")
     out_root = Path(spec.out_root).expanduser().absolute()
     trials = expand_trials(spec, out_root)
+    validate_trials(trials)
     statuses = {t.run_dir: trial_status(t.run_dir) for t in trials}
     started = [t for t in trials if statuses[t.run_dir] != "new"]
     if started and not config.resume and not config.dry_run:

@@ -63,6 +63,12 @@ def main(argv: list[str]) -> int:
             print(usage())
             return 0
         raise DtrlError(f"finetune needs --algo (choose from {', '.join(ALGORITHMS)})")
+    module, entry = _entry_point(algo)
+    return int(getattr(module, entry)(rest) or 0)
+
+
+def _entry_point(algo: str):
+    """(the algorithm's module, the name of its main function)."""
     if algo not in ALGORITHMS:
         raise DtrlError(f"unknown algorithm {algo!r} (choose from {', '.join(ALGORITHMS)})")
     module_part, _, entry = ALGORITHMS[algo][0].partition(":")
@@ -74,4 +80,14 @@ def main(argv: list[str]) -> int:
             raise DtrlError(f"algorithm {algo!r} is not available in this dtrl installation "
                             f"({module_name} missing)") from None
         raise
-    return int(getattr(module, entry or "main")(rest) or 0)
+    return module, entry or "main"
+
+
+def parse(argv: list[str]):
+    """The config ``dtrl finetune ARGV`` would run with, validated, without running anything (what
+    ``dtrl sweep`` checks every trial with before it starts Ray)."""
+    algo, rest = split_algo(list(argv))
+    if algo is None:
+        raise DtrlError(f"finetune needs --algo (choose from {', '.join(ALGORITHMS)})")
+    module, entry = _entry_point(algo)
+    return getattr(module, entry.replace("main", "parse", 1))(rest)

@@ -658,7 +658,12 @@ def train(config: GRPOConfig) -> dict:
         run.close()
 
 
+def parse(argv: list[str]) -> GRPOConfig:
+    """The run's config from the command line (a preset, then the overrides); validated, nothing run."""
+    return parse_config(GRPOConfig, argv, PRESETS, description=__doc__.split("\n\n")[0],
+                        prog="dtrl finetune --algo grpo")
+
+
 def main(argv: list[str]) -> int:
-    train(parse_config(GRPOConfig, argv, PRESETS, description=__doc__.split("\n\n")[0],
-                       prog="dtrl finetune --algo grpo"))
+    train(parse(argv))
     return 0

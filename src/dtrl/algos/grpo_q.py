@@ -173,9 +173,13 @@ def q_group_advantages(critic, states: torch.Tensor, actions: torch.Tensor, min_
 # The loop
 
 
+def parse(argv: list[str]) -> GRPOQConfig:
+    """The run's config from the command line (a preset, then the overrides); validated, nothing run."""
+    return parse_config(GRPOQConfig, argv, PRESETS, description=__doc__, prog="dtrl finetune --algo grpo-q")
+
+
 def main(argv: list[str]) -> int:
-    config = parse_config(GRPOQConfig, argv, PRESETS, description=__doc__, prog="dtrl finetune --algo grpo-q")
-    train(config)
+    train(parse(argv))
     return 0
 
 

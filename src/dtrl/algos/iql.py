@@ -229,9 +229,13 @@ class IQLAgent(torch.nn.Module):
 # The training loop
 
 
+def parse(argv: list[str]) -> IQLConfig:
+    """The run's config from the command line (a preset, then the overrides); validated, nothing run."""
+    return parse_config(IQLConfig, argv, PRESETS, description=__doc__, prog="dtrl finetune --algo iql")
+
+
 def main(argv: list[str]) -> int:
-    config = parse_config(IQLConfig, argv, PRESETS, description=__doc__, prog="dtrl finetune --algo iql")
-    train(config)
+    train(parse(argv))
     return 0
 
 

@@ -126,9 +126,13 @@ def relabeled_sampler(buffer: TrajectoryBuffer, context_length: int, policy, rng
 # The loop
 
 
+def parse(argv: list[str]) -> ODTConfig:
+    """The run's config from the command line (a preset, then the overrides); validated, nothing run."""
+    return parse_config(ODTConfig, argv, PRESETS, description=__doc__, prog="dtrl finetune --algo odt")
+
+
 def main(argv: list[str]) -> int:
-    config = parse_config(ODTConfig, argv, PRESETS, description=__doc__, prog="dtrl finetune --algo odt")
-    train(config)
+    train(parse(argv))
     return 0
 
 

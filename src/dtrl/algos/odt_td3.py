@@ -174,10 +174,14 @@ def td3_actor_loss(supervised: torch.Tensor, q: torch.Tensor, mask: torch.Tensor
 # The loop
 
 
-def main(argv: list[str]) -> int:
-    config = parse_config(ODTTD3Config, argv, PRESETS, description=__doc__.split("\n\n")[0],
+def parse(argv: list[str]) -> ODTTD3Config:
+    """The run's config from the command line (a preset, then the overrides); validated, nothing run."""
+    return parse_config(ODTTD3Config, argv, PRESETS, description=__doc__.split("\n\n")[0],
                           prog="dtrl finetune --algo odt-td3")
-    train(config)
+
+
+def main(argv: list[str]) -> int:
+    train(parse(argv))
     return 0
 
 

@@ -180,9 +180,13 @@ def trajectory_advantages(rewards: np.ndarray, values: np.ndarray, terminated: b
 # The loop
 
 
+def parse(argv: list[str]) -> PPOConfig:
+    """The run's config from the command line (a preset, then the overrides); validated, nothing run."""
+    return parse_config(PPOConfig, argv, PRESETS, description=__doc__, prog="dtrl finetune --algo ppo")
+
+
 def main(argv: list[str]) -> int:
-    config = parse_config(PPOConfig, argv, PRESETS, description=__doc__, prog="dtrl finetune --algo ppo")
-    train(config)
+    train(parse(argv))
     return 0
 
 

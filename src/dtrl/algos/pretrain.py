@@ -303,7 +303,11 @@ def _pretrain(config: PretrainConfig, run, task, device: str, dataset) -> dict:
     return last_eval
 
 
+def parse(argv: list[str]) -> PretrainConfig:
+    """The run's config from the command line (a preset, then the overrides); validated, nothing run."""
+    return parse_config(PretrainConfig, argv, PRESETS, description=__doc__.split("\n\n")[0], prog="dtrl pretrain")
+
+
 def main(argv: list[str]) -> int:
-    config = parse_config(PretrainConfig, argv, PRESETS, description=__doc__.split("\n\n")[0], prog="dtrl pretrain")
-    train(config)
+    train(parse(argv))
     return 0

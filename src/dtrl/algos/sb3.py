@@ -174,16 +174,24 @@ def train(config: SB3Config) -> dict:
         run.close()
 
 
-def _main(argv: list[str], algorithm: str) -> int:
-    config = parse_config(SB3Config, [*argv, "--algorithm", algorithm], PRESETS, description=__doc__.split("\n\n")[0],
-                          prog=f"dtrl finetune --algo sb3-{algorithm}")
-    train(config)
-    return 0
+def _parse(argv: list[str], algorithm: str) -> SB3Config:
+    return parse_config(SB3Config, [*argv, "--algorithm", algorithm], PRESETS, description=__doc__.split("\n\n")[0],
+                        prog=f"dtrl finetune --algo sb3-{algorithm}")
+
+
+def parse_sac(argv: list[str]) -> SB3Config:
+    return _parse(argv, "sac")
+
+
+def parse_ppo(argv: list[str]) -> SB3Config:
+    return _parse(argv, "ppo")
 
 
 def main_sac(argv: list[str]) -> int:
-    return _main(argv, "sac")
+    train(parse_sac(argv))
+    return 0
 
 
 def main_ppo(argv: list[str]) -> int:
-    return _main(argv, "ppo")
+    train(parse_ppo(argv))
+    return 0
