@@ -175,13 +175,29 @@ def test_unknown_task_and_unknown_source_are_one_line_errors(tmp_path):
     assert_one_line_error(excinfo, "not/a/thing")
 
 
-def test_out_of_range_actions_are_clipped_to_the_action_box(tmp_path):
+def test_slightly_out_of_range_actions_are_clipped_with_a_warning_far_ones_refused(tmp_path, capsys):
     arrays = hopper_arrays()
-    arrays["actions"][0] = [1.5, -1.2, 0.3]
+    arrays["actions"][0] = [1.05, -1.02, 0.3]  # as in D4RL's human data
     path = tmp_path / "a.hdf5"
     write_d4rl(path, arrays)
     actions = load_dataset(str(path), "hopper-medium").trajectories[0].actions
     np.testing.assert_allclose(actions[0], [1.0, -1.0, 0.3], rtol=1e-6)
+    assert "2 action value(s) up to 5.0% outside the action box were clipped" in capsys.readouterr().err
+    arrays["actions"] = arrays["actions"] * 3  # data scaled for another action space
+    write_d4rl(path, arrays)
+    with pytest.raises(DtrlError, match="outside .*scaled for another action space"):
+        load_dataset(str(path), "hopper-medium")
+
+
+def test_steps_both_terminal_and_timeout_are_terminations_with_a_warning(capsys):
+    from dtrl.data import split_episodes
+
+    rewards = np.ones(6, np.float32)
+    terminals = np.array([0, 0, 1, 0, 0, 0], bool)
+    timeouts = np.array([0, 0, 1, 0, 0, 1], bool)
+    trajectories = split_episodes(np.zeros((6, 2)), np.zeros((6, 1)), rewards, terminals, timeouts)
+    assert [(len(t), t.terminated) for t in trajectories] == [(3, True), (3, False)]
+    assert "1 step(s) are marked both terminal and timeout" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------ Minari

@@ -13,6 +13,7 @@ dimensions), for finite values and for at least one transition, and every failur
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -211,11 +212,18 @@ def _minari_trajectories(dataset: Any, task: Task, name: str) -> tuple[list[Traj
     return trajectories, attrs
 
 
+ACTION_SLACK = 0.1
+"""how far outside the action box (as a fraction of its half-width) dataset actions may lie and be
+clipped; farther is refused"""
+
+
 def validate(trajectories: list[Trajectory], task: Task | str, source: str, attrs: dict[str, Any] | None = None,
              ) -> Dataset:
     """Check trajectories against the task's env and wrap them in a ``Dataset`` (one-line DtrlError on
-    any problem). Actions are clipped into the env's action box: D4RL/Minari human data holds actions
-    slightly outside it, which the simulator clips anyway, and a tanh policy cannot represent them."""
+    any problem). Actions slightly outside the env's action box (D4RL/Minari human data has some, which
+    the simulator clips anyway and a tanh policy cannot represent) are clipped into it with a warning;
+    actions far outside it (more than ``ACTION_SLACK`` of the box's half-width) are refused: the data
+    is scaled for another action space."""
     task = _resolve_task(task)
     trajectories = [t for t in trajectories if len(t) > 0]
     if not trajectories:
@@ -239,6 +247,17 @@ def validate(trajectories: list[Trajectory], task: Task | str, source: str, attr
             values = getattr(traj, key)
             if not np.all(np.isfinite(values)):
                 raise DtrlError(f"dataset {source} has non-finite (NaN or inf) {key} in episode {index}")
-        if np.any(traj.actions < spaces.act_low) or np.any(traj.actions > spaces.act_high):
+    half_width = (np.asarray(spaces.act_high) - np.asarray(spaces.act_low)) / 2.0
+    beyond = max(float(np.max(np.maximum(t.actions - spaces.act_high, spaces.act_low - t.actions) / half_width))
+                 for t in trajectories)
+    if beyond > ACTION_SLACK:
+        raise DtrlError(f"dataset {source} has actions up to {beyond:.0%} of the action box's half-width outside "
+                        f"[{np.min(spaces.act_low):g}, {np.max(spaces.act_high):g}]: scaled for another action space?")
+    if beyond > 0:
+        clipped = sum(int(np.count_nonzero((t.actions < spaces.act_low) | (t.actions > spaces.act_high)))
+                      for t in trajectories)
+        print(f"dtrl: warning: dataset {source}: {clipped} action value(s) up to {beyond:.1%} outside the action box "
+              "were clipped into it", file=sys.stderr)
+        for traj in trajectories:
             traj.actions = np.clip(traj.actions, spaces.act_low, spaces.act_high)
     return Dataset(trajectories=trajectories, obs_dim=obs_dim, act_dim=act_dim, source=source, attrs=dict(attrs or {}))

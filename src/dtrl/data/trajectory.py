@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,7 +46,12 @@ def split_episodes(
     timeouts: np.ndarray,
 ) -> list[Trajectory]:
     """Cut flat D4RL arrays into trajectories at terminals or timeouts (a dangling tail is kept,
-    marked truncated)."""
+    marked truncated). A step flagged both terminal and timeout is a termination (the env ended there;
+    the time limit only happened to fall on it), said once on stderr."""
+    both = int(np.count_nonzero(np.logical_and(terminals, timeouts)))
+    if both:
+        print(f"dtrl: warning: {both} step(s) are marked both terminal and timeout; treated as terminations",
+              file=sys.stderr)
     ends = np.flatnonzero(np.logical_or(terminals, timeouts))
     trajectories: list[Trajectory] = []
     start = 0
