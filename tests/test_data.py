@@ -453,3 +453,50 @@ def test_info_needs_a_task_for_an_unknown_minari_source(tmp_path):
     with pytest.raises(DtrlError) as excinfo:
         describe("someone/else/data-v0")
     assert_one_line_error(excinfo, "--task")
+
+
+def _minari_hopper_dataset(dataset_id, ref_scores=None):
+    """A tiny Hopper-v5 dataset written by Minari's own writer (from episode buffers: Minari's
+    DataCollector needs jax, which dtrl does not depend on)."""
+    import gymnasium as gym
+    import minari
+    from minari.data_collector.episode_buffer import EpisodeBuffer
+
+    env = gym.make("Hopper-v5", max_episode_steps=20)
+    env.action_space.seed(0)
+    buffers = []
+    for episode in range(2):
+        obs, _ = env.reset(seed=episode)
+        observations, actions, rewards, terminations, truncations = [obs], [], [], [], []
+        done = False
+        while not done:
+            obs, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+            observations.append(obs)
+            actions.append(env.action_space.sample() * 0)
+            rewards.append(reward)
+            terminations.append(terminated)
+            truncations.append(truncated)
+            done = terminated or truncated
+        buffers.append(EpisodeBuffer(id=episode, observations=np.array(observations), actions=np.array(actions),
+                                     rewards=rewards, terminations=terminations, truncations=truncations))
+    low, high = ref_scores or (None, None)
+    minari.create_dataset_from_buffers(dataset_id, buffers, env=env, algorithm_name="uniform random",
+                                       ref_min_score=low, ref_max_score=high)
+    env.close()
+
+
+def test_a_minari_dataset_describes_its_task_and_reference_scores(tmp_path, monkeypatch, capsys):
+    from dtrl.cli import main as cli
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "store"))
+    _minari_hopper_dataset("someone/hopper/mine-v0", ref_scores=(-20.0, 3234.3))
+    # no --task: the env comes from the dataset's env_spec, the reference scores from its metadata
+    assert cli(["data", "info", "someone/hopper/mine-v0"]) == 0
+    out = capsys.readouterr().out
+    assert "task         Hopper-v5 (Hopper-v5)" in out and "score: 100 * (R - -20) / (3234.3 - -20)" in out
+    # --task still overrides (the registry's own D4RL reference scores)
+    assert cli(["data", "info", "someone/hopper/mine-v0", "--task", "hopper-medium"]) == 0
+    assert "hopper-medium" in capsys.readouterr().out
+    # a dataset recorded in another env than the task's is refused, for data info and for training
+    assert cli(["data", "info", "someone/hopper/mine-v0", "--task", "walker2d-medium"]) == 2
+    assert "recorded in Hopper-v5, but task walker2d-medium runs Walker2d-v5" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,17 +63,35 @@ def main(argv: list[str]) -> int:
     raise DtrlError(f"unknown data command {command!r} (choose from build, info)")
 
 
-def infer_task(source: str, attrs: dict[str, Any] | None = None) -> str:
-    """The task a dataset belongs to: the file's ``task`` attribute, or the registry task whose Minari
-    id it is."""
-    from dtrl.tasks import TASKS
+def infer_task(source: str, attrs: dict[str, Any] | None = None):
+    """The task a dataset belongs to: the file's ``task`` attribute, the registry task whose Minari id
+    it is, or the env a Minari dataset says it was recorded in (its ``env_spec``)."""
+    from dtrl.data.dataset import minari_env_id, minari_metadata
+    from dtrl.tasks import TASKS, get_task
 
     if attrs and attrs.get("task"):
-        return str(attrs["task"])
+        return get_task(str(attrs["task"]))
     for task in TASKS.values():
         if task.minari_id and (source == task.minari_id or source.rstrip("/").endswith(task.minari_id)):
-            return task.name
+            return task
+    env_id = minari_env_id(minari_metadata(source) or {})
+    if env_id is not None:
+        return get_task(env_id)
     raise DtrlError(f"cannot tell which task {source} belongs to: give --task (see dtrl tasks)")
+
+
+def with_dataset_reference(task, source: str):
+    """``task`` with the reference scores a Minari dataset carries (``ref_min_score`` /
+    ``ref_max_score``), when the task has none of its own: what its normalised scores are relative to."""
+    from dtrl.data.dataset import minari_metadata
+
+    if task.has_reference:
+        return task
+    metadata = minari_metadata(source) or {}
+    low, high = metadata.get("ref_min_score"), metadata.get("ref_max_score")
+    if low is None or high is None or not float(high) > float(low):
+        return task
+    return dataclasses.replace(task, ref_min_score=float(low), ref_max_score=float(high))
 
 
 def _size_bytes(path: Path) -> int | None:
@@ -91,7 +110,7 @@ def describe(source: str, task_name: str | None = None) -> str:
 
     path = Path(source)
     attrs = read_attrs(path) if source.endswith(HDF5_SUFFIXES) or path.is_file() else {}
-    task = get_task(task_name or infer_task(source, attrs))
+    task = with_dataset_reference(get_task(task_name) if task_name else infer_task(source, attrs), source)
     dataset = load_dataset(source, task)
     if looks_like_minari_id(source):
         from minari.storage import get_dataset_path
@@ -113,7 +132,7 @@ def describe(source: str, task_name: str | None = None) -> str:
     ]
     if task.has_reference:
         normalized = np.array([task.normalize(r) for r in returns])
-        lines.append(f"normalised   {normalized.mean():.1f} ± {normalized.std():.1f} (D4RL score: 100 * (R - "
+        lines.append(f"normalised   {normalized.mean():.1f} ± {normalized.std():.1f} (score: 100 * (R - "
                      f"{task.ref_min_score:g}) / ({task.ref_max_score:g} - {task.ref_min_score:g}))")
     else:
         lines.append(f"normalised   n/a ({task.name} has no D4RL reference scores; raw returns only)")

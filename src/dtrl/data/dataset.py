@@ -12,6 +12,7 @@ dimensions), for finite values and for at least one transition, and every failur
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -115,12 +116,58 @@ def load_dataset(source: str | os.PathLike, task: Task | str) -> Dataset:
         trajectories, attrs = _load_hdf5(path)
     elif path.is_dir():
         trajectories, attrs = _load_minari_dir(path, task)
+        check_dataset_env(task, attrs, source_str)
     elif looks_like_minari_id(source_str):
         trajectories, attrs = _load_minari_id(source_str, task)
+        check_dataset_env(task, attrs, source_str)
     else:
         raise DtrlError(f"dataset {source_str!r} is neither an existing .hdf5 file, a Minari dataset directory "
                         "nor a Minari id (like mujoco/hopper/medium-v0)")
     return validate(trajectories, task, source_str, attrs)
+
+
+def minari_env_id(attrs: dict[str, Any]) -> str | None:
+    """The gymnasium env id in a Minari dataset's metadata (its ``env_spec``), if it has one."""
+    spec = attrs.get("env_spec")
+    if not spec:
+        return None
+    try:
+        return str(json.loads(spec)["id"]) if isinstance(spec, str) else str(getattr(spec, "id", None) or spec["id"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _env_family(env_id: str) -> str:
+    """``AntMaze_UMaze-v4`` -> ``AntMaze_UMaze``: Minari's D4RL datasets name an older version of the
+    env that dtrl runs (same observation layout), so versions are not compared."""
+    return env_id.rsplit("-v", 1)[0]
+
+
+def check_dataset_env(task: Task, attrs: dict[str, Any], source: str) -> None:
+    """A Minari dataset recorded in another env than ``task``'s is refused (one line)."""
+    recorded = minari_env_id(attrs)
+    if recorded is not None and _env_family(recorded) != _env_family(task.env_id):
+        raise DtrlError(f"dataset {source} was recorded in {recorded}, but task {task.name} runs {task.env_id}")
+
+
+def minari_metadata(source: str) -> dict[str, Any] | None:
+    """The metadata of a Minari dataset on this machine (a dataset directory, or an id in the local
+    store; nothing is downloaded), or None when ``source`` is no such dataset."""
+    import minari
+
+    path = Path(source)
+    try:
+        if path.is_dir():
+            from minari import MinariDataset
+
+            dataset = MinariDataset(path / "data" if (path / "data").is_dir() else path)
+        elif looks_like_minari_id(source):
+            dataset = minari.load_dataset(source, download=False)
+        else:
+            return None
+    except Exception:  # not a Minari dataset, or not stored locally
+        return None
+    return dict(getattr(dataset.storage, "metadata", {}) or {})
 
 
 def _load_hdf5(path: Path) -> tuple[list[Trajectory], dict[str, Any]]:
