@@ -149,10 +149,13 @@ def write_specs(task: str, minutes: float, sweeps: Path, budget_csv: Path) -> No
         + common + 'seeds = [0]\nout_root = "runs/tuning_cpu"\nargs = ["--preset", "cpu", "--threads", "1"]\n'
         + f"\n[algo_args]\n{table}\n\n[overrides]\nlearning_rate = {toml_list(LEARNING_RATES)}\n"
         + f"learning_rate_schedule = {toml_list(SCHEDULES)}\n" + resources)
+    # Table 1 reports the DT methods at both target RTGs (they default to different ones)
+    table1 = "\n".join(f'"{m}" = {toml_list(a + (["--eval-other-rtg"] if m in NEEDS_INIT else []))}'
+                        for m, a in algo_args.items())
     (sweeps / "table1_cpu.toml").write_text(
         header + "# Table 1 at CPU scale: 3 seeds, every method at its calibrated budget, its tuned cpu preset.\n"
         + common + 'seeds = [0, 1, 2]\nout_root = "runs/table1_cpu"\nargs = ["--preset", "cpu", "--threads", "1"]\n'
-        + f"\n[algo_args]\n{table}\n" + resources)
+        + f"\n[algo_args]\n{table1}\n" + resources)
     (sweeps / "claims").mkdir(exist_ok=True)
     for claim, (algos, overrides) in CLAIMS.items():
         grid = "".join(f"{name} = {toml_list(values)}\n" for name, values in overrides.items())

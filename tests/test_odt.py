@@ -157,3 +157,16 @@ def test_odt_needs_init_and_dataset(tiny_files, tmp_path, capsys):
     assert cli(["finetune", "--algo", "odt", "--task", "hopper-random", "--init", str(policy),
                 "--out", str(tmp_path / "b")]) == 2
     assert "--dataset is required" in capsys.readouterr().err
+
+
+def test_both_target_rtgs_are_evaluated_on_request(tiny_files, tmp_path):
+    dataset, policy = tiny_files
+    run = tmp_path / "odt-both"
+    assert cli(["finetune", "--algo", "odt", "--task", "hopper-random", "--init", str(policy), "--dataset",
+                str(dataset), "--out", str(run), "--iterations", "1", "--updates-per-iteration", "2", "--batch-size",
+                "4", "--buffer-size", "4", "--eval-episodes", "1", "--eval-every", "1", "--device", "cpu",
+                "--eval-other-rtg"]) == 0
+    row = read_metrics(run)[-1]
+    # ODT is evaluated at the task's target (3600 on hopper); the other is g_online (7200)
+    assert (row["eval_target_rtg"], row["eval_other_target_rtg"]) == (3600.0, 7200.0)
+    assert row["eval_other_normalized_mean"] is not None

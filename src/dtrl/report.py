@@ -327,7 +327,8 @@ def csv_rows(groups: dict[tuple[str, str], GroupResult]) -> list[dict]:
 
 EVALUATION_COLUMNS = ["task", "algorithm", "label", "metric", "seed", "run", "finished", "iteration", "env_steps",
                       "grad_updates", "wall_time_s", "eval_normalized_mean", "eval_normalized_std",
-                      "eval_return_mean", "eval_return_std", "eval_target_rtg", "eval_context_length"]
+                      "eval_return_mean", "eval_return_std", "eval_target_rtg", "eval_context_length",
+                      "eval_other_normalized_mean", "eval_other_return_mean", "eval_other_target_rtg"]
 
 
 def evaluation_rows(runs: list[RunResult]) -> list[dict]:

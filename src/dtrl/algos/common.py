@@ -189,6 +189,19 @@ def evaluate_policy(policy, task, config: CommonConfig, device: str, target_rtg:
                     seed=EVAL_SEED_OFFSET + config.seed, device=device, context_length=context_length)
 
 
+def evaluate_dt_policy(policy, task, config: DTFinetuneConfig, device: str, eval_rtg: float) -> dict:
+    """A DT finetuning run's evaluation: at ``eval_rtg`` with the run's online context and, with
+    ``--eval-other-rtg``, also at the other target RTG (keys ``eval_other_*``)."""
+    evaluation = evaluate_policy(policy, task, config, device, eval_rtg, config.context_length)
+    if config.eval_other_rtg:
+        online, _ = online_targets(config, task)
+        other = float(task.eval_rtg) if eval_rtg == online else online
+        if other != eval_rtg:
+            extra = evaluate_policy(policy, task, config, device, other, config.context_length)
+            evaluation.update({key.replace("eval_", "eval_other_", 1): value for key, value in extra.items()})
+    return evaluation
+
+
 def log_initial_evaluation(run, clock: Clock, config: CommonConfig, evaluate_now: Callable[[], dict]) -> None:
     """Iteration 0 of a fresh run's learning curve: the init policy, evaluated exactly as later
     iterations are, so every finetuning curve starts from the score of the DT it finetunes."""
@@ -310,6 +323,10 @@ class DTFinetuneConfig(CommonConfig):
     """'linear': the policy's learning rate falls linearly from learning_rate to 0 at the last of
     ``iterations`` (CleanRL's anneal_lr), so late updates cannot undo what was learned; the schedule
     follows the iteration count, not the time limit, so a seeded run stays reproducible"""
+    eval_other_rtg: bool = False
+    """also evaluate at the other of the two target RTGs (g_online and the task's evaluation target),
+    logged as eval_other_*: methods are evaluated at different RTGs by default (g_online without
+    relabeling, ODT's lower target with it), so a comparison reports both"""
     context_length: int | None = None
     """T_eval: timesteps of history the policy sees in every online rollout (collection, groups,
     evaluation), as the official ODT code truncates the model's input online; likelihoods and ratios

@@ -41,6 +41,7 @@ from dtrl.algos.common import (
     build_dt_optimizers,
     end_of_iteration,
     episode_seeds,
+    evaluate_dt_policy,
     evaluate_policy,
     finish_run,
     log_initial_evaluation,
@@ -579,7 +580,7 @@ def train(config: GRPOConfig) -> dict:
     policy_info = {"algo": ALGO, "eval_rtg": eval_rtg, "eval_context_length": config.context_length}
 
     def evaluate_now() -> dict:
-        evaluation = evaluate_policy(evaluated, task, config, device, eval_rtg, config.context_length)
+        evaluation = evaluate_dt_policy(evaluated, task, config, device, eval_rtg)
         if averaged is not None:  # what the weight average buys over the iterate it smooths
             iterate = evaluate_policy(policy, task, config, device, eval_rtg, config.context_length)
             evaluation.update({key.replace("eval_", "eval_iterate_", 1): value for key, value in iterate.items()})
@@ -595,8 +596,7 @@ def train(config: GRPOConfig) -> dict:
             best_policy.update(evaluation, evaluated.model, policy.normalizer, task.name, policy_info, iteration)
 
     if state is None:  # the curve starts at the pretrained DT
-        log_initial_evaluation(run, clock, config,
-                               lambda: evaluate_policy(policy, task, config, device, eval_rtg, config.context_length))
+        log_initial_evaluation(run, clock, config, lambda: evaluate_dt_policy(policy, task, config, device, eval_rtg))
     last_evaluation: dict = {}
     try:
         iteration = start - 1  # the last one done: what finish_run reports when none is left to run

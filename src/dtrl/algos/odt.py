@@ -30,7 +30,7 @@ from dtrl.algos.common import (
     build_dt_optimizers,
     end_of_iteration,
     episode_seeds,
-    evaluate_policy,
+    evaluate_dt_policy,
     finish_run,
     load_offline_dataset,
     log_initial_evaluation,
@@ -158,7 +158,7 @@ def train(config: ODTConfig) -> dict:
     envs = BatchedEnv(task, config.trajectories_per_iteration, seed=config.seed)
 
     def evaluate_now() -> dict:
-        return evaluate_policy(policy, task, config, device, eval_rtg, config.context_length)
+        return evaluate_dt_policy(policy, task, config, device, eval_rtg)
 
     # how a saved policy is to be evaluated (dtrl eval reads it back)
     policy_info = {"algo": ALGO, "eval_rtg": eval_rtg, "eval_context_length": config.context_length}
