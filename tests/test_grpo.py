@@ -329,6 +329,7 @@ def test_policy_averaging_saves_and_evaluates_the_average(tiny_policy_dir, tmp_p
 
 @pytest.mark.parametrize("flags", [("--full-trajectories",), ("--full-trajectories", "--ratio-level", "token"),
                                    ("--hindsight-relabel", "--ratio-level", "token"),
+                                   ("--active-sampling-variance", "squashed"),
                                    ("--no-consistent-group-states", "--reset-sampling", "uniform")])
 def test_ablation_switches_run(tiny_policy_dir, tmp_path, flags):
     out = tmp_path / "ablation"
@@ -513,3 +514,18 @@ def test_resume_of_a_finished_run_from_the_cli_changes_nothing(tiny_policy_dir, 
     assert cli(ppo) == 2
     assert "holds a run of algorithm grpo, not ppo" in capsys.readouterr().err
     assert digest() == before
+
+
+def test_squashed_variance_is_the_variance_of_the_action():
+    from dtrl.models.distributions import ActionDistribution
+
+    mu = torch.tensor([[0.0, 0.0], [3.0, -3.0]], dtype=torch.float64)
+    log_std = torch.full((2, 2), math.log(0.05), dtype=torch.float64)
+    dist = ActionDistribution(mu, log_std)
+    # the pre-tanh variance is the same at both states; the action barely moves where tanh saturates
+    assert dist.variance[0] == pytest.approx(dist.variance[1])
+    assert dist.squashed_variance[1] < 1e-3 * dist.squashed_variance[0]
+    generator = torch.Generator().manual_seed(0)
+    samples = torch.tanh(mu + log_std.exp() * torch.randn((200_000, 2, 2), generator=generator, dtype=torch.float64))
+    monte_carlo = samples.var(dim=0).mean(dim=-1)
+    torch.testing.assert_close(dist.squashed_variance, monte_carlo, rtol=0.05, atol=1e-12)

@@ -115,6 +115,8 @@ class RolloutTrajectory:
     """g_0, the target return the episode was conditioned on"""
     seed: int | None = None
     """the env reset seed"""
+    squashed_action_variance: np.ndarray | None = None
+    """[T] float32 per-step variance of the squashed action (``ActionDistribution.squashed_variance``)"""
     snapshots: list | None = None
     """env snapshot taken before step t (``len == T``), when ``record_snapshots`` was asked"""
 
@@ -455,6 +457,7 @@ def rollout_episodes(
     returns_to_go = np.zeros((num_envs, horizon), np.float64)
     log_probs = np.zeros((num_envs, horizon), np.float32)
     variances = np.zeros((num_envs, horizon), np.float32)
+    squashed_variances = np.zeros((num_envs, horizon), np.float32)
     snapshots: list[list] | None = [[] for _ in range(num_envs)] if record_snapshots else None
     lengths = np.zeros(num_envs, np.int64)
     terminated = np.zeros(num_envs, bool)
@@ -490,6 +493,7 @@ def rollout_episodes(
             if mode == "sample":
                 log_probs[rows, t] = dist.log_prob(action).float().cpu().numpy()[rows]
             variances[rows, t] = dist.variance.float().cpu().numpy()[rows]
+            squashed_variances[rows, t] = dist.squashed_variance.float().cpu().numpy()[rows]
 
             obs, reward = _step_envs(envs, action_np, active, rows, rtg, lengths, terminated, truncated)
             rewards[rows, t] = reward[rows]
@@ -504,7 +508,8 @@ def rollout_episodes(
             observations=observations[i, :n].copy(), actions=actions_rec[i, :n].copy(),
             rewards=rewards[i, :n].copy(), returns_to_go=returns_to_go[i, :n].copy(),
             timesteps=np.arange(n, dtype=np.int64), log_probs=log_probs[i, :n].copy(),
-            action_variance=variances[i, :n].copy(), terminated=bool(terminated[i]),
+            action_variance=variances[i, :n].copy(), squashed_action_variance=squashed_variances[i, :n].copy(),
+            terminated=bool(terminated[i]),
             truncated=bool(truncated[i]), target_rtg=float(target_rtg), seed=int(seeds[i]),
             snapshots=snapshots[i] if snapshots is not None else None,
         ))

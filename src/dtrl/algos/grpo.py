@@ -127,6 +127,9 @@ class GRPOConfig(DTFinetuneConfig):
     """reset points drawn from softmax(action variance) ('active', Sec. 3.2) or uniformly (ablation Fig. 1e)"""
     active_sampling_temperature: float = 1.0
     """temperature of the active-sampling softmax (the paper: 1)"""
+    active_sampling_variance: Literal["pre_tanh", "squashed"] = "pre_tanh"
+    """which per-step action variance active sampling softmaxes: of the pre-tanh Gaussian (log-std up
+    to 2 makes it swing from ~uniform to near-argmax), or of the squashed action tanh(u) (first order)"""
     consistent_group_states: bool = True
     """all G members of a group start from the same reset point (off: each member from its own; Fig. 1c)"""
     full_trajectories: bool = False
@@ -241,10 +244,14 @@ class GroupBatch:
     achieved returns"""
 
 
-def reset_distribution(trajectory, uniform: bool, temperature: float) -> np.ndarray:
+def reset_distribution(trajectory, uniform: bool, temperature: float, variance: str = "pre_tanh") -> np.ndarray:
     """Line 5's distribution over the steps of ``trajectory``: softmax(action variance / temperature),
     or uniform."""
-    variances = torch.as_tensor(trajectory.action_variance, dtype=torch.float64)
+    recorded = trajectory.action_variance if variance == "pre_tanh" else trajectory.squashed_action_variance
+    if recorded is None:
+        raise DtrlError("this trajectory was recorded without squashed action variances (an older checkpoint): "
+                        "resume it with --active-sampling-variance pre_tanh")
+    variances = torch.as_tensor(recorded, dtype=torch.float64)
     probs = objectives.active_sampling_probs(variances, temperature=temperature, uniform=uniform).numpy()
     return probs / probs.sum()
 
@@ -254,17 +261,18 @@ def reset_entropy(trajectories: list, config: GRPOConfig) -> float:
     uniform over the steps, 0: one step certain): how sharply active sampling concentrates."""
     ratios = []
     for trajectory in trajectories:
-        probs = reset_distribution(trajectory, config.reset_sampling == "uniform", config.active_sampling_temperature)
+        probs = reset_distribution(trajectory, config.reset_sampling == "uniform", config.active_sampling_temperature,
+                                   config.active_sampling_variance)
         if len(probs) > 1:
             ratios.append(float(-(probs * np.log(np.clip(probs, 1e-300, None))).sum() / np.log(len(probs))))
     return float(np.mean(ratios)) if ratios else 1.0
 
 
 def sample_reset_points(trajectory, count: int, rng: np.random.Generator, uniform: bool,
-                        temperature: float) -> np.ndarray:
+                        temperature: float, variance: str = "pre_tanh") -> np.ndarray:
     """Line 5: ``count`` distinct steps of ``trajectory`` (fewer distinct ones if it is shorter) drawn
     from softmax(action variance / temperature), or uniformly."""
-    probs = reset_distribution(trajectory, uniform, temperature)
+    probs = reset_distribution(trajectory, uniform, temperature, variance)
     replace = count > len(probs)
     return np.sort(rng.choice(len(probs), size=count, replace=replace, p=probs))
 
@@ -277,7 +285,8 @@ def branch_starts(trajectories: list, config: GRPOConfig, history_length: int, r
     for trajectory in trajectories:
         points = sample_reset_points(trajectory, config.reset_points_per_trajectory * per_group, rng,
                                      uniform=config.reset_sampling == "uniform",
-                                     temperature=config.active_sampling_temperature)
+                                     temperature=config.active_sampling_temperature,
+                                     variance=config.active_sampling_variance)
         if not config.consistent_group_states:
             rng.shuffle(points)  # members of a group come from unrelated steps
         for k in range(config.reset_points_per_trajectory):

@@ -134,21 +134,35 @@ class BranchableEnv(gym.Wrapper):
         return self._last_obs.copy(), info
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
+        self._check_can_step()
+        if not np.all(np.isfinite(action)):
+            raise self._non_finite_action(action)
+        obs, reward, terminated, truncated, info = self._raw.step(action)
+        terminated, truncated = self._record_step(flatten_observation(self.task, obs), bool(terminated),
+                                                  bool(truncated))
+        return self._last_obs.copy(), float(reward), terminated, truncated, info
+
+    # The checks and bookkeeping of step(), shared with BatchedEnv's fast path (fast.py), which steps
+    # the physics itself and must leave this wrapper exactly as step() would.
+    def _check_can_step(self) -> None:
         if self._needs_reset:
             raise DtrlError(f"{self.task.name}: step() before reset() or restore()")
         if self._episode_over:
             raise DtrlError(f"{self.task.name}: step() after the episode ended (reset or restore first)")
-        if not np.all(np.isfinite(action)):
-            # MuJoCo would warn and silently reset the simulation on the resulting bad accelerations.
-            raise DtrlError(f"{self.task.name}: non-finite action {np.asarray(action).tolist()}")
-        obs, reward, terminated, truncated, info = self._raw.step(action)
+
+    def _non_finite_action(self, action: np.ndarray) -> DtrlError:
+        # MuJoCo would warn and silently reset the simulation on the resulting bad accelerations.
+        return DtrlError(f"{self.task.name}: non-finite action {np.asarray(action).tolist()}")
+
+    def _record_step(self, observation: np.ndarray, terminated: bool, truncated: bool) -> tuple[bool, bool]:
+        """Count the step against the time limit and keep its observation (float32, owned by the
+        wrapper from now on); returns (terminated, truncated) with the time limit applied."""
         self._derived_outdated = False
         self.elapsed_steps += 1
-        truncated = bool(truncated) or self.elapsed_steps >= self.max_episode_steps
-        terminated = bool(terminated)
+        truncated = truncated or self.elapsed_steps >= self.max_episode_steps
         self._episode_over = terminated or truncated
-        self._last_obs = flatten_observation(self.task, obs)
-        return self._last_obs.copy(), float(reward), terminated, truncated, info
+        self._last_obs = observation
+        return terminated, truncated
 
     def snapshot(self) -> EnvSnapshot:
         """The exact current state, picklable; ``restore`` puts any env of this task into it."""

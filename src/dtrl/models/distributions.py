@@ -82,6 +82,16 @@ class ActionDistribution:
             return torch.zeros(self.mu.shape[:-1], dtype=self.mu.dtype, device=self.mu.device)
         return (2.0 * self.log_std).exp().mean(dim=-1)
 
+    @property
+    def squashed_variance(self) -> torch.Tensor:
+        """Per step [...]: mean over action dims of the variance of the *action* tanh(u), to first order
+        (delta method): (1 - tanh(mu)^2)^2 sigma^2. Unlike the pre-tanh variance it does not grow
+        without bound where the mean is saturated at +-1, where the actions barely vary."""
+        if self.deterministic:
+            return torch.zeros(self.mu.shape[:-1], dtype=self.mu.dtype, device=self.mu.device)
+        slope = 1.0 - torch.tanh(self.mu) ** 2
+        return (slope * slope * (2.0 * self.log_std).exp()).mean(dim=-1)
+
     def _require_stochastic(self, what: str) -> None:
         if self.deterministic:
             raise DtrlError(
