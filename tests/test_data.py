@@ -500,3 +500,46 @@ def test_a_minari_dataset_describes_its_task_and_reference_scores(tmp_path, monk
     # a dataset recorded in another env than the task's is refused, for data info and for training
     assert cli(["data", "info", "someone/hopper/mine-v0", "--task", "walker2d-medium"]) == 2
     assert "recorded in Hopper-v5, but task walker2d-medium runs Walker2d-v5" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("with_next", [False, True])
+def test_d4rl_to_minari_to_d4rl_round_trip(tmp_path, monkeypatch, capsys, with_next):
+    import minari
+
+    from dtrl.cli import main as cli
+    from dtrl.data import read_d4rl
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "store"))
+    arrays = hopper_arrays(episode_lengths=(5, 12, 3), terminal_last=False)
+    if with_next:
+        arrays["next_observations"] = np.roll(arrays["observations"], -1, axis=0) + 1.0
+    source = tmp_path / "hopper.hdf5"
+    write_d4rl(source, arrays, {"task": "hopper-medium", "builder": "test builder"})
+    minari_id = f"dtrltest/hopper/export{int(with_next)}-v0"
+    assert cli(["data", "export", str(source), "--minari-id", minari_id]) == 0
+    assert f"wrote Minari dataset {minari_id}: 3 episodes, 20 steps" in capsys.readouterr().out
+    # Minari's own reader sees the env, the reference scores and the algorithm
+    exported = minari.load_dataset(minari_id)
+    metadata = exported.storage.metadata
+    assert exported.spec.env_spec.id == "Hopper-v5" and metadata["algorithm_name"] == "test builder"
+    assert (metadata["ref_min_score"], metadata["ref_max_score"]) == (-20.272305, 3234.3)
+    if with_next:  # the final observation of an episode is its next_observation
+        first = next(iter(exported.iterate_episodes()))
+        np.testing.assert_array_equal(first.observations[-1], arrays["next_observations"][4])
+    # ... and dtrl reads it back as the same D4RL arrays
+    again = load_dataset(minari_id, "hopper-medium")
+    back = tmp_path / "back.hdf5"
+    write_d4rl(back, {
+        "observations": np.concatenate([t.observations for t in again.trajectories]),
+        "actions": np.concatenate([t.actions for t in again.trajectories]),
+        "rewards": np.concatenate([t.rewards for t in again.trajectories]),
+        "terminals": np.concatenate([np.arange(len(t)) == len(t) - 1 if t.terminated else np.zeros(len(t), bool)
+                                     for t in again.trajectories]),
+        "timeouts": np.concatenate([np.arange(len(t)) == len(t) - 1 if t.truncated else np.zeros(len(t), bool)
+                                   for t in again.trajectories]),
+    })
+    original, returned = read_d4rl(source), read_d4rl(back)
+    for key in ("observations", "actions", "rewards", "terminals", "timeouts"):
+        np.testing.assert_array_equal(original[key], returned[key])
+    # an existing id is refused, not overwritten
+    assert cli(["data", "export", str(source), "--minari-id", minari_id]) == 2

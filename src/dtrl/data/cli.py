@@ -12,13 +12,15 @@ import numpy as np
 
 from dtrl.errors import DtrlError
 
-USAGE = """usage: dtrl data {build,info} ...
+USAGE = """usage: dtrl data {build,info,export} ...
 
   build TASK-LEVEL --out FILE [--transitions N] [--seed S] [--force] ...
         make a D4RL-layout .hdf5 locally: random (uniform actions), medium (SAC trained to ~1/3 of
         expert, rolled out), medium-replay (that SAC run's replay buffer)
   info  FILE|MINARI_ID|MINARI_DIR [--task T]
         size, episodes, return mean ± std (raw and D4RL-normalised), dimensions, source attributes
+  export FILE --minari-id NAMESPACE/NAME-v0 [--task T] [--store DIR]
+        write a D4RL-layout file as a Minari dataset (env spec, reference scores, algorithm name)
 
 dtrl data build --help / dtrl data info --help list every option."""
 
@@ -31,6 +33,20 @@ class InfoConfig:
     """a D4RL-layout .hdf5 file, a Minari dataset id (mujoco/hopper/medium-v0) or a Minari dataset directory"""
     task: str | None = None
     """task to validate against and normalise with (default: from the file's attributes or the Minari id)"""
+
+
+@dataclass
+class ExportConfig:
+    """``dtrl data export FILE --minari-id NS/NAME-v0``: write a dataset as a Minari dataset."""
+
+    source: str = ""
+    """a D4RL-layout .hdf5 file (or a Minari dataset) to export"""
+    minari_id: str = ""
+    """the Minari dataset id to create, namespace/name-vN (required)"""
+    task: str | None = None
+    """the dataset's task (default: from the file's attributes)"""
+    store: str | None = None
+    """Minari datasets folder to write into (default: MINARI_DATASETS_PATH or Minari's own)"""
 
 
 def _parse(config_cls: type, argv: list[str], positional: str, label: str, prog: str, description: str):
@@ -55,6 +71,10 @@ def main(argv: list[str]) -> int:
 
         config = _parse(BuildConfig, rest, "dataset", "TASK-LEVEL", "dtrl data build", BuildConfig.__doc__)
         build(config)
+        return 0
+    if command == "export":
+        config = _parse(ExportConfig, rest, "source", "FILE", "dtrl data export", ExportConfig.__doc__)
+        print(export(config))
         return 0
     if command == "info":
         config = _parse(InfoConfig, rest, "source", "FILE|MINARI_ID|MINARI_DIR", "dtrl data info", InfoConfig.__doc__)
@@ -92,6 +112,29 @@ def with_dataset_reference(task, source: str):
     if low is None or high is None or not float(high) > float(low):
         return task
     return dataclasses.replace(task, ref_min_score=float(low), ref_max_score=float(high))
+
+
+def export(config: ExportConfig) -> str:
+    from dtrl.data.dataset import HDF5_SUFFIXES, load_dataset
+    from dtrl.data.hdf5 import read_attrs, read_d4rl
+    from dtrl.data.minari_export import export_minari
+    from dtrl.tasks import get_task
+
+    if not config.minari_id:
+        raise DtrlError("dtrl data export: --minari-id NAMESPACE/NAME-v0 is required")
+    path = Path(config.source)
+    hdf5 = config.source.endswith(HDF5_SUFFIXES) or path.is_file()
+    attrs = read_attrs(path) if hdf5 else {}
+    task = with_dataset_reference(get_task(config.task) if config.task else infer_task(config.source, attrs),
+                                  config.source)
+    dataset = load_dataset(config.source, task)
+    next_observations = read_d4rl(path).get("next_observations") if hdf5 else None
+    exported = export_minari(dataset, task, config.minari_id, next_observations=next_observations,
+                             algorithm_name=str(attrs.get("builder") or attrs.get("algorithm_name") or "unknown"),
+                             store=config.store)
+    return (f"wrote Minari dataset {config.minari_id}: {exported.total_episodes} episodes, "
+            f"{exported.total_steps} steps ({task.name}, {task.env_id}); load it with "
+            f"minari.load_dataset({config.minari_id!r}) or --dataset {config.minari_id}")
 
 
 def _size_bytes(path: Path) -> int | None:
