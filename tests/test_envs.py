@@ -15,7 +15,10 @@ from dtrl.tasks import get_task
 # One task per env family, plus gymnasium envs with no registry entry (the generic mechanism;
 # Humanoid reads stale `xipos` before stepping).
 FAMILY_TASKS = ["hopper-medium", "walker2d-medium", "ant-medium", "antmaze-umaze",
-                "door-human", "hammer-human", "pen-human", "HalfCheetah-v5", "Humanoid-v5"]
+                "door-human", "hammer-human", "pen-human", "HalfCheetah-v5", "Humanoid-v5",
+                # gymnasium-robotics MuJoCo envs beyond the paper: registry tasks and generic ids
+                "antmaze-large-diverse", "relocate-human", "AntMaze_Medium-v5", "PointMaze_UMaze-v3",
+                "AdroitHandRelocate-v1"]
 STEPS_BEFORE_SNAPSHOT = 30
 STEPS_AFTER_RESTORE = 120
 

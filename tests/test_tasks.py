@@ -5,11 +5,27 @@ from dtrl.errors import DtrlError
 from dtrl.tasks import TASKS, get_task
 
 
-def test_registry_has_the_papers_17_datasets():
+def test_registry_has_the_papers_17_datasets_and_the_larger_d4rl_ones():
     expected = {f"{e}-{kind}" for e in ("hopper", "walker2d", "ant") for kind in ("random", "medium", "medium-replay")}
     expected |= {"antmaze-umaze", "antmaze-umaze-diverse"}
     expected |= {f"{e}-{kind}" for e in ("door", "hammer", "pen") for kind in ("human", "cloned")}
-    assert set(TASKS) == expected
+    assert len(expected) == 17
+    beyond = {f"antmaze-{maze}-{kind}" for maze in ("medium", "large") for kind in ("play", "diverse")}
+    beyond |= {f"relocate-{level}" for level in ("human", "cloned", "expert")}
+    assert set(TASKS) == expected | beyond
+    relocate, large = get_task("relocate-human"), get_task("antmaze-large-diverse")
+    assert (relocate.env_id, relocate.ref_min_score, relocate.ref_max_score) == ("AdroitHandRelocate-v1", -6.425911,
+                                                                                   4233.877797728884)
+    assert (large.env_id, large.max_episode_steps, large.minari_id) == ("AntMaze_Large-v5", 1000,
+                                                                         "D4RL/antmaze/large-diverse-v1")
+
+
+def test_gymnasium_robotics_mujoco_envs_are_generic_tasks():
+    for env_id in ("AntMaze_Large-v5", "PointMaze_Medium-v3", "AdroitHandRelocate-v1"):
+        assert get_task(env_id).domain == "generic"
+    assert get_task("AntMaze_Large-v5").family == "antmaze"
+    with pytest.raises(DtrlError, match="not a MuJoCo env"):
+        get_task("CartPole-v1")
 
 
 def test_normalisation_uses_d4rl_reference_scores():

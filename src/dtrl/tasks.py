@@ -110,13 +110,21 @@ _TABLE6: dict[str, tuple[int, float, float, float, int, int, float, float, float
 }
 # A gymnasium MuJoCo env outside the paper gets the settings of its closest kind: random-data locomotion.
 _GENERIC_TABLE6_ROW = "hopper-random"
+# D4RL datasets beyond the paper's 17 take the row of the paper's closest task (the paper has none):
+# the larger AntMazes antmaze-umaze's, relocate door-cloned's with its own target return (the experts
+# score ~4200; ODT+TD3's commands condition relocate on 50 at rewards / 100, i.e. 5000)
+_TABLE6_STAND_IN = {**{f"antmaze-{maze}-{kind}": ("antmaze-umaze", {}) for maze in ("medium", "large")
+                       for kind in ("play", "diverse")},
+                    **{f"relocate-{level}": ("door-cloned", {"online_rtg": 5000.0})
+                       for level in ("human", "cloned", "expert")}}
 
 
 def _table6_fields(name: str) -> dict[str, Any]:
-    bs, rtg, gamma, lr, l_traj, l_eval, clip, eps_grpo, etpr, t_eval = _TABLE6[name]
+    row, overrides = (name, {}) if name in _TABLE6 else _TABLE6_STAND_IN[name]
+    bs, rtg, gamma, lr, l_traj, l_eval, clip, eps_grpo, etpr, t_eval = _TABLE6[row]
     return dict(batch_size=bs, online_rtg=float(rtg), gamma=gamma, learning_rate=lr, sub_trajectory_length=l_traj,
                 eval_steps=l_eval, clip_eps=clip, min_group_deviation=eps_grpo, init_temperature=etpr,
-                context_eval=t_eval)
+                context_eval=t_eval) | overrides
 
 
 # Per family: env id, horizon and the evaluation RTG (ODT's convention: half of g_online on MuJoCo).
@@ -164,6 +172,26 @@ def _build_registry() -> dict[str, Task]:
             eval_rtg=1.0, context_train=context_train,
             minari_id=f"D4RL/antmaze/{level}-v1", d4rl_name=f"{name}-v2", **_table6_fields(name),
         )
+    # D4RL's larger AntMazes (not in the paper): 1000-step episodes, the umaze settings
+    for maze in ("medium", "large"):
+        for kind in ("play", "diverse"):
+            name = f"antmaze-{maze}-{kind}"
+            tasks[name] = Task(
+                name=name, env_id=f"AntMaze_{maze.capitalize()}-v5", family="antmaze", domain="antmaze",
+                level=f"{maze}-{kind}",
+                env_kwargs={"continuing_task": False, "include_cfrc_ext_in_observation": False},
+                max_episode_steps=1000, ref_min_score=0.0, ref_max_score=1.0, reward_scale=1.0, eval_rtg=1.0,
+                context_train=5, minari_id=f"D4RL/antmaze/{maze}-{kind}-v1", d4rl_name=f"{name}-v2",
+                buildable=(), **_table6_fields(name),
+            )
+    for level in ("human", "cloned", "expert"):  # Adroit relocate (not in the paper)
+        name = f"relocate-{level}"
+        low, high = refs["relocate"]
+        tasks[name] = Task(
+            name=name, env_id="AdroitHandRelocate-v1", family="relocate", domain="adroit", level=level,
+            max_episode_steps=200, ref_min_score=low, ref_max_score=high, reward_scale=1000.0, eval_rtg=5000.0,
+            context_train=5, minari_id=f"D4RL/relocate/{level}-v2", d4rl_name=f"{name}-v1", **_table6_fields(name),
+        )
     for family, spec in _ADROIT.items():
         for level in ("human", "cloned"):
             name = f"{family}-{level}"
@@ -203,6 +231,13 @@ def register_all() -> None:
     _gymnasium_robotics_registered = True
 
 
+# gymnasium's own MuJoCo envs, and gymnasium-robotics' MuJoCo ones (mazes with the ant or the point
+# mass, the Adroit hand, Fetch, the Shadow hand, the Franka kitchen)
+_MUJOCO_ENTRY_POINTS = ("mujoco", "gymnasium_robotics.envs.maze", "gymnasium_robotics.envs.adroit_hand",
+                        "gymnasium_robotics.envs.fetch", "gymnasium_robotics.envs.shadow_dexterous_hand",
+                        "gymnasium_robotics.envs.franka_kitchen")
+
+
 def _generic_task(env_id: str) -> Task:
     """A task for any gymnasium MuJoCo env id: horizon from its spec, raw-return scores."""
     import gymnasium as gym
@@ -214,12 +249,13 @@ def _generic_task(env_id: str) -> Task:
         known = ", ".join(sorted(TASKS))
         raise DtrlError(f"unknown task {env_id!r}: not a dtrl task ({known}) nor a gymnasium env id ({exc})") from None
     entry = str(spec.entry_point)
-    if "mujoco" not in entry:
+    if not any(kind in entry for kind in _MUJOCO_ENTRY_POINTS):
         raise DtrlError(f"unknown task {env_id!r}: gymnasium env {env_id} is not a MuJoCo env ({entry})")
     steps = spec.max_episode_steps or 1000
     # g_online 0: no reference return to aim at (the GRPO-DT preset asks the caller for one)
     settings = _table6_fields(_GENERIC_TABLE6_ROW) | dict(online_rtg=0.0)
-    return Task(name=env_id, env_id=env_id, family="generic", domain="generic", max_episode_steps=steps,
+    family = "antmaze" if env_id.startswith("AntMaze") else "generic"  # the ant's stale xpos (envs/snapshot.py)
+    return Task(name=env_id, env_id=env_id, family=family, domain="generic", max_episode_steps=steps,
                 reward_scale=1000.0, eval_rtg=0.0, context_train=20,
                 buildable=("random", "medium", "medium-replay"), **settings)
 

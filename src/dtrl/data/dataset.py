@@ -138,9 +138,10 @@ def minari_env_id(attrs: dict[str, Any]) -> str | None:
 
 
 def _env_family(env_id: str) -> str:
-    """``AntMaze_UMaze-v4`` -> ``AntMaze_UMaze``: Minari's D4RL datasets name an older version of the
-    env that dtrl runs (same observation layout), so versions are not compared."""
-    return env_id.rsplit("-v", 1)[0]
+    """``AntMaze_Medium_Diverse_GR-v4`` -> ``AntMaze``: Minari's D4RL datasets name older versions and
+    goal-sampling variants of the envs dtrl runs (same observation layout), so only the robot and
+    the kind of env are compared."""
+    return env_id.rsplit("-v", 1)[0].split("_")[0]
 
 
 def check_dataset_env(task: Task, attrs: dict[str, Any], source: str) -> None:

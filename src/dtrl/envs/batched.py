@@ -8,6 +8,10 @@ Worker processes each own a contiguous slice of the copies and exchange one pick
 call (the whole slice's actions in, its observations/rewards/flags out), so the per-call overhead
 is per worker, not per copy. The same ``_EnvSlice`` code runs in-process and in workers, so both
 give bit-identical results.
+
+Hopper, Walker2d, HalfCheetah and Ant (gymnasium v5) step through a fast path (``fast.py``) that
+calls ``mj_step`` directly and computes observations, rewards and flags for all copies with numpy,
+bit-identical to stepping each copy's ``BranchableEnv``; other envs step copy by copy.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from dtrl.errors import DtrlError
 from dtrl.tasks import Task, get_task
 
 from .env import BranchableEnv, EnvSnapshot, make
+from .fast import FastStepper, fast_stepper
 
 # A call to the workers and back costs ~0.1-0.2 ms of wall clock (benchmarks/results/envs.md, on a
 # loaded 2-core machine), about one Hopper step; with 8 copies per worker that fixed cost is a
@@ -46,12 +51,16 @@ def default_num_workers(num_envs: int, cpu_count: int | None = None) -> int:
 
 
 class _EnvSlice:
-    """A list of envs and the batched operations on them (runs in the main process or a worker)."""
+    """A list of envs and the batched operations on them (runs in the main process or a worker).
 
-    def __init__(self, task: Task, count: int):
+    ``fast``: step through ``FastStepper`` where it covers the env (False: always copy by copy, the
+    reference the fast path is tested against)."""
+
+    def __init__(self, task: Task, count: int, fast: bool = True, num_threads: int = 1):
         self.envs: list[BranchableEnv] = [make(task) for _ in range(count)]
         obs_dim = self.envs[0].obs_dim if self.envs else 0
         self.last_obs = np.zeros((count, obs_dim), np.float32)
+        self.fast: FastStepper | None = fast_stepper(self.envs, num_threads) if fast else None
 
     def reset(self, local: Sequence[int], seeds: Sequence[int | None]) -> np.ndarray:
         for i, seed in zip(local, seeds):
@@ -68,6 +77,11 @@ class _EnvSlice:
         rewards = np.zeros(count, np.float64)
         terminated = np.zeros(count, bool)
         truncated = np.zeros(count, bool)
+        if self.fast is not None and self.fast.accepts(actions):
+            indices = np.flatnonzero(active)
+            obs, rewards[indices], terminated[indices], truncated[indices] = self.fast.step(actions, indices)
+            self.last_obs[indices] = obs
+            return self.last_obs.copy(), rewards, terminated, truncated
         for i in np.flatnonzero(active):
             obs, rewards[i], terminated[i], truncated[i], _ = self.envs[i].step(actions[i])
             self.last_obs[i] = obs
@@ -77,15 +91,17 @@ class _EnvSlice:
         return [self.envs[i].snapshot() for i in local]
 
     def close(self) -> None:
+        if self.fast is not None:
+            self.fast.close()
         for env in self.envs:
             env.close()
 
 
-def _worker_main(conn, task: Task, count: int) -> None:
+def _worker_main(conn, task: Task, count: int, fast: bool = True, num_threads: int = 1) -> None:
     """Worker process loop: build the slice, then answer (command, args) messages until "close"."""
     try:
-        envs = _EnvSlice(task, count)
-        conn.send(("ok", envs.last_obs.shape[1]))
+        envs = _EnvSlice(task, count, fast, num_threads)
+        conn.send(("ok", envs.fast is not None))
     except BaseException as exc:  # report construction failures instead of dying silently
         conn.send(("error", _describe(exc)))
         conn.close()
@@ -131,10 +147,14 @@ class BatchedEnv:
         seed: copy i's first ``reset()`` without seeds uses ``seed + i``.
         start_method: multiprocessing start method for workers (default: forkserver where
             available, else spawn; fork is unsafe once torch has started threads).
+        fast: use the fast path (module docstring) where it covers the env; False steps every copy
+            through ``BranchableEnv.step`` (same results, slower).
+        num_threads: threads stepping the fast path's copies in this process (or in each worker);
+            results do not depend on it. More threads than free cores only add switching.
     """
 
     def __init__(self, task: str | Task, num_envs: int, num_workers: int | None = None, seed: int = 0,
-                 start_method: str | None = None):
+                 start_method: str | None = None, fast: bool = True, num_threads: int = 1):
         self.task = task if isinstance(task, Task) else get_task(task)
         if num_envs < 1:
             raise DtrlError(f"BatchedEnv needs num_envs >= 1, got {num_envs}")
@@ -142,6 +162,8 @@ class BatchedEnv:
             num_workers = default_num_workers(num_envs)
         if num_workers < 0:
             raise DtrlError(f"BatchedEnv needs num_workers >= 0, got {num_workers}")
+        if num_threads < 1:
+            raise DtrlError(f"BatchedEnv needs num_threads >= 1, got {num_threads}")
         self.num_envs = num_envs
         self.num_workers = min(num_workers, num_envs)
         self.seed = seed
@@ -150,6 +172,8 @@ class BatchedEnv:
         self._local: _EnvSlice | None = None
         self._conns: list = []
         self._procs: list = []
+        self._fast, self._num_threads = fast, num_threads
+        self.uses_fast_path = False  # the copies step through fast.py (it covers the env and `fast` is on)
         # Copy i lives in worker _owner[i] at position _position[i] of its slice.
         bounds = np.linspace(0, num_envs, max(self.num_workers, 1) + 1).round().astype(int)
         self._slices = [range(bounds[w], bounds[w + 1]) for w in range(len(bounds) - 1)]
@@ -157,8 +181,9 @@ class BatchedEnv:
         self._position = np.concatenate([np.arange(len(s)) for s in self._slices])
 
         if self.num_workers == 0:
-            self._local = _EnvSlice(self.task, num_envs)
+            self._local = _EnvSlice(self.task, num_envs, fast, num_threads)
             spaces_from = self._local.envs[0]
+            self.uses_fast_path = self._local.fast is not None
         else:
             self._start_workers(start_method)
             spaces_from = make(self.task)
@@ -177,13 +202,13 @@ class BatchedEnv:
         try:
             for piece in self._slices:
                 parent_end, child_end = context.Pipe()
-                proc = context.Process(target=_worker_main, args=(child_end, self.task, len(piece)), daemon=True)
+                proc = context.Process(target=_worker_main, daemon=True,
+                                       args=(child_end, self.task, len(piece), self._fast, self._num_threads))
                 proc.start()
                 child_end.close()
                 self._conns.append(parent_end)
                 self._procs.append(proc)
-            for w in range(len(self._conns)):
-                self._receive(w)
+            self.uses_fast_path = all([self._receive(w) for w in range(len(self._conns))])
         except BaseException:
             self.close()
             raise
