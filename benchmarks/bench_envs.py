@@ -3,6 +3,7 @@ raw ``mj_step`` rate of the same model measured in the same run.
 
     python benchmarks/bench_envs.py                 # full run, writes benchmarks/results/envs.md
     python benchmarks/bench_envs.py --quick         # smaller batches, fewer repeats
+    python benchmarks/bench_envs.py --only-fast-path  # just the fast-path table, updated in place (~1 min)
 
 It also runs an exactness sweep over 15 MuJoCo envs (snapshots replayed in worker processes).
 
@@ -54,6 +55,16 @@ class Args:
     """tasks for the exactness sweep (all gymnasium MuJoCo v5 envs plus the registry's families)"""
     exactness_steps: int = 300
     """steps replayed after each of 4 snapshots in the exactness sweep"""
+    fast_path_task: str = "hopper-medium"
+    """task for the fast-path table (BatchedEnv's exact fast path against bare mj_step)"""
+    fast_path_envs: int = 256
+    """copies N for the fast-path table"""
+    fast_path_threads: list[int] = field(default_factory=lambda: [1, 2])
+    """BatchedEnv num_threads values for the fast-path table"""
+    fast_path_steps: int = 20
+    """batched steps per fast-path measurement"""
+    only_fast_path: bool = False
+    """run only the fast-path table and replace its section in ``out`` (the other tables stay as they are)"""
     quick: bool = False
     """smaller batches and fewer repeats (a smoke run)"""
     out: Path = Path(__file__).parent / "results" / "envs.md"
@@ -185,6 +196,121 @@ def bench_batched(args: Args) -> list[dict]:
     return rows
 
 
+def bench_fast_path(args: Args) -> list[dict]:
+    """BatchedEnv in one process (no workers) against bare ``mj_step`` on the same copies, for the
+    per-env path and the fast path with each thread count."""
+    variants = [("per-env (fast=False)", False, 1)] + [(f"fast path, {t} thread{'s' * (t > 1)}", True, t)
+                                                       for t in args.fast_path_threads]
+    rows = []
+    for label, fast, threads in variants:
+        rows.append(_fast_path_row(args, label, fast, threads))
+        print(rows[-1], flush=True)
+    return rows
+
+
+def _fast_path_row(args: Args, label: str, fast: bool, threads: int) -> dict:
+    """Each repeat restores the N copies to one set of snapshots, runs ``fast_path_steps`` batched
+    steps of random actions, then restores again and runs the same actions through a bare loop
+    ``data.ctrl[:] = a; mj_step(model, data, nstep=frame_skip)`` over the same ``MjData`` objects.
+    Both simulate the same states, so the ratio is pure overhead. Wall clock and this process's CPU
+    time (all threads) are both kept; the bare loop uses one core."""
+    task = _benchmark_task(args.fast_path_task)
+    count, steps = args.fast_path_envs, args.fast_path_steps
+    best = {"batched_wall": float("inf"), "batched_cpu": float("inf"),
+            "bare_wall": float("inf"), "bare_cpu": float("inf")}
+    with BatchedEnv(task, count, num_workers=0, seed=0, fast=fast, num_threads=threads) as envs:
+        if envs.uses_fast_path != fast:
+            raise RuntimeError(f"{task.name}: expected uses_fast_path={fast}")
+        envs.reset()
+        start = envs.snapshot()
+        actions = np.random.default_rng(0).uniform(-1, 1, (steps, count, envs.act_dim)).astype(np.float32)
+        raws = [_mujoco_env(env) for env in envs._local.envs]
+        copies = [(raw.model, raw.data, raw.data.ctrl) for raw in raws]
+        frame_skip = raws[0].frame_skip
+
+        def batched():
+            for step_actions in actions:
+                envs.step(step_actions)
+
+        def bare():
+            for step_actions in actions:
+                for (model, data, ctrl), action in zip(copies, step_actions):
+                    ctrl[:] = action
+                    mujoco.mj_step(model, data, nstep=frame_skip)
+
+        for _ in range(args.repeats):  # interleaved, so both see the same machine load
+            for name, fn in (("batched", batched), ("bare", bare)):
+                envs.restore(start)
+                wall, cpu = time.perf_counter(), time.process_time()
+                fn()
+                best[f"{name}_wall"] = min(best[f"{name}_wall"], time.perf_counter() - wall)
+                best[f"{name}_cpu"] = min(best[f"{name}_cpu"], time.process_time() - cpu)
+    env_steps = steps * count
+    return {
+        "task": args.fast_path_task, "num_envs": count, "variant": label,
+        "rate": env_steps / best["batched_wall"], "bare_rate": env_steps / best["bare_wall"],
+        "wall_ratio": best["bare_wall"] / best["batched_wall"], "cpu_ratio": best["bare_cpu"] / best["batched_cpu"],
+    }
+
+
+def fast_path_section(args: Args, rows: list[dict]) -> str:
+    model = _cpu_model()
+    return f"""## BatchedEnv fast path against bare mj_step
+
+- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; machine: {model},
+  {_usable_cpus()} CPU cores usable; mujoco {mujoco.__version__}
+- command: `python benchmarks/bench_envs.py{' --only-fast-path' if args.only_fast_path else ''}`
+
+`BatchedEnv({args.fast_path_task}, {args.fast_path_envs}, num_workers=0)`, {args.fast_path_steps} steps of random
+float32 actions, no policy, episodes never end; `bare mj_step`: `data.ctrl[:] = a; mj_step(model, data,
+nstep=frame_skip)` over the same copies from the same states, one core. `ratio`: bare time / BatchedEnv
+time, wall clock (above 1 needs threads on free cores); `CPU ratio`: the same with this process's CPU
+time (all its threads), i.e. the share of the work that is MuJoCo's. Best of {args.repeats} interleaved repeats.
+The fast path is bit-identical to the per-env path (tests/test_fast_envs.py).
+
+{_table(rows, [("task", "task", "s"), ("num_envs", "N", "d"), ("variant", "BatchedEnv", "s"),
+               ("rate", "env steps/s", ".0f"), ("bare_rate", "bare mj_step env steps/s", ".0f"),
+               ("wall_ratio", "ratio", ".2f"), ("cpu_ratio", "CPU ratio", ".2f")])}
+"""
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _usable_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def _replace_section(text: str, section: str) -> str:
+    """``text`` with the section titled like ``section`` replaced by it (inserted before the
+    exactness sweep, or appended, if absent)."""
+    title = section.splitlines()[0]
+    if title in text:
+        start = text.index(title)
+        end = text.find("\n## ", start + len(title))
+        return text[:start] + section + (text[end:] if end >= 0 else "")
+    marker = "## Exactness sweep"
+    if marker in text:
+        at = text.index(marker)
+        return text[:at] + section + "\n" + text[at:]
+    return text.rstrip("\n") + "\n\n" + section
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
+        tmp.write(text)
+    os.replace(tmp.name, path)
+    print(f"wrote {path}")
+
+
 def check_exactness(args: Args) -> list[dict]:
     """Not a speed number: for each task take 4 snapshots at random points of one episode (smooth,
     policy-like actions), record the next ``exactness_steps`` steps under noisy actions, then replay
@@ -259,8 +385,8 @@ def _table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
 
 
 def write_report(args: Args, snapshot_rows: list[dict], batched_rows: list[dict], round_trip_s: float,
-                 exactness_rows: list[dict], seconds: float) -> None:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+                 fast_rows: list[dict], exactness_rows: list[dict], seconds: float) -> None:
+    cpus = _usable_cpus()
     python = f"{platform.python_implementation()} {platform.python_version()}"
     default_workers = {n: default_num_workers(n) for n in (8, 64, 512)}
     text = f"""# dtrl.envs benchmark
@@ -281,7 +407,8 @@ def write_report(args: Args, snapshot_rows: list[dict], batched_rows: list[dict]
                             for r in snapshot_rows])} us per step over the gymnasium env's own step
   (noise level: some rows come out negative).
 - in-process BatchedEnv reaches {_range([r["cpu_ratio"] for r in batched_rows if r["workers"] == 0], ".2f")} of the bare
-  `mj_step` rate in CPU terms: the rest is the gymnasium envs' Python step code.
+  `mj_step` rate in CPU terms (Hopper and Ant take the fast path; the fast-path table compares it
+  with the per-env path).
 - 2 workers vs in-process on this shared 2-core machine (wall clock, same task and N):
   {_range([w["wall_rate"] / i["wall_rate"] for w in batched_rows for i in batched_rows
            if w["workers"] > 0 and i["workers"] == 0
@@ -318,7 +445,8 @@ Fixed cost of one call to 2 workers and back (no env work): {1e6 * round_trip_s:
                        ("wall_ratio", "ratio", ".2f"), ("cpu_ratio", "CPU ratio", ".2f"),
                        ("group_restore_us_per_copy", "group restore (us/copy)", ".1f"),
                        ("snapshot_all_us_per_copy", "snapshot all (us/copy)", ".1f")])}
-"""
+
+{fast_path_section(args, fast_rows)}"""
     text += f"""
 ## Exactness sweep (correctness, not speed)
 
@@ -331,11 +459,7 @@ random steps.
 {_table(exactness_rows, [("task", "task", "s"), ("env", "env id", "s"), ("steps_compared", "steps compared", "d"),
                          ("exact", "bit-exact", "s")])}
 """
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=args.out.parent, delete=False, suffix=".tmp") as tmp:
-        tmp.write(text)
-    os.replace(tmp.name, args.out)
-    print(f"wrote {args.out}")
+    _write_atomically(args.out, text)
 
 
 def main() -> None:
@@ -345,13 +469,19 @@ def main() -> None:
         args.repeats = 2
         args.env_steps_per_measure = 256
         args.exactness_steps = 50
+    if args.only_fast_path:
+        section = fast_path_section(args, bench_fast_path(args))
+        _write_atomically(args.out, _replace_section(args.out.read_text() if args.out.exists() else "", section))
+        return
     started = time.perf_counter()
     snapshot_rows = bench_snapshots(args)
     batched_rows = bench_batched(args)
     round_trip_s = bench_pipe_round_trip(args)
     print(f"pipe round trip: {1e6 * round_trip_s:.0f} us")
+    fast_rows = bench_fast_path(args)
     exactness_rows = check_exactness(args)
-    write_report(args, snapshot_rows, batched_rows, round_trip_s, exactness_rows, time.perf_counter() - started)
+    write_report(args, snapshot_rows, batched_rows, round_trip_s, fast_rows, exactness_rows,
+                 time.perf_counter() - started)
 
 
 if __name__ == "__main__":

@@ -368,3 +368,15 @@ def test_one_writer_per_run_and_crash_leftovers_removed_on_resume(tmp_path):
     leftovers = [p.name for p in (tmp_path / "run").rglob(".*") if p.name.endswith((".tmp", ".old"))]
     assert leftovers == []
     resumed.close()
+
+
+def test_track_logs_to_weights_and_biases_offline(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = RunDir.create(tmp_path / "run", {**CONFIG, "track": True, "wandb_project": "dtrl-test"})
+    run.log({"iteration": 1, "losses/policy": 0.5})
+    run.close()
+    wandb_id = read_config(tmp_path / "run")["run_info"]["wandb_id"]
+    offline = list((tmp_path / "run" / "wandb").glob(f"offline-run-*-{wandb_id}"))
+    assert offline and list(offline[0].glob("*.wandb"))  # the run's W&B record, ready for `wandb sync`

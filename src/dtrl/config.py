@@ -108,6 +108,13 @@ class CommonConfig:
     """episodes per evaluation"""
     checkpoint_every: int = 1
     """write a checkpoint every N iterations (a crash loses at most N)"""
+    track: bool = False
+    """also log to Weights & Biases, as CleanRL's --track (pip install 'dtrl[wandb]'); WANDB_MODE=offline
+    works without a network (upload later with `wandb sync RUN/wandb/...`)"""
+    wandb_project: str = "dtrl"
+    """Weights & Biases project of --track"""
+    wandb_entity: str | None = None
+    """Weights & Biases entity (user or team) of --track; None: the logged-in default"""
 
     def __post_init__(self) -> None:
         # every construction path is checked (CLI, presets, dataclasses.replace, train(Config(...))),

@@ -45,7 +45,8 @@ ALGO_ORDER = ["DT", "Reinformer", "IQL", "ODT", "ODT+TD3", "PPO-DT", "GRPO-DT", 
 X_KEYS = {"iterations": "iteration", "env_steps": "env_steps", "wall_time_s": "wall_time_s"}
 # config keys that say how or where a run was launched, never what it computes
 _NOT_HYPERPARAMETERS = {"seed", "out", "run_info", "resume", "force", "device", "init", "dataset", "task",
-                        "algo", "preset", "eval_every", "eval_episodes", "checkpoint_every", "command"}
+                        "algo", "preset", "eval_every", "eval_episodes", "checkpoint_every", "command", "threads",
+                        "track", "wandb_project", "wandb_entity"}
 
 
 @dataclass

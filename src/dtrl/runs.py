@@ -42,6 +42,7 @@ import shutil
 import socket
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -317,9 +318,12 @@ class RunDir:
             (path / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise DtrlError(f"cannot create run directory {path}: {exc.strerror}") from None
+        _check_tracking(config)
         lock = _lock(path)
         full = _jsonable(dict(config))
         full["run_info"] = _run_info(config)
+        if config.get("track"):
+            full["run_info"]["wandb_id"] = uuid.uuid4().hex[:12]  # the same W&B run across resumes
         atomic_write_json(path / CONFIG_FILE, full)
         return cls(path, full, checkpoint_iteration=None, wall_time_offset=0.0, lock=lock)
 
@@ -349,6 +353,7 @@ class RunDir:
                                                                                             "eval_return_mean")))
                 raise NothingToDo(f"{path} is finished ({shown}); nothing changed. Raise --iterations (or --steps) "
                                   "to continue it")
+        _check_tracking(config or stored)
         lock = _lock(path)
         _remove_leftovers(path)
         iteration = int(_load_checkpoint(checkpoint)["iteration"])
@@ -401,6 +406,9 @@ class RunDir:
     def _tensorboard(self):
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
+
+            if self.config.get("track"):
+                self._wandb = _start_wandb(self.path, self.config)  # mirrors the TensorBoard scalars
 
             # purge_step hides events a crashed run wrote past its checkpoint, as metrics.jsonl does.
             purge = None if self.resumed_from is None else self.resumed_from + 1
@@ -485,6 +493,9 @@ class RunDir:
             self._writer = None
         if not self._metrics_file.closed:
             self._metrics_file.close()
+        if getattr(self, "_wandb", None) is not None:
+            self._wandb.finish()
+            self._wandb = None
         if self._lock is not None:
             self._lock.close()  # closing the file releases the lock
             self._lock = None
@@ -511,6 +522,26 @@ def _load_checkpoint(file: Path) -> dict:
     if not isinstance(payload, dict) or "iteration" not in payload or "state" not in payload:
         raise DtrlError(f"{file} is not a dtrl checkpoint (no iteration/state)")
     return payload
+
+
+def _check_tracking(config: dict) -> None:
+    if config.get("track"):
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise DtrlError("--track logs to Weights & Biases, which is not installed: "
+                            "pip install 'dtrl[wandb]'") from None
+
+
+def _start_wandb(path: Path, config: dict):
+    """A W&B run that mirrors the run's TensorBoard scalars (CleanRL's ``sync_tensorboard``), resumed
+    under the same id after a crash; its files live in RUN/wandb."""
+    import wandb
+
+    run_info = config.get("run_info", {})
+    return wandb.init(project=config.get("wandb_project") or "dtrl", entity=config.get("wandb_entity"),
+                      id=run_info.get("wandb_id"), resume="allow", name=path.name, dir=str(path),
+                      config={k: v for k, v in config.items() if k != "run_info"}, sync_tensorboard=True)
 
 
 def _lock(path: Path):

@@ -54,7 +54,7 @@ class StepRules:
     env_kwargs). Copies stepped together must have equal rules."""
 
     family: str
-    """"hopper", "walker2d", "halfcheetah" or "ant" """
+    """one of hopper, walker2d, halfcheetah, ant"""
     frame_skip: int
     dt: float
     """gymnasium's ``env.dt``: ``model.opt.timestep * frame_skip`` (these envs never change the timestep)"""
