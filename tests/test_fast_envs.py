@@ -96,7 +96,7 @@ def test_fast_path_is_bit_identical_to_per_env_steps(name):
 def test_env_kwargs_are_respected():
     """Settings come from the env (a task's env_kwargs), not from gymnasium's defaults."""
     task = _task("hopper-random", forward_reward_weight=2.0, ctrl_cost_weight=0.3, healthy_reward=-1,
-                 healthy_z_range=(0.9, 2.0), healthy_angle_range=(-0.3, 0.25), healthy_state_range=(-50.0, 50.0),
+                 healthy_z_range=(0.9, 2.0), healthy_angle_range=(-0.3, 0.25), healthy_state_range=(-4.0, 4.0),
                  exclude_current_positions_from_observation=False, frame_skip=3)
     seen = _compare_runs(task, np.random.default_rng(1), 300)
     assert seen["terminated"] > 0
@@ -107,6 +107,23 @@ def test_env_kwargs_are_respected():
 
 def test_threads_give_the_same_results():
     _compare_runs(_task("walker2d-random"), np.random.default_rng(4), 200, num_threads=3)
+
+
+def test_workers_take_the_fast_path_too():
+    task = _task("hopper-random")
+    with BatchedEnv(task, 4, num_workers=2, seed=0) as remote, \
+            BatchedEnv(task, 4, num_workers=0, seed=0, fast=False) as reference:
+        assert remote.uses_fast_path and remote.num_workers == 2
+        assert np.array_equal(remote.reset(), reference.reset())
+        rng = np.random.default_rng(6)
+        for t in range(100):
+            actions = rng.uniform(-1, 1, (4, remote.act_dim)).astype(np.float32)
+            got, want = remote.step(actions), reference.step(actions)
+            assert all(np.array_equal(x, y) for x, y in zip(got, want)), f"differ at step {t}"
+            ended = np.flatnonzero(got[2] | got[3])
+            if ended.size:
+                assert np.array_equal(remote.reset(indices=ended), reference.reset(indices=ended))
+        _assert_same_snapshots(remote.snapshot(), reference.snapshot(), "workers")
 
 
 def test_unsupported_envs_and_settings_take_the_per_env_path():

@@ -141,9 +141,9 @@ def paper_preset(task_name: str) -> GRPOQConfig:
 
 def cpu_preset(task_name: str) -> GRPOQConfig:
     task = get_task(task_name)
-    return GRPOQConfig(task=task.name, preset="cpu", iterations=20, buffer_size=16, trajectories_per_update=2,
-                       group_size=8, minibatch_size=32, critic_updates_per_iteration=30, critic_batch_size=64,
-                       critic_warmup_iterations=3, eval_every=5, eval_episodes=5,
+    return GRPOQConfig(task=task.name, preset="cpu", threads=1, iterations=20, buffer_size=16,
+                       trajectories_per_update=2, group_size=8, minibatch_size=32, critic_updates_per_iteration=30,
+                       critic_batch_size=64, critic_warmup_iterations=3, eval_every=5, eval_episodes=5,
                        **(_table6(task) | {"learning_rate": 1e-4}))
 
 

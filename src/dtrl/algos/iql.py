@@ -162,8 +162,8 @@ def _domain_settings(task: Task) -> dict:
 
 def cpu_preset(task_name: str) -> IQLConfig:
     task = get_task(task_name)
-    return IQLConfig(task=task_name, preset="cpu", offline_steps=5_000, iterations=10, env_steps_per_iteration=1_000,
-                     eval_every=5, eval_episodes=5, **_domain_settings(task))
+    return IQLConfig(task=task_name, preset="cpu", threads=1, offline_steps=5_000, iterations=10,
+                     env_steps_per_iteration=1_000, eval_every=5, eval_episodes=5, **_domain_settings(task))
 
 
 def paper_preset(task_name: str) -> IQLConfig:

@@ -103,7 +103,7 @@ def paper_preset(task_name: str) -> ODTConfig:
 
 def cpu_preset(task_name: str) -> ODTConfig:
     task = get_task(task_name)
-    return ODTConfig(task=task.name, preset="cpu", iterations=20, trajectories_per_iteration=1,
+    return ODTConfig(task=task.name, preset="cpu", threads=1, iterations=20, trajectories_per_iteration=1,
                      updates_per_iteration=30, buffer_size=200, eval_every=5, eval_episodes=5,
                      **(_settings(task) | {"batch_size": 64, "learning_rate": 1e-4}))
 

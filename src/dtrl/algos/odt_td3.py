@@ -153,7 +153,7 @@ def paper_preset(task_name: str) -> ODTTD3Config:
 
 def cpu_preset(task_name: str) -> ODTTD3Config:
     task = get_task(task_name)
-    return ODTTD3Config(task=task.name, preset="cpu", iterations=20, updates_per_iteration=30, batch_size=64,
+    return ODTTD3Config(task=task.name, preset="cpu", threads=1, iterations=20, updates_per_iteration=30, batch_size=64,
                         critic_warmup_steps=200, eval_every=5, eval_episodes=5,
                         **(_official_settings(task) | {"buffer_size": 200}))
 

@@ -137,7 +137,7 @@ def paper_preset(task_name: str) -> PPOConfig:
 def cpu_preset(task_name: str) -> PPOConfig:
     task = get_task(task_name)
     settings = _table6(task) | {"trajectories_per_iteration": 4, "learning_rate": 1e-4}
-    return PPOConfig(task=task.name, preset="cpu", iterations=20, update_epochs=2, minibatch_size=32,
+    return PPOConfig(task=task.name, preset="cpu", threads=1, iterations=20, update_epochs=2, minibatch_size=32,
                      eval_every=5, eval_episodes=5, **settings)
 
 

@@ -75,7 +75,8 @@ class PretrainConfig(CommonConfig):
     optimiser and the action-distribution maths in fp32) — 2-3x faster on CPUs with AVX512-BF16 and on
     recent GPUs; pretraining only: online finetuning stays fp32 so importance ratios start at exactly 1"""
     threads: int = 0
-    """torch CPU threads (0: torch's default, one per core; 1 is much faster on a busy or 2-core machine)"""
+    """torch CPU threads (0: torch's default, one per core). The cpu preset uses 1: its small model ran
+    ~16x slower with torch's default on a 2-core machine with another job running"""
     model: ModelConfig = field(default_factory=ModelConfig)
     """the transformer backbone"""
 
@@ -134,7 +135,7 @@ def cpu_preset(task_name: str) -> PretrainConfig:
     reaches in 300 steps the NLL that 3e-4 needs ~1000 for)."""
     task = get_task(task_name)
     return PretrainConfig(
-        task=task.name, preset="cpu", steps=3000, steps_per_iteration=100, eval_every=10, eval_episodes=10,
+        task=task.name, preset="cpu", threads=1, steps=3000, steps_per_iteration=100, eval_every=10, eval_episodes=10,
         batch_size=64, learning_rate=1e-3, warmup_steps=300,
         model=_model_for_task(task, n_layer=3, n_head=1, embed_dim=64, context_length=min(10, task.context_train),
                               dropout=0.1, activation="silu"),

@@ -3,9 +3,10 @@ their observations, rewards and flags computed for all copies at once with numpy
 
 ``BranchableEnv.step`` goes through gymnasium's ``env.step`` in Python: ~15 small numpy calls and a
 dict per step, which cost about as much as Hopper's physics (BatchedEnv reached ~0.4-0.6 of the bare
-``mj_step`` rate, benchmarks/results/envs.md). Here the per-copy Python work is the three MuJoCo calls
-gymnasium makes (``data.ctrl[:] = action``, ``mj_step(nstep=frame_skip)``, ``mj_rnePostConstraint``)
-and one ``mj_getState`` into a preallocated row; everything else is vectorised over the copies.
+``mj_step`` rate, benchmarks/results/envs.md). Here the per-copy Python work is what gymnasium's
+``MujocoEnv._step_mujoco_simulation`` does (``data.ctrl[:] = action``, ``mj_step(nstep=frame_skip)``,
+``mj_rnePostConstraint``) plus one ``mj_getState`` into a preallocated row; everything else is
+vectorised over the copies.
 
 Exactness: the results are bit-identical to ``BranchableEnv.step`` (tests/test_fast_envs.py). The
 formulas are gymnasium v5's (``HopperEnv.step``, ``_get_obs``, ``_get_rew``, ``is_healthy``...) with
@@ -19,7 +20,7 @@ the physics runs in each copy's own ``MjData``, so snapshot/restore/reset work u
 
 Not covered (``fast_stepper`` returns None, BatchedEnv keeps the per-env path): other envs or
 subclasses, ``render_mode="human"`` (gymnasium renders inside step), settings that are not plain
-numbers, and actions that are not float32/float64 arrays (``FastStepper.accepts``).
+numbers; and, call by call, actions that are not float32/float64 (``FastStepper.accepts``).
 """
 
 from __future__ import annotations
