@@ -120,3 +120,11 @@ def test_saved_files_follow_the_umask(tmp_path):
     assert (policy.stat().st_mode & 0o777) == 0o755
     assert (policy / "model.safetensors").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "run" / "checkpoints" / "state.pt").stat().st_mode & 0o777 == 0o644
+
+
+def test_data_build_on_a_full_disk_is_one_line_and_leaves_nothing(small_disk, capsys):
+    # 20k random Hopper transitions do not fit in 256 KiB
+    assert cli(["data", "build", TASK, "--out", str(small_disk / "d.hdf5"), "--transitions", "20000"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"dtrl: error: cannot write {small_disk / 'd.hdf5'}: No space left on device"
+    assert not any("Traceback" in line for line in err) and list(small_disk.iterdir()) == []

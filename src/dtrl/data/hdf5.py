@@ -8,6 +8,7 @@ Layout (all arrays share the first dimension N = number of transitions):
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from dtrl.errors import DtrlError
-from dtrl.files import atomic_write_with
+from dtrl.files import atomic_write
 
 REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
 """keys every D4RL-layout file must hold"""
@@ -94,17 +95,18 @@ def write_d4rl(path: str | os.PathLike, arrays: Mapping[str, np.ndarray],
         if len(value) != n:
             raise DtrlError(f"cannot write {path}: {key} has {len(value)} rows but rewards has {n}")
 
-    def write_file(temp: str) -> None:
-        with h5py.File(temp, "w") as f:
-            for key, value in arrays.items():
-                value = np.asarray(value)
-                if key in ("terminals", "timeouts"):
-                    value = value.astype(bool)
-                # Big arrays get gzip chunks (D4RL files are ~10x smaller that way); tiny ones stay plain.
-                compress = value.size > 4096 and value.dtype != object
-                f.create_dataset(key, data=value, compression="gzip" if compress else None,
-                                 compression_opts=4 if compress else None)
-            for key, value in (attrs or {}).items():
-                f.attrs[key] = value if value is not None else ""
-
-    atomic_write_with(path, write_file)
+    # HDF5 builds the file in memory and Python writes the bytes: on a full disk HDF5's C library
+    # would otherwise fail half-way, print error stacks from every open object and crash at exit
+    image = io.BytesIO()
+    with h5py.File(image, "w") as f:
+        for key, value in arrays.items():
+            value = np.asarray(value)
+            if key in ("terminals", "timeouts"):
+                value = value.astype(bool)
+            # Big arrays get gzip chunks (D4RL files are ~10x smaller that way); tiny ones stay plain.
+            compress = value.size > 4096 and value.dtype != object
+            f.create_dataset(key, data=value, compression="gzip" if compress else None,
+                             compression_opts=4 if compress else None)
+        for key, value in (attrs or {}).items():
+            f.attrs[key] = value if value is not None else ""
+    atomic_write(path, lambda handle: handle.write(image.getbuffer()))
