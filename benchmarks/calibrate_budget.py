@@ -167,6 +167,29 @@ def write_specs(task: str, minutes: float, sweeps: Path, budget_csv: Path) -> No
             + (f"\n[overrides]\n{grid}" if grid else "") + resources)
     print(f"wrote {sweeps / 'tuning_cpu.toml'}, {sweeps / 'table1_cpu.toml'} and {len(CLAIMS)} specs in "
           f"{sweeps / 'claims'}")
+    write_budget_markdown(task, minutes, budget_csv)
+
+
+def write_budget_markdown(task: str, minutes: float, budget_csv: Path) -> None:
+    """benchmarks/results/budget.md: the calibration as a table, with machine, date and command."""
+    rows = [r for r in read_budget(budget_csv) if r["task"] == task and float(r["minutes"]) == minutes]
+    lines = [
+        f"# Equal-compute budgets: {task}, {minutes:g} minutes of training per method on one core", "",
+        f"Each method's `cpu` preset ran alone on one core (one torch thread, seed 0, no in-run evaluation) for "
+        f"{minutes:g} minutes of training; the iterations it completed are its budget in `sweeps/table1_cpu.toml`, "
+        "`sweeps/tuning_cpu.toml` and `sweeps/claims/`. Iterations are what the studies run, so they give the same "
+        "work on any machine; env steps and gradient updates show how differently the methods spend it.", "",
+        f"Command: `nice python benchmarks/calibrate_budget.py --task {task} --minutes {minutes:g} "
+        "--parallel 2` (two methods at a time on the 2 cores), then `--write-specs`.", "",
+        "| method | iterations | env steps | gradient updates | training s | machine | date | commit |",
+        "|---|---:|---:|---:|---:|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['method']} | {int(r['iterations']):,} | {int(r['env_steps']):,} | "
+                     f"{int(r['grad_updates']):,} | {float(r['wall_time_s']):.0f} | {r['cpu']} | {r['date']} | "
+                     f"{r['commit']} |")
+    out = budget_csv.parent / "budget.md"
+    out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}")
 
 
 def main() -> None:
