@@ -330,6 +330,7 @@ def test_policy_averaging_saves_and_evaluates_the_average(tiny_policy_dir, tmp_p
 @pytest.mark.parametrize("flags", [("--full-trajectories",), ("--full-trajectories", "--ratio-level", "token"),
                                    ("--hindsight-relabel", "--ratio-level", "token"),
                                    ("--active-sampling-variance", "squashed"),
+                                   ("--active-sampling-variance", "current"),
                                    ("--no-consistent-group-states", "--reset-sampling", "uniform")])
 def test_ablation_switches_run(tiny_policy_dir, tmp_path, flags):
     out = tmp_path / "ablation"
@@ -529,3 +530,9 @@ def test_squashed_variance_is_the_variance_of_the_action():
     samples = torch.tanh(mu + log_std.exp() * torch.randn((200_000, 2, 2), generator=generator, dtype=torch.float64))
     monte_carlo = samples.var(dim=0).mean(dim=-1)
     torch.testing.assert_close(dist.squashed_variance, monte_carlo, rtol=0.05, atol=1e-12)
+
+
+def test_current_variance_of_a_fresh_trajectory_is_the_recorded_one(loaded, trajectory):
+    (refreshed,) = grpo.with_current_variance(loaded, [trajectory], None, "cpu")
+    np.testing.assert_allclose(refreshed.current_variance, trajectory.action_variance, rtol=1e-5, atol=1e-7)
+    assert not hasattr(trajectory, "current_variance")  # the buffered original is untouched

@@ -127,9 +127,11 @@ class GRPOConfig(DTFinetuneConfig):
     """reset points drawn from softmax(action variance) ('active', Sec. 3.2) or uniformly (ablation Fig. 1e)"""
     active_sampling_temperature: float = 1.0
     """temperature of the active-sampling softmax (the paper: 1)"""
-    active_sampling_variance: Literal["pre_tanh", "squashed"] = "pre_tanh"
-    """which per-step action variance active sampling softmaxes: of the pre-tanh Gaussian (log-std up
-    to 2 makes it swing from ~uniform to near-argmax), or of the squashed action tanh(u) (first order)"""
+    active_sampling_variance: Literal["pre_tanh", "squashed", "current"] = "pre_tanh"
+    """which per-step action variance active sampling softmaxes: of the pre-tanh Gaussian recorded when
+    the trajectory was rolled out (log-std up to 2 makes it swing from ~uniform to near-argmax), of the
+    squashed action tanh(u) (first order), or the pre-tanh one recomputed under the *current* policy
+    (a buffered trajectory's recorded variance is that of an older policy)"""
     consistent_group_states: bool = True
     """all G members of a group start from the same reset point (off: each member from its own; Fig. 1c)"""
     full_trajectories: bool = False
@@ -246,8 +248,10 @@ class GroupBatch:
 
 def reset_distribution(trajectory, uniform: bool, temperature: float, variance: str = "pre_tanh") -> np.ndarray:
     """Line 5's distribution over the steps of ``trajectory``: softmax(action variance / temperature),
-    or uniform."""
-    recorded = trajectory.action_variance if variance == "pre_tanh" else trajectory.squashed_action_variance
+    or uniform. ``variance='current'`` reads ``trajectory.current_variance`` (``with_current_variance``)."""
+    recorded = {"pre_tanh": trajectory.action_variance,
+                "squashed": getattr(trajectory, "squashed_action_variance", None),
+                "current": getattr(trajectory, "current_variance", None)}[variance]
     if recorded is None:
         raise DtrlError("this trajectory was recorded without squashed action variances (an older checkpoint): "
                         "resume it with --active-sampling-variance pre_tanh")
@@ -410,6 +414,23 @@ def policy_outputs(model, batch, context_length: int | None = None) -> tuple[tor
     log_probs[batch.train_mask] = dist.log_prob(batch.train_actions())
     entropy[batch.train_mask] = dist.entropy()
     return log_probs, entropy
+
+
+@torch.no_grad()
+def with_current_variance(policy, trajectories: list, context_length: int | None, device) -> list:
+    """The trajectories with ``current_variance``: each step's pre-tanh action variance under the
+    policy as it is now, from the context the step was rolled out with."""
+    updated = []
+    for trajectory in trajectories:
+        empty = TokenHistory.empty(trajectory.observations.shape[1], trajectory.actions.shape[1])
+        whole = Segment(empty, trajectory.observations, trajectory.actions, trajectory.returns_to_go,
+                        trajectory.timesteps, trajectory.log_probs, trajectory.rewards)
+        batch = segments_to_batch([whole], policy.normalizer, policy.reward_scale, device=device)
+        refreshed = dataclasses.replace(trajectory)  # a shallow copy: the buffer keeps the original
+        variance = batch.step_distributions(policy.model, context_length).variance
+        refreshed.current_variance = variance.float().cpu().numpy()
+        updated.append(refreshed)
+    return updated
 
 
 def push_groups(sub_buffer: SubTrajectoryBuffer, groups: GroupBatch, config: GRPOConfig, iteration: int) -> None:
@@ -634,6 +655,8 @@ def train(config: GRPOConfig) -> dict:
                                                            config.trajectories_per_batch, rng)
                     # lines 4-5: K reset points in each, from softmax(action variance) (active sampling)
                     trajectories = [trajectory_buffer[i] for i in chosen]
+                    if config.active_sampling_variance == "current":  # refreshed under today's policy
+                        trajectories = with_current_variance(policy, trajectories, config.context_length, device)
                     starts = branch_starts(trajectories, config, history_length, rng)
                     charts["grpo/reset_entropy"] = reset_entropy(trajectories, config)
                     # line 6: G sub-trajectories per reset point, L_traj sampled + L_eval mean-action steps
