@@ -543,3 +543,23 @@ def test_d4rl_to_minari_to_d4rl_round_trip(tmp_path, monkeypatch, capsys, with_n
         np.testing.assert_array_equal(original[key], returned[key])
     # an existing id is refused, not overwritten
     assert cli(["data", "export", str(source), "--minari-id", minari_id]) == 2
+
+
+def test_a_goal_conditioned_dataset_exports_in_the_env_dict_layout(tmp_path, monkeypatch, capsys):
+    import minari
+
+    from dtrl.cli import main as cli
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "store"))
+    rng = np.random.default_rng(0)
+    n = 20
+    arrays = {"observations": rng.normal(size=(n, 31)).astype(np.float32),
+              "actions": rng.uniform(-1, 1, size=(n, 8)).astype(np.float32),
+              "rewards": np.zeros(n, np.float32), "terminals": np.arange(n) == n - 1, "timeouts": np.zeros(n, bool)}
+    write_d4rl(tmp_path / "maze.hdf5", arrays, {"task": "antmaze-umaze"})
+    assert cli(["data", "export", str(tmp_path / "maze.hdf5"), "--minari-id", "dtrltest/antmaze/tiny-v0"]) == 0
+    episode = next(iter(minari.load_dataset("dtrltest/antmaze/tiny-v0").iterate_episodes()))
+    assert set(episode.observations) == {"observation", "achieved_goal", "desired_goal"}
+    np.testing.assert_allclose(episode.observations["desired_goal"][:n], arrays["observations"][:, 29:], rtol=1e-6)
+    again = load_dataset("dtrltest/antmaze/tiny-v0", "antmaze-umaze")
+    np.testing.assert_allclose(again.trajectories[0].observations, arrays["observations"], rtol=1e-6)

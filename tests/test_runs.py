@@ -359,11 +359,16 @@ def test_one_writer_per_run_and_crash_leftovers_removed_on_resume(tmp_path):
     # a second writer (another terminal, a mistyped sweep) is refused while the first holds the run
     with pytest.raises(DtrlError, match=r"is being written by pid \d+"):
         RunDir.resume(tmp_path / "run", CONFIG)
+    with pytest.raises(DtrlError, match="is being written by"):  # nor may --force move it aside
+        RunDir.create(tmp_path / "run", CONFIG, force=True)
     run.close()
     # what a kill -9 during a checkpoint or a policy swap leaves behind
     (tmp_path / "run" / "checkpoints" / ".state.pt.123.abcd1234.tmp").write_bytes(b"half")
     (tmp_path / "run" / ".policy.123.abcd1234.tmp").mkdir()
     (tmp_path / "run" / ".policy.123.abcd1234.old").mkdir()
+    (tmp_path / "run" / "best_policy").mkdir()
+    (tmp_path / "run" / ".best_policy.123.abcd1234.old").mkdir()  # a swap that crashed between its renames
+    (tmp_path / "run" / ".best_policy.123.abcd1234.old" / "model.json").write_text("{}")
     resumed = RunDir.resume(tmp_path / "run", CONFIG)
     leftovers = [p.name for p in (tmp_path / "run").rglob(".*") if p.name.endswith((".tmp", ".old"))]
     assert leftovers == []
@@ -380,3 +385,14 @@ def test_track_logs_to_weights_and_biases_offline(tmp_path, monkeypatch):
     wandb_id = read_config(tmp_path / "run")["run_info"]["wandb_id"]
     offline = list((tmp_path / "run" / "wandb").glob(f"offline-run-*-{wandb_id}"))
     assert offline and list(offline[0].glob("*.wandb"))  # the run's W&B record, ready for `wandb sync`
+
+
+def test_an_interrupted_swap_puts_the_only_copy_back(tmp_path):
+    run = RunDir.create(tmp_path / "run", CONFIG)
+    run.save_state({"iteration": 1}, 1)
+    run.close()
+    aside = tmp_path / "run" / ".policy.99.deadbeef.old"  # the old policy moved aside, the new one never arrived
+    aside.mkdir()
+    (aside / "model.json").write_text('{"kept": true}')
+    RunDir.resume(tmp_path / "run", CONFIG).close()
+    assert json.loads((tmp_path / "run" / "policy" / "model.json").read_text()) == {"kept": True}

@@ -29,6 +29,8 @@ def test_sac_runs_resumes_and_evaluates_like_every_method(tmp_path):
     assert json.loads((run / "final.json").read_text())["algo"] == "sb3-sac"
     assert cli(argv + ["--iterations", "3", "--resume"]) == 0
     assert [(r["iteration"], r["env_steps"]) for r in read_metrics(run)][-1] == (3, 300)
+    # the checkpoint names its own iteration's model and replay files; older ones are gone
+    assert sorted(p.name for p in (run / "checkpoints").glob("*-*")) == ["model-3.zip", "replay-3.pkl"]
     assert cli(["eval", str(run), "--episodes", "1", "--json", "--device", "cpu"]) == 0
     assert cli(["eval", str(run), "--episodes", "1", "--task", "walker2d-random"]) == 2  # dimensions differ
 
@@ -39,5 +41,5 @@ def test_ppo_counts_its_minibatch_steps(tmp_path):
                 "--iterations", "1", "--env-steps-per-iteration", "64", "--eval-every", "0",
                 "--eval-episodes", "1"]) == 0
     (row,) = read_metrics(run)
-    # SB3's PPO collects whole rollouts of n_steps = 2048, then 10 epochs of 2048 / 64 minibatches
-    assert row["env_steps"] == 2048 and row["grad_updates"] == 10 * 32
+    # one rollout of n_steps = env_steps_per_iteration = 64 per iteration, then 10 epochs of 64 / 64 minibatches
+    assert row["env_steps"] == 64 and row["grad_updates"] == 10 * 1

@@ -130,6 +130,8 @@ class CommonConfig:
                 raise DtrlError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.eval_every < 0:
             raise DtrlError(f"eval-every must be >= 0, got {self.eval_every}")
+        if self.seed < 0:
+            raise DtrlError(f"seed must be >= 0, got {self.seed}")
         model = getattr(self, "model", None)
         if isinstance(model, ModelConfig):
             model.validate()

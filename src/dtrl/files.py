@@ -23,10 +23,19 @@ from dtrl.errors import DtrlError
 USER_FIXABLE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# read once, at import: os.umask can only be read by setting it, which races with threads that create
+# files meanwhile (TensorBoard's and W&B's writers)
+_UMASK = _read_umask()
+
+
+def _umask() -> int:
+    return _UMASK
 
 
 def _disk_nearly_full(folder: Path) -> bool:
@@ -119,7 +128,11 @@ def atomic_replace_directory(directory: str | os.PathLike, fill: Callable[[Path]
         if directory.exists():
             retired = _temp_name(directory, "old")
             os.rename(directory, retired)
-            os.rename(staging, directory)
+            try:
+                os.rename(staging, directory)
+            except BaseException:
+                os.rename(retired, directory)  # the old folder back in place
+                raise
             shutil.rmtree(retired, ignore_errors=True)
         else:
             os.rename(staging, directory)

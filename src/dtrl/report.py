@@ -11,8 +11,8 @@ cells are mean ± std over seeds (population std, ddof=0), with the paper's Tabl
 Writes ``report.md`` (table + per-run list), ``report.csv`` (one row per group),
 ``evaluations.csv`` (every evaluation of every run with its iteration, env steps, gradient updates
 and wall time: small enough to commit, and ``dtrl report --from-csv evaluations.csv`` rebuilds the
-whole report from it without the run directories), ``curves_<task>_<x>.png`` (mean ± std band per
-algorithm over seeds, one figure per x axis) and, with the optional ``rliable`` extra
+whole report from it without the run directories), ``curves_<task>.png`` (mean ± std band per
+algorithm over seeds, on the ``--x`` axis) and, with the optional ``rliable`` extra
 (``pip install dtrl[report]``), ``statistics.csv`` and a section of IQM and mean with 95%
 stratified-bootstrap confidence intervals over seeds (Agarwal et al. 2021) of the final and the
 best-so-far score, plus ``performance_profile_<task>.png``.

@@ -306,6 +306,10 @@ class RunDir:
                     f"run directory {path} already exists (use --resume to continue it, or --force to start "
                     f"over; the old one is then kept as {path.name}.bak-<time>)"
                 )
+            if (path / LOCK_FILE).exists():  # --force must not pull a run away from a process writing it
+                held = _lock(path)
+                if held is not None:
+                    held.close()
             stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
             backup = path.with_name(f"{path.name}.bak-{stamp}")
             suffix = 1
@@ -573,6 +577,12 @@ def _remove_leftovers(path: Path) -> None:
     leftovers = [p for folder in (path, path / CHECKPOINT_DIR) if folder.is_dir()
                  for p in folder.iterdir() if p.name.startswith(".") and p.name.endswith((".tmp", ".old"))]
     for leftover in leftovers:
+        # ".policy.<pid>.<id>.old": a folder set aside by a swap that a crash interrupted before the
+        # new one was in place; when the folder is missing, it is the only copy: put it back
+        original = leftover.with_name(leftover.name[1:].rsplit(".", 3)[0])
+        if leftover.name.endswith(".old") and leftover.is_dir() and not original.exists():
+            leftover.rename(original)
+            continue
         if leftover.is_dir():
             shutil.rmtree(leftover, ignore_errors=True)
         else:
@@ -590,9 +600,14 @@ def _check_same_run(path: Path, stored: dict, config: dict) -> None:
 
 
 def _asks_for_more(stored: dict, config: dict) -> bool:
-    """Whether resuming a finished run with ``config`` extends it (more iterations or steps)."""
-    return any(isinstance(config.get(key), int) and isinstance(stored.get(key), int) and config[key] > stored[key]
+    """Whether resuming a finished run with ``config`` extends it: more iterations or steps, or a longer
+    (or no) --time-limit-s for a run that stopped at its limit."""
+    more = any(isinstance(config.get(key), int) and isinstance(stored.get(key), int) and config[key] > stored[key]
                for key in ("iterations", "steps"))
+    limit, was = config.get("time_limit_s"), stored.get("time_limit_s")
+    numbers = isinstance(limit, (int, float)) and isinstance(was, (int, float))
+    longer = numbers and was > 0 and (limit == 0 or limit > was)
+    return more or longer
 
 
 def _truncate_metrics(path: Path, iteration: int) -> list[dict]:

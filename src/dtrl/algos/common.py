@@ -116,6 +116,9 @@ def restore_training_state(state: dict, rng: np.random.Generator, clock: Clock, 
     and the generator; returns the iteration to resume from."""
     for key, part in components.items():
         if part is not None:
+            if state.get(key) is None:
+                raise DtrlError(f"--resume: the checkpoint has no {key} (the run was started without it); "
+                                "resume it with the settings it was started with")
             part.load_state_dict(state[key])
     clock.load_state_dict(state["clock"])
     rng.bit_generator.state = state[rng_key]
@@ -261,7 +264,8 @@ class BestPolicy:
         self.best_return = best_evaluated_return(run.path)
 
     def update(self, evaluation: dict, model, normalizer, task_name: str, policy_info: dict, iteration: int) -> None:
-        if evaluation["eval_return_mean"] <= self.best_return:
+        score = evaluation["eval_return_mean"]
+        if not (math.isfinite(score) and score > self.best_return):  # a NaN never becomes the best
             return
         self.best_return = evaluation["eval_return_mean"]
         self.run.save_policy(model, normalizer, task_name, directory=BEST_POLICY_DIR,

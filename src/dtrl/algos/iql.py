@@ -361,9 +361,11 @@ def train(config: IQLConfig) -> dict:
                     obs, _ = env.reset(seed=int(ONLINE_SEED_STRIDE * config.seed + episode["count"]))
                     episode.update(obs=np.asarray(obs, np.float32), length=0)
                     episode["return"] = 0.0
-                with torch.no_grad():
+                with torch.no_grad():  # acting, as the official code, without dropout
+                    agent.actor.eval()
                     state_t = torch.as_tensor(normalizer.normalize(episode["obs"][None]), device=device)
                     action = agent.actor(state_t).sample()[0].clamp(-1.0, 1.0).cpu().numpy()
+                    agent.actor.train()
                 next_obs, reward, terminated, truncated, _ = env.step(action)
                 next_obs = np.asarray(next_obs, np.float32)
                 replay.add_batch(episode["obs"][None], action[None], transform([reward]), next_obs[None],

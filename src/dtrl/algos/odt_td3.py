@@ -11,7 +11,8 @@ Each iteration:
    steps are collected (official: 1000 on random datasets, Adroit and AntMaze; one episode on medium
    and medium-replay); the deterministic actor acts with its mean action plus N(0, 0.1²) exploration
    noise; add them to the trajectory buffer (seeded with the best offline trajectories, FIFO);
-2. ``updates_per_iteration`` actor updates, each after ``policy_delay`` critic updates, on batches of
+2. ``updates_per_iteration`` actor updates, one every ``policy_delay`` critic updates (the first with
+   the first critic update, as the official loop's ``update % delay == 0``), on batches of
    K+1-step windows with hindsight-relabeled RTGs (the last step has its s_{t+1} in the window):
    critic  Q_i(s_t, a_t) -> r_t + γ(1 - done_t) min_j Q'_j(s_{t+1}, ã_{t+1}),
            ã_{t+1} = clip(π'(s_{t+1} | ctx) + clip(N(0, 0.2²), -0.5, 0.5), -1, 1) from the *target* DT π';

@@ -8,7 +8,9 @@ scratch on the task, with the same evaluation, run directory and budget axes as 
 One iteration is ``env_steps_per_iteration`` environment steps of ``model.learn`` (SB3's own loop,
 untouched), then, when due, a mean-action evaluation on the seeds every dtrl method is evaluated on.
 Hyperparameters are SB3's defaults, with rl-baselines3-zoo's MuJoCo value for SAC's learning_starts
-(10000); no pretraining, no offline data. The model is saved as RUN/policy (``dtrl eval RUN`` works).
+(10000) and PPO's rollout length set to one iteration (``n_steps = env_steps_per_iteration``), so an
+iteration is the same number of env steps for both; no pretraining, no offline data. The model is
+saved as RUN/policy (``dtrl eval RUN`` works).
 Resuming continues from the last checkpoint's model (and SAC's replay buffer), but SB3 does not
 expose its internal RNG streams, so a resumed run is not bit-identical to an uninterrupted one.
 """
@@ -36,10 +38,9 @@ from dtrl.algos.common import (
 from dtrl.config import CommonConfig, parse_config, resolve_device
 from dtrl.envs import make
 from dtrl.errors import DtrlError
+from dtrl.files import atomic_write
 from dtrl.models.checkpoint import LoadedSB3Policy, save_sb3_policy
 from dtrl.tasks import get_task
-
-REPLAY_FILE = "replay_buffer.pkl"
 
 
 @dataclass
@@ -93,7 +94,9 @@ def build_model(config: SB3Config, env, device: str):
     if config.algorithm == "sac":
         return SAC("MlpPolicy", env, learning_rate=config.learning_rate, learning_starts=config.learning_starts,
                    seed=config.seed, device=device, verbose=0)
-    return PPO("MlpPolicy", env, learning_rate=config.learning_rate, seed=config.seed, device=device, verbose=0)
+    # one PPO rollout per iteration, so that an iteration is env_steps_per_iteration steps as for SAC
+    return PPO("MlpPolicy", env, learning_rate=config.learning_rate, n_steps=config.env_steps_per_iteration,
+               seed=config.seed, device=device, verbose=0)
 
 
 def set_learning_rate(model, config: SB3Config, iteration: int) -> float:
@@ -127,10 +130,11 @@ def train(config: SB3Config) -> dict:
     env = make(task, seed=config.seed)
     run, state = open_run(config, algo)
     checkpoint_dir = run.path / "checkpoints"
-    if state is not None:
-        model = (SAC if config.algorithm == "sac" else PPO).load(checkpoint_dir / "model.zip", env=env, device=device)
-        if config.algorithm == "sac" and (checkpoint_dir / REPLAY_FILE).is_file():
-            model.load_replay_buffer(checkpoint_dir / REPLAY_FILE)
+    if state is not None:  # the model and replay files the checkpoint names (written before it)
+        model = (SAC if config.algorithm == "sac" else PPO).load(checkpoint_dir / state["model_file"], env=env,
+                                                                  device=device)
+        if state.get("replay_file"):
+            model.load_replay_buffer(checkpoint_dir / state["replay_file"])
     else:
         model = build_model(config, env, device)
     clock = Clock()
@@ -143,12 +147,19 @@ def train(config: SB3Config) -> dict:
         return evaluate_policy(LoadedSB3Policy(model, task.name), task, config, device)
 
     def checkpoint(iteration: int) -> None:
-        # the model and SAC's replay buffer first, then the state that points at them
+        # the model and SAC's replay buffer under this iteration's names, each written whole (atomic),
+        # then the state that names them, then the previous ones go: a crash at any point leaves a
+        # state whose files exist and belong to its iteration
         save_sb3_policy(run.path / "policy", model, task.name, config.algorithm)
-        model.save(checkpoint_dir / "model.zip")
+        files = {"model_file": f"model-{iteration}.zip"}
+        atomic_write(checkpoint_dir / files["model_file"], model.save)
         if config.algorithm == "sac":
-            model.save_replay_buffer(checkpoint_dir / REPLAY_FILE)
-        run.save_state({"algo": algo, "iteration": iteration, "clock": clock.state_dict()}, iteration)
+            files["replay_file"] = f"replay-{iteration}.pkl"
+            atomic_write(checkpoint_dir / files["replay_file"], model.save_replay_buffer)
+        run.save_state({"algo": algo, "iteration": iteration, "clock": clock.state_dict(), **files}, iteration)
+        for old in checkpoint_dir.glob("*-*.*"):
+            if old.name not in files.values() and old.name.startswith(("model-", "replay-")):
+                old.unlink(missing_ok=True)
 
     if state is None:
         log_initial_evaluation(run, clock, config, evaluate_now)

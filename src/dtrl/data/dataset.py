@@ -138,10 +138,11 @@ def minari_env_id(attrs: dict[str, Any]) -> str | None:
 
 
 def _env_family(env_id: str) -> str:
-    """``AntMaze_Medium_Diverse_GR-v4`` -> ``AntMaze``: Minari's D4RL datasets name older versions and
-    goal-sampling variants of the envs dtrl runs (same observation layout), so only the robot and
-    the kind of env are compared."""
-    return env_id.rsplit("-v", 1)[0].split("_")[0]
+    """``AntMaze_Medium_Diverse_GR-v4`` -> ``AntMaze_Medium``: Minari's D4RL datasets name older versions
+    and goal-sampling variants of the envs dtrl runs (same observation layout), so versions and the
+    ``_Diverse`` / ``_GR`` / ``_G`` suffixes are not compared; the robot and the maze are."""
+    parts = env_id.rsplit("-v", 1)[0].split("_")
+    return "_".join(parts[:2]) if parts[0].endswith("Maze") and len(parts) > 1 else parts[0]
 
 
 def check_dataset_env(task: Task, attrs: dict[str, Any], source: str) -> None:

@@ -9,6 +9,7 @@ drops the final observation, so D4RL -> Minari -> D4RL gives back the same array
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from pathlib import Path
@@ -18,6 +19,20 @@ import numpy as np
 from dtrl.data.dataset import Dataset
 from dtrl.errors import DtrlError
 from dtrl.tasks import Task
+
+
+def unflatten_goal_observations(flat: np.ndarray, space) -> dict[str, np.ndarray]:
+    """dtrl's flat goal observation concat(observation, achieved_goal, desired_goal) as the env's dict."""
+    from dtrl.envs.env import GOAL_OBSERVATION_KEYS
+
+    parts, start = {}, 0
+    for key in GOAL_OBSERVATION_KEYS:
+        size = int(np.prod(space[key].shape))
+        parts[key] = np.asarray(flat[:, start:start + size], dtype=space[key].dtype)
+        start += size
+    if start != flat.shape[1]:
+        raise DtrlError(f"flat observations of {flat.shape[1]} dims do not split into the env's goal dict ({start})")
+    return parts
 
 
 def export_minari(dataset: Dataset, task: Task, dataset_id: str, next_observations: np.ndarray | None = None,
@@ -54,6 +69,10 @@ def export_minari(dataset: Dataset, task: Task, dataset_id: str, next_observatio
     note = (f" The final observation of {repeated} episode(s) is their last one repeated (the source file has no "
             "next_observations)." if repeated else "")
     env = gym.make(task.env_id, max_episode_steps=task.max_episode_steps, **task.env_kwargs)
+    if isinstance(env.observation_space, gym.spaces.Dict):  # goal envs: back to the env's own dict layout
+        buffers = [dataclasses.replace(buffer, observations=unflatten_goal_observations(buffer.observations,
+                                                                                        env.observation_space))
+                   for buffer in buffers]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Minari's notes about eval_env and missing optional metadata
