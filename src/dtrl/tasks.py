@@ -145,6 +145,36 @@ _ADROIT = {
 }
 
 
+# D4RL evaluates (and ODT / ODT+TD3 finetune) AntMaze from a fixed start cell to a fixed goal cell;
+# gymnasium-robotics' default maps draw both at random each episode. These are the evaluation maps
+# Minari's D4RL AntMaze datasets record as their eval env (r: reset cell, g: goal cell).
+_R, _G = "r", "g"
+ANTMAZE_EVAL_MAPS = {
+    "umaze": [[1, 1, 1, 1, 1],
+              [1, 0, 0, _R, 1],
+              [1, 0, 1, 1, 1],
+              [1, 0, 0, _G, 1],
+              [1, 1, 1, 1, 1]],
+    "medium": [[1, 1, 1, 1, 1, 1, 1, 1],
+               [1, _R, 0, 1, 1, 0, 0, 1],
+               [1, 0, 0, 1, 0, 0, 0, 1],
+               [1, 1, 0, 0, 0, 1, 1, 1],
+               [1, 0, 0, 1, 0, 0, 0, 1],
+               [1, 0, 1, 0, 0, 1, 0, 1],
+               [1, 0, 0, 0, 1, 0, _G, 1],
+               [1, 1, 1, 1, 1, 1, 1, 1]],
+    "large": [[1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+              [1, _R, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1],
+              [1, 0, 1, 1, 0, 1, 0, 1, 0, 1, 0, 1],
+              [1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1],
+              [1, 0, 1, 1, 1, 1, 0, 1, 1, 1, 0, 1],
+              [1, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 1],
+              [1, 1, 0, 1, 0, 1, 0, 1, 0, 1, 1, 1],
+              [1, 0, 0, 1, 0, 0, 0, 1, 0, _G, 0, 1],
+              [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]],
+}
+
+
 def _build_registry() -> dict[str, Task]:
     refs = reference_scores()
     tasks: dict[str, Task] = {}
@@ -166,8 +196,10 @@ def _build_registry() -> dict[str, Task]:
         tasks[name] = Task(
             name=name, env_id="AntMaze_UMaze-v5", family="antmaze", domain="antmaze",
             level=level,
-            # D4RL antmaze: 27-dim ant state without contact forces, episode ends on reaching the goal.
-            env_kwargs={"continuing_task": False, "include_cfrc_ext_in_observation": False},
+            # D4RL antmaze: 27-dim ant state without contact forces, episode ends on reaching the goal,
+            # fixed start and goal cells
+            env_kwargs={"continuing_task": False, "include_cfrc_ext_in_observation": False,
+                        "maze_map": ANTMAZE_EVAL_MAPS["umaze"]},
             max_episode_steps=700, ref_min_score=ref[0], ref_max_score=ref[1], reward_scale=1.0,
             eval_rtg=1.0, context_train=context_train,
             minari_id=f"D4RL/antmaze/{level}-v1", d4rl_name=f"{name}-v2", **_table6_fields(name),
@@ -179,7 +211,8 @@ def _build_registry() -> dict[str, Task]:
             tasks[name] = Task(
                 name=name, env_id=f"AntMaze_{maze.capitalize()}-v5", family="antmaze", domain="antmaze",
                 level=f"{maze}-{kind}",
-                env_kwargs={"continuing_task": False, "include_cfrc_ext_in_observation": False},
+                env_kwargs={"continuing_task": False, "include_cfrc_ext_in_observation": False,
+                            "maze_map": ANTMAZE_EVAL_MAPS[maze]},
                 max_episode_steps=1000, ref_min_score=0.0, ref_max_score=1.0, reward_scale=1.0, eval_rtg=1.0,
                 context_train=5, minari_id=f"D4RL/antmaze/{maze}-{kind}-v1", d4rl_name=f"{name}-v2",
                 buildable=(), **_table6_fields(name),
