@@ -13,7 +13,7 @@ One loop, top to bottom (ODT's offline phase):
 4. every iteration (``--steps-per-iteration`` gradient steps) one metrics line; periodic and final
    evaluation with the mean action; checkpoints for ``--resume``; the policy in ``RUN/policy``.
 
-    dtrl pretrain --task hopper-medium --dataset /work/data/hopper-medium.hdf5 --preset cpu \\
+    dtrl pretrain --task hopper-medium --dataset data/hopper-medium.hdf5 --preset cpu \\
         --steps 5000 --out runs/pretrain-hopper-medium
 """
 
