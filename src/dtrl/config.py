@@ -49,8 +49,8 @@ class ModelConfig:
     """K: number of timesteps (each 3 tokens) the model attends over"""
     dropout: float = 0.1
     """dropout during pretraining (finetuning disables it, Table 5)"""
-    activation: Literal["silu", "gelu"] = "silu"
-    """MLP nonlinearity (Table 5: SiLU)"""
+    activation: Literal["silu", "gelu", "gelu_tanh", "relu"] = "silu"
+    """MLP nonlinearity (Table 5: SiLU; 'relu' and 'gelu_tanh' exist for imported Hugging Face DTs)"""
     timestep_embedding: bool = True
     """add a learned embedding of the episode timestep to every token (ODT drops it on AntMaze)"""
     max_timestep: int = 1000

@@ -49,7 +49,9 @@ class ExportConfig:
     """Minari datasets folder to write into (default: MINARI_DATASETS_PATH or Minari's own)"""
 
 
-def _parse(config_cls: type, argv: list[str], positional: str, label: str, prog: str, description: str):
+def parse_with_positional(config_cls: type, argv: list[str], positional: str, label: str, prog: str, description: str):
+    """tyro over ``argv`` with the first bare word taken as the value of ``--{positional}``; a missing
+    positional is a one-line error naming ``label``."""
     import tyro
 
     # The first bare word is the positional argument (TASK-LEVEL or SOURCE); tyro parses the rest.
@@ -69,15 +71,17 @@ def main(argv: list[str]) -> int:
     if command == "build":
         from dtrl.data.builder import BuildConfig, build
 
-        config = _parse(BuildConfig, rest, "dataset", "TASK-LEVEL", "dtrl data build", BuildConfig.__doc__)
+        config = parse_with_positional(BuildConfig, rest, "dataset", "TASK-LEVEL", "dtrl data build",
+                                       BuildConfig.__doc__)
         build(config)
         return 0
     if command == "export":
-        config = _parse(ExportConfig, rest, "source", "FILE", "dtrl data export", ExportConfig.__doc__)
+        config = parse_with_positional(ExportConfig, rest, "source", "FILE", "dtrl data export", ExportConfig.__doc__)
         print(export(config))
         return 0
     if command == "info":
-        config = _parse(InfoConfig, rest, "source", "FILE|MINARI_ID|MINARI_DIR", "dtrl data info", InfoConfig.__doc__)
+        config = parse_with_positional(InfoConfig, rest, "source", "FILE|MINARI_ID|MINARI_DIR", "dtrl data info",
+                                       InfoConfig.__doc__)
         print(describe(config.source, config.task))
         return 0
     raise DtrlError(f"unknown data command {command!r} (choose from build, info)")

@@ -54,8 +54,10 @@ class LoadedPolicy:
     """everything in model.json (including the trainer's ``extra``)"""
 
 
-def save_policy(directory, model, normalizer, task_name: str, extra: dict | None = None) -> Path:
-    """Write ``model`` + ``normalizer`` to ``directory`` (replacing it atomically); returns the path."""
+def save_policy(directory, model, normalizer, task_name: str, extra: dict | None = None,
+                reward_scale: float | None = None) -> Path:
+    """Write ``model`` + ``normalizer`` to ``directory`` (replacing it atomically); returns the path.
+    ``reward_scale`` defaults to the task's (an imported model keeps the one it was trained with)."""
     from dtrl.tasks import get_task
 
     directory = Path(directory)
@@ -67,7 +69,7 @@ def save_policy(directory, model, normalizer, task_name: str, extra: dict | None
         "state_dim": model.state_dim,
         "act_dim": model.act_dim,
         "task": task_name,
-        "reward_scale": float(get_task(task_name).reward_scale),
+        "reward_scale": float(get_task(task_name).reward_scale if reward_scale is None else reward_scale),
         "extra": dict(extra or {}),
     }
     return _write_policy_directory(directory, model, meta, normalizer)
@@ -160,7 +162,7 @@ def load_policy(path, task=None, device: str = "cpu") -> LoadedPolicy:
         raise DtrlError(f"{directory / META_FILE} is malformed (missing or bad {exc})") from None
 
     if task is not None:
-        _check_task_dims(task, state_dim, act_dim, directory)
+        check_task_dims(task, state_dim, act_dim, directory)
     if normalizer.obs_dim != state_dim:
         raise DtrlError(f"{directory}: normaliser has {normalizer.obs_dim} dims but the model takes {state_dim}")
 
@@ -175,7 +177,7 @@ def load_policy(path, task=None, device: str = "cpu") -> LoadedPolicy:
     return LoadedPolicy(model, normalizer, float(meta.get("reward_scale", 1.0)), str(meta.get("task", "")), meta)
 
 
-def _check_task_dims(task, state_dim: int, act_dim: int, directory: Path) -> None:
+def check_task_dims(task, state_dim: int, act_dim: int, directory: Path) -> None:
     from dtrl.envs import make
     from dtrl.tasks import get_task
 
@@ -236,7 +238,7 @@ def load_actor(path, task=None, device: str = "cpu") -> LoadedActor:
     if meta.get("architecture") != ACTOR_ARCHITECTURE:
         raise DtrlError(f"{path} is not an IQL policy (architecture {meta.get('architecture')!r})")
     if task is not None:
-        _check_task_dims(task, int(meta["obs_dim"]), int(meta["act_dim"]), directory)
+        check_task_dims(task, int(meta["obs_dim"]), int(meta["act_dim"]), directory)
     # actors saved before the "actor" key existed were tanh-squashed Gaussians
     actor = build_actor(meta.get("actor", "tanh-gaussian"), meta["obs_dim"], meta["act_dim"], meta["hidden_dim"],
                         meta["n_layers"], meta["actor_dropout"])
@@ -294,7 +296,7 @@ def load_sb3_policy(path, task=None, device: str = "cpu") -> LoadedSB3Policy:
     except (OSError, ValueError, KeyError) as exc:
         raise DtrlError(f"cannot load {directory / SB3_FILE}: {exc}") from None
     if task is not None:
-        _check_task_dims(task, model.observation_space.shape[0], model.action_space.shape[0], directory)
+        check_task_dims(task, model.observation_space.shape[0], model.action_space.shape[0], directory)
     return LoadedSB3Policy(model, str(meta.get("task", "")), meta)
 
 

@@ -62,11 +62,19 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
 
+ACTIVATIONS = {
+    "silu": nn.SiLU,
+    "gelu": nn.GELU,  # exact (erf) GELU
+    "gelu_tanh": lambda: nn.GELU(approximate="tanh"),  # GPT-2's "gelu_new"
+    "relu": nn.ReLU,  # Hugging Face DecisionTransformerConfig's default
+}
+
+
 class MLP(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.c_fc = nn.Linear(config.embed_dim, 4 * config.embed_dim)
-        self.act = nn.SiLU() if config.activation == "silu" else nn.GELU()
+        self.act = ACTIVATIONS[config.activation]()
         self.c_proj = nn.Linear(4 * config.embed_dim, config.embed_dim)
         self.dropout = nn.Dropout(config.dropout)
 

@@ -1,0 +1,305 @@
+"""Hugging Face ``DecisionTransformerModel`` in and out: ``dtrl hf import`` / ``dtrl hf export``.
+
+The two models compute the same function on a window of K timesteps, so the weights map one to one:
+
+  * tokens (R, s, a) per step, each ``embed_* + embed_timestep`` then ``embed_ln``: the same layers;
+  * the HF GPT-2 trunk is called with ``position_ids = 0`` everywhere (the original DT code drops
+    position embeddings), so its ``wpe`` adds one constant vector after ``embed_ln``: that vector is
+    folded into ``embed_ln.bias`` on import (exported as a zero ``wpe``);
+  * GPT-2's ``Conv1D`` weights are the transposes of ``nn.Linear``'s;
+  * ``predict_action`` (Linear + Tanh) is the deterministic head ``action_mu``; HF's
+    ``predict_state`` / ``predict_return`` are not used to act and are exported as zeros.
+
+What the HF config does not hold, the user gives: the state normaliser (``--dataset`` to compute it
+as the DT code did, or ``--state-stats`` with the mean/std of a model card), the return scale, and K.
+For RL finetuning the import can add a Gaussian head whose mean is the HF action (``--policy
+gaussian``, state-independent initial ``--init-log-std``), so the imported DT's greedy actions are
+unchanged. One difference remains at rollout time and is documented in docs/huggingface.md: dtrl's trunk
+attends over a sliding band of K steps with a KV cache, HF's example re-runs the last K steps, so
+after step K the two see different histories (same as for ODT, docs/baselines.md).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from dtrl.config import ModelConfig
+from dtrl.errors import DtrlError
+from dtrl.files import atomic_replace_directory
+from dtrl.models.decision_transformer import DecisionTransformer
+
+# HF activation_function -> ModelConfig.activation
+_ACTIVATION_FROM_HF = {"relu": "relu", "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
+                       "silu": "silu", "swish": "silu"}
+_ACTIVATION_TO_HF = {"relu": "relu", "gelu": "gelu", "gelu_tanh": "gelu_new", "silu": "silu"}
+STATS_FILE = "dtrl_state_stats.json"
+"""written beside an exported model: state mean/std, return scale and K, which the HF config lacks"""
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError:
+        raise DtrlError("Hugging Face models need the transformers package: pip install 'dtrl[huggingface]'") from None
+    return transformers
+
+
+def _require(condition: bool, what: str) -> None:
+    if not condition:
+        raise DtrlError(f"cannot convert this Hugging Face DecisionTransformer: {what}")
+
+
+def from_huggingface(hf_model, context_length: int, policy: Literal["deterministic", "gaussian"] = "deterministic",
+                     init_log_std: float = -1.0, log_std_bounds: tuple[float, float] = (-5.0, 2.0)
+                     ) -> DecisionTransformer:
+    """A dtrl ``DecisionTransformer`` computing what ``hf_model`` (a ``DecisionTransformerModel``)
+    computes on windows of ``context_length`` steps. ``policy='gaussian'`` adds a Gaussian head with
+    mean the HF action and log-std ``init_log_std`` everywhere."""
+    hf = hf_model.config
+    _require(bool(getattr(hf, "action_tanh", True)), "action_tanh=False (dtrl's actions are tanh-squashed)")
+    _require(hf.activation_function in _ACTIVATION_FROM_HF, f"activation {hf.activation_function!r} is not supported")
+    _require(getattr(hf, "n_inner", None) in (None, 4 * hf.hidden_size), "n_inner must be 4 * hidden_size")
+    _require(math.isclose(hf.layer_norm_epsilon, 1e-5), "layer_norm_epsilon must be 1e-5")
+    _require(getattr(hf, "scale_attn_weights", True) and not getattr(hf, "scale_attn_by_inverse_layer_idx", False),
+             "only 1/sqrt(head_dim) attention scaling is supported")
+    low, high = log_std_bounds
+    if policy == "gaussian" and not low < init_log_std < high:
+        raise DtrlError(f"--init-log-std must lie strictly between {low} and {high}, got {init_log_std}")
+    config = ModelConfig(
+        architecture="dt", policy=policy, n_layer=hf.n_layer, n_head=hf.n_head, embed_dim=hf.hidden_size,
+        context_length=context_length, dropout=float(hf.resid_pdrop),
+        activation=_ACTIVATION_FROM_HF[hf.activation_function], timestep_embedding=True,
+        max_timestep=hf.max_ep_len, log_std_min=low, log_std_max=high,
+    )
+    model = DecisionTransformer(config, hf.state_dim, hf.act_dim)
+    source = {name: t.detach().to(torch.float32) for name, t in hf_model.state_dict().items()}
+    target = {}
+    for name in ("embed_timestep.weight", "embed_return.weight", "embed_return.bias", "embed_state.weight",
+                 "embed_state.bias", "embed_action.weight", "embed_action.bias", "embed_ln.weight"):
+        target[name] = source[name]
+    target["embed_ln.bias"] = source["embed_ln.bias"] + source["encoder.wpe.weight"][0]
+    for layer in range(hf.n_layer):
+        hf_block, block = f"encoder.h.{layer}.", f"transformer.blocks.{layer}."
+        for norm in ("ln_1", "ln_2"):
+            target[block + norm + ".weight"] = source[hf_block + norm + ".weight"]
+            target[block + norm + ".bias"] = source[hf_block + norm + ".bias"]
+        for conv in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
+            target[block + conv + ".weight"] = source[hf_block + conv + ".weight"].T.contiguous()
+            target[block + conv + ".bias"] = source[hf_block + conv + ".bias"]
+    target["transformer.ln_f.weight"] = source["encoder.ln_f.weight"]
+    target["transformer.ln_f.bias"] = source["encoder.ln_f.bias"]
+    target["action_mu.weight"] = source["predict_action.0.weight"]
+    target["action_mu.bias"] = source["predict_action.0.bias"]
+    if policy == "gaussian":
+        # ODT's head maps raw r to low + (high - low)(tanh(r) + 1)/2; pick the constant r giving init_log_std
+        raw = math.atanh(2.0 * (init_log_std - low) / (high - low) - 1.0)
+        target["action_log_std.weight"] = torch.zeros(hf.act_dim, hf.hidden_size)
+        target["action_log_std.bias"] = torch.full((hf.act_dim,), raw)
+    target["log_temperature"] = model.log_temperature.detach().clone()
+    model.load_state_dict(target, strict=True)
+    return model
+
+
+def to_huggingface(model: DecisionTransformer):
+    """A ``transformers.DecisionTransformerModel`` computing ``model``'s greedy action (tanh of the
+    head's mean) on windows of up to ``context_length`` steps."""
+    transformers = _transformers()
+    config = model.config
+    if config.architecture != "dt":
+        raise DtrlError(f"only Decision Transformers export to Hugging Face, not {config.architecture!r}")
+    hf_config = transformers.DecisionTransformerConfig(
+        state_dim=model.state_dim, act_dim=model.act_dim, hidden_size=config.embed_dim, max_ep_len=config.max_timestep,
+        action_tanh=True, n_layer=config.n_layer, n_head=config.n_head, n_inner=None,
+        activation_function=_ACTIVATION_TO_HF[config.activation], resid_pdrop=config.dropout,
+        embd_pdrop=config.dropout, attn_pdrop=config.dropout, layer_norm_epsilon=1e-5,
+        n_positions=max(1024, 3 * config.context_length),
+        bos_token_id=None, eos_token_id=None,  # GPT-2's token ids mean nothing here (HF warns about them)
+    )
+    hf_model = transformers.DecisionTransformerModel(hf_config)
+    source = {name: t.detach().to("cpu", torch.float32) for name, t in model.state_dict().items()}
+    target = {name: torch.zeros_like(t) for name, t in hf_model.state_dict().items()}
+    for name in ("embed_return.weight", "embed_return.bias", "embed_state.weight", "embed_state.bias",
+                 "embed_action.weight", "embed_action.bias", "embed_ln.weight", "embed_ln.bias"):
+        target[name] = source[name]
+    if "embed_timestep.weight" in source:  # without one, HF's table stays zero: the same function
+        target["embed_timestep.weight"] = source["embed_timestep.weight"]
+    for layer in range(config.n_layer):
+        hf_block, block = f"encoder.h.{layer}.", f"transformer.blocks.{layer}."
+        for norm in ("ln_1", "ln_2"):
+            target[hf_block + norm + ".weight"] = source[block + norm + ".weight"]
+            target[hf_block + norm + ".bias"] = source[block + norm + ".bias"]
+        for conv in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
+            target[hf_block + conv + ".weight"] = source[block + conv + ".weight"].T.contiguous()
+            target[hf_block + conv + ".bias"] = source[block + conv + ".bias"]
+    target["encoder.ln_f.weight"] = source["transformer.ln_f.weight"]
+    target["encoder.ln_f.bias"] = source["transformer.ln_f.bias"]
+    target["predict_action.0.weight"] = source["action_mu.weight"]
+    target["predict_action.0.bias"] = source["action_mu.bias"]
+    hf_model.load_state_dict(target, strict=False)  # buffers HF keeps outside state_dict stay as built
+    return hf_model.eval()
+
+
+# ----------------------------------------------------------------------------------------------
+# the command
+
+
+@dataclass
+class ImportConfig:
+    """``dtrl hf import SOURCE --task T --out DIR``: a Hugging Face DecisionTransformerModel as a dtrl policy
+    (usable by ``dtrl finetune --init DIR`` and ``dtrl eval``)."""
+
+    source: str = ""
+    """a Hugging Face model id (edbeeching/decision-transformer-gym-hopper-medium) or a local folder"""
+    task: str = ""
+    """the dtrl task the model acts in (its env must have the model's state/action sizes)"""
+    out: str = ""
+    """policy folder to write"""
+    dataset: str | None = None
+    """dataset to compute the state mean/std from (as the DT code did): .hdf5, Minari id or folder"""
+    state_stats: str | None = None
+    """instead of --dataset: a JSON file with "mean" and "std" lists (a model card's state_mean/state_std)"""
+    context_length: int = 20
+    """K the model was trained with (HF configs do not record it; the DT examples use 20)"""
+    reward_scale: float | None = None
+    """returns-to-go are divided by this before entering the model (default: the task's; the HF examples
+    use 1000 on MuJoCo)"""
+    policy: Literal["gaussian", "deterministic"] = "gaussian"
+    """'gaussian' adds a Gaussian head around the HF action (what RL finetuning needs); 'deterministic' keeps it"""
+    init_log_std: float = -1.0
+    """the Gaussian head's initial log standard deviation (pre-tanh), the same for every state"""
+    force: bool = False
+    """replace --out if it holds something"""
+
+
+@dataclass
+class ExportConfig:
+    """``dtrl hf export POLICY --out DIR``: a dtrl Decision Transformer as a Hugging Face
+    DecisionTransformerModel folder (config.json + model.safetensors, and dtrl_state_stats.json)."""
+
+    source: str = ""
+    """a dtrl policy folder or run folder"""
+    out: str = ""
+    """folder to write (save_pretrained layout)"""
+    force: bool = False
+    """replace --out if it holds something"""
+
+
+USAGE = """usage: dtrl hf {import,export} ...
+
+  import SOURCE --task T --out DIR (--dataset D | --state-stats FILE) [--context-length K] [--reward-scale S]
+         a Hugging Face DecisionTransformerModel (hub id or folder) as a dtrl policy
+  export POLICY --out DIR
+         a dtrl Decision Transformer as a Hugging Face DecisionTransformerModel folder
+
+dtrl hf import --help / dtrl hf export --help list every option."""
+
+
+def _check_out(out: str, force: bool) -> Path:
+    if not out:
+        raise DtrlError("--out is required")
+    path = Path(out)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not force:
+        raise DtrlError(f"{path} already exists and is not empty: choose another --out or pass --force")
+    return path
+
+
+def _state_normalizer(config: ImportConfig, task, state_dim: int):
+    from dtrl.data import StateNormalizer, load_dataset
+
+    if (config.dataset is None) == (config.state_stats is None):
+        raise DtrlError("give exactly one of --dataset and --state-stats: the model expects normalised states "
+                        "and its Hugging Face config does not say how they were normalised")
+    if config.dataset is not None:
+        normalizer = StateNormalizer.from_trajectories(load_dataset(config.dataset, task).trajectories)
+    else:
+        try:
+            stats = json.loads(Path(config.state_stats).read_text())
+            mean = np.asarray(stats["mean"], dtype=np.float32)
+            std = np.asarray(stats["std"], dtype=np.float32)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DtrlError(f"cannot read --state-stats {config.state_stats}: expected JSON with 'mean' and 'std' "
+                            f"lists ({type(exc).__name__}: {exc})") from None
+        if mean.shape != (state_dim,) or std.shape != (state_dim,) or not (np.isfinite(mean).all()
+                                                                             and np.isfinite(std).all()
+                                                                             and (std > 0).all()):
+            raise DtrlError(f"--state-stats needs {state_dim} finite means and {state_dim} positive stds")
+        normalizer = StateNormalizer(mean, std)
+    if normalizer.obs_dim != state_dim:
+        raise DtrlError(f"the dataset has {normalizer.obs_dim}-dim states but the model takes {state_dim}")
+    return normalizer
+
+
+def import_policy(config: ImportConfig) -> Path:
+    from dtrl.models.checkpoint import check_task_dims, save_policy
+    from dtrl.tasks import get_task
+
+    if not config.task:
+        raise DtrlError("--task is required (see dtrl tasks)")
+    if config.reward_scale is not None and not (math.isfinite(config.reward_scale) and config.reward_scale > 0):
+        raise DtrlError(f"--reward-scale must be a positive number, got {config.reward_scale}")
+    if config.context_length < 1:
+        raise DtrlError(f"--context-length must be >= 1, got {config.context_length}")
+    task = get_task(config.task)
+    out = _check_out(config.out, config.force)
+    transformers = _transformers()
+    transformers.utils.logging.disable_progress_bar()
+    where = f"a Hugging Face DecisionTransformerModel from {config.source!r}"
+    try:
+        hf_config = transformers.AutoConfig.from_pretrained(config.source)
+        if hf_config.model_type != "decision_transformer":
+            raise DtrlError(f"cannot load {where}: it holds a {hf_config.model_type!r} model")
+        hf_model, info = transformers.DecisionTransformerModel.from_pretrained(config.source, output_loading_info=True)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DtrlError(f"cannot load {where}: {first}") from None
+    if info["missing_keys"]:
+        # transformers would fill them with random numbers: a policy that runs but is not the model
+        raise DtrlError(f"cannot load {where}: its weights lack {', '.join(sorted(info['missing_keys'])[:3])}")
+    check_task_dims(task, hf_model.config.state_dim, hf_model.config.act_dim, Path(config.source))
+    normalizer = _state_normalizer(config, task, hf_model.config.state_dim)
+    model = from_huggingface(hf_model, config.context_length, config.policy, config.init_log_std)
+    return save_policy(out, model, normalizer, task.name, reward_scale=config.reward_scale,
+                       extra={"imported_from": f"huggingface:{config.source}"})
+
+
+def export_policy(config: ExportConfig) -> Path:
+    from dtrl.models.checkpoint import load_policy
+
+    out = _check_out(config.out, config.force)
+    policy = load_policy(Path(config.source))
+    hf_model = to_huggingface(policy.model)
+    stats = {"state_mean": policy.normalizer.mean.tolist(), "state_std": policy.normalizer.std.tolist(),
+             "reward_scale": policy.reward_scale, "context_length": policy.model.config.context_length,
+             "task": policy.task_name}
+
+    def fill(staging: Path) -> None:
+        hf_model.save_pretrained(str(staging))
+        (staging / STATS_FILE).write_text(json.dumps(stats, indent=2))
+
+    return atomic_replace_directory(out, fill)
+
+
+def main(argv: list[str]) -> int:
+    from dtrl.data.cli import parse_with_positional
+
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command == "import":
+        config = parse_with_positional(ImportConfig, rest, "source", "SOURCE", "dtrl hf import",
+                                       ImportConfig.__doc__)
+        print(f"wrote {import_policy(config)}")
+        return 0
+    if command == "export":
+        config = parse_with_positional(ExportConfig, rest, "source", "POLICY", "dtrl hf export", ExportConfig.__doc__)
+        print(f"wrote {export_policy(config)}")
+        return 0
+    raise DtrlError(f"unknown hf command {command!r} (choose from import, export)")

@@ -1,0 +1,145 @@
+"""Hugging Face DecisionTransformerModel in and out: same actions as transformers' own forward."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dtrl.cli import main
+from dtrl.errors import DtrlError
+from dtrl.models.checkpoint import load_policy
+from dtrl.models.huggingface import STATS_FILE, from_huggingface, to_huggingface
+
+transformers = pytest.importorskip("transformers")
+
+STATE_DIM, ACT_DIM, K = 11, 3, 5  # Hopper's sizes, so the model fits the hopper tasks
+
+
+def random_hf_model(seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    config = transformers.DecisionTransformerConfig(state_dim=STATE_DIM, act_dim=ACT_DIM, hidden_size=32, n_layer=2,
+                                                    n_head=2, max_ep_len=1000, bos_token_id=None, eos_token_id=None,
+                                                    **overrides)
+    model = transformers.DecisionTransformerModel(config).eval()
+    with torch.no_grad():  # off the init (zero biases, unit LayerNorms, ...) so every mapped tensor matters
+        for param in model.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+    return model
+
+
+def window_batch(seed: int = 1):
+    generator = torch.Generator().manual_seed(seed)
+    states = torch.randn(3, K, STATE_DIM, generator=generator)
+    actions = torch.rand(3, K, ACT_DIM, generator=generator) * 2 - 1
+    returns = torch.randn(3, K, 1, generator=generator)
+    timesteps = torch.randint(0, 1000, (3, K), generator=generator)
+    mask = torch.ones(3, K, dtype=torch.long)
+    mask[1, :2] = 0  # left padding, as in the Hugging Face example
+    return states, actions, returns, timesteps, mask
+
+
+def hf_actions(hf_model, states, actions, returns, timesteps, mask):
+    with torch.no_grad():
+        return hf_model(states=states, actions=actions, returns_to_go=returns, timesteps=timesteps,
+                        attention_mask=mask, return_dict=True).action_preds
+
+
+@pytest.mark.parametrize("policy", ["deterministic", "gaussian"])
+@pytest.mark.parametrize("activation", ["relu", "gelu_new"])
+def test_imported_model_acts_as_the_hf_model(policy, activation):
+    hf_model = random_hf_model(activation_function=activation)
+    states, actions, returns, timesteps, mask = window_batch()
+    expected = hf_actions(hf_model, states, actions, returns, timesteps, mask)
+    model = from_huggingface(hf_model, K, policy, init_log_std=-1.5).eval()
+    with torch.no_grad():
+        dist = model(states, actions, returns[..., 0], timesteps, mask.bool())
+    valid = mask.bool()
+    assert torch.allclose(dist.mean[valid], expected[valid], atol=1e-5)
+    if policy == "gaussian":
+        assert torch.allclose(dist.log_std, torch.full_like(dist.log_std, -1.5), atol=1e-5)
+    # the KV-cached rollout path gives the same actions step by step within the first K steps
+    cache = model.new_cache(1)
+    for step in range(K):
+        with torch.no_grad():
+            act = model.act(cache, returns[0, step, 0:1], states[0, step:step + 1], timesteps[0, step:step + 1])
+            model.append_action(cache, actions[0, step:step + 1])
+        assert torch.allclose(act.mean[0], expected[0, step], atol=1e-5)
+
+
+def test_export_round_trip_keeps_the_actions():
+    hf_model = random_hf_model()
+    batch = window_batch()
+    model = from_huggingface(hf_model, K, "gaussian")
+    exported = to_huggingface(model)
+    valid = batch[-1].bool()
+    assert torch.allclose(hf_actions(exported, *batch)[valid], hf_actions(hf_model, *batch)[valid], atol=1e-5)
+
+
+def test_unsupported_hf_models_are_refused():
+    with pytest.raises(DtrlError, match="action_tanh"):
+        from_huggingface(random_hf_model(action_tanh=False), K)
+    with pytest.raises(DtrlError, match="init-log-std"):
+        from_huggingface(random_hf_model(), K, "gaussian", init_log_std=3.0)
+
+
+def test_cli_import_then_export(tmp_path, capsys):
+    hf_model = random_hf_model()
+    hf_model.save_pretrained(tmp_path / "hf")
+    mean, std = np.linspace(-1, 1, STATE_DIM), np.linspace(0.5, 2, STATE_DIM)
+    (tmp_path / "stats.json").write_text(json.dumps({"mean": mean.tolist(), "std": std.tolist()}))
+    assert main(["hf", "import", str(tmp_path / "hf"), "--task", "hopper-medium", "--state-stats",
+                 str(tmp_path / "stats.json"), "--context-length", str(K), "--reward-scale", "1000",
+                 "--out", str(tmp_path / "policy")]) == 0
+
+    policy = load_policy(tmp_path / "policy", task="hopper-medium")
+    assert policy.reward_scale == 1000.0
+    assert policy.model.stochastic and policy.model.config.context_length == K
+    assert policy.meta["extra"]["imported_from"].startswith("huggingface:")
+    raw_states, actions, returns, timesteps, mask = window_batch()
+    normalized = (raw_states - torch.as_tensor(mean, dtype=torch.float32)) / torch.as_tensor(std, dtype=torch.float32)
+    with torch.no_grad():
+        dist = policy.model(policy.normalizer.normalize(raw_states), actions, returns[..., 0], timesteps, mask.bool())
+    expected = hf_actions(hf_model, normalized, actions, returns, timesteps, mask)
+    assert torch.allclose(dist.mean[mask.bool()], expected[mask.bool()], atol=1e-5)
+
+    assert main(["hf", "export", str(tmp_path / "policy"), "--out", str(tmp_path / "exported")]) == 0
+    exported = transformers.DecisionTransformerModel.from_pretrained(tmp_path / "exported").eval()
+    assert torch.allclose(hf_actions(exported, normalized, actions, returns, timesteps, mask)[mask.bool()],
+                          expected[mask.bool()], atol=1e-5)
+    stats = json.loads((tmp_path / "exported" / STATS_FILE).read_text())
+    assert np.allclose(stats["state_mean"], mean) and stats["reward_scale"] == 1000.0 and stats["context_length"] == K
+
+
+def test_cli_import_errors_are_one_line(tmp_path, capsys):
+    random_hf_model().save_pretrained(tmp_path / "hf")
+    # no normalisation given
+    assert main(["hf", "import", str(tmp_path / "hf"), "--task", "hopper-medium", "--out", str(tmp_path / "p")]) == 2
+    assert "--dataset" in capsys.readouterr().err
+    # a task whose env has other sizes
+    (tmp_path / "stats.json").write_text(json.dumps({"mean": [0.0] * STATE_DIM, "std": [1.0] * STATE_DIM}))
+    assert main(["hf", "import", str(tmp_path / "hf"), "--task", "walker2d-medium", "--state-stats",
+                 str(tmp_path / "stats.json"), "--out", str(tmp_path / "p")]) == 2
+    assert "obs dim" in capsys.readouterr().err
+    # not a model
+    assert main(["hf", "import", str(tmp_path / "nothing"), "--task", "hopper-medium", "--state-stats",
+                 str(tmp_path / "stats.json"), "--out", str(tmp_path / "p")]) == 2
+    assert "cannot load" in capsys.readouterr().err
+    # weights missing from the checkpoint are not filled with random numbers
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(tmp_path / "hf" / "model.safetensors"))
+    save_file({k: v for k, v in weights.items() if "ln_f" not in k}, str(tmp_path / "hf" / "model.safetensors"),
+              metadata={"format": "pt"})
+    assert main(["hf", "import", str(tmp_path / "hf"), "--task", "hopper-medium", "--state-stats",
+                 str(tmp_path / "stats.json"), "--out", str(tmp_path / "p")]) == 2
+    assert "lack encoder.ln_f" in capsys.readouterr().err
+    # an existing output is kept
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "mine.txt").write_text("keep")
+    assert main(["hf", "import", str(tmp_path / "hf"), "--task", "hopper-medium", "--state-stats",
+                 str(tmp_path / "stats.json"), "--out", str(tmp_path / "p")]) == 2
+    assert (tmp_path / "p" / "mine.txt").read_text() == "keep"
+    assert not (tmp_path / "p").joinpath("model.json").exists()
