@@ -9,18 +9,21 @@ import pytest
 import torch
 
 from dtrl.cli import main
+from dtrl.envs import BatchedEnv
 from dtrl.errors import DtrlError
 from dtrl.models.checkpoint import load_policy
 from dtrl.models.huggingface import STATS_FILE, from_huggingface, to_huggingface
+from dtrl.rollout import rollout_episodes
+from dtrl.tasks import get_task
 
 transformers = pytest.importorskip("transformers")
 
 STATE_DIM, ACT_DIM, K = 11, 3, 5  # Hopper's sizes, so the model fits the hopper tasks
 
 
-def random_hf_model(seed: int = 0, **overrides):
+def random_hf_model(seed: int = 0, state_dim: int = STATE_DIM, act_dim: int = ACT_DIM, **overrides):
     torch.manual_seed(seed)
-    config = transformers.DecisionTransformerConfig(state_dim=STATE_DIM, act_dim=ACT_DIM, hidden_size=32, n_layer=2,
+    config = transformers.DecisionTransformerConfig(state_dim=state_dim, act_dim=act_dim, hidden_size=32, n_layer=2,
                                                     n_head=2, max_ep_len=1000, bos_token_id=None, eos_token_id=None,
                                                     **overrides)
     model = transformers.DecisionTransformerModel(config).eval()
@@ -89,7 +92,7 @@ def test_cli_import_then_export(tmp_path, capsys):
     hf_model = random_hf_model()
     hf_model.save_pretrained(tmp_path / "hf")
     mean, std = np.linspace(-1, 1, STATE_DIM), np.linspace(0.5, 2, STATE_DIM)
-    (tmp_path / "stats.json").write_text(json.dumps({"mean": mean.tolist(), "std": std.tolist()}))
+    (tmp_path / "stats.json").write_text(json.dumps({"state_mean": mean.tolist(), "state_std": std.tolist()}))
     assert main(["hf", "import", str(tmp_path / "hf"), "--task", "hopper-medium", "--state-stats",
                  str(tmp_path / "stats.json"), "--context-length", str(K), "--reward-scale", "1000",
                  "--out", str(tmp_path / "policy")]) == 0
@@ -119,7 +122,7 @@ def test_cli_import_errors_are_one_line(tmp_path, capsys):
     assert main(["hf", "import", str(tmp_path / "hf"), "--task", "hopper-medium", "--out", str(tmp_path / "p")]) == 2
     assert "--dataset" in capsys.readouterr().err
     # a task whose env has other sizes
-    (tmp_path / "stats.json").write_text(json.dumps({"mean": [0.0] * STATE_DIM, "std": [1.0] * STATE_DIM}))
+    (tmp_path / "stats.json").write_text(json.dumps({"state_mean": [0.0] * STATE_DIM, "state_std": [1.0] * STATE_DIM}))
     assert main(["hf", "import", str(tmp_path / "hf"), "--task", "walker2d-medium", "--state-stats",
                  str(tmp_path / "stats.json"), "--out", str(tmp_path / "p")]) == 2
     assert "obs dim" in capsys.readouterr().err
@@ -143,3 +146,77 @@ def test_cli_import_errors_are_one_line(tmp_path, capsys):
                  str(tmp_path / "stats.json"), "--out", str(tmp_path / "p")]) == 2
     assert (tmp_path / "p" / "mine.txt").read_text() == "keep"
     assert not (tmp_path / "p").joinpath("model.json").exists()
+
+
+def save_with_stats(directory, hf_model, task: str) -> dict:
+    """save_pretrained + the dtrl_state_stats.json the HF example's numbers go in."""
+    state_dim = hf_model.config.state_dim
+    hf_model.save_pretrained(directory)
+    stats = {"state_mean": np.linspace(-0.5, 0.5, state_dim).tolist(),
+             "state_std": np.linspace(0.5, 2, state_dim).tolist(), "reward_scale": 1000.0, "context_length": K,
+             "task": task}
+    (directory / STATS_FILE).write_text(json.dumps(stats))
+    return stats
+
+
+def test_hf_prefix_acts_as_the_hf_example_over_a_30_step_episode(tmp_path):
+    """The HF example re-runs the model on the last K steps at every step (the current action slot
+    zero); dtrl's rollout with the policy's recorded context does the same through its KV cache.
+    HalfCheetah never terminates, so a random model's episode lasts the 30 steps."""
+    hf_model = random_hf_model(seed=3, state_dim=17, act_dim=6)
+    stats = save_with_stats(tmp_path / "hf", hf_model, "HalfCheetah-v5")
+    policy = load_policy(f"hf:{tmp_path / 'hf'}")
+    task = get_task("HalfCheetah-v5")
+    assert policy.meta["extra"]["eval_context_length"] == K and policy.reward_scale == 1000.0
+    envs = BatchedEnv(task, 1, num_workers=0, seed=0)
+    try:
+        [episode] = rollout_episodes(policy, envs, task, 6000.0, seeds=[0], mode="mean", max_steps=30,
+                                     context_length=K)
+    finally:
+        envs.close()
+    assert len(episode.actions) == 30
+    mean, std = np.asarray(stats["state_mean"]), np.asarray(stats["state_std"])
+    for t in range(30):
+        lo = max(0, t - K + 1)
+        pad = K - (t + 1 - lo)
+        states = np.zeros((K, 17), np.float32)
+        states[pad:] = (episode.observations[lo:t + 1] - mean) / std
+        actions = np.zeros((K, 6), np.float32)
+        actions[pad:-1] = episode.actions[lo:t]
+        returns = np.zeros((K, 1), np.float32)
+        returns[pad:, 0] = episode.returns_to_go[lo:t + 1] / 1000.0
+        timesteps = np.zeros(K, np.int64)
+        timesteps[pad:] = episode.timesteps[lo:t + 1]
+        mask = np.zeros(K, np.int64)
+        mask[pad:] = 1
+        expected = hf_actions(hf_model, torch.as_tensor(states)[None], torch.as_tensor(actions)[None],
+                              torch.as_tensor(returns)[None], torch.as_tensor(timesteps)[None],
+                              torch.as_tensor(mask)[None])[0, -1]
+        np.testing.assert_allclose(episode.actions[t], expected.numpy(), atol=1e-5)
+
+
+def test_hf_prefix_evaluates_and_finetunes(tmp_path, capsys):
+    directory = tmp_path / "hf"
+    save_with_stats(directory, random_hf_model(seed=3), "hopper-medium")
+    assert main(["eval", f"hf:{directory}", "--episodes", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["task"] == "hopper-medium" and result["eval_context_length"] == K
+    out = tmp_path / "grpo"
+    # one minibatch holds the whole first iteration, so its ratio is pi/pi_old before any update: 1
+    assert main(["finetune", "--algo", "grpo", "--task", "hopper-medium", "--preset", "cpu",
+                 "--init", f"hf:{directory}", "--out", str(out), "--iterations", "2", "--device", "cpu",
+                 "--trajectories-per-batch", "2",
+                 "--reset-points-per-trajectory", "2", "--group-size", "4", "--sub-trajectory-length", "5",
+                 "--eval-steps", "5", "--minibatch-size", "16", "--sub-trajectory-buffer-size", "32",
+                 "--eval-every", "2", "--eval-episodes", "1", "--min-group-deviation", "0"]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    first = next(row for row in rows if row["iteration"] == 1)
+    # (sampling runs the KV-cached path, training the windowed forward: equal up to float32 rounding)
+    assert first["grad_updates"] == 1 and first["losses/first_update_ratio_max_dev"] < 1e-5
+    assert load_policy(out).meta["extra"]["algo"] == "grpo"
+
+
+def test_hf_prefix_without_stats_is_one_line(tmp_path, capsys):
+    random_hf_model().save_pretrained(tmp_path / "hf")
+    assert main(["eval", f"hf:{tmp_path / 'hf'}", "--task", "hopper-medium"]) == 2
+    assert STATS_FILE in capsys.readouterr().err

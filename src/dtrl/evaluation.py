@@ -135,7 +135,8 @@ class EvalConfig:
     """``dtrl eval``: evaluate a run's policy with the mean action."""
 
     run: tyro.conf.Positional[str]
-    """a run directory (its policy/ is used) or a policy directory"""
+    """a run directory (its policy/ is used), a policy directory, or hf:DIR (a Hugging Face DT with
+    dtrl_state_stats.json beside it)"""
     task: str | None = None
     """task to evaluate on (default: the task the policy was trained on)"""
     episodes: int = 10

@@ -152,9 +152,9 @@ def iteration_metrics(iteration: int, clock: Clock, **metrics: Any) -> dict:
 
 
 def load_init_policy(init: str | None, task, device: str):
-    """The pretrained DT (``--init RUN`` or a policy dir) as ``LoadedPolicy``; one-line errors."""
+    """The pretrained DT (``--init RUN``, a policy dir or ``hf:DIR``) as ``LoadedPolicy``; one-line errors."""
     if not init:
-        raise DtrlError("--init is required: a pretrained DT run directory or policy directory (dtrl pretrain)")
+        raise DtrlError("--init is required: a pretrained DT run or policy directory (dtrl pretrain), or hf:DIR")
     return load_policy(init, task=task, device=device)
 
 
@@ -303,7 +303,8 @@ class DTFinetuneConfig(CommonConfig):
     """Options shared by the algorithms that finetune a pretrained DT (``--init``)."""
 
     init: str | None = None
-    """pretrained DT: a `dtrl pretrain` run directory or a policy directory (required)"""
+    """pretrained DT: a `dtrl pretrain` run directory, a policy directory or hf:DIR, a Hugging Face
+    DecisionTransformerModel with dtrl_state_stats.json beside it (required)"""
     iterations: int = 10
     """online iterations (paper: 'iteration' of Algorithm 1/2 line 1)"""
     learning_rate: float = 5e-5

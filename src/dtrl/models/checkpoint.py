@@ -36,6 +36,8 @@ FORMAT_VERSION = 1
 ACTOR_ARCHITECTURE = "iql-mlp"
 SB3_ARCHITECTURE = "sb3"
 SB3_FILE = "sb3_model.zip"
+HF_PREFIX = "hf:"
+"""``hf:DIR`` or ``hf:owner/name`` names a Hugging Face DecisionTransformerModel wherever a policy is loaded"""
 
 
 @dataclass
@@ -147,8 +149,13 @@ def _policy_directory(path: Path) -> Path:
 
 
 def load_policy(path, task=None, device: str = "cpu") -> LoadedPolicy:
-    """Load a policy directory (or ``RUN/policy``). With ``task`` (a Task or its name), refuse a model
+    """Load a policy directory (or ``RUN/policy``), or ``hf:SOURCE``, a Hugging Face
+    DecisionTransformerModel (``models.huggingface``). With ``task`` (a Task or its name), refuse a model
     whose state/action sizes differ from that task's environment."""
+    if str(path).startswith(HF_PREFIX):
+        from dtrl.models.huggingface import load_huggingface_policy
+
+        return load_huggingface_policy(str(path)[len(HF_PREFIX):], task=task, device=device)
 
     from dtrl.models import build_model
 
@@ -303,6 +310,8 @@ def load_sb3_policy(path, task=None, device: str = "cpu") -> LoadedSB3Policy:
 def load_any_policy(path, task=None, device: str = "cpu") -> LoadedPolicy | LoadedActor | LoadedSB3Policy:
     """Whatever policy ``path`` holds: a Decision Transformer (``LoadedPolicy``), an MLP actor or a
     stable-baselines3 model."""
+    if str(path).startswith(HF_PREFIX):
+        return load_policy(path, task=task, device=device)
     directory = _policy_directory(Path(path))
     try:
         architecture = json.loads((directory / META_FILE).read_text()).get("architecture")

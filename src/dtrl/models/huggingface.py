@@ -147,13 +147,121 @@ def to_huggingface(model: DecisionTransformer):
 
 
 # ----------------------------------------------------------------------------------------------
+# what the HF config lacks, kept beside the model
+
+
+@dataclass
+class StateStats:
+    """``dtrl_state_stats.json`` beside a Hugging Face model: what its config does not record. The keys
+    are those of the HF DT example and model cards (``state_mean``, ``state_std``, ``scale``...)."""
+
+    state_mean: np.ndarray
+    state_std: np.ndarray
+    reward_scale: float | None = None
+    """returns-to-go are divided by this (None: the task's)"""
+    context_length: int | None = None
+    """K the model was trained with (None: 20, the DT examples' K)"""
+    task: str | None = None
+
+    @classmethod
+    def read(cls, file: Path, state_dim: int) -> StateStats:
+        try:
+            raw = json.loads(Path(file).read_text())
+            mean = np.asarray(raw["state_mean"], dtype=np.float32)
+            std = np.asarray(raw["state_std"], dtype=np.float32)
+            scale = raw.get("reward_scale", raw.get("scale"))
+            context = raw.get("context_length")
+            stats = cls(mean, std, None if scale is None else float(scale), None if context is None else int(context),
+                        raw.get("task"))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DtrlError(f"cannot read {file}: expected JSON with 'state_mean' and 'state_std' lists "
+                            f"({type(exc).__name__}: {exc})") from None
+        if mean.shape != (state_dim,) or std.shape != (state_dim,):
+            raise DtrlError(f"{file}: state_mean and state_std need {state_dim} values each (the model's state size)")
+        if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
+            raise DtrlError(f"{file}: state_mean must be finite and state_std positive")
+        if stats.reward_scale is not None and not (math.isfinite(stats.reward_scale) and stats.reward_scale > 0):
+            raise DtrlError(f"{file}: reward_scale must be a positive number")
+        if stats.context_length is not None and stats.context_length < 1:
+            raise DtrlError(f"{file}: context_length must be >= 1")
+        return stats
+
+    def to_dict(self) -> dict:
+        return {"state_mean": self.state_mean.tolist(), "state_std": self.state_std.tolist(),
+                "reward_scale": self.reward_scale, "context_length": self.context_length, "task": self.task}
+
+
+DEFAULT_CONTEXT_LENGTH = 20  # the K of the DT code and of the Hugging Face examples
+
+
+def _load_hf_model(source: str):
+    """(DecisionTransformerModel, local folder or None) from a hub id or a save_pretrained folder."""
+    transformers = _transformers()
+    transformers.utils.logging.disable_progress_bar()
+    where = f"a Hugging Face DecisionTransformerModel from {source!r}"
+    try:
+        hf_config = transformers.AutoConfig.from_pretrained(source)
+        if hf_config.model_type != "decision_transformer":
+            raise DtrlError(f"cannot load {where}: it holds a {hf_config.model_type!r} model")
+        hf_model, info = transformers.DecisionTransformerModel.from_pretrained(source, output_loading_info=True)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DtrlError(f"cannot load {where}: {first}") from None
+    if info["missing_keys"]:
+        # transformers would fill them with random numbers: a policy that runs but is not the model
+        raise DtrlError(f"cannot load {where}: its weights lack {', '.join(sorted(info['missing_keys'])[:3])}")
+    return hf_model.eval()
+
+
+def _stats_file(source: str) -> Path:
+    """``dtrl_state_stats.json`` of a local folder, or downloaded from the hub repository ``source``."""
+    if Path(source).is_dir():
+        return Path(source) / STATS_FILE
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(source, STATS_FILE))
+    except Exception:  # noqa: BLE001 - offline, no such repo or no such file: all mean "not there"
+        return Path(source) / STATS_FILE
+
+
+def load_huggingface_policy(source: str, task=None, device: str = "cpu", init_log_std: float = -1.0):
+    """``hf:SOURCE`` as a ``LoadedPolicy`` (what ``--init hf:DIR`` and ``dtrl eval hf:DIR`` use): the HF
+    model with a Gaussian head around its action, normalised by the ``dtrl_state_stats.json`` beside it."""
+    from dtrl.models.checkpoint import LoadedPolicy, check_task_dims
+    from dtrl.tasks import get_task
+
+    hf_model = _load_hf_model(source)
+    stats_file = _stats_file(source)
+    if not stats_file.is_file():
+        raise DtrlError(f"hf:{source} has no {STATS_FILE} (state_mean, state_std; optional reward_scale, "
+                        "context_length, task): write one from the model card, or use dtrl hf import --dataset")
+    stats = StateStats.read(stats_file, hf_model.config.state_dim)
+    task = task if task is not None else stats.task
+    if task is None:
+        raise DtrlError(f"hf:{source}: give --task ({STATS_FILE} does not name one)")
+    task = get_task(task) if isinstance(task, str) else task
+    check_task_dims(task, hf_model.config.state_dim, hf_model.config.act_dim, Path(source))
+    context = stats.context_length or DEFAULT_CONTEXT_LENGTH
+    model = from_huggingface(hf_model, context, "gaussian", init_log_std).to(device).eval()
+    from dtrl.data import StateNormalizer
+
+    reward_scale = stats.reward_scale if stats.reward_scale is not None else float(task.reward_scale)
+    # evaluated as the HF example acts: on the last K steps, re-run every step
+    meta = {"architecture": "dt", "task": task.name, "reward_scale": reward_scale,
+            "extra": {"imported_from": f"huggingface:{source}", "eval_context_length": context}}
+    return LoadedPolicy(model, StateNormalizer(stats.state_mean, stats.state_std), reward_scale, task.name, meta)
+
+
+# ----------------------------------------------------------------------------------------------
 # the command
 
 
 @dataclass
 class ImportConfig:
     """``dtrl hf import SOURCE --task T --out DIR``: a Hugging Face DecisionTransformerModel as a dtrl policy
-    (usable by ``dtrl finetune --init DIR`` and ``dtrl eval``)."""
+    folder (for ``dtrl finetune --init DIR`` and ``dtrl eval``; ``--init hf:SOURCE`` does the same on the fly
+    when a dtrl_state_stats.json is beside the model)."""
 
     source: str = ""
     """a Hugging Face model id (edbeeching/decision-transformer-gym-hopper-medium) or a local folder"""
@@ -164,12 +272,13 @@ class ImportConfig:
     dataset: str | None = None
     """dataset to compute the state mean/std from (as the DT code did): .hdf5, Minari id or folder"""
     state_stats: str | None = None
-    """instead of --dataset: a JSON file with "mean" and "std" lists (a model card's state_mean/state_std)"""
-    context_length: int = 20
-    """K the model was trained with (HF configs do not record it; the DT examples use 20)"""
+    """instead of --dataset: a JSON file with "state_mean" and "state_std" lists (optional "reward_scale",
+    "context_length"), as in the HF example and model cards"""
+    context_length: int | None = None
+    """K the model was trained with (default: --state-stats' context_length, else 20 as in the DT examples)"""
     reward_scale: float | None = None
-    """returns-to-go are divided by this before entering the model (default: the task's; the HF examples
-    use 1000 on MuJoCo)"""
+    """returns-to-go are divided by this before entering the model (default: --state-stats' reward_scale,
+    else the task's; the HF examples use 1000 on MuJoCo)"""
     policy: Literal["gaussian", "deterministic"] = "gaussian"
     """'gaussian' adds a Gaussian head around the HF action (what RL finetuning needs); 'deterministic' keeps it"""
     init_log_std: float = -1.0
@@ -194,10 +303,12 @@ class ExportConfig:
 USAGE = """usage: dtrl hf {import,export} ...
 
   import SOURCE --task T --out DIR (--dataset D | --state-stats FILE) [--context-length K] [--reward-scale S]
-         a Hugging Face DecisionTransformerModel (hub id or folder) as a dtrl policy
+         a Hugging Face DecisionTransformerModel (hub id or folder) as a dtrl policy folder
   export POLICY --out DIR
          a dtrl Decision Transformer as a Hugging Face DecisionTransformerModel folder
 
+--init hf:DIR and dtrl eval hf:DIR load a Hugging Face model directly when dtrl_state_stats.json
+(state_mean, state_std, reward_scale, context_length, task) lies beside it; dtrl hf export writes one.
 dtrl hf import --help / dtrl hf export --help list every option."""
 
 
@@ -210,33 +321,8 @@ def _check_out(out: str, force: bool) -> Path:
     return path
 
 
-def _state_normalizer(config: ImportConfig, task, state_dim: int):
-    from dtrl.data import StateNormalizer, load_dataset
-
-    if (config.dataset is None) == (config.state_stats is None):
-        raise DtrlError("give exactly one of --dataset and --state-stats: the model expects normalised states "
-                        "and its Hugging Face config does not say how they were normalised")
-    if config.dataset is not None:
-        normalizer = StateNormalizer.from_trajectories(load_dataset(config.dataset, task).trajectories)
-    else:
-        try:
-            stats = json.loads(Path(config.state_stats).read_text())
-            mean = np.asarray(stats["mean"], dtype=np.float32)
-            std = np.asarray(stats["std"], dtype=np.float32)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise DtrlError(f"cannot read --state-stats {config.state_stats}: expected JSON with 'mean' and 'std' "
-                            f"lists ({type(exc).__name__}: {exc})") from None
-        if mean.shape != (state_dim,) or std.shape != (state_dim,) or not (np.isfinite(mean).all()
-                                                                             and np.isfinite(std).all()
-                                                                             and (std > 0).all()):
-            raise DtrlError(f"--state-stats needs {state_dim} finite means and {state_dim} positive stds")
-        normalizer = StateNormalizer(mean, std)
-    if normalizer.obs_dim != state_dim:
-        raise DtrlError(f"the dataset has {normalizer.obs_dim}-dim states but the model takes {state_dim}")
-    return normalizer
-
-
 def import_policy(config: ImportConfig) -> Path:
+    from dtrl.data import StateNormalizer, load_dataset
     from dtrl.models.checkpoint import check_task_dims, save_policy
     from dtrl.tasks import get_task
 
@@ -244,29 +330,27 @@ def import_policy(config: ImportConfig) -> Path:
         raise DtrlError("--task is required (see dtrl tasks)")
     if config.reward_scale is not None and not (math.isfinite(config.reward_scale) and config.reward_scale > 0):
         raise DtrlError(f"--reward-scale must be a positive number, got {config.reward_scale}")
-    if config.context_length < 1:
+    if config.context_length is not None and config.context_length < 1:
         raise DtrlError(f"--context-length must be >= 1, got {config.context_length}")
+    if (config.dataset is None) == (config.state_stats is None):
+        raise DtrlError("give exactly one of --dataset and --state-stats: the model expects normalised states "
+                        "and its Hugging Face config does not say how they were normalised")
     task = get_task(config.task)
     out = _check_out(config.out, config.force)
-    transformers = _transformers()
-    transformers.utils.logging.disable_progress_bar()
-    where = f"a Hugging Face DecisionTransformerModel from {config.source!r}"
-    try:
-        hf_config = transformers.AutoConfig.from_pretrained(config.source)
-        if hf_config.model_type != "decision_transformer":
-            raise DtrlError(f"cannot load {where}: it holds a {hf_config.model_type!r} model")
-        hf_model, info = transformers.DecisionTransformerModel.from_pretrained(config.source, output_loading_info=True)
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DtrlError(f"cannot load {where}: {first}") from None
-    if info["missing_keys"]:
-        # transformers would fill them with random numbers: a policy that runs but is not the model
-        raise DtrlError(f"cannot load {where}: its weights lack {', '.join(sorted(info['missing_keys'])[:3])}")
-    check_task_dims(task, hf_model.config.state_dim, hf_model.config.act_dim, Path(config.source))
-    normalizer = _state_normalizer(config, task, hf_model.config.state_dim)
-    model = from_huggingface(hf_model, config.context_length, config.policy, config.init_log_std)
-    return save_policy(out, model, normalizer, task.name, reward_scale=config.reward_scale,
-                       extra={"imported_from": f"huggingface:{config.source}"})
+    hf_model = _load_hf_model(config.source)
+    state_dim = hf_model.config.state_dim
+    check_task_dims(task, state_dim, hf_model.config.act_dim, Path(config.source))
+    if config.state_stats is not None:
+        stats = StateStats.read(Path(config.state_stats), state_dim)
+    else:
+        normalizer = StateNormalizer.from_trajectories(load_dataset(config.dataset, task).trajectories)
+        stats = StateStats(normalizer.mean, normalizer.std)
+    context = config.context_length or stats.context_length or DEFAULT_CONTEXT_LENGTH
+    reward_scale = config.reward_scale if config.reward_scale is not None else stats.reward_scale
+    model = from_huggingface(hf_model, context, config.policy, config.init_log_std)
+    return save_policy(out, model, StateNormalizer(stats.state_mean, stats.state_std), task.name,
+                       reward_scale=reward_scale,
+                       extra={"imported_from": f"huggingface:{config.source}", "eval_context_length": context})
 
 
 def export_policy(config: ExportConfig) -> Path:
@@ -275,13 +359,14 @@ def export_policy(config: ExportConfig) -> Path:
     out = _check_out(config.out, config.force)
     policy = load_policy(Path(config.source))
     hf_model = to_huggingface(policy.model)
-    stats = {"state_mean": policy.normalizer.mean.tolist(), "state_std": policy.normalizer.std.tolist(),
-             "reward_scale": policy.reward_scale, "context_length": policy.model.config.context_length,
-             "task": policy.task_name}
+    # the context the policy acts with (GRPO-DT's T_eval, say), which is what the HF example should re-run
+    context = policy.meta.get("extra", {}).get("eval_context_length") or policy.model.config.context_length
+    stats = StateStats(policy.normalizer.mean, policy.normalizer.std, policy.reward_scale, int(context),
+                       policy.task_name)
 
     def fill(staging: Path) -> None:
         hf_model.save_pretrained(str(staging))
-        (staging / STATS_FILE).write_text(json.dumps(stats, indent=2))
+        (staging / STATS_FILE).write_text(json.dumps(stats.to_dict(), indent=2))
 
     return atomic_replace_directory(out, fill)
 
