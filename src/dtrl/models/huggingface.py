@@ -56,6 +56,26 @@ def _require(condition: bool, what: str) -> None:
         raise DtrlError(f"cannot convert this Hugging Face DecisionTransformer: {what}")
 
 
+def _shared_tensors(n_layer: int) -> list[tuple[str, str, bool]]:
+    """(Hugging Face name, dtrl name, transposed) of every tensor both models hold with the same
+    meaning; ``embed_ln.bias`` (wpe folded in) and ``embed_timestep`` (optional in dtrl) are handled apart."""
+    pairs = [(name, name, False) for name in ("embed_return.weight", "embed_return.bias", "embed_state.weight",
+                                             "embed_state.bias", "embed_action.weight", "embed_action.bias",
+                                             "embed_ln.weight")]
+    for layer in range(n_layer):
+        hf_block, block = f"encoder.h.{layer}.", f"transformer.blocks.{layer}."
+        for norm in ("ln_1", "ln_2"):
+            pairs += [(f"{hf_block}{norm}.{kind}", f"{block}{norm}.{kind}", False) for kind in ("weight", "bias")]
+        for conv in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):  # GPT-2 Conv1D: [in, out]
+            pairs += [(f"{hf_block}{conv}.weight", f"{block}{conv}.weight", True),
+                      (f"{hf_block}{conv}.bias", f"{block}{conv}.bias", False)]
+    pairs += [("encoder.ln_f.weight", "transformer.ln_f.weight", False),
+              ("encoder.ln_f.bias", "transformer.ln_f.bias", False),
+              ("predict_action.0.weight", "action_mu.weight", False),
+              ("predict_action.0.bias", "action_mu.bias", False)]
+    return pairs
+
+
 def from_huggingface(hf_model, context_length: int, policy: Literal["deterministic", "gaussian"] = "deterministic",
                      init_log_std: float = -1.0, log_std_bounds: tuple[float, float] = (-5.0, 2.0)
                      ) -> DecisionTransformer:
@@ -80,23 +100,10 @@ def from_huggingface(hf_model, context_length: int, policy: Literal["determinist
     )
     model = DecisionTransformer(config, hf.state_dim, hf.act_dim)
     source = {name: t.detach().to(torch.float32) for name, t in hf_model.state_dict().items()}
-    target = {}
-    for name in ("embed_timestep.weight", "embed_return.weight", "embed_return.bias", "embed_state.weight",
-                 "embed_state.bias", "embed_action.weight", "embed_action.bias", "embed_ln.weight"):
-        target[name] = source[name]
+    target = {ours: source[hf].T.contiguous() if transposed else source[hf]
+              for hf, ours, transposed in _shared_tensors(hf.n_layer)}
+    target["embed_timestep.weight"] = source["embed_timestep.weight"]
     target["embed_ln.bias"] = source["embed_ln.bias"] + source["encoder.wpe.weight"][0]
-    for layer in range(hf.n_layer):
-        hf_block, block = f"encoder.h.{layer}.", f"transformer.blocks.{layer}."
-        for norm in ("ln_1", "ln_2"):
-            target[block + norm + ".weight"] = source[hf_block + norm + ".weight"]
-            target[block + norm + ".bias"] = source[hf_block + norm + ".bias"]
-        for conv in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
-            target[block + conv + ".weight"] = source[hf_block + conv + ".weight"].T.contiguous()
-            target[block + conv + ".bias"] = source[hf_block + conv + ".bias"]
-    target["transformer.ln_f.weight"] = source["encoder.ln_f.weight"]
-    target["transformer.ln_f.bias"] = source["encoder.ln_f.bias"]
-    target["action_mu.weight"] = source["predict_action.0.weight"]
-    target["action_mu.bias"] = source["predict_action.0.bias"]
     if policy == "gaussian":
         # ODT's head maps raw r to low + (high - low)(tanh(r) + 1)/2; pick the constant r giving init_log_std
         raw = math.atanh(2.0 * (init_log_std - low) / (high - low) - 1.0)
@@ -125,23 +132,11 @@ def to_huggingface(model: DecisionTransformer):
     hf_model = transformers.DecisionTransformerModel(hf_config)
     source = {name: t.detach().to("cpu", torch.float32) for name, t in model.state_dict().items()}
     target = {name: torch.zeros_like(t) for name, t in hf_model.state_dict().items()}
-    for name in ("embed_return.weight", "embed_return.bias", "embed_state.weight", "embed_state.bias",
-                 "embed_action.weight", "embed_action.bias", "embed_ln.weight", "embed_ln.bias"):
-        target[name] = source[name]
+    for hf, ours, transposed in _shared_tensors(config.n_layer):
+        target[hf] = source[ours].T.contiguous() if transposed else source[ours]
+    target["embed_ln.bias"] = source["embed_ln.bias"]  # and wpe stays zero
     if "embed_timestep.weight" in source:  # without one, HF's table stays zero: the same function
         target["embed_timestep.weight"] = source["embed_timestep.weight"]
-    for layer in range(config.n_layer):
-        hf_block, block = f"encoder.h.{layer}.", f"transformer.blocks.{layer}."
-        for norm in ("ln_1", "ln_2"):
-            target[hf_block + norm + ".weight"] = source[block + norm + ".weight"]
-            target[hf_block + norm + ".bias"] = source[block + norm + ".bias"]
-        for conv in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
-            target[hf_block + conv + ".weight"] = source[block + conv + ".weight"].T.contiguous()
-            target[hf_block + conv + ".bias"] = source[block + conv + ".bias"]
-    target["encoder.ln_f.weight"] = source["transformer.ln_f.weight"]
-    target["encoder.ln_f.bias"] = source["transformer.ln_f.bias"]
-    target["predict_action.0.weight"] = source["action_mu.weight"]
-    target["predict_action.0.bias"] = source["action_mu.bias"]
     hf_model.load_state_dict(target, strict=False)  # buffers HF keeps outside state_dict stay as built
     return hf_model.eval()
 
