@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 from dtrl.config import ModelConfig
 from dtrl.models import DecisionTransformer
 from dtrl.optim import Lamb
+from machine import cpu_name
 
 STATE_DIM, ACT_DIM = 17, 6  # Walker2d sizes
 RESULTS = Path(__file__).parent / "results" / "models.md"
@@ -139,14 +139,7 @@ def train_step_flops_and_time(batch: int, steps: int, peak_reps: int) -> dict:
 
 
 def machine_line(threads: int) -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (f"{os.cpu_count()}-core CPU ({cpu}), no GPU, shared with other jobs (load average {load:.1f} at "
             f"start); torch {torch.__version__}, {threads} torch thread(s)")

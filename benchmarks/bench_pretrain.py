@@ -22,7 +22,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ from dtrl.cli import main as dtrl  # noqa: E402
 from dtrl.data import load_dataset  # noqa: E402
 from dtrl.runs import has_checkpoint, is_finished  # noqa: E402
 from dtrl.tasks import get_task  # noqa: E402
+from machine import cpu_name  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -181,14 +181,7 @@ def preset_study(dataset: str, lr_steps: int) -> dict:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (f"{os.cpu_count()}-core CPU ({cpu}), no GPU, torch {torch.__version__} with 1 thread; shared with other "
             f"jobs (1-min load average {load:.1f} at the end of the run)")

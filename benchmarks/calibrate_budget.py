@@ -24,7 +24,6 @@ import csv
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from bench_grpo_learning import ensure_inputs
+from machine import cpu_name
 
 METHODS = ["grpo", "grpo-q", "ppo", "odt", "odt-td3", "iql", "sb3-sac", "sb3-ppo"]
 NEEDS_INIT = {"grpo", "grpo-q", "ppo", "odt", "odt-td3"}
@@ -53,16 +53,6 @@ CLAIMS = {
     "fig3b_eval_steps": (["grpo"], {"eval_steps": [30, 100, 300]}),
     "fig3c_q_guided": (["grpo", "grpo-q"], {}),
 }
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def commit() -> str:
