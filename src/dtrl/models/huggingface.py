@@ -11,12 +11,12 @@ The two models compute the same function on a window of K timesteps, so the weig
     ``predict_state`` / ``predict_return`` are not used to act and are exported as zeros.
 
 What the HF config does not hold, the user gives: the state normaliser (``--dataset`` to compute it
-as the DT code did, or ``--state-stats`` with the mean/std of a model card), the return scale, and K.
-For RL finetuning the import can add a Gaussian head whose mean is the HF action (``--policy
-gaussian``, state-independent initial ``--init-log-std``), so the imported DT's greedy actions are
-unchanged. One difference remains at rollout time and is documented in docs/huggingface.md: dtrl's trunk
-attends over a sliding band of K steps with a KV cache, HF's example re-runs the last K steps, so
-after step K the two see different histories (same as for ODT, docs/baselines.md).
+as the DT code did, or a ``dtrl_state_stats.json`` with a model card's state_mean/state_std), the
+return scale and K. For RL finetuning a Gaussian head is added whose mean is the HF action (``--policy
+gaussian``, state-independent initial ``--init-log-std``), so the greedy actions are unchanged.
+``hf:DIR`` loads such a model wherever a policy is loaded (``--init``, ``dtrl eval``). An imported
+policy is evaluated on the last K steps re-run at each step, as the HF example acts; dtrl's own
+sliding-window rollout differs from that after step K (docs/huggingface.md).
 """
 
 from __future__ import annotations
