@@ -47,7 +47,7 @@ def _transformers():
     try:
         import transformers
     except ImportError:
-        raise DtrlError("Hugging Face models need the transformers package: pip install 'dtrl[huggingface]'") from None
+        raise DtrlError("Hugging Face models need the transformers package: pip install 'dtrl[hf]'") from None
     return transformers
 
 
