@@ -11,9 +11,9 @@ each preset's own default marked. The goal: no default more than 1.5x slower tha
 from __future__ import annotations
 
 import argparse
+import datetime
 import multiprocessing as mp
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from bench_grpo_learning import ensure_inputs
+from machine import cpu_name
 
 COMMANDS = {
     "pretrain": ["pretrain", "--steps", "200"],
@@ -76,7 +77,7 @@ def main() -> None:
             finally:
                 if worker:
                     worker.terminate()
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+    print(f"date: {datetime.date.today().isoformat()}; machine: {cpu_name()}, {os.cpu_count()} cores; "
           f"command: python benchmarks/bench_threads.py {' '.join(sys.argv[1:])}\n")
     print("| command | machine | --threads 1 (s) | torch default (s) | default / best |")
     print("|---|---|---:|---:|---:|")
