@@ -70,18 +70,22 @@ def raw_mujoco_seconds(task, env_steps: int) -> float:
 
 
 @torch.inference_mode()
-def policy_seconds(policy, batch_calls: list[int], prefill_calls: int, obs_dim: int) -> float:
+def policy_seconds(policy, batch_calls: list[tuple[int, int]], prefill_calls: int, obs_dim: int,
+                   context: int | None = None) -> float:
     """Time of the model calls alone: for each chunk of B branches, ``prefill_calls`` + the number of
-    steps it ran, each an act + append_action on B rows (random states)."""
+    steps it ran, each an act + append_action on B rows (random states). With context 1 every step
+    starts from a fresh cache, as the rollout does."""
     model = policy.model
     act_dim = model.act_dim
     total = 0.0
     for batch, steps in batch_calls:
-        cache = model.new_cache(batch)
+        cache = model.new_cache(batch, max_steps=context)
         states = torch.randn(batch, obs_dim)
         rtg = torch.full((batch,), 3.0)
         start = time.perf_counter()
         for t in range(prefill_calls + steps):
+            if context == 1:
+                cache = model.new_cache(batch, max_steps=1)
             dist = model.act(cache, rtg, states, torch.full((batch,), t, dtype=torch.long))
             action = dist.sample()
             dist.log_prob(action)
@@ -104,7 +108,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="env worker processes")
     parser.add_argument("--sub-trajectory-length", type=int, default=15)
     parser.add_argument("--eval-steps", type=int, default=100)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--env-threads", type=int, nargs="+", default=[1, 2],
+                        help="threads stepping the env copies (BatchedEnv num_threads; fast-path envs)")
+    parser.add_argument("--context-length", type=int, default=1,
+                        help="T_eval of the rollouts (the cpu preset's hopper value: 1); 0: the full window")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--trajectory-mode", choices=["sample", "mean"], default="mean",
                         help="the trajectory reset points come from: a sampled episode (as GRPO) or the mean-action "
@@ -123,9 +131,11 @@ def main() -> None:
     print(f"# {task.name}: {args.trajectory_mode} trajectory of {len(trajectory)} steps; "
           f"model receptive field {history} steps; "
           f"torch threads {torch.get_num_threads()}; {platform.processor() or platform.machine()}")
-    print("| branches | workers | env steps | rollout s | env-steps/s | raw mj_step s | policy s | bound env-steps/s "
-          "| achieved / bound |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    context = args.context_length or None
+    print(f"# context length {context or 'full window'}; `raw 1-thread`: achieved / the single-core bare mj_step rate")
+    print("| branches | workers | env threads | env steps | rollout s | env-steps/s | raw mj_step s | policy s "
+          "| bound env-steps/s | achieved / bound | achieved / raw 1-thread |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for branches in args.branches:
         config = dataclasses.replace(grpo.cpu_preset(task.name), group_size=8,
                                      reset_points_per_trajectory=branches // 8, trajectories_per_batch=1,
@@ -133,26 +143,26 @@ def main() -> None:
                                      max_parallel_branches=branches)
         rng = np.random.default_rng(0)
         starts = grpo.branch_starts([trajectory], config, history, rng)
-        for workers in args.workers:
-            with BatchedEnv(task, len(starts), num_workers=workers) as envs:
-                rollout_from_snapshots(policy, envs, starts, 2, 0, task.gamma)  # warm-up (workers, caches)
+        for workers, env_threads in [(w, t) for w in args.workers for t in args.env_threads]:
+            with BatchedEnv(task, len(starts), num_workers=workers, num_threads=env_threads) as envs:
+                rollout_from_snapshots(policy, envs, starts, 2, 0, task.gamma, context_length=context)  # warm-up
                 best = None
                 for _ in range(args.repeats):
                     start = time.perf_counter()
                     result = rollout_from_snapshots(policy, envs, starts, config.sub_trajectory_length,
-                                                    config.eval_steps, task.gamma)
+                                                    config.eval_steps, task.gamma, context_length=context)
                     seconds = time.perf_counter() - start
                     best = (seconds, result) if best is None or seconds < best[0] else best
             seconds, result = best
             steps = result.env_steps
             calls = int(result.lengths.max())  # the batched loop runs until its longest branch ends
             mj = raw_mujoco_seconds(task, steps)
-            pol = policy_seconds(policy, [(len(starts), calls)], min(history, int(starts[0].timestep)),
-                                 trajectory.observations.shape[1])
+            prefill = min(history if context is None else context - 1, int(starts[0].timestep))
+            pol = policy_seconds(policy, [(len(starts), calls)], prefill, trajectory.observations.shape[1], context)
             bound = steps / (mj + pol)
             rate = steps / seconds
-            print(f"| {len(starts)} | {workers} | {steps} | {seconds:.2f} | {rate:,.0f} | {mj:.2f} | {pol:.2f} | "
-                  f"{bound:,.0f} | {rate / bound:.2f} |")
+            print(f"| {len(starts)} | {workers} | {env_threads} | {steps} | {seconds:.2f} | {rate:,.0f} | {mj:.2f} | "
+                  f"{pol:.2f} | {bound:,.0f} | {rate / bound:.2f} | {rate / (steps / mj):.2f} |")
 
 
 if __name__ == "__main__":

@@ -303,6 +303,17 @@ def test_resume_equals_uninterrupted(tiny_policy_dir, tmp_path):
         assert row["grad_updates"] > 0 and row["losses/first_update_ratio_max_dev"] < 1e-4
 
 
+def test_env_threads_do_not_change_the_run(tiny_policy_dir, tmp_path):
+    """--env-threads steps the env copies on more threads; each copy is still stepped alone."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert finetune_main(cli_args(tiny_policy_dir, one, 2, "--eval-every", "1")) == 0
+    assert finetune_main(cli_args(tiny_policy_dir, two, 2, "--eval-every", "1", "--env-threads", "2")) == 0
+    timing = lambda row: {k: v for k, v in row.items() if k != "wall_time_s" and not k.startswith("time/")}  # noqa: E731
+    assert [timing(row) for row in read_metrics(one)] == [timing(row) for row in read_metrics(two)]
+    with pytest.raises(DtrlError, match="env-threads must be >= 1"):
+        finetune_main(cli_args(tiny_policy_dir, tmp_path / "bad", 1, "--env-threads", "0"))
+
+
 def test_policy_averaging_saves_and_evaluates_the_average(tiny_policy_dir, tmp_path):
     from safetensors.torch import load_file
 

@@ -279,6 +279,43 @@ def test_reset_rows_starts_those_rows_afresh():
     torch.testing.assert_close(mus[1], full.mu[0, 6:], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("architecture", ["dt", "reinformer"])
+def test_select_rows_continues_the_kept_rows_exactly_as_before(architecture):
+    """Rollouts drop ended episodes from the cache mid-way (with a pending action in flight)."""
+    torch.manual_seed(7)
+    model = build_model(small_config(architecture=architecture), OBS, ACT).eval()
+    states, actions, returns_to_go, timesteps = random_episode(4, 12, seed=3)
+    full, kept = model.new_cache(4), None
+    index = torch.tensor([1, 3])
+    with torch.no_grad():
+        for t in range(12):
+            if t == 5:
+                kept = full.select_rows(index)
+            mu_full = model.act(full, returns_to_go[:, t], states[:, t], timesteps[:, t]).mu
+            model.append_action(full, actions[:, t])
+            if kept is not None:
+                mu_kept = model.act(kept, returns_to_go[index, t], states[index, t], timesteps[index, t]).mu
+                model.append_action(kept, actions[index, t])
+                torch.testing.assert_close(mu_kept, mu_full[index], atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("architecture", ["dt", "reinformer"])
+def test_cache_for_a_few_steps_acts_as_the_full_size_cache(architecture):
+    """``new_cache(B, max_steps=k)`` has fewer slots (cheaper) and the same actions for <= k steps."""
+    torch.manual_seed(8)
+    model = build_model(small_config(architecture=architecture, context_length=5), OBS, ACT).eval()
+    states, actions, returns_to_go, timesteps = random_episode(3, 3, seed=5)
+    big, small = model.new_cache(3), model.new_cache(3, max_steps=3)
+    assert small.kv.slots < big.kv.slots
+    with torch.no_grad():
+        for t in range(3):
+            mu_big = model.act(big, returns_to_go[:, t], states[:, t], timesteps[:, t]).mu
+            mu_small = model.act(small, returns_to_go[:, t], states[:, t], timesteps[:, t]).mu
+            torch.testing.assert_close(mu_small, mu_big, atol=1e-6, rtol=1e-6)
+            model.append_action(big, actions[:, t])
+            model.append_action(small, actions[:, t])
+
+
 def test_cache_misuse_is_reported():
     model = build_model(small_config(), OBS, ACT).eval()
     cache = model.new_cache(1)

@@ -73,8 +73,8 @@ class RecordingModel(torch.nn.Module):
         self.returns: list[torch.Tensor] = []
         self.states: list[torch.Tensor] = []
 
-    def new_cache(self, batch_size):
-        return self.inner.new_cache(batch_size)
+    def new_cache(self, batch_size, max_steps=None):
+        return self.inner.new_cache(batch_size, max_steps)
 
     def act(self, cache, returns_to_go, states, timesteps):
         self.returns.append(returns_to_go.clone())
@@ -89,8 +89,11 @@ def test_rtg_bookkeeping_and_scaling(policy, envs):
     recorder = RecordingModel(policy.model)
     wrapped = LoadedPolicy(recorder, policy.normalizer, policy.reward_scale, TASK.name)
     trajectories = rollout_episodes(wrapped, envs, TASK, TARGET, seeds=[0, 1, 2, 3], mode="sample", max_steps=25)
+    lengths = np.array([len(traj) for traj in trajectories])
     for i, traj in enumerate(trajectories):
         T = len(traj)
+        # the model runs on the episodes still going (ascending): episode i's row at step t
+        row = [int(np.sum(lengths[:i] > t)) for t in range(T)]
         assert 0 < T <= 25
         assert traj.observations.shape == (T, 11) and traj.actions.shape == (T, 3)
         np.testing.assert_array_equal(traj.timesteps, np.arange(T))
@@ -99,9 +102,10 @@ def test_rtg_bookkeeping_and_scaling(policy, envs):
         np.testing.assert_allclose(traj.returns_to_go[1:], traj.returns_to_go[:-1] - traj.rewards[:-1], rtol=0,
                                    atol=1e-9)
         # the model got g_t / reward_scale and normalised states
-        fed = torch.stack([r[i] for r in recorder.returns[:T]]).double().numpy()
+        assert [len(r) for r in recorder.returns[:T]] == [int(np.sum(lengths > t)) for t in range(T)]
+        fed = torch.stack([r[k] for r, k in zip(recorder.returns[:T], row)]).double().numpy()
         np.testing.assert_allclose(fed, traj.returns_to_go / TASK.reward_scale, rtol=1e-6)
-        fed_states = torch.stack([s[i] for s in recorder.states[:T]]).numpy()
+        fed_states = torch.stack([s[k] for s, k in zip(recorder.states[:T], row)]).numpy()
         np.testing.assert_allclose(fed_states, policy.normalizer.normalize(traj.observations), rtol=1e-6)
         assert np.all(np.isfinite(traj.log_probs)) and np.all(traj.action_variance > 0)
         assert traj.terminated or traj.truncated

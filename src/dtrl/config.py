@@ -115,6 +115,11 @@ class CommonConfig:
     """Weights & Biases project of --track"""
     wandb_entity: str | None = None
     """Weights & Biases entity (user or team) of --track; None: the logged-in default"""
+    env_threads: int = 1
+    """threads stepping the env copies of rollouts and evaluation (Hopper, Walker2d, HalfCheetah and Ant
+    step through dtrl's batched path; other envs ignore it). Results do not depend on it. 2 on a free
+    2-core machine: group rollouts ~1.4x faster (benchmarks/results/envs.md); keep 1 where other jobs
+    share the cores (a sweep runs one trial per core)"""
 
     def __post_init__(self) -> None:
         # every construction path is checked (CLI, presets, dataclasses.replace, train(Config(...))),
@@ -125,7 +130,7 @@ class CommonConfig:
     def validate(self) -> None:
         """Raise DtrlError for a value no run can use. Only values: required inputs (--init,
         --dataset) are checked where they are loaded, so a preset without them is a valid config."""
-        for name in ("eval_episodes", "checkpoint_every"):
+        for name in ("eval_episodes", "checkpoint_every", "env_threads"):
             if getattr(self, name) < 1:
                 raise DtrlError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.eval_every < 0:

@@ -32,6 +32,7 @@ def evaluate(
     num_workers: int = 0,
     envs=None,
     context_length: int | None = None,
+    num_threads: int = 1,
 ) -> dict:
     """Mean-action episodes with env seeds ``seed, seed+1, ...``.
 
@@ -44,8 +45,8 @@ def evaluate(
     Returns ``eval_return_mean/std``, ``eval_normalized_mean/std`` (None without reference scores),
     ``eval_length_mean``, ``eval_episodes``, ``eval_target_rtg`` and ``eval_context_length`` (None
     for a Markov policy). ``envs``: an existing ``BatchedEnv`` of exactly ``episodes`` copies to
-    reuse; otherwise one is made and closed here. ``context_length``: timesteps of history a DT sees
-    (Table 6's T_eval; None: its full sliding window).
+    reuse; otherwise one is made (stepped by ``num_threads`` threads) and closed here.
+    ``context_length``: timesteps of history a DT sees (Table 6's T_eval; None: its full sliding window).
     """
     if episodes < 1:
         raise DtrlError(f"evaluation needs at least 1 episode, got {episodes}")
@@ -54,7 +55,7 @@ def evaluate(
     seeds = [seed + i for i in range(episodes)]
     own_envs = envs is None
     if own_envs:
-        envs = BatchedEnv(task, episodes, num_workers=num_workers, seed=seed)
+        envs = BatchedEnv(task, episodes, num_workers=num_workers, seed=seed, num_threads=num_threads)
     try:
         if markov:
             returns, lengths = _markov_episodes(policy, envs, seeds, task.max_episode_steps, device)
@@ -153,6 +154,8 @@ class EvalConfig:
     """'auto' takes CUDA when available, else CPU"""
     num_workers: int = 0
     """worker processes for the env copies (0: step them in this process)"""
+    env_threads: int = 1
+    """threads stepping the env copies (see `dtrl finetune --help`); results do not depend on it"""
     json: bool = False
     """print the result as one JSON object instead of a sentence"""
     threads: int = 0
@@ -169,6 +172,8 @@ class EvalConfig:
             raise DtrlError(f"--context-length must be >= 1, got {self.context_length}")
         if self.num_workers < 0 or self.threads < 0:
             raise DtrlError("--num-workers and --threads must be >= 0")
+        if self.env_threads < 1:
+            raise DtrlError(f"--env-threads must be >= 1, got {self.env_threads}")
 
 
 def main(argv: list[str]) -> int:
@@ -185,7 +190,7 @@ def main(argv: list[str]) -> int:
     task = task or get_task(policy.task_name)
     result = evaluate(policy, task, episodes=config.episodes,
                       target_rtg=default_target_rtg(policy, task, config.target_rtg), seed=config.seed,
-                      device=device, num_workers=config.num_workers,
+                      device=device, num_workers=config.num_workers, num_threads=config.env_threads,
                       context_length=default_context_length(policy, config.context_length))
     if config.json:
         print(json.dumps({"task": task.name, **result}))

@@ -46,7 +46,7 @@ X_KEYS = {"iterations": "iteration", "env_steps": "env_steps", "wall_time_s": "w
 # config keys that say how or where a run was launched, never what it computes
 _NOT_HYPERPARAMETERS = {"seed", "out", "run_info", "resume", "force", "device", "init", "dataset", "task",
                         "algo", "preset", "eval_every", "eval_episodes", "checkpoint_every", "command", "threads",
-                        "track", "wandb_project", "wandb_entity"}
+                        "env_threads", "track", "wandb_project", "wandb_entity"}
 
 
 @dataclass

@@ -25,7 +25,11 @@ because it is what ``forward`` must be fed to reproduce the log-probs.
 
 Beyond the model contract's ``new_cache`` / ``act`` / ``append_action``, branching uses
 ``model.prefill(cache, states, actions, returns_to_go, timesteps, mask)`` to load left-padded
-histories of different lengths into one cache in a single pass.
+histories of different lengths into one cache in a single pass, and the loops call the model on the
+copies still running only (``cache.select_rows`` drops the others; ``new_cache(B, max_steps)`` sizes
+a short-context cache). A row's actions then differ from a full-batch call only by float rounding
+(the kernels' blocking depends on the batch size), so runs stay bit-reproducible on one machine but
+are not bit-equal to runs of dtrl before this change.
 """
 
 from __future__ import annotations
@@ -323,11 +327,12 @@ class _eval_mode:
         self.model.train(self.was_training)
 
 
-def _prefilled_cache(policy: Policy, histories: Sequence[TokenHistory], device):
+def _prefilled_cache(policy: Policy, histories: Sequence[TokenHistory], device, max_steps: int | None = None):
     """A model cache in which row i holds ``histories[i]`` (rows may differ in length, down to 0),
-    so the next ``act`` sees exactly the context it saw when those steps were sampled."""
+    so the next ``act`` sees exactly the context it saw when those steps were sampled.
+    ``max_steps``: the cache will never hold more steps (see ``new_cache``)."""
     model = policy.model
-    cache = model.new_cache(len(histories))
+    cache = model.new_cache(len(histories), max_steps=max_steps)
     if max(len(h) for h in histories) > 0:
         reference = next(h for h in histories if len(h))
         nothing = TokenHistory.empty(reference.observations.shape[1], reference.actions.shape[1])
@@ -385,19 +390,50 @@ class _ShortContext:
             array[rows, -1] = values[rows]
         self.counts[rows] = np.minimum(self.counts[rows] + 1, self.keep)
 
-    def cache(self):
-        """A fresh model cache holding each row's kept steps."""
-        if self.arrays is None or not self.counts.any():
-            return self.policy.model.new_cache(self.num_rows)
+    def cache(self, rows: np.ndarray):
+        """A fresh model cache of ``rows`` (ascending), each holding its kept steps."""
+        # Sized for keep + 1 steps (the history and the step about to be acted on), not the model's
+        # whole window: the attention over slots that can never be filled was most of an act's cost
+        # at context 1, for identical actions (tests/test_rollout.py).
+        if self.arrays is None or not self.counts[rows].any():
+            return self.policy.model.new_cache(len(rows), max_steps=self.keep + 1)
         obs, actions, rtg, timesteps = self.arrays
         histories = [TokenHistory(obs[i, self.keep - n:], actions[i, self.keep - n:], rtg[i, self.keep - n:],
-                                  timesteps[i, self.keep - n:]) for i, n in enumerate(self.counts)]
-        return _prefilled_cache(self.policy, histories, self.device)
+                                  timesteps[i, self.keep - n:]) for i, n in zip(rows, self.counts[rows])]
+        return _prefilled_cache(self.policy, histories, self.device, max_steps=self.keep + 1)
 
 
 # ----------------------------------------------------------------------------------------------
 # full episodes
 
+
+
+class _RunningRows:
+    """The model runs only on the copies whose episode is still going: an ended copy's action is
+    never used, and with L_eval = 100 most branches of a weak policy end early (a third of the model
+    calls were for ended copies). Rows leave a full-window KV cache when their episode ends; a
+    short-context cache is rebuilt for the running rows every step anyway. A row mixed up here would
+    break the tests that recompute recorded log-probs from the trajectories (tests/test_rollout.py)."""
+
+    def __init__(self, short: _ShortContext | None, cache, rows: np.ndarray, device):
+        self.short, self.cache, self.rows, self.device = short, cache, rows, device
+
+    def cache_for(self, rows: np.ndarray):
+        """The model cache for ``rows`` (ascending, a subset of the previous step's rows)."""
+        if self.short is not None:
+            return self.short.cache(rows)
+        if len(rows) < len(self.rows):
+            kept = torch.as_tensor(np.searchsorted(self.rows, rows), device=self.device)
+            self.cache, self.rows = self.cache.select_rows(kept), rows
+        return self.cache
+
+
+def _expand_rows(values: torch.Tensor, rows: np.ndarray, num_rows: int) -> np.ndarray:
+    """[len(rows), ...] model output -> [num_rows, ...] numpy array, zeros in the other rows."""
+    values = values.float().cpu().numpy()
+    full = np.zeros((num_rows, *values.shape[1:]), values.dtype)
+    full[rows] = values
+    return full
 
 
 def _step_envs(envs, actions: np.ndarray, active: np.ndarray, rows, rtg: np.ndarray, lengths: np.ndarray,
@@ -467,33 +503,33 @@ def rollout_episodes(
     active = np.ones(num_envs, bool)
     with torch.inference_mode(), _eval_mode(model):
         short = None if context_length is None else _ShortContext(policy, device, context_length, num_envs)
-        cache = model.new_cache(num_envs) if short is None else None
+        running = _RunningRows(short, model.new_cache(num_envs) if short is None else None, np.arange(num_envs),
+                               device)
         for t in range(horizon):
-            if short is not None:
-                cache = short.cache()
-            states, rtg_t = _model_inputs(policy, obs, rtg, device)
-            timesteps = torch.full((num_envs,), t, dtype=torch.long, device=device)
+            rows = np.flatnonzero(active)
+            cache = running.cache_for(rows)
+            states, rtg_t = _model_inputs(policy, obs[rows], rtg[rows], device)
+            timesteps = torch.full((len(rows),), t, dtype=torch.long, device=device)
             dist = model.act(cache, rtg_t, states, timesteps)
             action = dist.mean if mode == "mean" else dist.sample()
             if exploration_noise > 0:
                 action = (action + exploration_noise * torch.randn_like(action)).clamp(-1.0, 1.0)
             model.append_action(cache, action)
-            action_np = action.float().cpu().numpy()
+            action_np = _expand_rows(action, rows, num_envs)
             if actions_rec is None:
                 actions_rec = np.zeros((num_envs, horizon, action_np.shape[1]), np.float32)
-            rows = np.flatnonzero(active)
             if snapshots is not None:
                 for row, snap in zip(rows, envs.snapshot(rows.tolist())):
                     snapshots[row].append(snap)
             observations[rows, t] = obs[rows]
             actions_rec[rows, t] = action_np[rows]
-            returns_to_go[rows, t] = _fed_returns(dist, rtg_t, rtg, policy.reward_scale)[rows]
+            returns_to_go[rows, t] = _fed_returns(dist, rtg_t, rtg[rows], policy.reward_scale)
             if short is not None:
                 short.push(rows, obs, action_np, returns_to_go[:, t], t)
             if mode == "sample":
-                log_probs[rows, t] = dist.log_prob(action).float().cpu().numpy()[rows]
-            variances[rows, t] = dist.variance.float().cpu().numpy()[rows]
-            squashed_variances[rows, t] = dist.squashed_variance.float().cpu().numpy()[rows]
+                log_probs[rows, t] = dist.log_prob(action).float().cpu().numpy()
+            variances[rows, t] = dist.variance.float().cpu().numpy()
+            squashed_variances[rows, t] = dist.squashed_variance.float().cpu().numpy()
 
             obs, reward = _step_envs(envs, action_np, active, rows, rtg, lengths, terminated, truncated)
             rewards[rows, t] = reward[rows]
@@ -569,23 +605,26 @@ def rollout_from_snapshots(
     active[:num_starts] = True
 
     with torch.inference_mode(), _eval_mode(model):
-        histories = [s.history for s in starts] + [starts[0].history] * spare
+        histories = [s.history for s in starts]  # the spare copies never run
         if context_length is None:
-            cache, short = _prefilled_cache(policy, histories, device), None
+            running = _RunningRows(None, _prefilled_cache(policy, histories, device), np.arange(num_starts), device)
+            short = None
         else:
-            short = _ShortContext(policy, device, context_length, envs.num_envs, histories)
+            short = _ShortContext(policy, device, context_length, envs.num_envs,
+                                  histories + [starts[0].history] * spare)
+            running = _RunningRows(short, None, np.arange(num_starts), device)
         for j in range(total_steps):
-            if short is not None:
-                cache = short.cache()
-            states, rtg_t = _model_inputs(policy, obs, rtg, device)
-            timesteps = torch.as_tensor(timestep0 + j, device=device)
+            rows = np.flatnonzero(active)
+            cache = running.cache_for(rows)
+            states, rtg_t = _model_inputs(policy, obs[rows], rtg[rows], device)
+            timesteps = torch.as_tensor(timestep0[rows] + j, device=device)
             dist = model.act(cache, rtg_t, states, timesteps)
             sampling = j < sampled_steps
             action = dist.sample() if sampling else dist.mean
             model.append_action(cache, action)
-            action_np = action.float().cpu().numpy()
-            rows = np.flatnonzero(active)
-            fed = _fed_returns(dist, rtg_t, rtg, policy.reward_scale)
+            action_np = _expand_rows(action, rows, envs.num_envs)
+            fed = np.zeros(envs.num_envs, np.float64)
+            fed[rows] = _fed_returns(dist, rtg_t, rtg[rows], policy.reward_scale)
             if short is not None:
                 short.push(rows, obs, action_np, fed, timestep0 + j)
             if sampling:
@@ -594,7 +633,7 @@ def rollout_from_snapshots(
                 seg_obs[rows, j] = obs[rows]
                 seg_actions[rows, j] = action_np[rows]
                 seg_rtg[rows, j] = fed[rows]
-                seg_logp[rows, j] = dist.log_prob(action).float().cpu().numpy()[rows]
+                seg_logp[rows, j] = dist.log_prob(action).float().cpu().numpy()
                 seg_len[rows] += 1
 
             obs, reward = _step_envs(envs, action_np, active, rows, rtg, lengths, terminated, truncated)

@@ -189,7 +189,8 @@ def evaluate_policy(policy, task, config: CommonConfig, device: str, target_rtg:
     """In-run evaluation with the mean action on fixed seeds disjoint from the training seeds
     (``target_rtg`` and ``context_length``: see ``dtrl.evaluation.evaluate``)."""
     return evaluate(policy, task, episodes=config.eval_episodes, target_rtg=target_rtg,
-                    seed=EVAL_SEED_OFFSET + config.seed, device=device, context_length=context_length)
+                    seed=EVAL_SEED_OFFSET + config.seed, device=device, context_length=context_length,
+                    num_threads=config.env_threads)
 
 
 def evaluate_dt_policy(policy, task, config: DTFinetuneConfig, device: str, eval_rtg: float) -> dict:

@@ -464,12 +464,15 @@ def make_envs(task, config: GRPOConfig) -> tuple[BatchedEnv, BatchedEnv]:
     """(the env copies groups are branched in, the env copies full trajectories are collected in)."""
     if config.full_trajectories:  # G copies per initial state, all episodes of an iteration at once
         branch_envs = BatchedEnv(task, config.trajectories_per_iteration * config.group_size,
-                                 num_workers=config.num_workers, seed=config.seed)
+                                 num_workers=config.num_workers, seed=config.seed,
+                                 num_threads=config.env_threads)
     else:  # the iteration's groups, in chunks of at most max_parallel_branches (whole groups)
         branches = config.trajectories_per_batch * config.reset_points_per_trajectory * config.group_size
         branch_envs = BatchedEnv(task, min(branches, max(config.max_parallel_branches, config.group_size)),
-                                 num_workers=config.num_workers, seed=config.seed)
-    return branch_envs, BatchedEnv(task, config.trajectories_per_iteration, num_workers=0, seed=config.seed)
+                                 num_workers=config.num_workers, seed=config.seed,
+                                 num_threads=config.env_threads)
+    return branch_envs, BatchedEnv(task, config.trajectories_per_iteration, num_workers=0, seed=config.seed,
+                                   num_threads=config.env_threads)
 
 
 def average_of_weights(model, decay: float):

@@ -155,7 +155,7 @@ def train(config: ODTConfig) -> dict:
     components = dict(model=model, optimizer=optimizer, temperature_optimizer=temperature_optimizer, buffer=buffer)
     if state is not None:
         start = restore_training_state(state, rng, clock, **components)
-    envs = BatchedEnv(task, config.trajectories_per_iteration, seed=config.seed)
+    envs = BatchedEnv(task, config.trajectories_per_iteration, seed=config.seed, num_threads=config.env_threads)
 
     def evaluate_now() -> dict:
         return evaluate_dt_policy(policy, task, config, device, eval_rtg)

@@ -226,7 +226,7 @@ def train(config: ODTTD3Config) -> dict:
                       temperature_optimizer=temperature_optimizer, buffer=buffer)
     if state is not None:
         start = restore_training_state(state, rng, clock, **components)
-    envs = BatchedEnv(task, config.trajectories_per_iteration, seed=config.seed)
+    envs = BatchedEnv(task, config.trajectories_per_iteration, seed=config.seed, num_threads=config.env_threads)
 
     def critic_step(batch) -> dict:
         loss, metrics = window_critic_loss(critic, critic_target, target_model, batch, config.gamma,

@@ -255,6 +255,7 @@ def _pretrain(config: PretrainConfig, run, task, device: str, dataset) -> dict:
 
     def run_evaluation() -> dict:
         return evaluate(policy, task, episodes=config.eval_episodes, target_rtg=config.eval_target_rtg,
+                        num_threads=config.env_threads,
                         seed=eval_seed, device=device)
 
     # 3. gradient steps; an iteration is steps_per_iteration of them and one metrics line

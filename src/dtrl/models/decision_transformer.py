@@ -42,6 +42,15 @@ class PolicyCache:
     def batch_size(self) -> int:
         return self.kv.batch_size
 
+    def select_rows(self, index: torch.Tensor) -> PolicyCache:
+        """A cache of the rows ``index`` [B'] only, in that order (rollouts drop ended episodes)."""
+        return PolicyCache(
+            kv=self.kv.select_rows(index),
+            pending_action=None if self.pending_action is None else self.pending_action[index],
+            awaiting_action=self.awaiting_action,
+            last_timesteps=None if self.last_timesteps is None else self.last_timesteps[index],
+        )
+
 
 class DecisionTransformer(nn.Module):
     """Tokens (g_t, s_t, a_t); the action head reads s_t. See the module docstring."""
@@ -161,8 +170,12 @@ class DecisionTransformer(nn.Module):
 
     # ---- incremental rollout --------------------------------------------------------------------
 
-    def new_cache(self, batch_size: int) -> PolicyCache:
-        return PolicyCache(self.transformer.new_cache(batch_size, self.max_chunk))
+    def new_cache(self, batch_size: int, max_steps: int | None = None) -> PolicyCache:
+        """An empty rollout cache; ``max_steps``: the caller feeds it at most this many steps (a
+        short-context rollout rebuilds its cache every step), so it gets fewer slots: the same
+        actions, computed faster (attention and allocation scale with the slots)."""
+        max_tokens = None if max_steps is None else max_steps * self.tokens_per_step
+        return PolicyCache(self.transformer.new_cache(batch_size, self.max_chunk, max_tokens=max_tokens))
 
     def _begin_step(self, cache: PolicyCache) -> list[torch.Tensor]:
         """Tokens that open a step: the pending previous action, if any."""

@@ -111,6 +111,9 @@ class KVCache:
     """[slots] long: absolute token index held by each slot, -1 while empty"""
     valid: torch.Tensor
     """[B, slots] bool: False for padding tokens and for rows that were reset"""
+    window: int = 0
+    """attention band in tokens: the model's, or less for a cache that will never hold more tokens
+    (its keys are then all in band, so the result is the same with fewer slots to attend over)"""
     n_tokens: int = 0
     """tokens written so far (the absolute index of the next token)"""
 
@@ -125,6 +128,12 @@ class KVCache:
     def reset_rows(self, rows: torch.Tensor) -> None:
         """Forget the history of the given rows (bool mask [B] or indices): they start a new episode."""
         self.valid[rows] = False
+
+    def select_rows(self, index: torch.Tensor) -> KVCache:
+        """A cache of the rows ``index`` [B'] only (e.g. the episodes still running), in that order."""
+        return KVCache(keys=[k[index] for k in self.keys], values=[v[index] for v in self.values],
+                       positions=self.positions.clone(), valid=self.valid[index], window=self.window,
+                       n_tokens=self.n_tokens)
 
 
 class GPT(nn.Module):
@@ -195,17 +204,22 @@ class GPT(nn.Module):
 
     # ---- incremental decoding -------------------------------------------------------------------
 
-    def new_cache(self, batch_size: int, max_chunk: int, device=None, dtype=None) -> KVCache:
+    def new_cache(self, batch_size: int, max_chunk: int, device=None, dtype=None,
+                  max_tokens: int | None = None) -> KVCache:
+        """An empty cache; ``max_tokens``: the caller never writes more tokens than this (e.g. a
+        rollout that rebuilds its cache every step from a short context), so fewer slots suffice."""
         param = self.ln_f.weight
         device = device or param.device
         dtype = dtype or param.dtype
-        slots = self.window + max_chunk - 1
+        window = self.window if max_tokens is None else max(1, min(self.window, max_tokens))
+        slots = window + max_chunk - 1
         shape = (batch_size, self.config.n_head, slots, self.config.embed_dim // self.config.n_head)
         return KVCache(
             keys=[torch.zeros(shape, device=device, dtype=dtype) for _ in self.blocks],
             values=[torch.zeros(shape, device=device, dtype=dtype) for _ in self.blocks],
             positions=torch.full((slots,), -1, dtype=torch.long, device=device),
             valid=torch.zeros(batch_size, slots, dtype=torch.bool, device=device),
+            window=window,
         )
 
     def forward_cached(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
@@ -213,7 +227,7 @@ class GPT(nn.Module):
         return the output of the last one [B, 1, E] (the last block runs its query and MLP only)."""
         chunk = x.shape[1]
         start = cache.n_tokens
-        if chunk > cache.slots - self.window + 1:
+        if chunk > cache.slots - cache.window + 1:
             raise ValueError(f"chunk of {chunk} tokens is larger than this cache allows")
         new_positions = torch.arange(start, start + chunk, device=x.device)
         slots = new_positions % cache.slots
@@ -221,7 +235,7 @@ class GPT(nn.Module):
         cache.valid[:, slots] = True
         # band mask over slots, built from the absolute positions they hold
         offset = new_positions[:, None] - cache.positions[None, :]  # [c, slots]
-        mask = (offset >= 0) & (offset < self.window) & (cache.positions[None, :] >= 0)
+        mask = (offset >= 0) & (offset < cache.window) & (cache.positions[None, :] >= 0)
         mask = (mask[None] & cache.valid[:, None, :])[:, None]  # [B, 1, c, slots]
         x = self.drop(x)
         last = len(self.blocks) - 1
