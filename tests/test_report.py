@@ -201,6 +201,10 @@ def test_statistics_and_a_report_rebuilt_from_its_evaluations_csv(runs_root, tmp
     again = build_report(ReportConfig(from_csv=(str(out / "evaluations.csv"),), out=str(tmp_path / "again"),
                                       bootstrap_reps=200))
     assert again["markdown"] == first["markdown"]
+    # runs both on disk and in the CSV (a study continued across sessions) count once
+    both = build_report(ReportConfig(run_dirs=(str(runs_root),), from_csv=(str(out / "evaluations.csv"),),
+                                     out=str(tmp_path / "both"), bootstrap_reps=200))
+    assert both["markdown"] == first["markdown"] and len(both["runs"]) == len(first["runs"])
     with pytest.raises(DtrlError, match="not an evaluations.csv"):
         (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
         build_report(ReportConfig(from_csv=(str(tmp_path / "bad.csv"),), out=str(tmp_path / "x")))

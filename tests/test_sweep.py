@@ -194,6 +194,30 @@ def test_sweep_refuses_existing_out_root_without_resume_and_dry_run(tmp_path, ca
     assert cli_main(["sweep", str(spec), "--local", "--address", "auto"]) == 2
 
 
+def test_trials_finished_in_a_committed_report_are_skipped(tmp_path, capsys):
+    """A study continued on another machine: its run directories are gone, its evaluations.csv is not."""
+    spec = write_spec(tmp_path / "s.toml", f"""
+        tasks = ["hopper-random"]
+        algos = ["grpo"]
+        seeds = [0, 1, 2]
+        out_root = "{tmp_path / 'out'}"
+    """)
+    runs = tmp_path / "out" / "hopper-random" / "grpo"
+    header = "task,algorithm,label,metric,seed,run,finished,iteration\n"
+    report = tmp_path / "evaluations.csv"
+    report.write_text(header + f"hopper-random,grpo,GRPO-DT,normalized,0,{runs / 'seed0'},1,10\n"
+                      f"hopper-random,grpo,GRPO-DT,normalized,1,{runs / 'seed1'},0,5\n")
+    assert cli_main(["sweep", str(spec), "--dry-run", "--done", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert "2 new, 0 to resume, 0 to restart, 0 finished and skipped, 1 finished in --done reports" in out
+    assert "[reported] dtrl finetune --algo grpo --task hopper-random --seed 0" in out
+    assert "[     new] dtrl finetune --algo grpo --task hopper-random --seed 1" in out  # unfinished there: rerun
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    assert cli_main(["sweep", str(spec), "--dry-run", "--done", str(tmp_path / "other.csv")]) == 2
+    assert "is not an evaluations.csv of dtrl report" in capsys.readouterr().err
+    assert cli_main(["sweep", str(spec), "--dry-run", "--done", str(tmp_path / "missing.csv")]) == 2
+
+
 def test_missing_ray_gives_install_hint(tmp_path, monkeypatch, capsys):
     spec = write_spec(tmp_path / "s.toml", f"""
         tasks = ["hopper-random"]

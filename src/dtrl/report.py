@@ -56,7 +56,8 @@ class ReportConfig:
     run_dirs: tyro.conf.Positional[Annotated[tuple[str, ...], tyro.conf.arg(metavar="RUN_DIR...")]] = ()
     """run directories, or folders to search for them (e.g. a sweep's out_root)"""
     from_csv: tuple[str, ...] = ()
-    """evaluations.csv files of earlier reports to read instead of (or beside) run directories"""
+    """evaluations.csv files of earlier reports to read instead of (or beside) run directories (a run in
+    both counts once, from its directory)"""
     bootstrap_reps: int = 2000
     """bootstrap resamples of the rliable confidence intervals"""
     out: str = "report"
@@ -576,8 +577,14 @@ def build_report(config: ReportConfig) -> dict:
         raise DtrlError("no run directories given (dtrl report RUN_DIR... ; a folder of runs, or --from-csv FILE)")
     runs = [load_run(path) for path in find_runs(list(config.run_dirs))] if config.run_dirs else []
     label_variants(runs)
+    # A run both on disk and in a CSV (a study continued across sessions) counts once: the run
+    # directory, which may hold evaluations the CSV was written before.
+    seen = {_relative(run.path) for run in runs}
     for csv_file in config.from_csv:
-        runs.extend(runs_from_csv(csv_file))
+        for run in runs_from_csv(csv_file):
+            if _relative(run.path) not in seen:
+                seen.add(_relative(run.path))
+                runs.append(run)
     evaluated = [r for r in runs if r.final is not None]
     if not evaluated:
         raise DtrlError(f"none of the {len(runs)} run(s) has an evaluation yet (no eval_return_mean in metrics.jsonl)")

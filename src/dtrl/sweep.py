@@ -13,11 +13,14 @@ with its worker. ``dtrl report OUT_ROOT`` turns the result into tables and curve
 
 Resumable: ``--resume`` skips trials whose run has ``final.json``, continues interrupted ones that
 have a checkpoint (their command gets ``--resume``) and restarts those that never reached one.
+``--done evaluations.csv`` also skips trials an earlier ``dtrl report`` recorded as finished, so a
+study whose run directories stayed on another machine continues from its committed CSVs.
 See docs/sweeps.md for the spec format and for running on a Ray cluster.
 """
 
 from __future__ import annotations
 
+import csv
 import datetime as _dt
 import itertools
 import json
@@ -101,6 +104,9 @@ class SweepConfig:
     """continue a sweep whose out_root exists: skip finished trials, resume interrupted ones"""
     dry_run: bool = False
     """print each trial's command and status without running anything"""
+    done: tuple[str, ...] = ()
+    """evaluations.csv files of earlier `dtrl report`s: trials whose run is recorded there as finished
+    are skipped (a study continued on another machine, where its run directories are gone)"""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,6 +306,23 @@ def validate_trials(trials: list[Trial]) -> None:
             raise DtrlError(f"trial {trial.run_dir}: its arguments do not parse (see above)") from None
 
 
+def finished_in_reports(paths: tuple[str, ...] | list[str]) -> set[Path]:
+    """Run directories (absolute) that these ``dtrl report`` evaluations.csv files record as finished.
+    Their ``run`` column is relative to the directory the report was made in: run both from the same
+    place (the repository root)."""
+    done: set[Path] = set()
+    for path in paths:
+        try:
+            with open(path, newline="") as handle:
+                rows = list(csv.DictReader(handle))
+        except OSError as exc:
+            raise DtrlError(f"--done {path}: {exc.strerror}") from None
+        if rows and not {"run", "finished"} <= set(rows[0]):
+            raise DtrlError(f"--done {path} is not an evaluations.csv of dtrl report (no run and finished columns)")
+        done.update(Path(row["run"]).expanduser().absolute() for row in rows if row["finished"] == "1")
+    return done
+
+
 def trial_status(run_dir: str | os.PathLike) -> str:
     """'finished' (final.json), 'resume' (has a checkpoint), 'restart' (started, no checkpoint), 'new'."""
     if is_finished(run_dir):
@@ -420,15 +443,21 @@ def run_sweep(config: SweepConfig) -> int:
     trials = expand_trials(spec, out_root)
     validate_trials(trials)
     statuses = {t.run_dir: trial_status(t.run_dir) for t in trials}
-    started = [t for t in trials if statuses[t.run_dir] != "new"]
+    reported = finished_in_reports(config.done)
+    for trial in trials:
+        if statuses[trial.run_dir] != "finished" and Path(trial.run_dir).absolute() in reported:
+            statuses[trial.run_dir] = "reported"
+    started = [t for t in trials if statuses[t.run_dir] not in ("new", "reported")]
     if started and not config.resume and not config.dry_run:
         raise DtrlError(f"{out_root} already holds {len(started)} of this sweep's runs; use --resume to continue it "
                         "(finished trials are skipped, interrupted ones resumed)")
-    todo = [t for t in trials if statuses[t.run_dir] != "finished"]
-    counts = {s: sum(1 for v in statuses.values() if v == s) for s in ("new", "resume", "restart", "finished")}
+    todo = [t for t in trials if statuses[t.run_dir] not in ("finished", "reported")]
+    counts = {s: sum(1 for v in statuses.values() if v == s)
+              for s in ("new", "resume", "restart", "finished", "reported")}
     print(f"sweep {config.spec}: {len(trials)} trials -> {out_root}  "
           f"({counts['new']} new, {counts['resume']} to resume, {counts['restart']} to restart, "
-          f"{counts['finished']} finished and skipped)")
+          f"{counts['finished']} finished and skipped"
+          + (f", {counts['reported']} finished in --done reports and skipped" if config.done else "") + ")")
     if config.dry_run:
         for trial in trials:
             extra = " --resume" if statuses[trial.run_dir] == "resume" else ""
