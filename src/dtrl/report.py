@@ -56,8 +56,8 @@ class ReportConfig:
     run_dirs: tyro.conf.Positional[Annotated[tuple[str, ...], tyro.conf.arg(metavar="RUN_DIR...")]] = ()
     """run directories, or folders to search for them (e.g. a sweep's out_root)"""
     from_csv: tuple[str, ...] = ()
-    """evaluations.csv files of earlier reports to read instead of (or beside) run directories (a run in
-    both counts once, from its directory)"""
+    """evaluations.csv files of earlier reports to read instead of (or beside) run directories (a run
+    found more than once counts once: the copy that got further)"""
     bootstrap_reps: int = 2000
     """bootstrap resamples of the rliable confidence intervals"""
     out: str = "report"
@@ -347,6 +347,12 @@ def evaluation_rows(runs: list[RunResult]) -> list[dict]:
     return rows
 
 
+def _progress(run: RunResult) -> tuple[bool, int]:
+    """How far a copy of a run got: (finished, iteration of its last evaluation)."""
+    evaluated = [int(m["iteration"]) for m in run.metrics if m.get("eval_return_mean") is not None]
+    return run.finished, max(evaluated, default=-1)
+
+
 def _relative(path: Path) -> str:
     """A run's path as given, relative to the working directory when it lies below it."""
     try:
@@ -577,14 +583,15 @@ def build_report(config: ReportConfig) -> dict:
         raise DtrlError("no run directories given (dtrl report RUN_DIR... ; a folder of runs, or --from-csv FILE)")
     runs = [load_run(path) for path in find_runs(list(config.run_dirs))] if config.run_dirs else []
     label_variants(runs)
-    # A run both on disk and in a CSV (a study continued across sessions) counts once: the run
-    # directory, which may hold evaluations the CSV was written before.
-    seen = {_relative(run.path) for run in runs}
+    # A run both on disk and in a CSV, or in two CSVs (a study continued across sessions and
+    # machines), counts once: the copy that got further (finished, then the later last evaluation).
+    chosen = {_relative(run.path): run for run in runs}
     for csv_file in config.from_csv:
         for run in runs_from_csv(csv_file):
-            if _relative(run.path) not in seen:
-                seen.add(_relative(run.path))
-                runs.append(run)
+            key = _relative(run.path)
+            if key not in chosen or _progress(run) > _progress(chosen[key]):
+                chosen[key] = run
+    runs = list(chosen.values())
     evaluated = [r for r in runs if r.final is not None]
     if not evaluated:
         raise DtrlError(f"none of the {len(runs)} run(s) has an evaluation yet (no eval_return_mean in metrics.jsonl)")

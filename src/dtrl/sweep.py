@@ -307,7 +307,7 @@ def validate_trials(trials: list[Trial]) -> None:
 
 
 def finished_in_reports(paths: tuple[str, ...] | list[str]) -> set[Path]:
-    """Run directories (absolute) that these ``dtrl report`` evaluations.csv files record as finished.
+    """Run directories (resolved) that these ``dtrl report`` evaluations.csv files record as finished.
     Their ``run`` column is relative to the directory the report was made in: run both from the same
     place (the repository root)."""
     done: set[Path] = set()
@@ -319,7 +319,7 @@ def finished_in_reports(paths: tuple[str, ...] | list[str]) -> set[Path]:
             raise DtrlError(f"--done {path}: {exc.strerror}") from None
         if rows and not {"run", "finished"} <= set(rows[0]):
             raise DtrlError(f"--done {path} is not an evaluations.csv of dtrl report (no run and finished columns)")
-        done.update(Path(row["run"]).expanduser().absolute() for row in rows if row["finished"] == "1")
+        done.update(Path(row["run"]).expanduser().resolve() for row in rows if row["finished"] == "1")
     return done
 
 
@@ -445,7 +445,7 @@ def run_sweep(config: SweepConfig) -> int:
     statuses = {t.run_dir: trial_status(t.run_dir) for t in trials}
     reported = finished_in_reports(config.done)
     for trial in trials:
-        if statuses[trial.run_dir] != "finished" and Path(trial.run_dir).absolute() in reported:
+        if statuses[trial.run_dir] != "finished" and Path(trial.run_dir).resolve() in reported:
             statuses[trial.run_dir] = "reported"
     started = [t for t in trials if statuses[t.run_dir] not in ("new", "reported")]
     if started and not config.resume and not config.dry_run:

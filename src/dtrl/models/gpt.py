@@ -111,7 +111,7 @@ class KVCache:
     """[slots] long: absolute token index held by each slot, -1 while empty"""
     valid: torch.Tensor
     """[B, slots] bool: False for padding tokens and for rows that were reset"""
-    window: int = 0
+    window: int
     """attention band in tokens: the model's, or less for a cache that will never hold more tokens
     (its keys are then all in band, so the result is the same with fewer slots to attend over)"""
     n_tokens: int = 0
