@@ -42,7 +42,10 @@ COLUMNS = ["task", "method", "minutes", "iterations", "env_steps", "grad_updates
 # the tuning grid every method goes through (issue: one tuning protocol for every method)
 LEARNING_RATES = [1e-4, 3e-4, 1e-3]
 SCHEDULES = ["constant", "linear"]
-# the paper's claims (Fig. 1a-e, 3a-c): algorithms and the one switch each figure changes
+# the paper's claims (Fig. 1a-e, 3a): algorithms and the one switch each figure changes. A claim's
+# spec runs only the switched values: the preset's own value is Table 1's run of the same method,
+# seed and DT (sweeps/table1_cpu.toml), its paired baseline. Fig. 3c (reset-based vs Q-guided GRPO)
+# compares two Table 1 columns and needs no runs of its own.
 CLAIMS = {
     "fig1a_relabel": (["grpo", "ppo"], {"hindsight_relabel": [False, True]}),
     "fig1b_full_trajectories": (["grpo"], {"full_trajectories": [False, True]}),
@@ -51,8 +54,20 @@ CLAIMS = {
     "fig1e_reset_sampling": (["grpo"], {"reset_sampling": ["active", "uniform"]}),
     "fig3a_sub_trajectory_length": (["grpo"], {"sub_trajectory_length": [5, 15, 45]}),
     "fig3b_eval_steps": (["grpo"], {"eval_steps": [30, 100, 300]}),
-    "fig3c_q_guided": (["grpo", "grpo-q"], {}),
 }
+
+
+def without_preset_values(task: str, algos: list[str], overrides: dict) -> dict:
+    """The switch values other than every algorithm's cpu preset value (those runs are Table 1's)."""
+    from dtrl.algos import grpo, ppo
+
+    presets = {"grpo": grpo.cpu_preset(task), "ppo": ppo.cpu_preset(task)}
+    kept = {name: [v for v in values if all(getattr(presets[a], name) != v for a in algos)]
+            for name, values in overrides.items()}
+    for name, values in kept.items():
+        if not values:
+            raise SystemExit(f"claim switch {name}: every value is a preset's")
+    return kept
 
 
 def commit() -> str:
@@ -148,9 +163,12 @@ def write_specs(task: str, minutes: float, sweeps: Path, budget_csv: Path) -> No
         + f"\n[algo_args]\n{table1}\n" + resources)
     (sweeps / "claims").mkdir(exist_ok=True)
     for claim, (algos, overrides) in CLAIMS.items():
-        grid = "".join(f"{name} = {toml_list(values)}\n" for name, values in overrides.items())
+        grid = "".join(f"{name} = {toml_list(values)}\n"
+                       for name, values in without_preset_values(task, algos, overrides).items())
         (sweeps / "claims" / f"{claim}.toml").write_text(
             header + f"# The paper's claim {claim}: one switch changed, budget and data per iteration kept; 3 seeds.\n"
+            "# The preset's own value is not rerun: its paired baseline is Table 1's run of the same method, seed\n"
+            "# and DT (sweeps/table1_cpu.toml). Fig. 3c (Q-guided GRPO) is two Table 1 columns.\n"
             + f'command = "finetune"\nalgos = {toml_list(algos)}\ntasks = {toml_list([task])}\nseeds = [0, 1, 2]\n'
             + f'out_root = "runs/claims/{claim}"\nargs = ["--preset", "cpu", "--threads", "1"]\n'
             + "\n[algo_args]\n" + "\n".join(f'"{m}" = {toml_list(algo_args[m])}' for m in algos) + "\n"
