@@ -212,3 +212,23 @@ def test_statistics_and_a_report_rebuilt_from_its_evaluations_csv(runs_root, tmp
     with pytest.raises(DtrlError, match="not an evaluations.csv"):
         (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
         build_report(ReportConfig(from_csv=(str(tmp_path / "bad.csv"),), out=str(tmp_path / "x")))
+
+
+def test_finished_only_counts_finished_runs_and_lists_the_others(runs_root, tmp_path):
+    finished = runs_root / "hopper-random" / "grpo" / "seed0"
+    (finished / "final.json").write_text(json.dumps({"iteration": 4}))
+    result = build_report(ReportConfig(run_dirs=(str(runs_root / "hopper-random" / "grpo"),), out=str(tmp_path / "r"),
+                                       bootstrap_reps=100, finished_only=True))
+    assert [len(group.runs) for group in result["groups"].values()] == [1]
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "90.00" in md and "2 unfinished run(s) are listed above but not counted" in md
+    with open(tmp_path / "r" / "evaluations.csv") as handle:  # all three stay in the CSV
+        assert len({row["run"] for row in csv.DictReader(handle)}) == 3
+    counted = build_report(ReportConfig(run_dirs=(str(runs_root / "hopper-random" / "grpo"),),
+                                        out=str(tmp_path / "all"), bootstrap_reps=100))
+    assert [len(group.runs) for group in counted["groups"].values()] == [3]
+    assert "2 run(s) have not finished" in (tmp_path / "all" / "report.md").read_text()
+    (finished / "final.json").unlink()
+    with pytest.raises(DtrlError, match="none of the 3 run"):
+        build_report(ReportConfig(run_dirs=(str(runs_root / "hopper-random" / "grpo"),), out=str(tmp_path / "n"),
+                                  finished_only=True))

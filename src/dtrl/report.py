@@ -64,6 +64,9 @@ class ReportConfig:
     """folder for report.md, report.csv and the curve PNGs (created if missing)"""
     x: Literal["iterations", "env_steps", "wall_time_s"] = "iterations"
     """x axis of the learning curves"""
+    finished_only: bool = False
+    """tables, statistics and curves from finished runs only (a sweep still running: its unfinished runs
+    are listed and kept in evaluations.csv, not counted)"""
 
 
 @dataclass
@@ -595,7 +598,10 @@ def build_report(config: ReportConfig) -> dict:
     evaluated = [r for r in runs if r.final is not None]
     if not evaluated:
         raise DtrlError(f"none of the {len(runs)} run(s) has an evaluation yet (no eval_return_mean in metrics.jsonl)")
-    groups = group_runs(runs)
+    unfinished = [r for r in runs if not r.finished]
+    groups = group_runs([r for r in runs if r.finished] if config.finished_only else runs)
+    if not groups:
+        raise DtrlError(f"--finished-only: none of the {len(runs)} run(s) has finished yet")
     out = Path(config.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -626,7 +632,11 @@ def build_report(config: ReportConfig) -> dict:
         *statistics_section,
         "## Runs",
         runs_table(runs),
-    ] + ([f"{len(not_evaluated)} run(s) without an evaluation yet are listed with –."] if not_evaluated else [])) + "\n"
+    ] + ([f"{len(not_evaluated)} run(s) without an evaluation yet are listed with –."] if not_evaluated else [])
+      + ([f"{len(unfinished)} unfinished run(s) are listed above but not counted (--finished-only)."]
+         if config.finished_only and unfinished else
+         [f"{len(unfinished)} run(s) have not finished: their last evaluation so far is counted as final "
+          "(--finished-only leaves them out)."] if unfinished else [])) + "\n"
 
     files = [out / "report.md", out / "report.csv", out / "evaluations.csv"]
     atomic_write_text(out / "report.md", markdown)
