@@ -168,6 +168,20 @@ def test_trial_crash_then_resume_then_skip(fake_trial, monkeypatch):
     assert log.count("=== ") == 2 and "new:" in log and "resume:" in log
 
 
+def test_summary_after_ctrl_c_counts_trials_ray_never_started(fake_trial, capsys):
+    """Ctrl-C stops Ray before it starts the queued trials: their results carry no config."""
+    from types import SimpleNamespace
+
+    from dtrl.sweep import _print_summary
+
+    trial, _ = fake_trial
+    results = [SimpleNamespace(config={"trial": trial}, error=None, metrics={}), SimpleNamespace(config=None)]
+    assert _print_summary(results, 1, "spec.toml") == 1
+    captured = capsys.readouterr()
+    assert "0 trial(s) done, 0 failed, 1 stopped, 1 not started, 1 already finished and skipped" in captured.out
+    assert "continue with: dtrl sweep spec.toml --resume" in captured.err
+
+
 def test_trial_without_checkpoint_is_restarted(fake_trial):
     trial, calls = fake_trial
     RunDir.create(trial["run_dir"], {"task": "hopper-random"}).close()  # died before its first checkpoint

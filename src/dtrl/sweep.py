@@ -532,7 +532,11 @@ def _progress_callback(tune, names: dict[str, str]):
 
 def _print_summary(results, skipped: int, spec_path: str) -> int:
     failed, stopped, lines = [], [], []
+    not_started = 0
     for result in results:
+        if not result.config:  # the sweep was stopped (Ctrl-C) before Ray started this trial
+            not_started += 1
+            continue
         trial = result.config["trial"]
         name = os.path.relpath(trial["run_dir"], os.getcwd())
         if result.error is not None:
@@ -547,9 +551,10 @@ def _print_summary(results, skipped: int, spec_path: str) -> int:
             score_text = f"  score {score:.2f}" if isinstance(score, (int, float)) else ""
             lines.append(f"  {metrics.get('status', 'done'):<7} {name}{score_text}")
     print("\n".join(sorted(lines)))
-    done = len(results) - len(failed) - len(stopped)
-    print(f"{done} trial(s) done, {len(failed)} failed, {len(stopped)} stopped, {skipped} already finished and skipped")
-    if failed or stopped:
+    done = len(results) - len(failed) - len(stopped) - not_started
+    print(f"{done} trial(s) done, {len(failed)} failed, {len(stopped)} stopped, "
+          + (f"{not_started} not started, " if not_started else "") + f"{skipped} already finished and skipped")
+    if failed or stopped or not_started:
         print(f"continue with: dtrl sweep {spec_path} --resume  (finished runs are skipped, stopped ones resume "
               "from their checkpoints, failed ones are retried; logs say why they failed)", file=sys.stderr)
         return 1
