@@ -394,7 +394,7 @@ class _ShortContext:
         """A fresh model cache of ``rows`` (ascending), each holding its kept steps."""
         # Sized for keep + 1 steps (the history and the step about to be acted on), not the model's
         # whole window: the attention over slots that can never be filled was most of an act's cost
-        # at context 1, for identical actions (tests/test_rollout.py).
+        # at context 1, for the same actions up to float rounding (tests/test_models.py).
         if self.arrays is None or not self.counts[rows].any():
             return self.policy.model.new_cache(len(rows), max_steps=self.keep + 1)
         obs, actions, rtg, timesteps = self.arrays
