@@ -232,3 +232,53 @@ def test_finished_only_counts_finished_runs_and_lists_the_others(runs_root, tmp_
     with pytest.raises(DtrlError, match="none of the 3 run"):
         build_report(ReportConfig(run_dirs=(str(runs_root / "hopper-random" / "grpo"),), out=str(tmp_path / "n"),
                                   finished_only=True))
+
+
+def test_an_ablation_reported_from_two_studies_csvs_is_paired_by_seed_and_dt(tmp_path, monkeypatch, capsys):
+    """A lever study beside the study it varies, each committed as its own evaluations.csv: rebuilt
+    from the CSVs alone, the runs split by the hyperparameter again and pair by (seed, pretrained DT)."""
+    monkeypatch.chdir(tmp_path)
+    finals = {("base", 0, "dt0"): 60.0, ("base", 1, "dt0"): 55.0, ("base", 2, "dt0"): 38.0,
+              ("base", 0, "dt1"): 37.0, ("lever", 0, "dt0"): 61.0, ("lever", 1, "dt0"): 49.0,
+              ("lever", 2, "dt0"): 58.0}
+    for (study, seed, dt), final in finals.items():
+        lr = 1e-3 if study == "base" else 3e-4
+        make_run(tmp_path / "runs" / study / f"seed{seed}-{dt}",
+                 {"task": "hopper-random", "algo": "grpo", "seed": seed, "learning_rate": lr,
+                  "init": f"runs/pretrain/{dt}", "out": "elsewhere"},
+                 eval_rows(final, iterations=8))
+    for study in ("base", "lever"):
+        build_report(ReportConfig(run_dirs=(f"runs/{study}",), out=f"results/{study}", bootstrap_reps=50))
+        with open(f"results/{study}/evaluations.csv") as handle:  # within its own study nothing varies
+            assert {row["label"] for row in csv.DictReader(handle)} == {"GRPO-DT"}
+    code = cli_main(["report", "--from-csv", "results/base/evaluations.csv", "results/lever/evaluations.csv",
+                     "--reference", "learning_rate=1e-3", "--out", "both", "--bootstrap-reps", "200"])
+    assert code == 0
+    with open(tmp_path / "both" / "paired.csv") as handle:
+        pairs = list(csv.DictReader(handle))
+    # seed 0's DT1 run has no lever partner; the three DT0 seeds pair up
+    assert [(p["seed"], p["init"]) for p in pairs] == [(str(s), "runs/pretrain/dt0") for s in (0, 1, 2)]
+    assert {p["variant"] for p in pairs} == {"GRPO-DT (learning_rate=0.0003)"}
+    assert {p["reference"] for p in pairs} == {"GRPO-DT (learning_rate=0.001)"}
+    assert [float(p["variant_final"]) - float(p["reference_final"]) for p in pairs] == [1.0, -6.0, 20.0]
+    # the curve rises linearly to the final score over 8 iterations: the last quarter (6, 7, 8) averages 7/8 of it
+    assert float(pairs[0]["reference_late"]) == pytest.approx(60.0 * 7 / 8)
+    md = (tmp_path / "both" / "report.md").read_text()
+    assert "## Paired differences against the reference (learning_rate=1e-3)" in md
+    assert "| 3 | +5.0 [" in md and "| 2/3 |" in md and "0: 60.0 → 61.0; 1: 55.0 → 49.0; 2: 38.0 → 58.0" in md
+    # CSVs written before configs were stored still load, under the label they carry
+    with open("results/base/evaluations.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    old_columns = [c for c in rows[0] if c != "config"]
+    with open("old.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=old_columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    old = build_report(ReportConfig(from_csv=("old.csv",), out="old", bootstrap_reps=50))
+    assert {label for _, label in old["groups"]} == {"GRPO-DT"}
+    capsys.readouterr()
+    assert cli_main(["report", "--from-csv", "results/base/evaluations.csv", "--reference", "lr"]) == 2
+    assert "--reference takes KEY=VALUE" in capsys.readouterr().err
+    assert cli_main(["report", "--from-csv", "results/base/evaluations.csv", "results/lever/evaluations.csv",
+                     "--reference", "learning_rate=0.01", "--out", "none"]) == 2
+    assert "no run of another variant has a reference run" in capsys.readouterr().err

@@ -15,13 +15,16 @@ whole report from it without the run directories), ``curves_<task>.png`` (mean �
 algorithm over seeds, on the ``--x`` axis) and, with the optional ``rliable`` extra
 (``pip install dtrl[report]``), ``statistics.csv`` and a section of IQM and mean with 95%
 stratified-bootstrap confidence intervals over seeds (Agarwal et al. 2021) of the final and the
-best-so-far score, plus ``performance_profile_<task>.png``.
+best-so-far score, plus ``performance_profile_<task>.png``. With ``--reference KEY=VALUE`` (an
+ablation), each other variant is paired with the reference's run of the same seed and pretrained DT:
+``paired.csv`` and a section of mean paired differences.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
 from collections import defaultdict
@@ -67,6 +70,10 @@ class ReportConfig:
     finished_only: bool = False
     """tables, statistics and curves from finished runs only (a sweep still running: its unfinished runs
     are listed and kept in evaluations.csv, not counted)"""
+    reference: tuple[str, ...] = ()
+    """KEY=VALUE ...: the runs with these hyperparameter values are the reference of an ablation; every
+    other variant of the same (task, algorithm) is compared with it seed by seed, on the same pretrained
+    DT (paired differences of the final and late scores, with bootstrap CIs; paired.csv)"""
 
 
 @dataclass
@@ -188,10 +195,12 @@ def _looks_like_path(value: object) -> bool:
 
 def label_variants(runs: list[RunResult]) -> None:
     """Label each run by its algorithm plus the hyperparameters that vary within its (task, algo),
-    so a sweep over e.g. clip_eps gives one column per value instead of mixing them."""
+    so a sweep over e.g. clip_eps gives one column per value instead of mixing them. Runs read from
+    an older evaluations.csv without configs keep the label stored there."""
     by_group: dict[tuple[str, str], list[RunResult]] = defaultdict(list)
     for run in runs:
-        by_group[(run.task, run.algo)].append(run)
+        if run.config:
+            by_group[(run.task, run.algo)].append(run)
     for group in by_group.values():
         flats = [_flatten({k: v for k, v in r.config.items() if k not in _NOT_HYPERPARAMETERS}) for r in group]
         keys = sorted(set().union(*flats))
@@ -333,19 +342,29 @@ def csv_rows(groups: dict[tuple[str, str], GroupResult]) -> list[dict]:
 EVALUATION_COLUMNS = ["task", "algorithm", "label", "metric", "seed", "run", "finished", "iteration", "env_steps",
                       "grad_updates", "wall_time_s", "eval_normalized_mean", "eval_normalized_std",
                       "eval_return_mean", "eval_return_std", "eval_target_rtg", "eval_context_length",
-                      "eval_other_normalized_mean", "eval_other_return_mean", "eval_other_target_rtg"]
+                      "eval_other_normalized_mean", "eval_other_return_mean", "eval_other_target_rtg", "config"]
+# "config" (the run's config.json as JSON, on its first row only) came later: older files lack it
+_OPTIONAL_COLUMNS = {"config"}
+# config keys that describe the machine or the run's files, not the run: left out of the CSV
+_NOT_STORED = {"run_info", "out", "force", "resume"}
 
 
 def evaluation_rows(runs: list[RunResult]) -> list[dict]:
     """Every evaluation of every run, one row each (what ``--from-csv`` reads back)."""
     rows = []
     for run in sorted(runs, key=lambda r: (r.task, r.label, str(r.seed), str(r.path))):
+        # the config rides on the run's first row, so a report rebuilt from CSVs labels and pairs runs
+        # exactly as one made from their directories
+        config = {k: v for k, v in run.config.items() if k not in _NOT_STORED}
+        first_row = True
         for metric_row in run.metrics:
             if metric_row.get("eval_return_mean") is None:
                 continue
             row = {"task": run.task, "algorithm": run.algo, "label": run.label, "metric": run.metric,
                    "seed": run.seed, "run": _relative(run.path), "finished": int(run.finished)}
             row.update({key: metric_row.get(key) for key in EVALUATION_COLUMNS if key not in row})
+            row["config"] = json.dumps(config, sort_keys=True) if first_row and config else None
+            first_row = False
             rows.append({key: "" if value is None else value for key, value in row.items()})
     return rows
 
@@ -371,7 +390,7 @@ def runs_from_csv(path: str) -> list[RunResult]:
             rows = list(csv.DictReader(handle))
     except OSError as exc:
         raise DtrlError(f"cannot read {path}: {exc.strerror}") from None
-    missing = set(EVALUATION_COLUMNS) - set(rows[0] if rows else EVALUATION_COLUMNS)
+    missing = set(EVALUATION_COLUMNS) - _OPTIONAL_COLUMNS - set(rows[0] if rows else EVALUATION_COLUMNS)
     if missing:
         raise DtrlError(f"{path} is not an evaluations.csv of dtrl report (missing {', '.join(sorted(missing))})")
     by_run: dict[str, list[dict]] = defaultdict(list)
@@ -380,13 +399,18 @@ def runs_from_csv(path: str) -> list[RunResult]:
     runs = []
     for run_path, run_rows in by_run.items():
         first = run_rows[0]
-        metrics = [{key: _number(row[key]) for key in EVALUATION_COLUMNS[7:]} for row in run_rows]
+        metrics = [{key: _number(row[key]) for key in EVALUATION_COLUMNS[7:] if key not in _OPTIONAL_COLUMNS}
+                   for row in run_rows]
         for metric_row, row in zip(metrics, run_rows):
             metric_row["iteration"] = int(float(row["iteration"]))
         key = "eval_normalized_mean" if first["metric"] == "normalized" else "eval_return_mean"
         finals = [m[key] for m in metrics if isinstance(m[key], float)]
+        try:
+            config = json.loads(first.get("config") or "{}")
+        except json.JSONDecodeError:
+            raise DtrlError(f"{path}: the config of run {run_path} is not valid JSON") from None
         runs.append(RunResult(path=Path(run_path), task=first["task"], algo=first["algorithm"],
-                              seed=_number(first["seed"]), config={}, metrics=metrics, metric=first["metric"],
+                              seed=_number(first["seed"]), config=config, metrics=metrics, metric=first["metric"],
                               final=finals[-1] if finals else None, finished=first["finished"] == "1",
                               label=first["label"]))
     return runs
@@ -451,6 +475,123 @@ def statistics_markdown(rows: list[dict]) -> str:
     for row in rows:
         lines.append(f"| {row['task']} | {row['algorithm']} | {row['n_seeds']} | {cell(row, 'final_iqm')} | "
                      f"{cell(row, 'final_mean')} | {cell(row, 'best_mean')} |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# ablations: each variant against a reference, seed by seed
+
+
+def parse_reference(items: tuple[str, ...]) -> dict[str, str]:
+    """``("learning_rate=0.001", ...)`` -> {"learning_rate": "0.001", ...}."""
+    reference = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise DtrlError(f"--reference takes KEY=VALUE (a config key as in config.json), got {item!r}")
+        reference[key.strip()] = value.strip()
+    return reference
+
+
+def _matches(value: object, text: str) -> bool:
+    """A config value equals its command-line spelling (0.001 = 1e-3, True = true)."""
+    if isinstance(value, bool) or value is None:
+        return str(value).lower() == text.lower() or (value is None and text.lower() == "null")
+    if isinstance(value, (int, float)):
+        try:
+            return float(text) == float(value)
+        except ValueError:
+            return False
+    return str(value) == text
+
+
+def late_mean(run: RunResult) -> float | None:
+    """Mean of a run's evaluations over the last quarter of its iterations: a run's end state measured
+    with more episodes than its final evaluation alone."""
+    key = "eval_normalized_mean" if run.metric == "normalized" else "eval_return_mean"
+    points = [(row["iteration"], row[key]) for row in run.metrics
+              if isinstance(row.get(key), (int, float)) and math.isfinite(row[key])]
+    if not points:
+        return None
+    last = points[-1][0]
+    return float(np.mean([value for iteration, value in points if iteration >= 0.75 * last]))
+
+
+def reference_group(groups: list[GroupResult], reference: dict[str, str]) -> GroupResult | None:
+    """The one column of a (task, algorithm) whose runs all have the reference values; None if none."""
+    missing = object()
+    found = [g for g in groups if g.runs and all(_matches(_flatten(run.config).get(key, missing), text)
+                                                 for run in g.runs for key, text in reference.items())]
+    if len(found) > 1:
+        raise DtrlError(f"--reference {' '.join(f'{k}={v}' for k, v in reference.items())} matches "
+                        f"{len(found)} columns of {found[0].task} ({', '.join(g.label for g in found)}): "
+                        "add KEY=VALUE for the hyperparameter that tells them apart")
+    return found[0] if found else None
+
+
+def paired_runs(groups: dict[tuple[str, str], GroupResult], reference: dict[str, str]) -> list[dict]:
+    """Every run of a variant with the reference's run of the same task, algorithm, seed and pretrained
+    DT (``init``): an ablation measured as differences within pairs, which cancels what the seed and
+    the DT contribute to both."""
+    by_algo: dict[tuple[str, str], list[GroupResult]] = defaultdict(list)
+    for group in groups.values():
+        by_algo[(group.task, group.algo)].append(group)
+    rows = []
+    for (task, _), algo_groups in sorted(by_algo.items()):
+        ref = reference_group(algo_groups, reference)
+        if ref is None:
+            continue
+        ref_runs = {(str(r.seed), str(r.config.get("init"))): r for r in ref.runs if r.final is not None}
+        for group in sorted(algo_groups, key=lambda g: g.label):
+            if group is ref:
+                continue
+            for run in sorted(group.runs, key=lambda r: (str(r.seed), str(r.config.get("init")))):
+                base = ref_runs.get((str(run.seed), str(run.config.get("init"))))
+                if base is None or run.final is None:
+                    continue
+                rows.append({"task": task, "variant": group.label, "reference": ref.label, "seed": run.seed,
+                             "init": run.config.get("init") or "", "reference_final": base.final,
+                             "variant_final": run.final, "reference_late": late_mean(base),
+                             "variant_late": late_mean(run), "reference_run": _relative(base.path),
+                             "variant_run": _relative(run.path)})
+    return rows
+
+
+def _bootstrap_mean(values: np.ndarray, reps: int, seed: int = 0) -> tuple[float, float, float]:
+    """Mean and 95% percentile-bootstrap interval of the mean (resampling the values)."""
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(reps, len(values)))].mean(axis=1)
+    return float(values.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def paired_markdown(pairs: list[dict], reference: dict[str, str], reps: int) -> str:
+    spec = ", ".join(f"{k}={v}" for k, v in reference.items())
+    lines = [
+        f"## Paired differences against the reference ({spec})",
+        "Each run of a variant is paired with the reference's run of the same task, seed and pretrained DT; "
+        "Δ = variant − reference. *Final*: the last evaluation. *Late*: the mean of the evaluations over the "
+        f"last quarter of the run. 95% percentile-bootstrap CIs of the mean Δ over pairs ({reps} resamples); "
+        "with a handful of pairs they are wide, and `wins` says in how many pairs the variant ended higher. "
+        "Every pair is in paired.csv.",
+        "",
+        "| task | variant | reference | pairs | Δ final [95% CI] | wins | Δ late [95% CI] "
+        "| final per pair: reference → variant |",
+        "|---|---|---|---:|---:|---:|---:|---|"]
+    by_variant: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
+    for pair in pairs:
+        by_variant[(pair["task"], pair["variant"], pair["reference"])].append(pair)
+    for (task, variant, ref), rows in sorted(by_variant.items()):
+        final = np.array([r["variant_final"] - r["reference_final"] for r in rows], float)
+        late = np.array([r["variant_late"] - r["reference_late"] for r in rows], float)
+        several_dts = len({r["init"] for r in rows}) > 1
+        per_pair = "; ".join(f"{r['seed']}" + (f" ({Path(r['init']).name})" if several_dts else "")
+                             + f": {r['reference_final']:.1f} → {r['variant_final']:.1f}" for r in rows)
+        cells = []
+        for values in (final, late):
+            mean, lo, hi = _bootstrap_mean(values, reps)
+            cells.append(f"{mean:+.1f} [{lo:+.1f}, {hi:+.1f}]")
+        lines.append(f"| {task} | {variant} | {ref} | {len(rows)} | {cells[0]} | {int((final > 0).sum())}/{len(rows)} "
+                     f"| {cells[1]} | {per_pair} |")
     return "\n".join(lines)
 
 
@@ -585,7 +726,6 @@ def build_report(config: ReportConfig) -> dict:
     if not config.run_dirs and not config.from_csv:
         raise DtrlError("no run directories given (dtrl report RUN_DIR... ; a folder of runs, or --from-csv FILE)")
     runs = [load_run(path) for path in find_runs(list(config.run_dirs))] if config.run_dirs else []
-    label_variants(runs)
     # A run both on disk and in a CSV, or in two CSVs (a study continued across sessions and
     # machines), counts once: the copy that got further (finished, then the later last evaluation).
     chosen = {_relative(run.path): run for run in runs}
@@ -595,6 +735,8 @@ def build_report(config: ReportConfig) -> dict:
             if key not in chosen or _progress(run) > _progress(chosen[key]):
                 chosen[key] = run
     runs = list(chosen.values())
+    label_variants(runs)
+    reference = parse_reference(config.reference)
     evaluated = [r for r in runs if r.final is not None]
     if not evaluated:
         raise DtrlError(f"none of the {len(runs)} run(s) has an evaluation yet (no eval_return_mean in metrics.jsonl)")
@@ -623,6 +765,11 @@ def build_report(config: ReportConfig) -> dict:
             f"intervals over seeds ({config.bootstrap_reps} resamples, rliable; Agarwal et al. 2021). The final "
             "policy is the headline; best-so-far picks the best of a run's evaluations, an optimistic number.",
             statistics_markdown(statistics)]
+    pairs = paired_runs(groups, reference) if reference else []
+    if reference and not pairs:
+        raise DtrlError(f"--reference {' '.join(config.reference)}: no run of another variant has a reference "
+                        "run of the same task, algorithm, seed and pretrained DT")
+    paired_section = [paired_markdown(pairs, reference, config.bootstrap_reps)] if pairs else []
     markdown = "\n\n".join([
         "# dtrl report",
         "Final D4RL-normalised return (last evaluation of each run; tasks marked *raw return* have no "
@@ -630,6 +777,7 @@ def build_report(config: ReportConfig) -> dict:
         "Table 1 per task in bold.",
         table,
         *statistics_section,
+        *paired_section,
         "## Runs",
         runs_table(runs),
     ] + ([f"{len(not_evaluated)} run(s) without an evaluation yet are listed with –."] if not_evaluated else [])
@@ -645,6 +793,9 @@ def build_report(config: ReportConfig) -> dict:
     if statistics:
         atomic_write_text(out / "statistics.csv", _csv_text(statistics))
         files.append(out / "statistics.csv")
+    if pairs:
+        atomic_write_text(out / "paired.csv", _csv_text(pairs))
+        files.append(out / "paired.csv")
 
     by_task: dict[str, list[GroupResult]] = defaultdict(list)
     for group in groups.values():
@@ -656,7 +807,7 @@ def build_report(config: ReportConfig) -> dict:
         profile = out / f"performance_profile_{task.replace('/', '_')}.png"
         if plot_performance_profile(task, task_groups, profile, config.bootstrap_reps):
             files.append(profile)
-    return {"markdown": table, "files": files, "groups": groups, "runs": runs}
+    return {"markdown": table, "files": files, "groups": groups, "runs": runs, "pairs": pairs}
 
 
 def main(argv: list[str]) -> int:
