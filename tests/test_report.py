@@ -243,9 +243,10 @@ def test_an_ablation_reported_from_two_studies_csvs_is_paired_by_seed_and_dt(tmp
               ("lever", 2, "dt0"): 58.0}
     for (study, seed, dt), final in finals.items():
         lr = 1e-3 if study == "base" else 3e-4
+        # the reference also evaluated at a second RTG: that does not make it another variant
         make_run(tmp_path / "runs" / study / f"seed{seed}-{dt}",
                  {"task": "hopper-random", "algo": "grpo", "seed": seed, "learning_rate": lr,
-                  "init": f"runs/pretrain/{dt}", "out": "elsewhere"},
+                  "init": f"runs/pretrain/{dt}", "out": "elsewhere", "eval_other_rtg": study == "base"},
                  eval_rows(final, iterations=8))
     for study in ("base", "lever"):
         build_report(ReportConfig(run_dirs=(f"runs/{study}",), out=f"results/{study}", bootstrap_reps=50))

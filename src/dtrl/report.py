@@ -46,10 +46,11 @@ ALGO_NAMES = {"grpo": "GRPO-DT", "grpo-q": "GRPO-DT (Q)", "ppo": "PPO-DT", "odt"
 # column order of the table: the paper's order, anything else after it
 ALGO_ORDER = ["DT", "Reinformer", "IQL", "ODT", "ODT+TD3", "PPO-DT", "GRPO-DT", "GRPO-DT (Q)"]
 X_KEYS = {"iterations": "iteration", "env_steps": "env_steps", "wall_time_s": "wall_time_s"}
-# config keys that say how or where a run was launched, never what it computes
+# config keys that say how or where a run was launched, or what else it evaluates, never what it
+# learns (eval_other_rtg adds evaluations at a second RTG: Table 1's runs have it, their ablations not)
 _NOT_HYPERPARAMETERS = {"seed", "out", "run_info", "resume", "force", "device", "init", "dataset", "task",
-                        "algo", "preset", "eval_every", "eval_episodes", "checkpoint_every", "command", "threads",
-                        "env_threads", "track", "wandb_project", "wandb_entity"}
+                        "algo", "preset", "eval_every", "eval_episodes", "eval_other_rtg", "checkpoint_every",
+                        "command", "threads", "env_threads", "track", "wandb_project", "wandb_entity"}
 
 
 @dataclass
