@@ -264,6 +264,7 @@ def test_an_ablation_reported_from_two_studies_csvs_is_paired_by_seed_and_dt(tmp
     assert [float(p["variant_final"]) - float(p["reference_final"]) for p in pairs] == [1.0, -6.0, 20.0]
     # the curve rises linearly to the final score over 8 iterations: the last quarter (6, 7, 8) averages 7/8 of it
     assert float(pairs[0]["reference_late"]) == pytest.approx(60.0 * 7 / 8)
+    assert (tmp_path / "both" / "paired_curves_hopper-random.png").read_bytes()[:4] == b"\x89PNG"
     md = (tmp_path / "both" / "report.md").read_text()
     assert "## Paired differences against the reference (learning_rate=1e-3)" in md
     assert "| 3 | +5.0 [" in md and "| 2/3 |" in md and "0: 60.0 → 61.0; 1: 55.0 → 49.0; 2: 38.0 → 58.0" in md

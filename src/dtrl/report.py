@@ -17,7 +17,7 @@ algorithm over seeds, on the ``--x`` axis) and, with the optional ``rliable`` ex
 stratified-bootstrap confidence intervals over seeds (Agarwal et al. 2021) of the final and the
 best-so-far score, plus ``performance_profile_<task>.png``. With ``--reference KEY=VALUE`` (an
 ablation), each other variant is paired with the reference's run of the same seed and pretrained DT:
-``paired.csv`` and a section of mean paired differences.
+``paired.csv``, a section of mean paired differences and ``paired_curves_<task>.png``.
 """
 
 from __future__ import annotations
@@ -708,6 +708,24 @@ def plot_task(task: str, groups: list[GroupResult], x_name: str, out_file: Path)
     save_figure(fig, out_file)
 
 
+def plot_paired_curves(pairs: list[dict], groups: dict[tuple[str, str], GroupResult], x_name: str,
+                       out: Path) -> list[Path]:
+    """``paired_curves_<task>.png``: the curves of the paired runs only, so a variant is drawn beside
+    the reference runs it is compared with, not beside every reference run (other DTs, other seeds)."""
+    paired = {(p["task"], path) for p in pairs for path in (p["reference_run"], p["variant_run"])}
+    by_task: dict[str, list[GroupResult]] = defaultdict(list)
+    for (task, label), group in sorted(groups.items()):
+        runs = [r for r in group.runs if (task, _relative(r.path)) in paired]
+        if runs:
+            by_task[task].append(GroupResult(task=task, label=label, algo=group.algo, metric=group.metric, runs=runs))
+    files = []
+    for task, task_groups in sorted(by_task.items()):
+        png = out / f"paired_curves_{task.replace('/', '_')}.png"
+        plot_task(f"{task}: paired runs (same seed and pretrained DT)", task_groups, x_name, png)
+        files.append(png)
+    return files
+
+
 # ---------------------------------------------------------------------------------------------
 # command
 
@@ -797,6 +815,7 @@ def build_report(config: ReportConfig) -> dict:
     if pairs:
         atomic_write_text(out / "paired.csv", _csv_text(pairs))
         files.append(out / "paired.csv")
+        files += plot_paired_curves(pairs, groups, config.x, out)
 
     by_task: dict[str, list[GroupResult]] = defaultdict(list)
     for group in groups.values():
