@@ -248,6 +248,7 @@ def test_an_ablation_reported_from_two_studies_csvs_is_paired_by_seed_and_dt(tmp
                  {"task": "hopper-random", "algo": "grpo", "seed": seed, "learning_rate": lr,
                   "init": f"runs/pretrain/{dt}", "out": "elsewhere", "eval_other_rtg": study == "base"},
                  eval_rows(final, iterations=8))
+        (tmp_path / "runs" / study / f"seed{seed}-{dt}" / "final.json").write_text("{}")
     for study in ("base", "lever"):
         build_report(ReportConfig(run_dirs=(f"runs/{study}",), out=f"results/{study}", bootstrap_reps=50))
         with open(f"results/{study}/evaluations.csv") as handle:  # within its own study nothing varies
@@ -267,7 +268,26 @@ def test_an_ablation_reported_from_two_studies_csvs_is_paired_by_seed_and_dt(tmp
     assert (tmp_path / "both" / "paired_curves_hopper-random.png").read_bytes()[:4] == b"\x89PNG"
     md = (tmp_path / "both" / "report.md").read_text()
     assert "## Paired differences against the reference (learning_rate=1e-3)" in md
-    assert "| 3 | +5.0 [" in md and "| 2/3 |" in md and "0: 60.0 → 61.0; 1: 55.0 → 49.0; 2: 38.0 → 58.0" in md
+    # Δ final 1, -6, 20: mean 5, sd 13.45, t(0.975, 2) = 4.303 -> ±33.4 (a bootstrap of 3 values would
+    # give just their range)
+    assert "| 3 | +5.0 [-28.4, +38.4] | 2/3 |" in md and "0: 60.0 → 61.0; 1: 55.0 → 49.0; 2: 38.0 → 58.0" in md
+    # an unfinished lever run is not paired (its "late" evaluations would not be late) but counted; the
+    # reference's init spelled with a trailing slash is the same DT
+    make_run(tmp_path / "runs" / "base" / "seed3-dt0", {"task": "hopper-random", "algo": "grpo", "seed": 3,
+                                                        "learning_rate": 1e-3, "init": "runs/pretrain/dt0/"},
+             eval_rows(50.0, iterations=8))
+    (tmp_path / "runs" / "base" / "seed3-dt0" / "final.json").write_text("{}")
+    make_run(tmp_path / "runs" / "lever" / "seed3-dt0", {"task": "hopper-random", "algo": "grpo", "seed": 3,
+                                                         "learning_rate": 3e-4, "init": "runs/pretrain/dt0"},
+             eval_rows(10.0, iterations=2))
+    more = build_report(ReportConfig(run_dirs=("runs/base", "runs/lever"), out="more", bootstrap_reps=50,
+                                     reference=("learning_rate=0.001",)))
+    assert [p["seed"] for p in more["pairs"]] == [0, 1, 2]
+    assert "1 run(s) of the variants are not paired" in (tmp_path / "more" / "report.md").read_text()
+    (tmp_path / "runs" / "lever" / "seed3-dt0" / "final.json").write_text("{}")
+    more = build_report(ReportConfig(run_dirs=("runs/base", "runs/lever"), out="more", bootstrap_reps=50,
+                                     reference=("learning_rate=0.001",)))
+    assert [p["seed"] for p in more["pairs"]] == [0, 1, 2, 3]
     # CSVs written before configs were stored still load, under the label they carry
     with open("results/base/evaluations.csv") as handle:
         rows = list(csv.DictReader(handle))
@@ -278,9 +298,17 @@ def test_an_ablation_reported_from_two_studies_csvs_is_paired_by_seed_and_dt(tmp
         writer.writerows(rows)
     old = build_report(ReportConfig(from_csv=("old.csv",), out="old", bootstrap_reps=50))
     assert {label for _, label in old["groups"]} == {"GRPO-DT"}
+    # ... and when such a CSV holds the copy of a run that got further than its directory, the run keeps
+    # the directory's config: it is still labelled and paired by it
+    metrics = tmp_path / "runs" / "base" / "seed0-dt0" / "metrics.jsonl"
+    metrics.write_text("".join(metrics.read_text().splitlines(keepends=True)[:3]))
+    (tmp_path / "runs" / "base" / "seed0-dt0" / "final.json").unlink()
+    mixed = build_report(ReportConfig(run_dirs=("runs/base", "runs/lever"), from_csv=("old.csv",), out="mixed",
+                                      bootstrap_reps=50, reference=("learning_rate=0.001",)))
+    assert [p["seed"] for p in mixed["pairs"]] == [0, 1, 2, 3] and mixed["pairs"][0]["reference_final"] == 60.0
     capsys.readouterr()
     assert cli_main(["report", "--from-csv", "results/base/evaluations.csv", "--reference", "lr"]) == 2
     assert "--reference takes KEY=VALUE" in capsys.readouterr().err
     assert cli_main(["report", "--from-csv", "results/base/evaluations.csv", "results/lever/evaluations.csv",
                      "--reference", "learning_rate=0.01", "--out", "none"]) == 2
-    assert "no run of another variant has a reference run" in capsys.readouterr().err
+    assert "no finished run of another variant has a finished reference run" in capsys.readouterr().err

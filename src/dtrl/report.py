@@ -74,7 +74,7 @@ class ReportConfig:
     reference: tuple[str, ...] = ()
     """KEY=VALUE ...: the runs with these hyperparameter values are the reference of an ablation; every
     other variant of the same (task, algorithm) is compared with it seed by seed, on the same pretrained
-    DT (paired differences of the final and late scores, with bootstrap CIs; paired.csv)"""
+    DT (paired differences of the final and late scores, with Student-t intervals; paired.csv)"""
 
 
 @dataclass
@@ -405,7 +405,7 @@ def runs_from_csv(path: str) -> list[RunResult]:
         for metric_row, row in zip(metrics, run_rows):
             metric_row["iteration"] = int(float(row["iteration"]))
         key = "eval_normalized_mean" if first["metric"] == "normalized" else "eval_return_mean"
-        finals = [m[key] for m in metrics if isinstance(m[key], float)]
+        finals = [m[key] for m in metrics if isinstance(m[key], float) and math.isfinite(m[key])]
         try:
             config = json.loads(first.get("config") or "{}")
         except json.JSONDecodeError:
@@ -519,9 +519,9 @@ def late_mean(run: RunResult) -> float | None:
 
 
 def reference_group(groups: list[GroupResult], reference: dict[str, str]) -> GroupResult | None:
-    """The one column of a (task, algorithm) whose runs all have the reference values; None if none."""
-    missing = object()
-    found = [g for g in groups if g.runs and all(_matches(_flatten(run.config).get(key, missing), text)
+    """The one column of a (task, algorithm) whose runs all have the reference values (a key a run's
+    config lacks counts as None); None if no column has them."""
+    found = [g for g in groups if g.runs and all(_matches(_flatten(run.config).get(key), text)
                                                  for run in g.runs for key, text in reference.items())]
     if len(found) > 1:
         raise DtrlError(f"--reference {' '.join(f'{k}={v}' for k, v in reference.items())} matches "
@@ -530,50 +530,72 @@ def reference_group(groups: list[GroupResult], reference: dict[str, str]) -> Gro
     return found[0] if found else None
 
 
-def paired_runs(groups: dict[tuple[str, str], GroupResult], reference: dict[str, str]) -> list[dict]:
-    """Every run of a variant with the reference's run of the same task, algorithm, seed and pretrained
-    DT (``init``): an ablation measured as differences within pairs, which cancels what the seed and
-    the DT contribute to both."""
+def _pair_key(run: RunResult) -> tuple[str, str]:
+    init = run.config.get("init")
+    return str(run.seed), os.path.normpath(str(init)) if init else ""
+
+
+def paired_runs(groups: dict[tuple[str, str], GroupResult], reference: dict[str, str]) -> tuple[list[dict], int]:
+    """Every finished run of a variant with the reference's finished run of the same task, algorithm,
+    seed and pretrained DT (``init``): an ablation measured as differences within pairs, which cancels
+    what the seed and the DT contribute to both. Returns (pairs, runs of variants left unpaired)."""
     by_algo: dict[tuple[str, str], list[GroupResult]] = defaultdict(list)
     for group in groups.values():
         by_algo[(group.task, group.algo)].append(group)
-    rows = []
+    rows, unpaired = [], 0
     for (task, _), algo_groups in sorted(by_algo.items()):
         ref = reference_group(algo_groups, reference)
         if ref is None:
             continue
-        ref_runs = {(str(r.seed), str(r.config.get("init"))): r for r in ref.runs if r.final is not None}
+        ref_runs: dict[tuple[str, str], RunResult] = {}
+        for run in ref.runs:
+            if run.finished and run.final is not None:
+                if _pair_key(run) in ref_runs:
+                    raise DtrlError(f"--reference: two runs of {ref.label} on {task} have seed {run.seed} and "
+                                    f"init {_pair_key(run)[1] or 'none'} ({ref_runs[_pair_key(run)].path}, {run.path})")
+                ref_runs[_pair_key(run)] = run
         for group in sorted(algo_groups, key=lambda g: g.label):
             if group is ref:
                 continue
-            for run in sorted(group.runs, key=lambda r: (str(r.seed), str(r.config.get("init")))):
-                base = ref_runs.get((str(run.seed), str(run.config.get("init"))))
-                if base is None or run.final is None:
+            seen: set[tuple[str, str]] = set()
+            for run in sorted(group.runs, key=_pair_key):
+                base = ref_runs.get(_pair_key(run))
+                if base is None or not run.finished or run.final is None or _pair_key(run) in seen:
+                    unpaired += 1  # unfinished, or no reference run (or a second run) of its seed and DT
                     continue
+                seen.add(_pair_key(run))
                 rows.append({"task": task, "variant": group.label, "reference": ref.label, "seed": run.seed,
                              "init": run.config.get("init") or "", "reference_final": base.final,
                              "variant_final": run.final, "reference_late": late_mean(base),
                              "variant_late": late_mean(run), "reference_run": _relative(base.path),
                              "variant_run": _relative(run.path)})
-    return rows
+    return rows, unpaired
 
 
-def _bootstrap_mean(values: np.ndarray, reps: int, seed: int = 0) -> tuple[float, float, float]:
-    """Mean and 95% percentile-bootstrap interval of the mean (resampling the values)."""
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(reps, len(values)))].mean(axis=1)
-    return float(values.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+def _t_interval(values: np.ndarray) -> tuple[float, float, float] | None:
+    """Mean and 95% Student-t interval of the mean; None below 2 values or without scipy (the
+    ``report`` extra). With a handful of pairs a bootstrap interval would be just [min, max]."""
+    try:
+        from scipy import stats
+    except ImportError:
+        return None
+    if len(values) < 2:
+        return None
+    mean = float(values.mean())
+    half = float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values)))
+    return mean, mean - half, mean + half
 
 
-def paired_markdown(pairs: list[dict], reference: dict[str, str], reps: int) -> str:
+def paired_markdown(pairs: list[dict], reference: dict[str, str], unpaired: int) -> str:
     spec = ", ".join(f"{k}={v}" for k, v in reference.items())
     lines = [
         f"## Paired differences against the reference ({spec})",
-        "Each run of a variant is paired with the reference's run of the same task, seed and pretrained DT; "
-        "Δ = variant − reference. *Final*: the last evaluation. *Late*: the mean of the evaluations over the "
-        f"last quarter of the run. 95% percentile-bootstrap CIs of the mean Δ over pairs ({reps} resamples); "
-        "with a handful of pairs they are wide, and `wins` says in how many pairs the variant ended higher. "
-        "Every pair is in paired.csv.",
+        "Each finished run of a variant is paired with the reference's finished run of the same task, seed and "
+        "pretrained DT; Δ = variant − reference. *Final*: the last evaluation. *Late*: the mean of the "
+        "evaluations over the last quarter of the run's iterations. Mean Δ with a 95% Student-t interval over "
+        "pairs (none below two pairs); with a handful of pairs it is wide, and `wins` says in how many pairs "
+        "the variant ended higher. Every pair is in paired.csv, and paired_curves_<task>.png draws the paired "
+        "runs.",
         "",
         "| task | variant | reference | pairs | Δ final [95% CI] | wins | Δ late [95% CI] "
         "| final per pair: reference → variant |",
@@ -589,10 +611,13 @@ def paired_markdown(pairs: list[dict], reference: dict[str, str], reps: int) -> 
                              + f": {r['reference_final']:.1f} → {r['variant_final']:.1f}" for r in rows)
         cells = []
         for values in (final, late):
-            mean, lo, hi = _bootstrap_mean(values, reps)
-            cells.append(f"{mean:+.1f} [{lo:+.1f}, {hi:+.1f}]")
+            interval = _t_interval(values)
+            cells.append(f"{values.mean():+.1f}" + (f" [{interval[1]:+.1f}, {interval[2]:+.1f}]" if interval else ""))
         lines.append(f"| {task} | {variant} | {ref} | {len(rows)} | {cells[0]} | {int((final > 0).sum())}/{len(rows)} "
                      f"| {cells[1]} | {per_pair} |")
+    if unpaired:
+        lines += ["", f"{unpaired} run(s) of the variants are not paired: unfinished, or without a finished "
+                      "reference run of their seed and DT."]
     return "\n".join(lines)
 
 
@@ -752,7 +777,11 @@ def build_report(config: ReportConfig) -> dict:
         for run in runs_from_csv(csv_file):
             key = _relative(run.path)
             if key not in chosen or _progress(run) > _progress(chosen[key]):
+                # a CSV written before configs were stored: keep the config another copy has
+                run.config = run.config or (chosen[key].config if key in chosen else {})
                 chosen[key] = run
+            elif not chosen[key].config:
+                chosen[key].config = run.config
     runs = list(chosen.values())
     label_variants(runs)
     reference = parse_reference(config.reference)
@@ -784,11 +813,11 @@ def build_report(config: ReportConfig) -> dict:
             f"intervals over seeds ({config.bootstrap_reps} resamples, rliable; Agarwal et al. 2021). The final "
             "policy is the headline; best-so-far picks the best of a run's evaluations, an optimistic number.",
             statistics_markdown(statistics)]
-    pairs = paired_runs(groups, reference) if reference else []
+    pairs, unpaired = paired_runs(groups, reference) if reference else ([], 0)
     if reference and not pairs:
-        raise DtrlError(f"--reference {' '.join(config.reference)}: no run of another variant has a reference "
-                        "run of the same task, algorithm, seed and pretrained DT")
-    paired_section = [paired_markdown(pairs, reference, config.bootstrap_reps)] if pairs else []
+        raise DtrlError(f"--reference {' '.join(config.reference)}: no finished run of another variant has a "
+                        "finished reference run of the same task, algorithm, seed and pretrained DT")
+    paired_section = [paired_markdown(pairs, reference, unpaired)] if pairs else []
     markdown = "\n\n".join([
         "# dtrl report",
         "Final D4RL-normalised return (last evaluation of each run; tasks marked *raw return* have no "
