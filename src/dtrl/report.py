@@ -431,9 +431,15 @@ def _number(text: str):
 # statistics over seeds (rliable)
 
 
-def best_so_far(run: RunResult) -> float | None:
+def score_points(run: RunResult) -> list[tuple[int, float]]:
+    """(iteration, score) of each of a run's evaluations with a finite score."""
     key = "eval_normalized_mean" if run.metric == "normalized" else "eval_return_mean"
-    values = [row[key] for row in run.metrics if isinstance(row.get(key), (int, float)) and math.isfinite(row[key])]
+    return [(row["iteration"], row[key]) for row in run.metrics
+            if isinstance(row.get(key), (int, float)) and math.isfinite(row[key])]
+
+
+def best_so_far(run: RunResult) -> float | None:
+    values = [value for _, value in score_points(run)]
     return max(values) if values else None
 
 
@@ -509,9 +515,7 @@ def _matches(value: object, text: str) -> bool:
 def late_mean(run: RunResult) -> float | None:
     """Mean of a run's evaluations over the last quarter of its iterations: a run's end state measured
     with more episodes than its final evaluation alone."""
-    key = "eval_normalized_mean" if run.metric == "normalized" else "eval_return_mean"
-    points = [(row["iteration"], row[key]) for row in run.metrics
-              if isinstance(row.get(key), (int, float)) and math.isfinite(row[key])]
+    points = score_points(run)
     if not points:
         return None
     last = points[-1][0]
@@ -769,6 +773,7 @@ def build_report(config: ReportConfig) -> dict:
         raise DtrlError(f"--x must be one of {', '.join(X_KEYS)}, got {config.x!r}")
     if not config.run_dirs and not config.from_csv:
         raise DtrlError("no run directories given (dtrl report RUN_DIR... ; a folder of runs, or --from-csv FILE)")
+    reference = parse_reference(config.reference)
     runs = [load_run(path) for path in find_runs(list(config.run_dirs))] if config.run_dirs else []
     # A run both on disk and in a CSV, or in two CSVs (a study continued across sessions and
     # machines), counts once: the copy that got further (finished, then the later last evaluation).
@@ -784,7 +789,6 @@ def build_report(config: ReportConfig) -> dict:
                 chosen[key].config = run.config
     runs = list(chosen.values())
     label_variants(runs)
-    reference = parse_reference(config.reference)
     evaluated = [r for r in runs if r.final is not None]
     if not evaluated:
         raise DtrlError(f"none of the {len(runs)} run(s) has an evaluation yet (no eval_return_mean in metrics.jsonl)")
