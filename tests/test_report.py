@@ -1,5 +1,6 @@
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -312,3 +313,84 @@ def test_an_ablation_reported_from_two_studies_csvs_is_paired_by_seed_and_dt(tmp
     assert cli_main(["report", "--from-csv", "results/base/evaluations.csv", "results/lever/evaluations.csv",
                      "--reference", "learning_rate=0.01", "--out", "none"]) == 2
     assert "no finished run of another variant has a finished reference run" in capsys.readouterr().err
+
+
+def curve(scores: list[float]) -> list[dict]:
+    """One evaluation per iteration with these normalised scores."""
+    return [{"iteration": it, "env_steps": it * 100, "grad_updates": it, "wall_time_s": float(it),
+             "eval_return_mean": s * 30.0, "eval_normalized_mean": s} for it, s in enumerate(scores, 1)]
+
+
+def test_a_tuning_grid_chooses_each_methods_setting_and_the_comparison_specs_run_it(tmp_path, monkeypatch, capsys):
+    """dtrl report --choose ranks each method's grid columns by the chosen criterion, and the flags it
+    writes to chosen.csv become Table 1's and the claims' settings (benchmarks/calibrate_budget.py)."""
+    import importlib
+    import sys
+
+    monkeypatch.chdir(tmp_path)
+    # grpo: lr 1e-3 ends highest (final 50) but falls at the end; lr 3e-4 holds a higher late level
+    curves = {("grpo", 1e-3, "linear"): [10, 20, 30, 40, 70, 70, 70, 50],   # final 50, late 63.3
+              ("grpo", 3e-4, "linear"): [10, 20, 30, 40, 60, 65, 65, 45],   # final 45, late 58.3
+              ("grpo", 3e-4, "constant"): [10, 20, 30, 40, 66, 66, 66, 66],  # final 66, late 66
+              ("odt", 1e-4, "constant"): [5, 5, 5, 5, 5, 5, 5, 5],
+              ("odt", 1e-4, "linear"): [5, 5, 5, 5, 9, 9, 9, 9]}
+    for (algo, lr, schedule), scores in curves.items():
+        run = tmp_path / "runs" / "tuning" / algo / f"seed0-{lr}-{schedule}"
+        make_run(run, {"task": "hopper-random", "algo": algo, "seed": 0, "learning_rate": lr,
+                       "learning_rate_schedule": schedule, "init": "runs/pretrain/seed0"}, curve(scores))
+        (run / "final.json").write_text("{}")
+    # an unfinished run is left out with --finished-only, however well it did so far
+    make_run(tmp_path / "runs" / "tuning" / "odt" / "seed0-0.001-constant",
+             {"task": "hopper-random", "algo": "odt", "seed": 0, "learning_rate": 1e-3,
+              "learning_rate_schedule": "constant"}, curve([90, 90]))
+    assert cli_main(["report", "runs/tuning", "--finished-only", "--choose", "late", "--out", "tuning",
+                     "--bootstrap-reps", "50"]) == 0
+    with open("tuning/chosen.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["algo"], r["rank"], r["chosen"], r["flags"]) for r in rows] == [
+        ("grpo", "1", "True", "--learning-rate 0.0003 --learning-rate-schedule constant"),
+        ("grpo", "2", "False", "--learning-rate 0.001 --learning-rate-schedule linear"),
+        ("grpo", "3", "False", "--learning-rate 0.0003 --learning-rate-schedule linear"),
+        ("odt", "1", "True", "--learning-rate 0.0001 --learning-rate-schedule linear"),
+        ("odt", "2", "False", "--learning-rate 0.0001 --learning-rate-schedule constant")]
+    # the last quarter of 8 evaluations is iterations 6-8
+    assert float(rows[1]["score"]) == pytest.approx((70 + 70 + 50) / 3) and float(rows[1]["final_mean"]) == 50
+    md = (tmp_path / "tuning" / "report.md").read_text()
+    assert "## Chosen settings (late score)" in md
+    assert "| hopper-random | GRPO-DT | 1 | **GRPO-DT (learning_rate=0.0003, learning_rate_schedule=constant)** |" in md
+    # by the final score, the same grid ranks lr 1e-3 above lr 3e-4 linear
+    by_final = build_report(ReportConfig(run_dirs=("runs/tuning",), finished_only=True, choose="final",
+                                         out="final", bootstrap_reps=50))["choices"]
+    assert [r["flags"] for r in by_final if r["algo"] == "grpo"][1:] == [
+        "--learning-rate 0.001 --learning-rate-schedule linear",
+        "--learning-rate 0.0003 --learning-rate-schedule linear"]
+
+    # the chosen flags go into the specs of the comparison, which still parse for every trial
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    calibrate = importlib.import_module("calibrate_budget")
+    budget = tmp_path / "budget.csv"
+    with open(budget, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=calibrate.COLUMNS)
+        writer.writeheader()
+        writer.writerows({"task": "hopper-random", "method": m, "minutes": 20, "iterations": 3, "env_steps": 1,
+                          "grad_updates": 1, "wall_time_s": 1, "cpu": "x", "date": "d", "commit": "c"}
+                         for m in calibrate.METHODS)
+    with pytest.raises(SystemExit, match="no chosen setting for grpo-q, ppo, odt-td3, iql, sb3-sac, sb3-ppo"):
+        calibrate.write_specs("hopper-random", 20.0, tmp_path / "sweeps", budget, Path("tuning/chosen.csv"))
+    with open("tuning/chosen.csv", "a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writerows({**rows[0], "algo": m, "flags": "--learning-rate 0.001"}
+                         for m in calibrate.METHODS if m not in ("grpo", "odt"))
+    calibrate.write_specs("hopper-random", 20.0, tmp_path / "sweeps", budget, Path("tuning/chosen.csv"))
+    tomllib = importlib.import_module("tomllib" if sys.version_info >= (3, 11) else "tomli")
+    table1 = tomllib.loads((tmp_path / "sweeps" / "table1_cpu.toml").read_text())
+    assert "--learning-rate 0.0003 --learning-rate-schedule constant" in " ".join(table1["algo_args"]["grpo"])
+    assert "--dataset data/{task}.hdf5 --learning-rate 0.0001 --learning-rate-schedule linear" in " ".join(
+        table1["algo_args"]["odt"])
+    claim = tomllib.loads((tmp_path / "sweeps" / "claims" / "fig1a_relabel.toml").read_text())
+    assert claim["algo_args"]["ppo"][-2:] == ["--learning-rate", "0.001"]
+    tuning = tomllib.loads((tmp_path / "sweeps" / "tuning_cpu.toml").read_text())
+    assert "--learning-rate" not in tuning["algo_args"]["grpo"]  # the grid itself sets the lr
+    capsys.readouterr()
+    assert cli_main(["sweep", str(tmp_path / "sweeps" / "table1_cpu.toml"), "--dry-run"]) == 0
+    assert "--learning-rate 0.0003 --learning-rate-schedule constant" in capsys.readouterr().out

@@ -186,6 +186,26 @@ def parse_config(
     return tyro.cli(config_cls, args=argv, default=default, description=description, prog=prog)
 
 
+def value_text(value) -> str:
+    """A config value as typed on the command line (booleans lower-case, as tyro reads them)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def option_args(name: str, value) -> list[str]:
+    """Command-line form of setting config field ``name`` (dotted for nested ones) to ``value``, as
+    tyro spells it: --clip-eps 0.1, --model.n-layer 2, --flag / --no-flag for booleans, several words
+    for a list."""
+    flag = ".".join(part.replace("_", "-") for part in name.split("."))
+    if isinstance(value, bool):
+        head, _, last = flag.rpartition(".")
+        return [f"--{head + '.' if head else ''}{'' if value else 'no-'}{last}"]
+    if isinstance(value, list):
+        return [f"--{flag}", *map(value_text, value)]
+    return [f"--{flag}", value_text(value)]
+
+
 def to_dict(config) -> dict:
     return dataclasses.asdict(config)
 

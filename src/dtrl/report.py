@@ -17,7 +17,9 @@ algorithm over seeds, on the ``--x`` axis) and, with the optional ``rliable`` ex
 stratified-bootstrap confidence intervals over seeds (Agarwal et al. 2021) of the final and the
 best-so-far score, plus ``performance_profile_<task>.png``. With ``--reference KEY=VALUE`` (an
 ablation), each other variant is paired with the reference's run of the same seed and pretrained DT:
-``paired.csv``, a section of mean paired differences and ``paired_curves_<task>.png``.
+``paired.csv``, a section of mean paired differences and ``paired_curves_<task>.png``. With
+``--choose final|late`` (a tuning grid), each (task, algorithm)'s columns are ranked by that score
+and ``chosen.csv`` gives the command-line flags of the best.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from typing import Annotated, Literal
 import numpy as np
 import tyro
 
+from dtrl.config import option_args
 from dtrl.errors import DtrlError
 from dtrl.files import atomic_write_text, atomic_write_with
 from dtrl.runs import CONFIG_FILE, is_finished, iter_run_dirs, read_config, read_metrics
@@ -71,6 +74,10 @@ class ReportConfig:
     finished_only: bool = False
     """tables, statistics and curves from finished runs only (a sweep still running: its unfinished runs
     are listed and kept in evaluations.csv, not counted)"""
+    choose: Literal["final", "late"] | None = None
+    """a tuning grid: per (task, algorithm), choose the column with the highest mean over seeds of the
+    final score or of the late score (mean of the evaluations over the last quarter of a run); adds a
+    section ranking every column and chosen.csv with the chosen command-line flags"""
     reference: tuple[str, ...] = ()
     """KEY=VALUE ...: the runs with these hyperparameter values are the reference of an ablation; every
     other variant of the same (task, algorithm) is compared with it seed by seed, on the same pretrained
@@ -93,6 +100,8 @@ class RunResult:
     finished: bool
     label: str = ""
     """column label: the algorithm plus hyperparameters that distinguish it within its task"""
+    variant: dict = field(default_factory=dict)
+    """the hyperparameters in the label, {config key (dotted when nested): value}"""
 
 
 @dataclass
@@ -208,6 +217,7 @@ def label_variants(runs: list[RunResult]) -> None:
         varying = [k for k in keys
                    if len({repr(f.get(k)) for f in flats}) > 1 and not any(_looks_like_path(f.get(k)) for f in flats)]
         for run, flat in zip(group, flats):
+            run.variant = {k: flat.get(k) for k in varying}
             suffix = ", ".join(f"{k}={flat.get(k)}" for k in varying)
             run.label = f"{run.algo} ({suffix})" if suffix else run.algo
 
@@ -625,6 +635,58 @@ def paired_markdown(pairs: list[dict], reference: dict[str, str], unpaired: int)
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------------------------
+# tuning: the best column of each (task, algorithm)
+
+CRITERIA = {"final": "the last evaluation", "late": "the mean of the evaluations over the last quarter of the run"}
+
+
+def _criterion_score(run: RunResult, criterion: str) -> float | None:
+    return run.final if criterion == "final" else late_mean(run)
+
+
+def choose_settings(groups: dict[tuple[str, str], GroupResult], criterion: str) -> list[dict]:
+    """Every column of each (task, algorithm) ranked by its mean ``criterion`` score over seeds, best
+    first; the first of each is the chosen setting (on a tie, the first in column order). ``flags``
+    are the command-line options that select the column (its varying hyperparameters)."""
+    by_algo: dict[tuple[str, str], list[GroupResult]] = defaultdict(list)
+    for group in groups.values():
+        by_algo[(group.task, group.algo)].append(group)
+    rows = []
+    for (task, algo), algo_groups in sorted(by_algo.items()):
+        ranked = []
+        for group in algo_groups:
+            scored = [(s, r) for r in group.runs if (s := _criterion_score(r, criterion)) is not None]
+            if scored:
+                ranked.append((float(np.mean([s for s, _ in scored])), group, [r for _, r in scored]))
+        order = _column_order({g.label for _, g, _ in ranked})
+        ranked.sort(key=lambda item: (-item[0], order.index(item[1].label)))
+        for rank, (score, group, runs) in enumerate(ranked, 1):
+            variant = runs[0].variant
+            flags = [arg for key, value in variant.items() if value is not None for arg in option_args(key, value)]
+            rows.append({"task": task, "algorithm": algo, "algo": runs[0].config.get("algo", ""), "rank": rank,
+                         "chosen": rank == 1, "setting": group.label, "criterion": criterion, "score": score,
+                         "final_mean": float(np.mean([r.final for r in runs])), "seeds": len(runs),
+                         "flags": " ".join(flags)})
+    return rows
+
+
+def choice_markdown(rows: list[dict], criterion: str) -> str:
+    lines = [
+        f"## Chosen settings ({criterion} score)",
+        f"Per task and algorithm, every column ranked by the mean over seeds of its {criterion} score "
+        f"({CRITERIA[criterion]}); the first, in bold, is chosen (on a tie, the first in column order). "
+        "`flags` select it on the command line; chosen.csv has every row.",
+        "",
+        f"| task | algorithm | rank | setting | seeds | {criterion} (mean) | final (mean) | flags |",
+        "|---|---|---:|---|---:|---:|---:|---|"]
+    for row in rows:
+        setting = f"**{row['setting']}**" if row["chosen"] else row["setting"]
+        lines.append(f"| {row['task']} | {row['algorithm']} | {row['rank']} | {setting} | {row['seeds']} | "
+                     f"{row['score']:.1f} | {row['final_mean']:.1f} | {row['flags'] and '`' + row['flags'] + '`'} |")
+    return "\n".join(lines)
+
+
 def plot_performance_profile(task: str, groups: list[GroupResult], out_file: Path, reps: int) -> bool:
     """rliable's score distribution (fraction of runs above each score, with CI bands) of the final
     scores; False when rliable is missing or fewer than two seeds exist."""
@@ -822,6 +884,8 @@ def build_report(config: ReportConfig) -> dict:
         raise DtrlError(f"--reference {' '.join(config.reference)}: no finished run of another variant has a "
                         "finished reference run of the same task, algorithm, seed and pretrained DT")
     paired_section = [paired_markdown(pairs, reference, unpaired)] if pairs else []
+    choices = choose_settings(groups, config.choose) if config.choose else []
+    choice_section = [choice_markdown(choices, config.choose)] if choices else []
     markdown = "\n\n".join([
         "# dtrl report",
         "Final D4RL-normalised return (last evaluation of each run; tasks marked *raw return* have no "
@@ -830,6 +894,7 @@ def build_report(config: ReportConfig) -> dict:
         table,
         *statistics_section,
         *paired_section,
+        *choice_section,
         "## Runs",
         runs_table(runs),
     ] + ([f"{len(not_evaluated)} run(s) without an evaluation yet are listed with –."] if not_evaluated else [])
@@ -845,6 +910,9 @@ def build_report(config: ReportConfig) -> dict:
     if statistics:
         atomic_write_text(out / "statistics.csv", _csv_text(statistics))
         files.append(out / "statistics.csv")
+    if choices:
+        atomic_write_text(out / "chosen.csv", _csv_text(choices))
+        files.append(out / "chosen.csv")
     if pairs:
         atomic_write_text(out / "paired.csv", _csv_text(pairs))
         files.append(out / "paired.csv")
@@ -860,7 +928,7 @@ def build_report(config: ReportConfig) -> dict:
         profile = out / f"performance_profile_{task.replace('/', '_')}.png"
         if plot_performance_profile(task, task_groups, profile, config.bootstrap_reps):
             files.append(profile)
-    return {"markdown": table, "files": files, "groups": groups, "runs": runs, "pairs": pairs}
+    return {"markdown": table, "files": files, "groups": groups, "runs": runs, "pairs": pairs, "choices": choices}
 
 
 def main(argv: list[str]) -> int:

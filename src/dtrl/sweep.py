@@ -40,6 +40,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
+from dtrl.config import option_args, value_text
 from dtrl.errors import DtrlError
 from dtrl.runs import CONFIG_FILE, atomic_write_json, has_checkpoint, is_finished, remove_run_dir
 
@@ -217,25 +218,6 @@ class Trial:
         return self.run_dir + ".log"
 
 
-def _value_text(value: Any) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
-    return str(value)
-
-
-def _override_args(name: str, value: Any) -> list[str]:
-    """Command-line form of one override, as tyro spells it: --clip-eps 0.1, --model.n-layer 2,
-    --flag / --no-flag for booleans, several words for a list."""
-    parts = name.split(".")
-    flag = ".".join(part.replace("_", "-") for part in parts)
-    if isinstance(value, bool):
-        head, _, last = flag.rpartition(".")
-        return [f"--{head + '.' if head else ''}{'' if value else 'no-'}{last}"]
-    if isinstance(value, list):
-        return [f"--{flag}", *map(_value_text, value)]
-    return [f"--{flag}", _value_text(value)]
-
-
 def _dir_safe(text: str) -> str:
     return "".join(c if c.isalnum() or c in "._=+-" else "_" for c in text)
 
@@ -266,7 +248,7 @@ def expand_trials(spec: SweepSpec, out_root: Path) -> list[Trial]:
     trials = []
     for task_name, algo, seed, overrides in itertools.product(spec.tasks, algos, spec.seeds, grid):
         task = get_task(task_name).name
-        leaf = f"seed{seed}" + "".join(f"-{_dir_safe(k)}={_dir_safe(_value_text(v))}" for k, v in overrides.items())
+        leaf = f"seed{seed}" + "".join(f"-{_dir_safe(k)}={_dir_safe(value_text(v))}" for k, v in overrides.items())
         run_dir = out_root / _dir_safe(task) / _dir_safe(algo) / leaf
         fill = {"task": task, "algo": algo, "seed": seed, "out_root": str(out_root)}
         try:
@@ -279,7 +261,7 @@ def expand_trials(spec: SweepSpec, out_root: Path) -> list[Trial]:
             argv += ["--algo", algo]
         argv += ["--task", task, "--seed", str(seed), "--out", str(run_dir), *fixed]
         for name, value in overrides.items():
-            argv += _override_args(name, value)
+            argv += option_args(name, value)
         trials.append(Trial(task=task, algo=algo, seed=seed, overrides=overrides, run_dir=str(run_dir), argv=argv))
     dirs = [t.run_dir for t in trials]
     if len(set(dirs)) != len(dirs):
