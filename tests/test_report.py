@@ -394,3 +394,23 @@ def test_a_tuning_grid_chooses_each_methods_setting_and_the_comparison_specs_run
     capsys.readouterr()
     assert cli_main(["sweep", str(tmp_path / "sweeps" / "table1_cpu.toml"), "--dry-run"]) == 0
     assert "--learning-rate 0.0003 --learning-rate-schedule constant" in capsys.readouterr().out
+
+
+def test_each_finetuning_run_is_measured_against_the_policy_it_started_from(tmp_path):
+    """The improvement section compares each run's final score with its own iteration-0 evaluation;
+    offline pretraining runs (whose iteration 0 is an untrained model) have no such row."""
+    for seed, scores in ((0, [5, 7, 9]), (1, [5, 4, 3])):
+        rows = curve(scores)
+        for row in rows:
+            row["iteration"] -= 1  # evaluations at iterations 0, 1, 2
+        make_run(tmp_path / "runs" / f"odt{seed}", {"task": "hopper-random", "algo": "odt", "seed": seed}, rows)
+    pretrain = curve([0.5, 6.0])
+    pretrain[0]["iteration"] = 0
+    make_run(tmp_path / "runs" / "dt", {"task": "hopper-random", "algo": "pretrain", "seed": 0}, pretrain)
+    result = build_report(ReportConfig(run_dirs=(str(tmp_path / "runs"),), out=str(tmp_path / "out"),
+                                       bootstrap_reps=50))
+    md = (tmp_path / "out" / "report.md").read_text()
+    # Δ = +4 and -2: mean +1, sd 4.24, t(0.975, 1) = 12.71 -> ±38.1
+    assert "| hopper-random | ODT | 2 | 5.0 | 6.0 | +1.0 [-37.1, +39.1] | 1/2 |" in md
+    assert "| hopper-random | DT |" not in md.split("## Improvement over the starting point")[1].split("## Runs")[0]
+    assert tmp_path / "out" / "improvement.csv" in result["files"]

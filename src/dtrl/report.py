@@ -15,7 +15,8 @@ whole report from it without the run directories), ``curves_<task>.png`` (mean �
 algorithm over seeds, on the ``--x`` axis) and, with the optional ``rliable`` extra
 (``pip install dtrl[report]``), ``statistics.csv`` and a section of IQM and mean with 95%
 stratified-bootstrap confidence intervals over seeds (Agarwal et al. 2021) of the final and the
-best-so-far score, plus ``performance_profile_<task>.png``. With ``--reference KEY=VALUE`` (an
+best-so-far score, plus ``performance_profile_<task>.png``. Every finetuning run is also measured
+against the policy it started from, its iteration-0 evaluation (``improvement.csv``). With ``--reference KEY=VALUE`` (an
 ablation), each other variant is paired with the reference's run of the same seed and pretrained DT:
 ``paired.csv``, a section of mean paired differences and ``paired_curves_<task>.png``. With
 ``--choose final|late`` (a tuning grid), each (task, algorithm)'s columns are ranked by that score
@@ -453,6 +454,53 @@ def best_so_far(run: RunResult) -> float | None:
     return max(values) if values else None
 
 
+def start_score(run: RunResult) -> float | None:
+    """The iteration-0 evaluation of a finetuning run: the policy it starts from (the pretrained DT,
+    IQL after its offline phase, a fresh SB3 policy), evaluated as its later iterations are. None
+    for offline pretraining runs, whose iteration 0 is an untrained model, and runs without one."""
+    if run.config.get("algo") in ("pretrain", "dt") or (not run.config.get("algo") and
+                                                        _command_of(run.config) == "pretrain"):
+        return None
+    points = score_points(run)
+    return points[0][1] if points and points[0][0] == 0 else None
+
+
+def improvement_rows(groups: dict[tuple[str, str], GroupResult]) -> list[dict]:
+    """Per (task, column): final − start of each run that has both, its mean with a 95% Student-t
+    interval over runs, and how many runs ended above where they started."""
+    rows = []
+    for (task, label), group in sorted(groups.items()):
+        pairs = [(start, run.final) for run in group.runs
+                 if run.final is not None and (start := start_score(run)) is not None]
+        if not pairs:
+            continue
+        starts, finals = (np.array(values, float) for values in zip(*pairs))
+        gains = finals - starts
+        interval = _t_interval(gains)
+        rows.append({"task": task, "algorithm": label, "runs": len(pairs), "start_mean": float(starts.mean()),
+                     "final_mean": float(finals.mean()), "gain_mean": float(gains.mean()),
+                     "gain_lo": interval[1] if interval else None, "gain_hi": interval[2] if interval else None,
+                     "improved": int((gains > 0).sum())})
+    return rows
+
+
+def improvement_markdown(rows: list[dict]) -> str:
+    lines = [
+        "## Improvement over the starting point",
+        "*Start*: each run's iteration-0 evaluation, the policy it starts from (the pretrained DT, IQL after "
+        "its offline phase, a fresh policy for the SB3 lines), evaluated exactly as its later iterations. "
+        "Δ = final − start per run: mean with a 95% Student-t interval over runs (none below two), and how "
+        "many runs ended above their start.",
+        "",
+        "| task | algorithm | runs | start (mean) | final (mean) | Δ [95% CI] | improved |",
+        "|---|---|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        interval = f" [{row['gain_lo']:+.1f}, {row['gain_hi']:+.1f}]" if row["gain_lo"] is not None else ""
+        lines.append(f"| {row['task']} | {row['algorithm']} | {row['runs']} | {row['start_mean']:.1f} | "
+                     f"{row['final_mean']:.1f} | {row['gain_mean']:+.1f}{interval} | {row['improved']}/{row['runs']} |")
+    return "\n".join(lines)
+
+
 def interval_estimates(groups: dict[tuple[str, str], GroupResult], reps: int, seed: int = 0) -> list[dict] | None:
     """IQM and mean of the final and best-so-far scores per (task, algorithm) with 95%
     stratified-bootstrap CIs over seeds (rliable); None when rliable is not installed."""
@@ -884,6 +932,8 @@ def build_report(config: ReportConfig) -> dict:
         raise DtrlError(f"--reference {' '.join(config.reference)}: no finished run of another variant has a "
                         "finished reference run of the same task, algorithm, seed and pretrained DT")
     paired_section = [paired_markdown(pairs, reference, unpaired)] if pairs else []
+    improvement = improvement_rows(groups)
+    improvement_section = [improvement_markdown(improvement)] if improvement else []
     choices = choose_settings(groups, config.choose) if config.choose else []
     choice_section = [choice_markdown(choices, config.choose)] if choices else []
     markdown = "\n\n".join([
@@ -893,6 +943,7 @@ def build_report(config: ReportConfig) -> dict:
         "Table 1 per task in bold.",
         table,
         *statistics_section,
+        *improvement_section,
         *paired_section,
         *choice_section,
         "## Runs",
@@ -910,6 +961,9 @@ def build_report(config: ReportConfig) -> dict:
     if statistics:
         atomic_write_text(out / "statistics.csv", _csv_text(statistics))
         files.append(out / "statistics.csv")
+    if improvement:
+        atomic_write_text(out / "improvement.csv", _csv_text(improvement))
+        files.append(out / "improvement.csv")
     if choices:
         atomic_write_text(out / "chosen.csv", _csv_text(choices))
         files.append(out / "chosen.csv")
