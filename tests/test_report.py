@@ -82,12 +82,22 @@ def test_last_evaluation_counts_and_x_axes(tmp_path):
     rows = eval_rows(50.0, iterations=5, every=2)  # evaluations at 2, 4, 5
     rows.append({"iteration": 6, "env_steps": 6000, "eval_normalized_mean": None})  # a NaN evaluation
     make_run(root / "a", {"task": "hopper-medium-v2", "algo": "ppo", "seed": 0}, rows)
-    for x in ("env_steps", "wall_time_s"):
-        result = build_report(ReportConfig(run_dirs=(str(root),), out=str(tmp_path / x), x=x, bootstrap_reps=100))
+    for x in (("env_steps",), ("wall_time_s",)):
+        result = build_report(ReportConfig(run_dirs=(str(root),), out=str(tmp_path / x[0]), x=x, bootstrap_reps=100))
         (group,) = result["groups"].values()
         assert group.task == "hopper-medium" and group.label == "PPO-DT"  # -v2 suffix folded in
         assert group.scores == [50.0]
-        assert (tmp_path / x / "curves_hopper-medium.png").is_file()
+        assert (tmp_path / x[0] / "curves_hopper-medium.png").is_file()
+    # several x axes: one figure with a panel each (wider than one panel)
+    assert cli_main(["report", str(root), "--out", str(tmp_path / "all"), "--x", "iterations", "env_steps",
+                     "wall_time_s", "--bootstrap-reps", "50"]) == 0
+    from PIL import Image
+
+    one = Image.open(tmp_path / "env_steps" / "curves_hopper-medium.png").size
+    three = Image.open(tmp_path / "all" / "curves_hopper-medium.png").size
+    assert three[0] > 2.5 * one[0] and three[1] == one[1]
+    with pytest.raises(DtrlError, match="--x takes one or more of iterations, env_steps, wall_time_s, got steps"):
+        build_report(ReportConfig(run_dirs=(str(root),), out=str(tmp_path / "bad"), x=("steps",)))
 
 
 def test_hyperparameter_variants_become_separate_columns(tmp_path):

@@ -1,4 +1,4 @@
-"""``dtrl report RUN_DIR... [--out DIR] [--x iterations|env_steps|wall_time_s]``: the paper's Table 1
+"""``dtrl report RUN_DIR... [--out DIR] [--x iterations|env_steps|wall_time_s ...]``: the paper's Table 1
 and learning curves from run directories.
 
 Reads only ``config.json`` and ``metrics.jsonl`` of each run (a folder given that is not itself a
@@ -70,8 +70,9 @@ class ReportConfig:
     """bootstrap resamples of the rliable confidence intervals"""
     out: str = "report"
     """folder for report.md, report.csv and the curve PNGs (created if missing)"""
-    x: Literal["iterations", "env_steps", "wall_time_s"] = "iterations"
-    """x axis of the learning curves"""
+    x: tuple[Literal["iterations", "env_steps", "wall_time_s"], ...] = ("iterations",)
+    """x axis of the learning curves; several give one panel each, side by side (Table 1 at CPU scale:
+    --x iterations env_steps wall_time_s, since the methods spend samples and time very differently)"""
     finished_only: bool = False
     """tables, statistics and curves from finished runs only (a sweep still running: its unfinished runs
     are listed and kept in evaluations.csv, not counted)"""
@@ -813,41 +814,48 @@ OFFLINE_ALGOS = ("DT", "Reinformer")
 """report labels of offline pretraining runs"""
 
 
-def plot_task(task: str, groups: list[GroupResult], x_name: str, out_file: Path) -> None:
+X_LABELS = {"iterations": "iteration", "env_steps": "environment steps", "wall_time_s": "wall time (s)"}
+
+
+def plot_task(task: str, groups: list[GroupResult], x_names: tuple[str, ...], out_file: Path) -> None:
+    """Mean ± std over seeds of each column's learning curve, one panel per x axis in ``x_names``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    x_key = X_KEYS[x_name]
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, axes = plt.subplots(1, len(x_names), figsize=(6.4 * len(x_names), 4.2), sharey=True, squeeze=False)
     order = _column_order({g.label for g in groups})
     offline_only = all(g.algo in OFFLINE_ALGOS for g in groups)
-    for group in sorted(groups, key=lambda g: order.index(g.label)):
-        if group.algo in OFFLINE_ALGOS and not offline_only and group.scores:
-            # a pretraining run's x axis (gradient steps) is not the finetuning runs' one: draw its
-            # final score as the level every online method starts from
-            line = ax.axhline(group.mean, color="0.35", linestyle="--", linewidth=1.2,
-                              label=f"{group.label} pretrained, final (n={len(group.scores)})")
-            ax.axhspan(group.mean - group.std, group.mean + group.std, color=line.get_color(), alpha=0.1)
-            continue
-        x, mean, std = mean_std_curve([curve_points(r, x_key) for r in group.runs])
-        if not len(x):
-            continue
-        n = sum(1 for r in group.runs if len(curve_points(r, x_key)[0]))
-        line = ax.plot(x, mean, label=f"{group.label} (n={n})", marker="o" if len(x) < 15 else None)[0]
-        ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
-    metric = groups[0].metric
-    ax.set_xlabel({"iterations": "iteration", "env_steps": "environment steps", "wall_time_s": "wall time (s)"}[x_name])
-    ax.set_ylabel("D4RL normalised return" if metric == "normalized" else "return")
-    ax.set_title(task)
-    ax.grid(alpha=0.3)
-    if ax.lines:
-        ax.legend(fontsize=8)
+    colors = dict(zip(order, plt.rcParams["axes.prop_cycle"].by_key()["color"] * (len(order) // 10 + 1)))
+    for ax, x_name in zip(axes[0], x_names):
+        x_key = X_KEYS[x_name]
+        for group in sorted(groups, key=lambda g: order.index(g.label)):
+            if group.algo in OFFLINE_ALGOS and not offline_only and group.scores:
+                # a pretraining run's x axis (gradient steps) is not the finetuning runs' one: draw its
+                # final score as the level every online method starts from
+                ax.axhline(group.mean, color="0.35", linestyle="--", linewidth=1.2,
+                           label=f"{group.label} pretrained, final (n={len(group.scores)})")
+                ax.axhspan(group.mean - group.std, group.mean + group.std, color="0.35", alpha=0.1)
+                continue
+            x, mean, std = mean_std_curve([curve_points(r, x_key) for r in group.runs])
+            if not len(x):
+                continue
+            n = sum(1 for r in group.runs if len(curve_points(r, x_key)[0]))
+            ax.plot(x, mean, color=colors[group.label], label=f"{group.label} (n={n})",
+                    marker="o" if len(x) < 15 else None)
+            ax.fill_between(x, mean - std, mean + std, color=colors[group.label], alpha=0.2, linewidth=0)
+        ax.set_xlabel(X_LABELS[x_name])
+        ax.grid(alpha=0.3)
+    first = axes[0][0]
+    first.set_ylabel("D4RL normalised return" if groups[0].metric == "normalized" else "return")
+    fig.suptitle(task)
+    if first.lines:
+        first.legend(fontsize=8)
     save_figure(fig, out_file)
 
 
-def plot_paired_curves(pairs: list[dict], groups: dict[tuple[str, str], GroupResult], x_name: str,
+def plot_paired_curves(pairs: list[dict], groups: dict[tuple[str, str], GroupResult], x_names: tuple[str, ...],
                        out: Path) -> list[Path]:
     """``paired_curves_<task>.png``: the curves of the paired runs only, so a variant is drawn beside
     the reference runs it is compared with, not beside every reference run (other DTs, other seeds)."""
@@ -860,7 +868,7 @@ def plot_paired_curves(pairs: list[dict], groups: dict[tuple[str, str], GroupRes
     files = []
     for task, task_groups in sorted(by_task.items()):
         png = out / f"paired_curves_{task.replace('/', '_')}.png"
-        plot_task(f"{task}: paired runs (same seed and pretrained DT)", task_groups, x_name, png)
+        plot_task(f"{task}: paired runs (same seed and pretrained DT)", task_groups, x_names, png)
         files.append(png)
     return files
 
@@ -879,8 +887,9 @@ def _csv_text(rows: list[dict], columns: list[str] | None = None) -> str:
 
 def build_report(config: ReportConfig) -> dict:
     """Load, group, write the files; returns {"markdown", "files", "groups", "runs"}."""
-    if config.x not in X_KEYS:
-        raise DtrlError(f"--x must be one of {', '.join(X_KEYS)}, got {config.x!r}")
+    x_names = (config.x,) if isinstance(config.x, str) else tuple(config.x)
+    if not x_names or any(x not in X_KEYS for x in x_names):
+        raise DtrlError(f"--x takes one or more of {', '.join(X_KEYS)}, got {' '.join(map(str, x_names)) or 'none'}")
     if not config.run_dirs and not config.from_csv:
         raise DtrlError("no run directories given (dtrl report RUN_DIR... ; a folder of runs, or --from-csv FILE)")
     reference = parse_reference(config.reference)
@@ -970,14 +979,14 @@ def build_report(config: ReportConfig) -> dict:
     if pairs:
         atomic_write_text(out / "paired.csv", _csv_text(pairs))
         files.append(out / "paired.csv")
-        files += plot_paired_curves(pairs, groups, config.x, out)
+        files += plot_paired_curves(pairs, groups, x_names, out)
 
     by_task: dict[str, list[GroupResult]] = defaultdict(list)
     for group in groups.values():
         by_task[group.task].append(group)
     for task, task_groups in sorted(by_task.items()):
         png = out / f"curves_{task.replace('/', '_')}.png"
-        plot_task(task, task_groups, config.x, png)
+        plot_task(task, task_groups, x_names, png)
         files.append(png)
         profile = out / f"performance_profile_{task.replace('/', '_')}.png"
         if plot_performance_profile(task, task_groups, profile, config.bootstrap_reps):
