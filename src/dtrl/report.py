@@ -817,18 +817,11 @@ OFFLINE_ALGOS = ("DT", "Reinformer")
 X_LABELS = {"iterations": "iteration", "env_steps": "environment steps", "wall_time_s": "wall time (s)"}
 
 
-def plot_task(task: str, groups: list[GroupResult], x_names: tuple[str, ...], out_file: Path) -> None:
-    """Mean ± std over seeds of each column's learning curve, one panel per x axis in ``x_names``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(x_names), figsize=(6.4 * len(x_names), 4.2), sharey=True, squeeze=False)
+def draw_curves(axes, groups: list[GroupResult], x_names: tuple[str, ...], colors: dict[str, str]) -> None:
+    """Mean ± std over seeds of each column's learning curve on ``axes``, one per x axis in ``x_names``."""
     order = _column_order({g.label for g in groups})
     offline_only = all(g.algo in OFFLINE_ALGOS for g in groups)
-    colors = dict(zip(order, plt.rcParams["axes.prop_cycle"].by_key()["color"] * (len(order) // 10 + 1)))
-    for ax, x_name in zip(axes[0], x_names):
+    for ax, x_name in zip(axes, x_names):
         x_key = X_KEYS[x_name]
         for group in sorted(groups, key=lambda g: order.index(g.label)):
             if group.algo in OFFLINE_ALGOS and not offline_only and group.scores:
@@ -847,28 +840,56 @@ def plot_task(task: str, groups: list[GroupResult], x_names: tuple[str, ...], ou
             ax.fill_between(x, mean - std, mean + std, color=colors[group.label], alpha=0.2, linewidth=0)
         ax.set_xlabel(X_LABELS[x_name])
         ax.grid(alpha=0.3)
-    first = axes[0][0]
-    first.set_ylabel("D4RL normalised return" if groups[0].metric == "normalized" else "return")
+    axes[0].set_ylabel("D4RL normalised return" if groups[0].metric == "normalized" else "return")
+    if axes[0].lines:
+        axes[0].legend(fontsize=8)
+
+
+def _figure(rows: int, x_names: tuple[str, ...], labels: set[str]):
+    """A figure of ``rows`` × len(x_names) panels sharing the y axis, and one colour per column label."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(rows, len(x_names), figsize=(6.4 * len(x_names), 4.2 * rows), sharey=True,
+                             squeeze=False)
+    order = _column_order(labels)
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return fig, axes, {label: cycle[i % len(cycle)] for i, label in enumerate(order)}
+
+
+def plot_task(task: str, groups: list[GroupResult], x_names: tuple[str, ...], out_file: Path) -> None:
+    """``curves_<task>.png``: every column's learning curve, one panel per x axis."""
+    fig, axes, colors = _figure(1, x_names, {g.label for g in groups})
+    draw_curves(axes[0], groups, x_names, colors)
     fig.suptitle(task)
-    if first.lines:
-        first.legend(fontsize=8)
     save_figure(fig, out_file)
 
 
 def plot_paired_curves(pairs: list[dict], groups: dict[tuple[str, str], GroupResult], x_names: tuple[str, ...],
                        out: Path) -> list[Path]:
-    """``paired_curves_<task>.png``: the curves of the paired runs only, so a variant is drawn beside
-    the reference runs it is compared with, not beside every reference run (other DTs, other seeds)."""
-    paired = {(p["task"], path) for p in pairs for path in (p["reference_run"], p["variant_run"])}
-    by_task: dict[str, list[GroupResult]] = defaultdict(list)
-    for (task, label), group in sorted(groups.items()):
-        runs = [r for r in group.runs if (task, _relative(r.path)) in paired]
-        if runs:
-            by_task[task].append(GroupResult(task=task, label=label, algo=group.algo, metric=group.metric, runs=runs))
+    """``paired_curves_<task>.png``: one row per variant, drawn beside the reference runs it is paired
+    with only (the same seeds and pretrained DTs), not beside every reference run."""
+    by_run = {(g.task, _relative(r.path)): (g, r) for g in groups.values() for r in g.runs}
+    rows: dict[str, dict[str, list[GroupResult]]] = defaultdict(dict)  # task -> variant -> [variant, reference]
+    for task in sorted({p["task"] for p in pairs}):
+        for variant in sorted({p["variant"] for p in pairs if p["task"] == task}):
+            chosen = [p for p in pairs if p["task"] == task and p["variant"] == variant]
+            row = []
+            for side in ("variant_run", "reference_run"):
+                group, _ = by_run[(task, chosen[0][side])]
+                runs = [by_run[(task, p[side])][1] for p in chosen]
+                row.append(GroupResult(task=task, label=group.label, algo=group.algo, metric=group.metric, runs=runs))
+            rows[task][variant] = row
     files = []
-    for task, task_groups in sorted(by_task.items()):
+    for task, variants in sorted(rows.items()):
+        fig, axes, colors = _figure(len(variants), x_names, {g.label for row in variants.values() for g in row})
+        for ax_row, row in zip(axes, variants.values()):
+            draw_curves(ax_row, row, x_names, colors)
+        fig.suptitle(f"{task}: paired runs (same seed and DT)")
         png = out / f"paired_curves_{task.replace('/', '_')}.png"
-        plot_task(f"{task}: paired runs (same seed and pretrained DT)", task_groups, x_names, png)
+        save_figure(fig, png)
         files.append(png)
     return files
 
