@@ -62,7 +62,8 @@ def test_table_means_stds_bold_and_paper_column(runs_root, tmp_path, capsys):
     # walker2d-medium: ODT mean 81 beats GRPO 60; paper: ODT 76.49, GRPO-DT 158.34 (bold)
     assert rows["walker2d-medium"][1:] == ["**81.00 ± 1.41**", "76.49 ± 0.78", "60.00 ± 8.16", "**158.34 ± 3.75**"]
     assert "3 seed(s) per cell" in md
-    assert "| hopper-random | GRPO-DT | 2 | 110.00 | 4 | no |" in md  # per-run list
+    # per-run list: no iteration-0 evaluation here; the last quarter of iterations 1-4 is 3 and 4 (82.5, 110)
+    assert "| hopper-random | GRPO-DT | 2 | – | 110.00 | 110.00 | 96.25 | 4 | no |" in md
     assert "100.00 ± 8.16" in printed and str(out / "report.csv") in printed
 
     with open(out / "report.csv") as handle:

@@ -326,14 +326,21 @@ def markdown_table(groups: dict[tuple[str, str], GroupResult]) -> str:
 
 
 def runs_table(runs: list[RunResult]) -> str:
-    lines = ["| task | algorithm | seed | final score | evaluations | finished | run |",
-             "|---|---|---:|---:|---:|---|---|"]
+    """One line per run: where it started (iteration 0), where it ended, its best and late scores."""
+    lines = ["| task | algorithm | seed | start | final score | best | late | evaluations | finished | run |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
+
+    def cell(value: float | None) -> str:
+        return "–" if value is None else f"{value:.2f}"
+
     for run in sorted(runs, key=lambda r: (r.task, r.label, str(r.seed), str(r.path))):
         evaluations = sum(1 for row in run.metrics if row.get("eval_return_mean") is not None)
-        final = "–" if run.final is None else f"{run.final:.2f}" + (" (raw)" if run.metric == "raw" else "")
-        lines.append(f"| {run.task} | {run.label} | {run.seed} | {final} | {evaluations} | "
+        final = cell(run.final) + (" (raw)" if run.final is not None and run.metric == "raw" else "")
+        lines.append(f"| {run.task} | {run.label} | {run.seed} | {cell(start_score(run))} | {final} | "
+                     f"{cell(best_so_far(run))} | {cell(late_mean(run))} | {evaluations} | "
                      f"{'yes' if run.finished else 'no'} | {_relative(run.path)} |")
-    return "\n".join(lines)
+    return "\n".join(lines) + ("\n\n*Start*: the iteration-0 evaluation (– for pretraining runs); *best*: the best "
+                              "evaluation; *late*: the mean of the evaluations over the last quarter of the run.")
 
 
 def csv_rows(groups: dict[tuple[str, str], GroupResult]) -> list[dict]:
