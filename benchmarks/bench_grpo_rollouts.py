@@ -145,7 +145,11 @@ def main() -> None:
                                      sub_trajectory_length=args.sub_trajectory_length, eval_steps=args.eval_steps,
                                      max_parallel_branches=branches)
         rng = np.random.default_rng(0)
-        starts = grpo.branch_starts([trajectory], config, history, rng)
+        # reset points as train() draws them (the cpu preset's variance is the current policy's)
+        trajectories = [trajectory]
+        if config.active_sampling_variance == "current":
+            trajectories = grpo.with_current_variance(policy, trajectories, context, "cpu")
+        starts = grpo.branch_starts(trajectories, config, history, rng)
         for workers, env_threads in [(w, t) for w in args.workers for t in args.env_threads]:
             with BatchedEnv(task, len(starts), num_workers=workers, num_threads=env_threads) as envs:
                 rollout_from_snapshots(policy, envs, starts, 2, 0, task.gamma, context_length=context)  # warm-up

@@ -134,9 +134,14 @@ def toml_list(values) -> str:
     return "[" + ", ".join(json.dumps(v) for v in values) + "]"
 
 
+# the options the tuning grid sets: every chosen setting must give each of them
+TUNED_FLAGS = ("--learning-rate", "--learning-rate-schedule")
+
+
 def read_tuned(path: Path, task: str) -> dict[str, list[str]]:
     """{method: the command-line flags of its chosen setting} from a ``dtrl report --choose``
-    chosen.csv; every method must have one."""
+    chosen.csv. Every method must have one that sets every option of the grid, and none that the
+    comparison's specs set themselves (budget, inputs, a claim's switch)."""
     try:
         with open(path, newline="") as handle:
             rows = [r for r in csv.DictReader(handle) if r.get("task") == task and r.get("chosen") == "True"]
@@ -147,6 +152,18 @@ def read_tuned(path: Path, task: str) -> dict[str, list[str]]:
     if missing:
         raise SystemExit(f"--tuned {path} has no chosen setting for {', '.join(missing)} on {task} "
                          "(a chosen.csv of dtrl report --choose over the whole tuning sweep)")
+    reserved = {"--iterations", "--init", "--dataset", "--eval-other-rtg"} | {
+        f"--{prefix}{name.replace('_', '-')}" for _, switches in CLAIMS.values() for name in switches
+        for prefix in ("", "no-")}
+    for method, flags in tuned.items():
+        names = {flag for flag in flags if flag.startswith("--")}
+        if not set(TUNED_FLAGS) <= names:
+            raise SystemExit(f"--tuned {path}: the setting chosen for {method} ({' '.join(flags) or 'no flags'}) "
+                             f"does not set {', '.join(sorted(set(TUNED_FLAGS) - names))}: was its whole grid in "
+                             "the report?")
+        if names & reserved:
+            raise SystemExit(f"--tuned {path}: the setting chosen for {method} sets "
+                             f"{', '.join(sorted(names & reserved))}, which the comparison's specs set themselves")
     return tuned
 
 

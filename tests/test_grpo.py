@@ -510,6 +510,9 @@ def test_reset_entropy_is_one_for_uniform_and_low_for_a_peaked_variance():
     config = small_config()
     assert grpo.reset_entropy([Flat], config) == pytest.approx(1.0)
     assert grpo.reset_entropy([Peaked], config) < 0.05
+    # uniform reset points (Fig. 1e) read no variance, so the cpu preset's 'current' one is not computed
+    uniform = small_config(reset_sampling="uniform", active_sampling_variance="current")
+    assert grpo.reset_entropy([Peaked], uniform) == pytest.approx(1.0)
 
 
 def test_resume_of_a_finished_run_from_the_cli_changes_nothing(tiny_policy_dir, tmp_path, capsys):

@@ -368,6 +368,7 @@ def test_a_tuning_grid_chooses_each_methods_setting_and_the_comparison_specs_run
     assert float(rows[1]["score"]) == pytest.approx((70 + 70 + 50) / 3) and float(rows[1]["final_mean"]) == 50
     md = (tmp_path / "tuning" / "report.md").read_text()
     assert "## Chosen settings (late score)" in md
+    assert "One seed per column: a ranking of single runs" in md and "1 unfinished run(s) are not ranked" in md
     assert "| hopper-random | GRPO-DT | 1 | **GRPO-DT (learning_rate=0.0003, learning_rate_schedule=constant)** |" in md
     # by the final score, the same grid ranks lr 1e-3 above lr 3e-4 linear
     by_final = build_report(ReportConfig(run_dirs=("runs/tuning",), finished_only=True, choose="final",
@@ -392,6 +393,16 @@ def test_a_tuning_grid_chooses_each_methods_setting_and_the_comparison_specs_run
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writerows({**rows[0], "algo": m, "flags": "--learning-rate 0.001"}
                          for m in calibrate.METHODS if m not in ("grpo", "odt"))
+    # a choice that does not set every option of the grid (its grid was not all in the report)
+    with pytest.raises(SystemExit, match="the setting chosen for grpo-q .* does not set --learning-rate-schedule"):
+        calibrate.write_specs("hopper-random", 20.0, tmp_path / "sweeps", budget, Path("tuning/chosen.csv"))
+    text = Path("tuning/chosen.csv").read_text().replace("--learning-rate 0.001\n",
+                                                           "--learning-rate 0.001 --learning-rate-schedule linear\n")
+    # ... or one that sets what the comparison's specs set themselves (here a claim's switch)
+    Path("tuning/chosen.csv").write_text(text.replace("schedule linear\n", "schedule linear --hindsight-relabel\n"))
+    with pytest.raises(SystemExit, match="sets --hindsight-relabel, which the comparison's specs set themselves"):
+        calibrate.write_specs("hopper-random", 20.0, tmp_path / "sweeps", budget, Path("tuning/chosen.csv"))
+    Path("tuning/chosen.csv").write_text(text)
     calibrate.write_specs("hopper-random", 20.0, tmp_path / "sweeps", budget, Path("tuning/chosen.csv"))
     tomllib = importlib.import_module("tomllib" if sys.version_info >= (3, 11) else "tomli")
     table1 = tomllib.loads((tmp_path / "sweeps" / "table1_cpu.toml").read_text())
@@ -399,7 +410,7 @@ def test_a_tuning_grid_chooses_each_methods_setting_and_the_comparison_specs_run
     assert "--dataset data/{task}.hdf5 --learning-rate 0.0001 --learning-rate-schedule linear" in " ".join(
         table1["algo_args"]["odt"])
     claim = tomllib.loads((tmp_path / "sweeps" / "claims" / "fig1a_relabel.toml").read_text())
-    assert claim["algo_args"]["ppo"][-2:] == ["--learning-rate", "0.001"]
+    assert claim["algo_args"]["ppo"][-4:] == ["--learning-rate", "0.001", "--learning-rate-schedule", "linear"]
     tuning = tomllib.loads((tmp_path / "sweeps" / "tuning_cpu.toml").read_text())
     assert "--learning-rate" not in tuning["algo_args"]["grpo"]  # the grid itself sets the lr
     capsys.readouterr()
@@ -425,3 +436,32 @@ def test_each_finetuning_run_is_measured_against_the_policy_it_started_from(tmp_
     assert "| hopper-random | ODT | 2 | 5.0 | 6.0 | +1.0 [-37.1, +39.1] | 1/2 |" in md
     assert "| hopper-random | DT |" not in md.split("## Improvement over the starting point")[1].split("## Runs")[0]
     assert tmp_path / "out" / "improvement.csv" in result["files"]
+
+
+def test_paired_curves_draw_each_variant_beside_only_its_paired_reference_runs(tmp_path, monkeypatch):
+    import dtrl.report as report
+
+    for lr, seeds in ((1e-3, (0, 1, 2)), (3e-4, (0, 1)), (3e-3, (2,))):
+        for seed in seeds:
+            run = tmp_path / "runs" / f"lr{lr}-seed{seed}"
+            make_run(run, {"task": "hopper-random", "algo": "grpo", "seed": seed, "learning_rate": lr,
+                           "init": "runs/pretrain/dt0"}, eval_rows(10.0 * (seed + 1), iterations=4))
+            (run / "final.json").write_text("{}")
+    drawn = []
+    original = report.draw_curves
+
+    def record(axes, groups, x_names, colors):
+        drawn.append(sorted((g.label, sorted(r.seed for r in g.runs)) for g in groups))
+        original(axes, groups, x_names, colors)
+
+    monkeypatch.setattr(report, "draw_curves", record)
+    build_report(ReportConfig(run_dirs=(str(tmp_path / "runs"),), out=str(tmp_path / "out"), bootstrap_reps=50,
+                              reference=("learning_rate=0.001",)))
+    # paired_curves_<task>.png: one row per variant, with the reference's runs of its seeds only; then
+    # curves_<task>.png with every run of every column
+    assert drawn == [
+        [("GRPO-DT (learning_rate=0.0003)", [0, 1]), ("GRPO-DT (learning_rate=0.001)", [0, 1])],
+        [("GRPO-DT (learning_rate=0.001)", [2]), ("GRPO-DT (learning_rate=0.003)", [2])],
+        [("GRPO-DT (learning_rate=0.0003)", [0, 1]), ("GRPO-DT (learning_rate=0.001)", [0, 1, 2]),
+         ("GRPO-DT (learning_rate=0.003)", [2])]]
+    assert (tmp_path / "out" / "paired_curves_hopper-random.png").is_file()

@@ -295,3 +295,35 @@ def test_every_trial_is_validated_before_ray_starts(tmp_path, capsys):
     assert cli_main(["sweep", str(spec), "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert "clip_eps=-1.0" in err and "must be > 0" in err and not (tmp_path / "out").exists()
+
+
+def test_a_trial_is_not_resumed_with_settings_its_run_did_not_start_with(tmp_path, capsys):
+    """A study continued in a later session, after a preset default changed: resuming its
+    interrupted runs with the new default would switch their settings halfway through."""
+    from dtrl.algos import finetune
+    from dtrl.config import to_dict
+    from dtrl.runs import CHECKPOINT_DIR, STATE_FILE
+
+    spec = write_spec(tmp_path / "s.toml", f"""
+        tasks = ["hopper-random"]
+        algos = ["grpo"]
+        seeds = [0]
+        out_root = "{tmp_path / 'out'}"
+        args = ["--preset", "cpu", "--init", "runs/x"]
+    """)
+    run_dir = tmp_path / "out" / "hopper-random" / "grpo" / "seed0"
+    (trial,) = expand_trials(load_spec(spec), tmp_path / "out")
+    started = to_dict(finetune.parse(trial.argv[1:]))
+    # the run was started under an earlier default, and with fewer iterations and another thread count
+    RunDir.create(run_dir, {**started, "algo": "grpo", "active_sampling_variance": "pre_tanh",
+                            "iterations": 10, "threads": 2})
+    (run_dir / CHECKPOINT_DIR).mkdir(exist_ok=True)
+    (run_dir / CHECKPOINT_DIR / STATE_FILE).write_bytes(b"")
+    assert cli_main(["sweep", str(spec), "--resume", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "its run was started with other settings than the spec now gives " \
+           "(active_sampling_variance 'pre_tanh' -> 'current'); pin the run's values" in err
+    # pinned in the spec, it continues (more iterations and another thread count are allowed)
+    spec.write_text(spec.read_text().replace('"runs/x"]', '"runs/x", "--active-sampling-variance", "pre_tanh"]'))
+    assert cli_main(["sweep", str(spec), "--resume", "--dry-run"]) == 0
+    assert "0 new, 1 to resume" in capsys.readouterr().out

@@ -466,8 +466,8 @@ def start_score(run: RunResult) -> float | None:
     """The iteration-0 evaluation of a finetuning run: the policy it starts from (the pretrained DT,
     IQL after its offline phase, a fresh SB3 policy), evaluated as its later iterations are. None
     for offline pretraining runs, whose iteration 0 is an untrained model, and runs without one."""
-    if run.config.get("algo") in ("pretrain", "dt") or (not run.config.get("algo") and
-                                                        _command_of(run.config) == "pretrain"):
+    if run.algo in OFFLINE_ALGOS or run.config.get("algo") in ("pretrain", "dt") or (
+            not run.config.get("algo") and _command_of(run.config) == "pretrain"):
         return None
     points = score_points(run)
     return points[0][1] if points and points[0][0] == 0 else None
@@ -702,9 +702,9 @@ def _criterion_score(run: RunResult, criterion: str) -> float | None:
 
 
 def choose_settings(groups: dict[tuple[str, str], GroupResult], criterion: str) -> list[dict]:
-    """Every column of each (task, algorithm) ranked by its mean ``criterion`` score over seeds, best
-    first; the first of each is the chosen setting (on a tie, the first in column order). ``flags``
-    are the command-line options that select the column (its varying hyperparameters)."""
+    """Every column of each (task, algorithm) ranked by its mean ``criterion`` score over its finished
+    runs, best first; the first of each is the chosen setting (on a tie, the first in column order).
+    ``flags`` are the command-line options that select the column (its varying hyperparameters)."""
     by_algo: dict[tuple[str, str], list[GroupResult]] = defaultdict(list)
     for group in groups.values():
         by_algo[(group.task, group.algo)].append(group)
@@ -712,7 +712,8 @@ def choose_settings(groups: dict[tuple[str, str], GroupResult], criterion: str) 
     for (task, algo), algo_groups in sorted(by_algo.items()):
         ranked = []
         for group in algo_groups:
-            scored = [(s, r) for r in group.runs if (s := _criterion_score(r, criterion)) is not None]
+            # an unfinished run's "late" evaluations are not late, nor its last one final
+            scored = [(s, r) for r in group.runs if r.finished and (s := _criterion_score(r, criterion)) is not None]
             if scored:
                 ranked.append((float(np.mean([s for s, _ in scored])), group, [r for _, r in scored]))
         order = _column_order({g.label for _, g, _ in ranked})
@@ -727,12 +728,15 @@ def choose_settings(groups: dict[tuple[str, str], GroupResult], criterion: str) 
     return rows
 
 
-def choice_markdown(rows: list[dict], criterion: str) -> str:
+def choice_markdown(rows: list[dict], criterion: str, unfinished: int) -> str:
+    one_seed = all(row["seeds"] == 1 for row in rows)
     lines = [
         f"## Chosen settings ({criterion} score)",
         f"Per task and algorithm, every column ranked by the mean over seeds of its {criterion} score "
-        f"({CRITERIA[criterion]}); the first, in bold, is chosen (on a tie, the first in column order). "
-        "`flags` select it on the command line; chosen.csv has every row.",
+        f"({CRITERIA[criterion]}), finished runs only; the first, in bold, is chosen (on a tie, the first in "
+        "column order). `flags` select it on the command line; chosen.csv has every row."
+        + (" One seed per column: a ranking of single runs, without intervals." if one_seed else "")
+        + (f" {unfinished} unfinished run(s) are not ranked." if unfinished else ""),
         "",
         f"| task | algorithm | rank | setting | seeds | {criterion} (mean) | final (mean) | flags |",
         "|---|---|---:|---|---:|---:|---:|---|"]
@@ -972,7 +976,9 @@ def build_report(config: ReportConfig) -> dict:
     improvement = improvement_rows(groups)
     improvement_section = [improvement_markdown(improvement)] if improvement else []
     choices = choose_settings(groups, config.choose) if config.choose else []
-    choice_section = [choice_markdown(choices, config.choose)] if choices else []
+    if config.choose and not choices:
+        raise DtrlError(f"--choose {config.choose}: no finished run with an evaluation to rank")
+    choice_section = [choice_markdown(choices, config.choose, len(unfinished))] if choices else []
     markdown = "\n\n".join([
         "# dtrl report",
         "Final D4RL-normalised return (last evaluation of each run; tasks marked *raw return* have no "

@@ -370,12 +370,7 @@ class RunDir:
 
         changed = {}
         if config is not None:
-            new = _jsonable(dict(config))
-            for key in sorted(set(new) | set(stored)):
-                if key in _LAUNCH_KEYS or key == "run_info":
-                    continue
-                if new.get(key) != stored.get(key):
-                    changed[key] = {"was": stored.get(key), "now": new.get(key)}
+            changed = changed_settings(stored, config)
             if changed:
                 print(f"dtrl: warning: resuming {path} with changed settings: {', '.join(changed)}", file=sys.stderr)
                 stored.update({k: v["now"] for k, v in changed.items()})
@@ -589,6 +584,15 @@ def _remove_leftovers(path: Path) -> None:
             leftover.unlink(missing_ok=True)
     if leftovers:
         print(f"dtrl: removed {len(leftovers)} leftover(s) of an interrupted write in {path}", file=sys.stderr)
+
+
+def changed_settings(stored: dict, config: dict, ignore: tuple[str, ...] = ()) -> dict:
+    """{key: {"was", "now"}} for every setting of ``config`` that differs from the run's stored
+    config.json, leaving out how the run was launched and the keys in ``ignore``."""
+    new = _jsonable(dict(config))
+    return {key: {"was": stored.get(key), "now": new.get(key)} for key in sorted(set(new) | set(stored))
+            if key not in _LAUNCH_KEYS and key != "run_info" and key not in ignore
+            and new.get(key) != stored.get(key)}
 
 
 def _check_same_run(path: Path, stored: dict, config: dict) -> None:

@@ -40,9 +40,17 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from dtrl.config import option_args, value_text
+from dtrl.config import option_args, to_dict, value_text
 from dtrl.errors import DtrlError
-from dtrl.runs import CONFIG_FILE, atomic_write_json, has_checkpoint, is_finished, remove_run_dir
+from dtrl.runs import (
+    CONFIG_FILE,
+    atomic_write_json,
+    changed_settings,
+    has_checkpoint,
+    is_finished,
+    read_config,
+    remove_run_dir,
+)
 
 # the dtrl commands a trial may run: the ones that train or evaluate (each writes its own run directory)
 TRIAL_COMMANDS = ("data", "pretrain", "finetune", "eval", "demo")
@@ -270,9 +278,16 @@ def expand_trials(spec: SweepSpec, out_root: Path) -> list[Trial]:
     return trials
 
 
-def validate_trials(trials: list[Trial]) -> None:
+# settings a continued trial may change: how long it runs, and where (not what it learns)
+_RESUMABLE_CHANGES = ("algo", "iterations", "steps", "time_limit_s", "threads", "env_threads", "device", "track",
+                      "wandb_project", "wandb_entity", "checkpoint_every")
+
+
+def validate_trials(trials: list[Trial], statuses: dict[str, str] | None = None) -> None:
     """Build every trial's config as its command would (preset, overrides, validation) before Ray
-    starts: a bad value is one line here, not a traceback in each trial's log."""
+    starts: a bad value is one line here, not a traceback in each trial's log. A trial to resume
+    must still get the settings its run was started with: a spec or a preset that changed between
+    sessions would otherwise switch a study's settings halfway through its runs."""
     from dtrl.algos import finetune, pretrain
 
     parsers = {"finetune": finetune.parse, "pretrain": pretrain.parse}
@@ -281,11 +296,18 @@ def validate_trials(trials: list[Trial]) -> None:
         if parse is None:
             continue
         try:
-            parse(trial.argv[1:])
+            config = parse(trial.argv[1:])
         except DtrlError as exc:
             raise DtrlError(f"trial {trial.run_dir}: {exc}") from None
         except SystemExit:  # tyro printed what it could not parse
             raise DtrlError(f"trial {trial.run_dir}: its arguments do not parse (see above)") from None
+        if statuses and statuses.get(trial.run_dir) == "resume":
+            changed = changed_settings(read_config(trial.run_dir), to_dict(config), ignore=_RESUMABLE_CHANGES)
+            if changed:
+                shown = ", ".join(f"{k} {v['was']!r} -> {v['now']!r}" for k, v in changed.items())
+                raise DtrlError(f"trial {trial.run_dir}: its run was started with other settings than the spec now "
+                                f"gives ({shown}); pin the run's values in the spec's args to continue it, or "
+                                "delete its run directory to start it over")
 
 
 def finished_in_reports(paths: tuple[str, ...] | list[str]) -> set[Path]:
@@ -423,8 +445,8 @@ def run_sweep(config: SweepConfig) -> int:
         raise DtrlError(f"--max-concurrent must be >= 0, got {config.max_concurrent}")
     out_root = Path(spec.out_root).expanduser().absolute()
     trials = expand_trials(spec, out_root)
-    validate_trials(trials)
     statuses = {t.run_dir: trial_status(t.run_dir) for t in trials}
+    validate_trials(trials, statuses)
     reported = finished_in_reports(config.done)
     for trial in trials:
         if statuses[trial.run_dir] != "finished" and Path(trial.run_dir).resolve() in reported:

@@ -254,9 +254,12 @@ class GroupBatch:
 def reset_distribution(trajectory, uniform: bool, temperature: float, variance: str = "pre_tanh") -> np.ndarray:
     """Line 5's distribution over the steps of ``trajectory``: softmax(action variance / temperature),
     or uniform. ``variance='current'`` reads ``trajectory.current_variance`` (``with_current_variance``)."""
-    recorded = {"pre_tanh": trajectory.action_variance,
-                "squashed": getattr(trajectory, "squashed_action_variance", None),
-                "current": getattr(trajectory, "current_variance", None)}[variance]
+    if uniform:  # no variance is read (nor, for 'current', computed)
+        recorded = np.zeros(len(trajectory.action_variance))
+    else:
+        recorded = {"pre_tanh": trajectory.action_variance,
+                    "squashed": getattr(trajectory, "squashed_action_variance", None),
+                    "current": getattr(trajectory, "current_variance", None)}[variance]
     if recorded is None and variance == "current":
         raise ValueError("active_sampling_variance='current' needs the trajectory from with_current_variance")
     if recorded is None:
@@ -665,7 +668,8 @@ def train(config: GRPOConfig) -> dict:
                                                            config.trajectories_per_batch, rng)
                     # lines 4-5: K reset points in each, from softmax(action variance) (active sampling)
                     trajectories = [trajectory_buffer[i] for i in chosen]
-                    if config.active_sampling_variance == "current":  # refreshed under today's policy
+                    if config.active_sampling_variance == "current" and config.reset_sampling == "active":
+                        # refreshed under today's policy (uniform reset points do not read it)
                         trajectories = with_current_variance(policy, trajectories, config.context_length, device)
                     starts = branch_starts(trajectories, config, history_length, rng)
                     charts["grpo/reset_entropy"] = reset_entropy(trajectories, config)
