@@ -302,7 +302,10 @@ def validate_trials(trials: list[Trial], statuses: dict[str, str] | None = None)
         except SystemExit:  # tyro printed what it could not parse
             raise DtrlError(f"trial {trial.run_dir}: its arguments do not parse (see above)") from None
         if statuses and statuses.get(trial.run_dir) == "resume":
-            changed = changed_settings(read_config(trial.run_dir), to_dict(config), ignore=_RESUMABLE_CHANGES)
+            stored, now = read_config(trial.run_dir), to_dict(config)
+            # an option the run's dtrl did not have yet (or no longer has) is not a changed setting
+            changed = {key: change for key, change in changed_settings(stored, now, ignore=_RESUMABLE_CHANGES).items()
+                       if key in stored and key in now}
             if changed:
                 shown = ", ".join(f"{k} {v['was']!r} -> {v['now']!r}" for k, v in changed.items())
                 raise DtrlError(f"trial {trial.run_dir}: its run was started with other settings than the spec now "
