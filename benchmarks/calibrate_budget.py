@@ -35,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from bench_grpo_learning import ensure_inputs
+from dtrl.config import option_args
 from machine import cpu_name
 
 METHODS = ["grpo", "grpo-q", "ppo", "odt", "odt-td3", "iql", "sb3-sac", "sb3-ppo"]
@@ -46,6 +47,7 @@ COLUMNS = ["task", "method", "minutes", "iterations", "env_steps", "grad_updates
 # the tuning grid every method goes through (issue: one tuning protocol for every method)
 LEARNING_RATES = [1e-4, 3e-4, 1e-3]
 SCHEDULES = ["constant", "linear"]
+GRID = {"learning_rate": LEARNING_RATES, "learning_rate_schedule": SCHEDULES}
 # the paper's claims (Fig. 1a-e, 3a): algorithms and the one switch each figure changes. A claim's
 # spec runs only the switched values: the preset's own value is Table 1's run of the same method,
 # seed and DT (sweeps/table1_cpu.toml), its paired baseline. Fig. 3c (reset-based vs Q-guided GRPO)
@@ -134,10 +136,6 @@ def toml_list(values) -> str:
     return "[" + ", ".join(json.dumps(v) for v in values) + "]"
 
 
-# the options the tuning grid sets: every chosen setting must give each of them
-TUNED_FLAGS = ("--learning-rate", "--learning-rate-schedule")
-
-
 def read_tuned(path: Path, task: str) -> dict[str, list[str]]:
     """{method: the command-line flags of its chosen setting} from a ``dtrl report --choose``
     chosen.csv. Every method must have one that sets every option of the grid, and none that the
@@ -152,14 +150,15 @@ def read_tuned(path: Path, task: str) -> dict[str, list[str]]:
     if missing:
         raise SystemExit(f"--tuned {path} has no chosen setting for {', '.join(missing)} on {task} "
                          "(a chosen.csv of dtrl report --choose over the whole tuning sweep)")
+    grid_flags = {option_args(name, values[0])[0] for name, values in GRID.items()}
     reserved = {"--iterations", "--init", "--dataset", "--eval-other-rtg"} | {
-        f"--{prefix}{name.replace('_', '-')}" for _, switches in CLAIMS.values() for name in switches
-        for prefix in ("", "no-")}
+        option_args(name, value)[0] for _, switches in CLAIMS.values() for name, values in switches.items()
+        for value in values}
     for method, flags in tuned.items():
         names = {flag for flag in flags if flag.startswith("--")}
-        if not set(TUNED_FLAGS) <= names:
+        if not grid_flags <= names:
             raise SystemExit(f"--tuned {path}: the setting chosen for {method} ({' '.join(flags) or 'no flags'}) "
-                             f"does not set {', '.join(sorted(set(TUNED_FLAGS) - names))}: was its whole grid in "
+                             f"does not set {', '.join(sorted(grid_flags - names))}: was its whole grid in "
                              "the report?")
         if names & reserved:
             raise SystemExit(f"--tuned {path}: the setting chosen for {method} sets "
@@ -199,8 +198,8 @@ def write_specs(task: str, minutes: float, sweeps: Path, budget_csv: Path, tuned
         "# method has the highest late score, the mean of the evaluations over the last quarter of the run\n"
         "# (dtrl report runs/tuning_cpu --finished-only --choose late; benchmarks/results/tuning.md).\n"
         + common + 'seeds = [0]\nout_root = "runs/tuning_cpu"\nargs = ["--preset", "cpu", "--threads", "1"]\n'
-        + f"\n[algo_args]\n{table}\n\n[overrides]\nlearning_rate = {toml_list(LEARNING_RATES)}\n"
-        + f"learning_rate_schedule = {toml_list(SCHEDULES)}\n" + resources)
+        + f"\n[algo_args]\n{table}\n\n[overrides]\n"
+        + "".join(f"{name} = {toml_list(values)}\n" for name, values in GRID.items()) + resources)
     # Table 1 reports the DT methods at both target RTGs (they default to different ones)
     table1 = "\n".join(f'"{m}" = {toml_list(a + (["--eval-other-rtg"] if m in NEEDS_INIT else []))}'
                         for m, a in algo_args.items())

@@ -466,8 +466,7 @@ def start_score(run: RunResult) -> float | None:
     """The iteration-0 evaluation of a finetuning run: the policy it starts from (the pretrained DT,
     IQL after its offline phase, a fresh SB3 policy), evaluated as its later iterations are. None
     for offline pretraining runs, whose iteration 0 is an untrained model, and runs without one."""
-    if run.algo in OFFLINE_ALGOS or run.config.get("algo") in ("pretrain", "dt") or (
-            not run.config.get("algo") and _command_of(run.config) == "pretrain"):
+    if run.algo in (*OFFLINE_ALGOS, "pretrain"):  # load_run's labels of pretraining runs
         return None
     points = score_points(run)
     return points[0][1] if points and points[0][0] == 0 else None
@@ -842,10 +841,11 @@ def draw_curves(axes, groups: list[GroupResult], x_names: tuple[str, ...], color
                            label=f"{group.label} pretrained, final (n={len(group.scores)})")
                 ax.axhspan(group.mean - group.std, group.mean + group.std, color="0.35", alpha=0.1)
                 continue
-            x, mean, std = mean_std_curve([curve_points(r, x_key) for r in group.runs])
+            curves = [curve_points(r, x_key) for r in group.runs]
+            x, mean, std = mean_std_curve(curves)
             if not len(x):
                 continue
-            n = sum(1 for r in group.runs if len(curve_points(r, x_key)[0]))
+            n = sum(1 for run_x, _ in curves if len(run_x))
             ax.plot(x, mean, color=colors[group.label], label=f"{group.label} (n={n})",
                     marker="o" if len(x) < 15 else None)
             ax.fill_between(x, mean - std, mean + std, color=colors[group.label], alpha=0.2, linewidth=0)
@@ -919,7 +919,7 @@ def _csv_text(rows: list[dict], columns: list[str] | None = None) -> str:
 
 def build_report(config: ReportConfig) -> dict:
     """Load, group, write the files; returns {"markdown", "files", "groups", "runs"}."""
-    x_names = (config.x,) if isinstance(config.x, str) else tuple(config.x)
+    x_names = tuple(config.x)
     if not x_names or any(x not in X_KEYS for x in x_names):
         raise DtrlError(f"--x takes one or more of {', '.join(X_KEYS)}, got {' '.join(map(str, x_names)) or 'none'}")
     if not config.run_dirs and not config.from_csv:
