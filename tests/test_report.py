@@ -1,5 +1,7 @@
 import csv
+import importlib
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +34,8 @@ def eval_rows(final: float, iterations: int = 4, env_steps_per_iteration: int = 
                "wall_time_s": 2.0 * it, "losses/policy": 0.1}
         if it % every == 0 or it == iterations:
             score = final * it / iterations
-            row.update(eval_return_mean=score * 30.0, eval_normalized_mean=score, eval_normalized_std=1.0)
+            row.update(eval_return_mean=score * 30.0, eval_normalized_mean=score, eval_normalized_std=1.0,
+                       eval_length_mean=100.0 + it)
         rows.append(row)
     return rows
 
@@ -208,11 +211,13 @@ def test_statistics_and_a_report_rebuilt_from_its_evaluations_csv(runs_root, tmp
     with open(out / "evaluations.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert {"iteration", "env_steps", "grad_updates", "wall_time_s", "eval_normalized_mean"} <= set(rows[0])
+    assert [float(r["eval_length_mean"]) for r in rows[:4]] == [101.0, 102.0, 103.0, 104.0]
     assert len(rows) == sum(sum(1 for m in run.metrics if m.get("eval_return_mean") is not None)
                             for run in first["runs"])
     again = build_report(ReportConfig(from_csv=(str(out / "evaluations.csv"),), out=str(tmp_path / "again"),
                                       bootstrap_reps=200))
     assert again["markdown"] == first["markdown"]
+    assert {m["eval_length_mean"] for run in again["runs"] for m in run.metrics} == {101, 102, 103, 104}
     # runs both on disk and in the CSV (a study continued across sessions) count once, the copy that
     # got further: here the CSV's, for a run whose directory holds only its first two iterations
     partial = runs_root / "hopper-random" / "grpo" / "seed2"
@@ -300,10 +305,10 @@ def test_an_ablation_reported_from_two_studies_csvs_is_paired_by_seed_and_dt(tmp
     more = build_report(ReportConfig(run_dirs=("runs/base", "runs/lever"), out="more", bootstrap_reps=50,
                                      reference=("learning_rate=0.001",)))
     assert [p["seed"] for p in more["pairs"]] == [0, 1, 2, 3]
-    # CSVs written before configs were stored still load, under the label they carry
+    # CSVs written before configs and episode lengths were stored still load, under the label they carry
     with open("results/base/evaluations.csv") as handle:
         rows = list(csv.DictReader(handle))
-    old_columns = [c for c in rows[0] if c != "config"]
+    old_columns = [c for c in rows[0] if c not in ("config", "eval_length_mean")]
     with open("old.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=old_columns, extrasaction="ignore")
         writer.writeheader()
@@ -335,9 +340,6 @@ def curve(scores: list[float]) -> list[dict]:
 def test_a_tuning_grid_chooses_each_methods_setting_and_the_comparison_specs_run_it(tmp_path, monkeypatch, capsys):
     """dtrl report --choose ranks each method's grid columns by the chosen criterion, and the flags it
     writes to chosen.csv become Table 1's and the claims' settings (benchmarks/calibrate_budget.py)."""
-    import importlib
-    import sys
-
     monkeypatch.chdir(tmp_path)
     # grpo: lr 1e-3 ends highest (final 50) but falls at the end; lr 3e-4 holds a higher late level
     curves = {("grpo", 1e-3, "linear"): [10, 20, 30, 40, 70, 70, 70, 50],   # final 50, late 63.3
@@ -465,3 +467,27 @@ def test_paired_curves_draw_each_variant_beside_only_its_paired_reference_runs(t
         [("GRPO-DT (learning_rate=0.0003)", [0, 1]), ("GRPO-DT (learning_rate=0.001)", [0, 1, 2]),
          ("GRPO-DT (learning_rate=0.003)", [2])]]
     assert (tmp_path / "out" / "paired_curves_hopper-random.png").is_file()
+
+
+def test_episode_lengths_splits_a_score_into_speed_and_survival_by_phase(tmp_path, monkeypatch):
+    """benchmarks/episode_lengths.py reads a report's evaluations.csv: per phase of the runs, the mean over
+    runs of score, episode length, return per step and the share of evaluations at the time limit."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    episode_lengths = importlib.import_module("episode_lengths")
+    # two runs of 8 iterations: iteration 0 (start) and two evaluations per quarter
+    for seed, lengths in enumerate(([50, 100, 100, 200, 200, 300, 300, 1000, 1000],
+                                    [50, 100, 100, 400, 400, 300, 300, 500, 500])):
+        rows = [{"iteration": it, "env_steps": it, "eval_normalized_mean": float(it), "eval_return_mean": 2.0 * n,
+                 "eval_length_mean": float(n)} for it, n in enumerate(lengths)]
+        make_run(tmp_path / "runs" / f"seed{seed}", {"task": "hopper-random", "algo": "grpo", "seed": seed}, rows)
+    build_report(ReportConfig(run_dirs=(str(tmp_path / "runs"),), out=str(tmp_path / "r"), bootstrap_reps=20))
+    runs = episode_lengths.read_runs([str(tmp_path / "r" / "evaluations.csv")], finished_only=False)
+    table = {row[0]: row[1:] for row in episode_lengths.phase_table(runs, max_steps=1000)}
+    assert list(table) == ["start", "0-25%", "25-50%", "50-75%", "75-100%"]
+    assert table["start"] == pytest.approx((2, 0.0, 50.0, 2.0, 0.0))
+    assert table["25-50%"] == pytest.approx((2, 3.5, 300.0, 2.0, 0.0))  # lengths 200 and 400
+    assert table["75-100%"] == pytest.approx((2, 7.5, 750.0, 2.0, 0.5))  # one run at the limit
+    # a CSV written before episode lengths were stored is refused, not read as zeros
+    (tmp_path / "old.csv").write_text("run,finished,iteration,eval_normalized_mean,eval_return_mean\nr,1,0,1,1\n")
+    with pytest.raises(SystemExit, match="no eval_length_mean column"):
+        episode_lengths.read_runs([str(tmp_path / "old.csv")], finished_only=False)

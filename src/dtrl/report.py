@@ -361,10 +361,12 @@ def csv_rows(groups: dict[tuple[str, str], GroupResult]) -> list[dict]:
 
 EVALUATION_COLUMNS = ["task", "algorithm", "label", "metric", "seed", "run", "finished", "iteration", "env_steps",
                       "grad_updates", "wall_time_s", "eval_normalized_mean", "eval_normalized_std",
-                      "eval_return_mean", "eval_return_std", "eval_target_rtg", "eval_context_length",
-                      "eval_other_normalized_mean", "eval_other_return_mean", "eval_other_target_rtg", "config"]
-# "config" (the run's config.json as JSON, on its first row only) came later: older files lack it
-_OPTIONAL_COLUMNS = {"config"}
+                      "eval_return_mean", "eval_return_std", "eval_length_mean", "eval_target_rtg",
+                      "eval_context_length", "eval_other_normalized_mean", "eval_other_return_mean",
+                      "eval_other_target_rtg", "config"]
+# "config" (the run's config.json as JSON, on its first row only) and "eval_length_mean" (episode length:
+# a locomotion policy can score more by moving faster or by falling later) came later: older files lack them
+_OPTIONAL_COLUMNS = {"config", "eval_length_mean"}
 # config keys that describe the machine or the run's files, not the run: left out of the CSV
 _NOT_STORED = {"run_info", "out", "force", "resume"}
 
@@ -419,7 +421,7 @@ def runs_from_csv(path: str) -> list[RunResult]:
     runs = []
     for run_path, run_rows in by_run.items():
         first = run_rows[0]
-        metrics = [{key: _number(row[key]) for key in EVALUATION_COLUMNS[7:] if key not in _OPTIONAL_COLUMNS}
+        metrics = [{key: _number(row.get(key) or "") for key in EVALUATION_COLUMNS[7:] if key != "config"}
                    for row in run_rows]
         for metric_row, row in zip(metrics, run_rows):
             metric_row["iteration"] = int(float(row["iteration"]))

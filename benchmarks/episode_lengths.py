@@ -1,0 +1,88 @@
+"""Does a locomotion policy score more by moving faster or by falling later? Phase by phase.
+
+A normalised return is (reward per step) x (episode length), rescaled. This splits each run's in-run
+evaluations into the start (iteration 0) and quarters of the run, and prints, per phase, the mean over
+runs of the score, the episode length, the return per step and the share of evaluations whose mean
+length reached the time limit (no episode fell). It reads the ``evaluations.csv`` files that
+``dtrl report`` writes (files from before episode lengths were stored are refused), so it works on
+committed results without the run directories.
+
+    python benchmarks/episode_lengths.py benchmarks/results/grpo_robustness/evaluations.csv \\
+        --finished-only --max-steps 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from collections import defaultdict
+
+import numpy as np
+
+
+def read_runs(paths: list[str], finished_only: bool) -> dict[str, list[dict]]:
+    """Evaluation rows by run, each run once (the first file that holds it)."""
+    runs: dict[str, list[dict]] = defaultdict(list)
+    for path in paths:
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        if rows and "eval_length_mean" not in rows[0]:
+            sys.exit(f"error: {path} has no eval_length_mean column (rebuild it with a newer dtrl report)")
+        in_earlier_files = set(runs)
+        for row in rows:
+            if row["run"] in in_earlier_files:
+                continue
+            if finished_only and row["finished"] != "1":
+                continue
+            if row["eval_length_mean"] == "":
+                continue
+            runs[row["run"]].append(row)
+    return {run: rows for run, rows in runs.items() if rows}
+
+
+def phase_table(runs: dict[str, list[dict]], max_steps: int) -> list[tuple]:
+    """(phase, runs, score, length, return per step, share at the time limit), each a mean over runs."""
+    phases: dict[str, list[tuple]] = defaultdict(list)
+    for rows in runs.values():
+        last = max(int(float(row["iteration"])) for row in rows)
+        for row in rows:
+            iteration = int(float(row["iteration"]))
+            if iteration == 0:
+                phase = "start"
+            else:
+                quarter = min(3, (iteration - 1) * 4 // last)
+                phase = f"{quarter * 25}-{(quarter + 1) * 25}%"
+            length = float(row["eval_length_mean"])
+            phases[phase].append((row["run"], float(row["eval_normalized_mean"] or "nan"), length,
+                                  float(row["eval_return_mean"]) / length, length >= max_steps))
+    table = []
+    for phase in ["start", "0-25%", "25-50%", "50-75%", "75-100%"]:
+        if not phases[phase]:
+            continue
+        by_run: dict[str, list[tuple]] = defaultdict(list)
+        for run, *values in phases[phase]:
+            by_run[run].append(values)
+        means = np.array([np.mean(np.array(v, dtype=float), axis=0) for v in by_run.values()])
+        table.append((phase, len(by_run), *means.mean(axis=0)))
+    return table
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("csv", nargs="+", help="evaluations.csv files of dtrl report")
+    parser.add_argument("--finished-only", action="store_true", help="leave out runs that did not finish")
+    parser.add_argument("--max-steps", type=int, default=1000, help="the task's episode time limit")
+    args = parser.parse_args(argv)
+    runs = read_runs(args.csv, args.finished_only)
+    if not runs:
+        sys.exit("error: no evaluations with episode lengths in " + ", ".join(args.csv))
+    print(f"{len(runs)} runs\n")
+    print("| phase of the run | runs | score | episode length | return per step | evaluations at the time limit |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for phase, count, score, length, per_step, at_limit in phase_table(runs, args.max_steps):
+        print(f"| {phase} | {count} | {score:.1f} | {length:.0f} | {per_step:.2f} | {at_limit:.0%} |")
+
+
+if __name__ == "__main__":
+    main()
