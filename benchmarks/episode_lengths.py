@@ -1,9 +1,10 @@
 """Does a locomotion policy score more by moving faster or by falling later? Phase by phase.
 
 A normalised return is (reward per step) x (episode length), rescaled. This splits each run's in-run
-evaluations into the start (iteration 0) and quarters of the run, and prints, per phase, the mean over
-runs of the score, the episode length, the return per step and the share of evaluations whose mean
-length reached the time limit (no episode fell). It reads the ``evaluations.csv`` files that
+evaluations into the start (iteration 0) and quarters of the run. For each report column (task,
+method and setting) it prints, per phase, the mean over the column's runs of the score, the episode
+length, the return per step and the share of evaluations whose mean length reached the time limit
+(no episode fell). It reads the ``evaluations.csv`` files that
 ``dtrl report`` writes (files from before episode lengths were stored are refused), so it works on
 committed results without the run directories.
 
@@ -77,11 +78,15 @@ def main(argv: list[str] | None = None) -> None:
     runs = read_runs(args.csv, args.finished_only)
     if not runs:
         sys.exit("error: no evaluations with episode lengths in " + ", ".join(args.csv))
-    print(f"{len(runs)} runs\n")
-    print("| phase of the run | runs | score | episode length | return per step | evaluations at the time limit |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for phase, count, score, length, per_step, at_limit in phase_table(runs, args.max_steps):
-        print(f"| {phase} | {count} | {score:.1f} | {length:.0f} | {per_step:.2f} | {at_limit:.0%} |")
+    by_column: dict[tuple[str, str], dict[str, list[dict]]] = defaultdict(dict)
+    for run, rows in runs.items():  # one table per task and report column (method and setting)
+        by_column[(rows[0]["task"], rows[0]["label"])][run] = rows
+    for (task, label), column_runs in sorted(by_column.items()):
+        print(f"\n{task}, {label}: {len(column_runs)} runs\n")
+        print("| phase of the run | runs | score | episode length | return per step | evaluations at the time limit |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for phase, count, score, length, per_step, at_limit in phase_table(column_runs, args.max_steps):
+            print(f"| {phase} | {count} | {score:.1f} | {length:.0f} | {per_step:.2f} | {at_limit:.0%} |")
 
 
 if __name__ == "__main__":

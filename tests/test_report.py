@@ -469,7 +469,7 @@ def test_paired_curves_draw_each_variant_beside_only_its_paired_reference_runs(t
     assert (tmp_path / "out" / "paired_curves_hopper-random.png").is_file()
 
 
-def test_episode_lengths_splits_a_score_into_speed_and_survival_by_phase(tmp_path, monkeypatch):
+def test_episode_lengths_splits_a_score_into_speed_and_survival_by_phase(tmp_path, monkeypatch, capsys):
     """benchmarks/episode_lengths.py reads a report's evaluations.csv: per phase of the runs, the mean over
     runs of score, episode length, return per step and the share of evaluations at the time limit."""
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -487,6 +487,9 @@ def test_episode_lengths_splits_a_score_into_speed_and_survival_by_phase(tmp_pat
     assert table["start"] == pytest.approx((2, 0.0, 50.0, 2.0, 0.0))
     assert table["25-50%"] == pytest.approx((2, 3.5, 300.0, 2.0, 0.0))  # lengths 200 and 400
     assert table["75-100%"] == pytest.approx((2, 7.5, 750.0, 2.0, 0.5))  # one run at the limit
+    episode_lengths.main([str(tmp_path / "r" / "evaluations.csv")])
+    printed = capsys.readouterr().out
+    assert "hopper-random, GRPO-DT: 2 runs" in printed and "| 75-100% | 2 | 7.5 | 750 | 2.00 | 50% |" in printed
     # a CSV written before episode lengths were stored is refused, not read as zeros
     (tmp_path / "old.csv").write_text("run,finished,iteration,eval_normalized_mean,eval_return_mean\nr,1,0,1,1\n")
     with pytest.raises(SystemExit, match="no eval_length_mean column"):
