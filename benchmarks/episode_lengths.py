@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
 from collections import defaultdict
 
@@ -23,40 +24,66 @@ import numpy as np
 
 
 def read_runs(paths: list[str], finished_only: bool) -> dict[str, list[dict]]:
-    """Evaluation rows by run, each run once (the first file that holds it)."""
-    runs: dict[str, list[dict]] = defaultdict(list)
+    """Evaluation rows by run. A run held by several files (a study continued across sessions) counts
+    once, by the copy that got furthest, as in ``dtrl report``: a finished copy first, then the one with
+    the latest evaluation."""
+    copies: dict[str, list[list[dict]]] = defaultdict(list)
     for path in paths:
         with open(path, newline="") as handle:
             rows = list(csv.DictReader(handle))
         if rows and "eval_length_mean" not in rows[0]:
             sys.exit(f"error: {path} has no eval_length_mean column (rebuild it with a newer dtrl report)")
-        in_earlier_files = set(runs)
+        by_run: dict[str, list[dict]] = defaultdict(list)
         for row in rows:
-            if row["run"] in in_earlier_files:
-                continue
-            if finished_only and row["finished"] != "1":
-                continue
-            if row["eval_length_mean"] == "":
-                continue
-            runs[row["run"]].append(row)
-    return {run: rows for run, rows in runs.items() if rows}
+            by_run[row["run"]].append(row)
+        for run, run_rows in by_run.items():
+            copies[run].append(run_rows)
+    runs, without_lengths = {}, []
+    for run, run_copies in copies.items():
+        rows = max(run_copies, key=lambda c: (c[0]["finished"] == "1", max(_iteration(r) for r in c)))
+        if finished_only and rows[0]["finished"] != "1":
+            continue
+        if all(row["eval_length_mean"] == "" for row in rows):
+            without_lengths.append(run)  # evaluated before lengths were logged
+            continue
+        runs[run] = rows
+    if without_lengths:
+        print(f"left out {len(without_lengths)} run(s) without episode lengths", file=sys.stderr)
+    return runs
+
+
+def _iteration(row: dict) -> int:
+    return int(float(row["iteration"]))
+
+
+def planned_iterations(rows: list[dict]) -> int:
+    """The iterations the run was set to do (its config rides on its first row), so an unfinished run's
+    evaluations fall in the phase they belong to; the last evaluated iteration when there is no config."""
+    config = json.loads(rows[0].get("config") or "{}")
+    return int(config.get("iterations") or max(_iteration(row) for row in rows))
 
 
 def phase_table(runs: dict[str, list[dict]], max_steps: int) -> list[tuple]:
-    """(phase, runs, score, length, return per step, share at the time limit), each a mean over runs."""
+    """(phase, runs, score, length, return per step, share at the time limit), each a mean over runs.
+    The phases are the start (iteration 0) and quarters of the planned iterations; the last quarter
+    starts one evaluation later than the report's *late* score, which includes the 75% point."""
     phases: dict[str, list[tuple]] = defaultdict(list)
     for rows in runs.values():
-        last = max(int(float(row["iteration"])) for row in rows)
+        last = planned_iterations(rows)
         for row in rows:
-            iteration = int(float(row["iteration"]))
+            if row["eval_length_mean"] == "":
+                continue
+            iteration = _iteration(row)
             if iteration == 0:
                 phase = "start"
             else:
                 quarter = min(3, (iteration - 1) * 4 // last)
                 phase = f"{quarter * 25}-{(quarter + 1) * 25}%"
             length = float(row["eval_length_mean"])
-            phases[phase].append((row["run"], float(row["eval_normalized_mean"] or "nan"), length,
-                                  float(row["eval_return_mean"]) / length, length >= max_steps))
+            # the normalised score where the task has reference scores, else the raw return
+            score = float(row["eval_normalized_mean"] or row["eval_return_mean"])
+            phases[phase].append((row["run"], score, length, float(row["eval_return_mean"]) / length,
+                                  length >= max_steps))
     table = []
     for phase in ["start", "0-25%", "25-50%", "50-75%", "75-100%"]:
         if not phases[phase]:

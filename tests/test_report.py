@@ -479,7 +479,8 @@ def test_episode_lengths_splits_a_score_into_speed_and_survival_by_phase(tmp_pat
                                     [50, 100, 100, 400, 400, 300, 300, 500, 500])):
         rows = [{"iteration": it, "env_steps": it, "eval_normalized_mean": float(it), "eval_return_mean": 2.0 * n,
                  "eval_length_mean": float(n)} for it, n in enumerate(lengths)]
-        make_run(tmp_path / "runs" / f"seed{seed}", {"task": "hopper-random", "algo": "grpo", "seed": seed}, rows)
+        make_run(tmp_path / "runs" / f"seed{seed}",
+                 {"task": "hopper-random", "algo": "grpo", "seed": seed, "iterations": 8}, rows)
     build_report(ReportConfig(run_dirs=(str(tmp_path / "runs"),), out=str(tmp_path / "r"), bootstrap_reps=20))
     runs = episode_lengths.read_runs([str(tmp_path / "r" / "evaluations.csv")], finished_only=False)
     table = {row[0]: row[1:] for row in episode_lengths.phase_table(runs, max_steps=1000)}
@@ -490,6 +491,20 @@ def test_episode_lengths_splits_a_score_into_speed_and_survival_by_phase(tmp_pat
     episode_lengths.main([str(tmp_path / "r" / "evaluations.csv")])
     printed = capsys.readouterr().out
     assert "hopper-random, GRPO-DT: 2 runs" in printed and "| 75-100% | 2 | 7.5 | 750 | 2.00 | 50% |" in printed
+    # a run in two files (a study continued across sessions) counts once, by the copy that got further,
+    # and a copy that stopped early is split by the iterations it was set to do (8), not by how far it got
+    with open(tmp_path / "r" / "evaluations.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    with open(tmp_path / "partial.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(row for row in rows if row["run"].endswith("seed0") and int(row["iteration"]) <= 4)
+    for files in (["partial.csv", "r/evaluations.csv"], ["r/evaluations.csv", "partial.csv"]):
+        both = episode_lengths.read_runs([str(tmp_path / f) for f in files], finished_only=False)
+        assert sorted(len(rows) for rows in both.values()) == [9, 9]
+    partial = episode_lengths.read_runs([str(tmp_path / "partial.csv")], finished_only=False)
+    assert [row[:3] for row in episode_lengths.phase_table(partial, max_steps=1000)] == [
+        ("start", 1, 0.0), ("0-25%", 1, 1.5), ("25-50%", 1, 3.5)]
     # a CSV written before episode lengths were stored is refused, not read as zeros
     (tmp_path / "old.csv").write_text("run,finished,iteration,eval_normalized_mean,eval_return_mean\nr,1,0,1,1\n")
     with pytest.raises(SystemExit, match="no eval_length_mean column"):
