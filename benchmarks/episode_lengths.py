@@ -16,74 +16,55 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 from collections import defaultdict
 
 import numpy as np
 
+from dtrl.report import RunResult, load_runs
 
-def read_runs(paths: list[str], finished_only: bool) -> dict[str, list[dict]]:
-    """Evaluation rows by run. A run held by several files (a study continued across sessions) counts
-    once, by the copy that got furthest, as in ``dtrl report``: a finished copy first, then the one with
-    the latest evaluation."""
-    copies: dict[str, list[list[dict]]] = defaultdict(list)
+
+def read_runs(paths: list[str], finished_only: bool) -> dict[str, RunResult]:
+    """The runs of ``evaluations.csv`` files by path, read and labelled as ``dtrl report`` does (a run
+    held by several files counts once, by the copy that got furthest)."""
     for path in paths:
         with open(path, newline="") as handle:
-            rows = list(csv.DictReader(handle))
-        if rows and "eval_length_mean" not in rows[0]:
+            header = next(csv.reader(handle), [])
+        if "eval_length_mean" not in header:
             sys.exit(f"error: {path} has no eval_length_mean column (rebuild it with a newer dtrl report)")
-        by_run: dict[str, list[dict]] = defaultdict(list)
-        for row in rows:
-            by_run[row["run"]].append(row)
-        for run, run_rows in by_run.items():
-            copies[run].append(run_rows)
-    runs, without_lengths = {}, []
-    for run, run_copies in copies.items():
-        rows = max(run_copies, key=lambda c: (c[0]["finished"] == "1", max(_iteration(r) for r in c)))
-        if finished_only and rows[0]["finished"] != "1":
+    runs = {}
+    for run in load_runs((), paths):
+        if finished_only and not run.finished:
             continue
-        if all(row["eval_length_mean"] == "" for row in rows):
-            without_lengths.append(run)  # evaluated before lengths were logged
+        if all(row.get("eval_length_mean") is None for row in run.metrics):
+            print(f"left out {run.path}: no episode lengths (evaluated before they were logged)", file=sys.stderr)
             continue
-        runs[run] = rows
-    if without_lengths:
-        print(f"left out {len(without_lengths)} run(s) without episode lengths", file=sys.stderr)
+        runs[str(run.path)] = run
     return runs
 
 
-def _iteration(row: dict) -> int:
-    return int(float(row["iteration"]))
-
-
-def planned_iterations(rows: list[dict]) -> int:
-    """The iterations the run was set to do (its config rides on its first row), so an unfinished run's
-    evaluations fall in the phase they belong to; the last evaluated iteration when there is no config."""
-    config = json.loads(rows[0].get("config") or "{}")
-    return int(config.get("iterations") or max(_iteration(row) for row in rows))
-
-
-def phase_table(runs: dict[str, list[dict]], max_steps: int) -> list[tuple]:
+def phase_table(runs: dict[str, RunResult], max_steps: int) -> list[tuple]:
     """(phase, runs, score, length, return per step, share at the time limit), each a mean over runs.
-    The phases are the start (iteration 0) and quarters of the planned iterations; the last quarter
-    starts one evaluation later than the report's *late* score, which includes the 75% point."""
+    The phases are the start (iteration 0) and quarters of the run's planned iterations (its config's;
+    the last evaluated one without a config), so an unfinished run's evaluations fall in the phase they
+    belong to. The last quarter starts one evaluation later than the report's *late* score, which
+    includes the 75% point."""
     phases: dict[str, list[tuple]] = defaultdict(list)
-    for rows in runs.values():
-        last = planned_iterations(rows)
-        for row in rows:
-            if row["eval_length_mean"] == "":
+    for name, run in runs.items():
+        last = int(run.config.get("iterations") or max(row["iteration"] for row in run.metrics))
+        for row in run.metrics:
+            length = row.get("eval_length_mean")
+            if length is None:
                 continue
-            iteration = _iteration(row)
+            iteration = row["iteration"]
             if iteration == 0:
                 phase = "start"
             else:
                 quarter = min(3, (iteration - 1) * 4 // last)
                 phase = f"{quarter * 25}-{(quarter + 1) * 25}%"
-            length = float(row["eval_length_mean"])
             # the normalised score where the task has reference scores, else the raw return
-            score = float(row["eval_normalized_mean"] or row["eval_return_mean"])
-            phases[phase].append((row["run"], score, length, float(row["eval_return_mean"]) / length,
-                                  length >= max_steps))
+            score = row["eval_normalized_mean"] if run.metric == "normalized" else row["eval_return_mean"]
+            phases[phase].append((name, score, length, row["eval_return_mean"] / length, length >= max_steps))
     table = []
     for phase in ["start", "0-25%", "25-50%", "50-75%", "75-100%"]:
         if not phases[phase]:
@@ -105,9 +86,9 @@ def main(argv: list[str] | None = None) -> None:
     runs = read_runs(args.csv, args.finished_only)
     if not runs:
         sys.exit("error: no evaluations with episode lengths in " + ", ".join(args.csv))
-    by_column: dict[tuple[str, str], dict[str, list[dict]]] = defaultdict(dict)
-    for run, rows in runs.items():  # one table per task and report column (method and setting)
-        by_column[(rows[0]["task"], rows[0]["label"])][run] = rows
+    by_column: dict[tuple[str, str], dict[str, RunResult]] = defaultdict(dict)
+    for name, run in runs.items():  # one table per task and report column (method and setting)
+        by_column[(run.task, run.label)][name] = run
     for (task, label), column_runs in sorted(by_column.items()):
         print(f"\n{task}, {label}: {len(column_runs)} runs\n")
         print("| phase of the run | runs | score | episode length | return per step | evaluations at the time limit |")

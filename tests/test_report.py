@@ -501,7 +501,7 @@ def test_episode_lengths_splits_a_score_into_speed_and_survival_by_phase(tmp_pat
         writer.writerows(row for row in rows if row["run"].endswith("seed0") and int(row["iteration"]) <= 4)
     for files in (["partial.csv", "r/evaluations.csv"], ["r/evaluations.csv", "partial.csv"]):
         both = episode_lengths.read_runs([str(tmp_path / f) for f in files], finished_only=False)
-        assert sorted(len(rows) for rows in both.values()) == [9, 9]
+        assert sorted(len(run.metrics) for run in both.values()) == [9, 9]
     partial = episode_lengths.read_runs([str(tmp_path / "partial.csv")], finished_only=False)
     assert [row[:3] for row in episode_lengths.phase_table(partial, max_steps=1000)] == [
         ("start", 1, 0.0), ("0-25%", 1, 1.5), ("25-50%", 1, 3.5)]

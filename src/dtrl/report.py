@@ -919,19 +919,13 @@ def _csv_text(rows: list[dict], columns: list[str] | None = None) -> str:
     return buffer.getvalue()
 
 
-def build_report(config: ReportConfig) -> dict:
-    """Load, group, write the files; returns {"markdown", "files", "groups", "runs"}."""
-    x_names = tuple(config.x)
-    if not x_names or any(x not in X_KEYS for x in x_names):
-        raise DtrlError(f"--x takes one or more of {', '.join(X_KEYS)}, got {' '.join(map(str, x_names)) or 'none'}")
-    if not config.run_dirs and not config.from_csv:
-        raise DtrlError("no run directories given (dtrl report RUN_DIR... ; a folder of runs, or --from-csv FILE)")
-    reference = parse_reference(config.reference)
-    runs = [load_run(path) for path in find_runs(list(config.run_dirs))] if config.run_dirs else []
-    # A run both on disk and in a CSV, or in two CSVs (a study continued across sessions and
-    # machines), counts once: the copy that got further (finished, then the later last evaluation).
+def load_runs(run_dirs, from_csv) -> list[RunResult]:
+    """The runs of run directories and ``evaluations.csv`` files, labelled as the report labels them.
+    A run both on disk and in a CSV, or in two CSVs (a study continued across sessions and machines),
+    counts once: the copy that got further (finished, then the later last evaluation)."""
+    runs = [load_run(path) for path in find_runs(list(run_dirs))] if run_dirs else []
     chosen = {_relative(run.path): run for run in runs}
-    for csv_file in config.from_csv:
+    for csv_file in from_csv:
         for run in runs_from_csv(csv_file):
             key = _relative(run.path)
             if key not in chosen or _progress(run) > _progress(chosen[key]):
@@ -942,6 +936,18 @@ def build_report(config: ReportConfig) -> dict:
                 chosen[key].config = run.config
     runs = list(chosen.values())
     label_variants(runs)
+    return runs
+
+
+def build_report(config: ReportConfig) -> dict:
+    """Load, group, write the files; returns {"markdown", "files", "groups", "runs"}."""
+    x_names = tuple(config.x)
+    if not x_names or any(x not in X_KEYS for x in x_names):
+        raise DtrlError(f"--x takes one or more of {', '.join(X_KEYS)}, got {' '.join(map(str, x_names)) or 'none'}")
+    if not config.run_dirs and not config.from_csv:
+        raise DtrlError("no run directories given (dtrl report RUN_DIR... ; a folder of runs, or --from-csv FILE)")
+    reference = parse_reference(config.reference)
+    runs = load_runs(config.run_dirs, config.from_csv)
     evaluated = [r for r in runs if r.final is not None]
     if not evaluated:
         raise DtrlError(f"none of the {len(runs)} run(s) has an evaluation yet (no eval_return_mean in metrics.jsonl)")
