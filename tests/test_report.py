@@ -415,6 +415,10 @@ def test_a_tuning_grid_chooses_each_methods_setting_and_the_comparison_specs_run
     assert claim["algo_args"]["ppo"][-4:] == ["--learning-rate", "0.001", "--learning-rate-schedule", "linear"]
     tuning = tomllib.loads((tmp_path / "sweeps" / "tuning_cpu.toml").read_text())
     assert "--learning-rate" not in tuning["algo_args"]["grpo"]  # the grid itself sets the lr
+    # Table 1 and the claims (paired with it) score held-out seeds, each with its pretrained DT
+    assert not set(table1["seeds"]) & set(tuning["seeds"]) and claim["seeds"] == table1["seeds"]
+    pretrain = tomllib.loads((Path(__file__).resolve().parents[1] / "sweeps" / "pretrain.toml").read_text())
+    assert set(table1["seeds"]) | set(tuning["seeds"]) <= set(pretrain["seeds"])
     capsys.readouterr()
     assert cli_main(["sweep", str(tmp_path / "sweeps" / "table1_cpu.toml"), "--dry-run"]) == 0
     assert "--learning-rate 0.0003 --learning-rate-schedule constant" in capsys.readouterr().out
