@@ -64,7 +64,9 @@ CLAIMS = {
     "fig1d_ratio_level": (["grpo"], {"ratio_level": ["sequence", "token", "geometric"]}),
     "fig1e_reset_sampling": (["grpo"], {"reset_sampling": ["active", "uniform"]}),
     "fig3a_sub_trajectory_length": (["grpo"], {"sub_trajectory_length": [5, 15, 45]}),
-    "fig3b_eval_steps": (["grpo"], {"eval_steps": [30, 100, 300]}),
+    # 600: twice the cpu preset's 300, to test "longer consistently improves" above it too (and whether
+    # a longer horizon helps the late falls of benchmarks/results/grpo.md, "Speed first, then survival")
+    "fig3b_eval_steps": (["grpo"], {"eval_steps": [30, 100, 300, 600]}),
 }
 
 
@@ -202,7 +204,8 @@ def write_specs(task: str, minutes: float, sweeps: Path, budget_csv: Path, tuned
         header + "# Tuning protocol: the same grid, budget and seed for every method; the chosen setting per\n"
         "# method has the highest late score, the mean of the evaluations over the last quarter of the run\n"
         "# (dtrl report runs/tuning_cpu --finished-only --choose late; benchmarks/results/tuning.md).\n"
-        + common + f'seeds = {toml_list(TUNING_SEEDS)}\nout_root = "runs/tuning_cpu"\nargs = ["--preset", "cpu", "--threads", "1"]\n'
+        + common + f'seeds = {toml_list(TUNING_SEEDS)}\n'
+        + 'out_root = "runs/tuning_cpu"\nargs = ["--preset", "cpu", "--threads", "1"]\n'
         + f"\n[algo_args]\n{table}\n\n[overrides]\n"
         + "".join(f"{name} = {toml_list(values)}\n" for name, values in GRID.items()) + resources)
     # Table 1 reports the DT methods at both target RTGs (they default to different ones)
@@ -211,7 +214,8 @@ def write_specs(task: str, minutes: float, sweeps: Path, budget_csv: Path, tuned
     (sweeps / "table1_cpu.toml").write_text(
         header + "# Table 1 at CPU scale: 3 seeds, every method at its calibrated budget.\n"
         "# Held-out seeds: the tuning sweep chose each setting on seed 0, which Table 1 does not use.\n" + settings
-        + common + f'seeds = {toml_list(EVALUATION_SEEDS)}\nout_root = "runs/table1_cpu"\nargs = ["--preset", "cpu", "--threads", "1"]\n'
+        + common + f'seeds = {toml_list(EVALUATION_SEEDS)}\n'
+        + 'out_root = "runs/table1_cpu"\nargs = ["--preset", "cpu", "--threads", "1"]\n'
         + f"\n[algo_args]\n{table1}\n" + resources)
     (sweeps / "claims").mkdir(exist_ok=True)
     for claim, (algos, overrides) in CLAIMS.items():

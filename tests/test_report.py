@@ -513,3 +513,61 @@ def test_episode_lengths_splits_a_score_into_speed_and_survival_by_phase(tmp_pat
     (tmp_path / "old.csv").write_text("run,finished,iteration,eval_normalized_mean,eval_return_mean\nr,1,0,1,1\n")
     with pytest.raises(SystemExit, match="no eval_length_mean column"):
         episode_lengths.read_runs([str(tmp_path / "old.csv")], finished_only=False)
+
+
+def test_claims_table_pairs_each_switch_with_table_1_and_applies_the_verdict_rule(tmp_path, monkeypatch, capsys):
+    """benchmarks/claims_table.py: each claim's runs against Table 1's run of the same method, seed and DT;
+    a verdict only where both intervals (final, late) lie on one side, and pending below 3 pairs."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    claims_table = importlib.import_module("claims_table")
+    calibrate = importlib.import_module("calibrate_budget")
+    monkeypatch.chdir(tmp_path)
+    # every switched value the claims' specs run has the paper's direction written down
+    for claim, (algos, overrides) in calibrate.CLAIMS.items():
+        for algo in algos:
+            (switch, _), = overrides.items()
+            kept = calibrate.without_preset_values("hopper-random", [algo], overrides)[switch]
+            assert set(kept) == set(claims_table.PAPER[claim][2]), claim
+    preset = {"hindsight_relabel": False, "reset_sampling": "active", "sub_trajectory_length": 15}
+
+    def run(root, algo, seed, finals, **switched):
+        path = tmp_path / "runs" / root / algo / "-".join([f"seed{seed}", *map(str, switched.values())])
+        make_run(path, {"task": "hopper-random", "algo": algo, "seed": seed, "init": f"runs/pretrain/seed{seed}",
+                        **preset, **switched}, [{**row, "iteration": row["iteration"] - 1} for row in curve(finals)])
+        (path / "final.json").write_text("{}")
+
+    for seed in (1, 2, 3):
+        run("table1", "grpo", seed, [7, 20, 40, 50 + seed, 60 + seed])
+        run("table1", "ppo", seed, [7, 20, 30, 30, 30])
+        run("table1", "grpo-q", seed, [7, 10, 20, 25, 30 + 2 * seed])
+        # relabelling falls in every pair (agrees); uniform reset points rise (disagrees);
+        # L_traj 5 goes both ways (inconclusive); PPO's relabelled runs: 2 of 3 (pending)
+        run("claims/fig1a_relabel", "grpo", seed, [7, 20, 20, 10, 10 - seed], hindsight_relabel=True)
+        if seed < 3:
+            run("claims/fig1a_relabel", "ppo", seed, [7, 9, 9, 9, 9], hindsight_relabel=True)
+        run("claims/fig1e_reset_sampling", "grpo", seed, [7, 30, 60, 80 + seed, 90], reset_sampling="uniform")
+        run("claims/fig3a_sub_trajectory_length", "grpo", seed, [7, 20, 40, 50 + seed, 60 + (-12, 9, 4)[seed - 1]],
+            sub_trajectory_length=5)
+    for study in ("table1", *(f"claims/{c}" for c in ("fig1a_relabel", "fig1e_reset_sampling",
+                                                      "fig3a_sub_trajectory_length"))):
+        build_report(ReportConfig(run_dirs=(f"runs/{study}",), out=f"results/{study}", bootstrap_reps=20))
+    assert claims_table.main(["--table1", "results/table1/evaluations.csv", "--claims", "results/claims",
+                              "--out", "claims.md"]) == 0
+    with open("claims.csv", newline="") as handle:
+        rows = {(r["claim"], r["method"], r["value"]): r for r in csv.DictReader(handle)}
+    assert rows[("fig1a_relabel", "grpo", "true")]["verdict"] == "agrees"
+    assert float(rows[("fig1a_relabel", "grpo", "true")]["d_final"]) == pytest.approx(-(60 + 2) + (10 - 2))
+    assert rows[("fig1a_relabel", "ppo", "true")]["verdict"] == "pending (2 of 3 pairs)"
+    assert rows[("fig1e_reset_sampling", "grpo", "uniform")]["verdict"] == "disagrees"
+    assert rows[("fig3a_sub_trajectory_length", "grpo", "5")]["verdict"] == "inconclusive"
+    assert rows[("fig3a_sub_trajectory_length", "grpo", "45")]["verdict"] == "pending (0 of 3 pairs)"
+    assert rows[("fig3b_eval_steps", "grpo", "600")]["expected"] == "1"
+    # Fig. 3c from Table 1 alone: Q-guided GRPO against its start, and against GRPO-DT (no direction)
+    assert rows[("fig3c_q_guided", "grpo-q", "its start")]["verdict"] == "agrees"
+    assert rows[("fig3c_q_guided", "grpo-q", "GRPO-DT")]["verdict"] == "no claim"
+    assert float(rows[("fig3c_q_guided", "grpo-q", "GRPO-DT")]["d_final"]) == pytest.approx(-30 + 2)
+    md = Path("claims.md").read_text()
+    assert "| Fig. 1a | Removing hindsight return relabeling" in md and "| **pending** |" in md
+    assert "| Fig. 1e |" in md and "**disagrees**" in md and "| Fig. 3a |" in md
+    assert "| Fig. 3c | grpo-q | compared with | its start | 3 | + |" in md
+    assert "Regenerate: `python benchmarks/claims_table.py" in md

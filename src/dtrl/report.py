@@ -426,7 +426,9 @@ def runs_from_csv(path: str) -> list[RunResult]:
         for metric_row, row in zip(metrics, run_rows):
             metric_row["iteration"] = int(float(row["iteration"]))
         key = "eval_normalized_mean" if first["metric"] == "normalized" else "eval_return_mean"
-        finals = [m[key] for m in metrics if isinstance(m[key], float) and math.isfinite(m[key])]
+        # a score written without a decimal point reads back as an int
+        finals = [float(m[key]) for m in metrics
+                  if isinstance(m[key], (int, float)) and not isinstance(m[key], bool) and math.isfinite(m[key])]
         try:
             config = json.loads(first.get("config") or "{}")
         except json.JSONDecodeError:
@@ -485,7 +487,7 @@ def improvement_rows(groups: dict[tuple[str, str], GroupResult]) -> list[dict]:
             continue
         starts, finals = (np.array(values, float) for values in zip(*pairs))
         gains = finals - starts
-        interval = _t_interval(gains)
+        interval = t_interval(gains)
         rows.append({"task": task, "algorithm": label, "runs": len(pairs), "start_mean": float(starts.mean()),
                      "final_mean": float(finals.mean()), "gain_mean": float(gains.mean()),
                      "gain_lo": interval[1] if interval else None, "gain_hi": interval[2] if interval else None,
@@ -643,7 +645,7 @@ def paired_runs(groups: dict[tuple[str, str], GroupResult], reference: dict[str,
     return rows, unpaired
 
 
-def _t_interval(values: np.ndarray) -> tuple[float, float, float] | None:
+def t_interval(values: np.ndarray) -> tuple[float, float, float] | None:
     """Mean and 95% Student-t interval of the mean; None below 2 values or without scipy (the
     ``report`` extra). With a handful of pairs a bootstrap interval would be just [min, max]."""
     try:
@@ -682,7 +684,7 @@ def paired_markdown(pairs: list[dict], reference: dict[str, str], unpaired: int)
                              + f": {r['reference_final']:.1f} → {r['variant_final']:.1f}" for r in rows)
         cells = []
         for values in (final, late):
-            interval = _t_interval(values)
+            interval = t_interval(values)
             cells.append(f"{values.mean():+.1f}" + (f" [{interval[1]:+.1f}, {interval[2]:+.1f}]" if interval else ""))
         lines.append(f"| {task} | {variant} | {ref} | {len(rows)} | {cells[0]} | {int((final > 0).sum())}/{len(rows)} "
                      f"| {cells[1]} | {per_pair} |")
