@@ -571,3 +571,31 @@ def test_claims_table_pairs_each_switch_with_table_1_and_applies_the_verdict_rul
     assert "| Fig. 1e |" in md and "**disagrees**" in md and "| Fig. 3a |" in md
     assert "| Fig. 3c | grpo-q | compared with | its start | 3 | + |" in md
     assert "Regenerate: `python benchmarks/claims_table.py" in md
+
+
+def test_report_shows_both_target_rtgs_and_what_each_method_spent(tmp_path):
+    """Table 1 at CPU scale reports both evaluation RTGs where runs have them (--eval-other-rtg), and per
+    column the iterations, env steps, updates (per iteration without IQL's offline phase) and wall time."""
+    for seed, (own, other) in enumerate(((50.0, 40.0), (70.0, 44.0))):
+        rows = [{"iteration": it, "env_steps": 5000 * it, "grad_updates": 4 * it, "wall_time_s": 60.0 * it,
+                 "eval_normalized_mean": own * it / 2, "eval_return_mean": 30 * own * it / 2,
+                 "eval_target_rtg": 7200.0, "eval_other_normalized_mean": other * it / 2,
+                 "eval_other_return_mean": 30 * other * it / 2, "eval_other_target_rtg": 3600.0} for it in range(3)]
+        make_run(tmp_path / "runs" / "grpo" / f"seed{seed}", {"task": "hopper-random", "algo": "grpo", "seed": seed},
+                 rows)
+    # IQL: 5000 offline updates before iteration 1, then 1000 steps and 1000 updates per iteration
+    make_run(tmp_path / "runs" / "iql" / "seed0", {"task": "hopper-random", "algo": "iql", "seed": 0},
+             [{"iteration": it, "env_steps": 1000 * it, "grad_updates": 5000 + 1000 * it, "wall_time_s": 120.0 * it,
+               "eval_normalized_mean": 5.0, "eval_return_mean": 150.0} for it in range(5)])
+    result = build_report(ReportConfig(run_dirs=(str(tmp_path / "runs"),), out=str(tmp_path / "r"), bootstrap_reps=20))
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "| hopper-random | GRPO-DT | 2 | 7200 | 60.00 ± 10.00 | 3600 | 42.00 ± 2.00 |" in md
+    assert "| hopper-random | IQL |" not in md.split("## Both target RTGs")[1].split("##")[0]  # no second RTG
+    assert "| hopper-random | GRPO-DT | 2 | 2 | 10,000 | 8 | 5,000.0 | 4.0 | 2.0 (2.0–2.0) |" in md
+    assert "| hopper-random | IQL | 1 | 4 | 4,000 | 9,000 | 1,000.0 | 1,000.0 | 8.0 (8.0–8.0) |" in md
+    assert {p.name for p in result["files"]} >= {"other_rtg.csv", "compute.csv"}
+    # both come back from the committed CSV alone
+    again = build_report(ReportConfig(from_csv=(str(tmp_path / "r" / "evaluations.csv"),), out=str(tmp_path / "r2"),
+                                      bootstrap_reps=20))
+    assert {p.name for p in again["files"]} >= {"other_rtg.csv", "compute.csv"}
+    assert (tmp_path / "r2" / "compute.csv").read_text() == (tmp_path / "r" / "compute.csv").read_text()

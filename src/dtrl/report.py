@@ -512,6 +512,114 @@ def improvement_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+_COUNTERS = ("iteration", "env_steps", "grad_updates", "wall_time_s")
+
+
+def _counts(run: RunResult) -> tuple[dict, dict] | None:
+    """The counters (iteration, env steps, gradient updates, wall time) at the run's last row and at its
+    iteration 0 (what came before the loop, e.g. IQL's offline updates; zeros without such a row)."""
+    rows = [row for row in run.metrics if isinstance(row.get("env_steps"), (int, float))]
+    if not rows:
+        return None
+    last = max(rows, key=lambda row: row["iteration"])
+    first = next((row for row in rows if row["iteration"] == 0), {})
+    return ({key: float(last.get(key) or 0) for key in _COUNTERS},
+            {key: float(first.get(key) or 0) for key in _COUNTERS})
+
+
+def compute_rows(groups: dict[tuple[str, str], GroupResult]) -> list[dict]:
+    """Per (task, column): what its runs spent, as means over runs. The methods spend a budget of
+    iterations very differently (samples, updates, time), which a score per iteration hides. The
+    per-iteration rates leave out what came before iteration 1 (IQL's offline phase)."""
+    rows = []
+    for (task, label), group in sorted(groups.items()):
+        counts = [c for run in group.runs if (c := _counts(run)) is not None and c[0]["iteration"] > 0]
+        if not counts:
+            continue
+        mean = {key: float(np.mean([last[key] for last, _ in counts])) for key in _COUNTERS}
+        rate = {key: float(np.mean([(last[key] - first[key]) / (last["iteration"] - first["iteration"])
+                                    for last, first in counts])) for key in ("env_steps", "grad_updates")}
+        minutes = [last["wall_time_s"] / 60 for last, _ in counts]
+        rows.append({"task": task, "algorithm": label, "runs": len(counts), "iterations": mean["iteration"],
+                     "env_steps": mean["env_steps"], "grad_updates": mean["grad_updates"],
+                     "env_steps_per_iteration": rate["env_steps"],
+                     "grad_updates_per_iteration": rate["grad_updates"],
+                     "wall_minutes_mean": float(np.mean(minutes)), "wall_minutes_min": min(minutes),
+                     "wall_minutes_max": max(minutes)})
+    return rows
+
+
+def compute_markdown(rows: list[dict]) -> str:
+    lines = [
+        "## Compute per run",
+        "Means over each column's runs, at their last evaluation: iterations, env steps and gradient updates "
+        "(totals include what came before iteration 1, e.g. IQL's offline updates; the rates per iteration "
+        "do not), and the wall-clock time of the machine that ran them (compare times only within one study "
+        "and machine).",
+        "",
+        "| task | algorithm | runs | iterations | env steps | gradient updates | env steps / iteration "
+        "| updates / iteration | wall-clock min (range) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['task']} | {r['algorithm']} | {r['runs']} | {r['iterations']:,.0f} | "
+                     f"{r['env_steps']:,.0f} | {r['grad_updates']:,.0f} | {r['env_steps_per_iteration']:,.1f} | "
+                     f"{r['grad_updates_per_iteration']:,.1f} | {r['wall_minutes_mean']:.1f} "
+                     f"({r['wall_minutes_min']:.1f}–{r['wall_minutes_max']:.1f}) |")
+    return "\n".join(lines)
+
+
+def _last_finite(run: RunResult, key: str) -> tuple[float | None, object]:
+    """The last finite value of ``key`` among a run's evaluations, with that row."""
+    for row in reversed(run.metrics):
+        value = row.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value), row
+    return None, None
+
+
+def other_rtg_rows(groups: dict[tuple[str, str], GroupResult]) -> list[dict]:
+    """Per (task, column) evaluated at a second target RTG (``--eval-other-rtg``): the final score at
+    the method's own RTG and at the other, over the runs that have both. The methods default to
+    different RTGs (g_online or the task's eval RTG), so a comparison at one RTG needs the other too."""
+    rows = []
+    for (task, label), group in sorted(groups.items()):
+        kind = "normalized" if group.metric == "normalized" else "return"
+        own, other, rtgs = [], [], set()
+        for run in group.runs:
+            value, row = _last_finite(run, f"eval_other_{kind}_mean")
+            if value is None or run.final is None:
+                continue
+            own.append(run.final)
+            other.append(value)
+            rtgs.add((row.get("eval_target_rtg"), row.get("eval_other_target_rtg")))
+        if not own:
+            continue
+        (own_rtg, other_rtg), = rtgs if len(rtgs) == 1 else {(None, None)}
+        rows.append({"task": task, "algorithm": label, "runs": len(own), "own_rtg": own_rtg,
+                     "own_mean": float(np.mean(own)), "own_std": float(np.std(own)), "other_rtg": other_rtg,
+                     "other_mean": float(np.mean(other)), "other_std": float(np.std(other))})
+    return rows
+
+
+def other_rtg_markdown(rows: list[dict]) -> str:
+    def rtg(value) -> str:
+        return "varies" if value is None else f"{float(value):g}"
+
+    lines = [
+        "## Both target RTGs",
+        "The DT methods condition on a target return; by default they are evaluated at different ones (the "
+        "task's eval RTG, or g_online). Runs made with `--eval-other-rtg` were evaluated at both. Final score at "
+        "each, mean ± std over the runs that have both.",
+        "",
+        "| task | algorithm | runs | own RTG | final at own RTG | other RTG | final at other RTG |",
+        "|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['task']} | {r['algorithm']} | {r['runs']} | {rtg(r['own_rtg'])} | "
+                     f"{_fmt(r['own_mean'], r['own_std'])} | {rtg(r['other_rtg'])} | "
+                     f"{_fmt(r['other_mean'], r['other_std'])} |")
+    return "\n".join(lines)
+
+
 def interval_estimates(groups: dict[tuple[str, str], GroupResult], reps: int, seed: int = 0) -> list[dict] | None:
     """IQM and mean of the final and best-so-far scores per (task, algorithm) with 95%
     stratified-bootstrap CIs over seeds (rliable); None when rliable is not installed."""
@@ -985,6 +1093,10 @@ def build_report(config: ReportConfig) -> dict:
     paired_section = [paired_markdown(pairs, reference, unpaired)] if pairs else []
     improvement = improvement_rows(groups)
     improvement_section = [improvement_markdown(improvement)] if improvement else []
+    other_rtg = other_rtg_rows(groups)
+    other_rtg_section = [other_rtg_markdown(other_rtg)] if other_rtg else []
+    compute = compute_rows(groups)
+    compute_section = [compute_markdown(compute)] if compute else []
     choices = choose_settings(groups, config.choose) if config.choose else []
     if config.choose and not choices:
         raise DtrlError(f"--choose {config.choose}: no finished run with an evaluation to rank")
@@ -997,6 +1109,8 @@ def build_report(config: ReportConfig) -> dict:
         table,
         *statistics_section,
         *improvement_section,
+        *other_rtg_section,
+        *compute_section,
         *paired_section,
         *choice_section,
         "## Runs",
@@ -1017,6 +1131,10 @@ def build_report(config: ReportConfig) -> dict:
     if improvement:
         atomic_write_text(out / "improvement.csv", _csv_text(improvement))
         files.append(out / "improvement.csv")
+    for name, rows in (("other_rtg", other_rtg), ("compute", compute)):
+        if rows:
+            atomic_write_text(out / f"{name}.csv", _csv_text(rows))
+            files.append(out / f"{name}.csv")
     if choices:
         atomic_write_text(out / "chosen.csv", _csv_text(choices))
         files.append(out / "chosen.csv")
