@@ -440,7 +440,7 @@ def test_each_finetuning_run_is_measured_against_the_policy_it_started_from(tmp_
     md = (tmp_path / "out" / "report.md").read_text()
     # Δ = +4 and -2: mean +1, sd 4.24, t(0.975, 1) = 12.71 -> ±38.1
     assert "| hopper-random | ODT | 2 | 5.0 | 6.0 | +1.0 [-37.1, +39.1] | 1/2 |" in md
-    assert "| hopper-random | DT |" not in md.split("## Improvement over the starting point")[1].split("## Runs")[0]
+    assert "| hopper-random | DT |" not in md.split("## Improvement over the starting point")[1].split("##")[0]
     assert tmp_path / "out" / "improvement.csv" in result["files"]
 
 
