@@ -48,9 +48,10 @@ COLUMNS = ["task", "method", "minutes", "iterations", "env_steps", "grad_updates
 LEARNING_RATES = [1e-4, 3e-4, 1e-3]
 SCHEDULES = ["constant", "linear"]
 GRID = {"learning_rate": LEARNING_RATES, "learning_rate_schedule": SCHEDULES}
-# Tuning chooses on seed 0; Table 1 and the claims are scored on held-out seeds, so no method's score
-# includes the run that chose its setting (a single-seed pick is optimistic on its own seed, and more
-# so for a method whose grid ranked close). Every seed needs its pretrained DT (sweeps/pretrain.toml).
+# Tuning chooses on seed 0; Table 1 and the claims are scored on seeds the grid did not use, so no
+# method's score includes the grid run that chose its setting (a single-seed pick is optimistic on its
+# own seed, and more so for a method whose grid ranked close). Every seed needs its pretrained DT
+# (sweeps/pretrain.toml).
 TUNING_SEEDS = [0]
 EVALUATION_SEEDS = [1, 2, 3]
 # the paper's claims (Fig. 1a-e, 3a): algorithms and the one switch each figure changes. A claim's

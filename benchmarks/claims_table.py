@@ -17,8 +17,12 @@ The verdict rule, per switched value with a direction in the paper:
 - the 95% Student-t intervals of the mean Δ final and of the mean Δ late both lie on the side the
   paper predicts: *agrees*;
 - both lie on the other side: *disagrees*;
-- otherwise *inconclusive at this scale*. With 3 seeds only large effects can be told apart from the
+- otherwise *inconclusive*, at this scale: with 3 seeds only large effects can be told apart from the
   seed, so this is the verdict to expect for small ones. It does not say the paper is wrong.
+
+Only pairs that differ in the switch alone count: a pair whose runs differ in another setting too
+(e.g. a claim run launched from a spec older than Table 1's tuned settings) is left out and counted
+under *excluded*.
 
 A claim's verdict is *pending* while any of its values is, then its values' verdict where they all
 have the same one, else *mixed* (see the rows).
@@ -35,6 +39,7 @@ import numpy as np
 
 from calibrate_budget import CLAIMS, without_preset_values
 from dtrl.config import value_text
+from dtrl.errors import DtrlError
 from dtrl.report import group_runs, late_mean, load_runs, paired_runs, start_score, t_interval
 
 MIN_PAIRS = 3
@@ -43,25 +48,32 @@ MIN_PAIRS = 3
 # Sections 3-4.3 and the captions of Figs. 1 and 3.
 PAPER = {
     "fig1a_relabel": ("Fig. 1a", "Removing hindsight return relabeling significantly improves stability and "
-                      "overall performance (on Hopper relabeling may give transient gains, then collapse).",
-                      {True: -1}),
+                      "overall performance (on Hopper relabeling may give transient gains, then collapse). "
+                      "The figure shows GRPO; PPO rests on Section 3.1's text.", {True: -1}),
     "fig1b_full_trajectories": ("Fig. 1b", "With full trajectories instead of sub-trajectories the model fails "
                                 "to learn (shown on Ant-medium).", {True: -1}),
     "fig1c_consistent_groups": ("Fig. 1c", "Resetting a group to the same state is essential for convergence.",
                                 {False: -1}),
     "fig1d_ratio_level": ("Fig. 1d", "Sequence-level importance ratios significantly improve performance over "
-                          "token-level ones (geometric: our extra, no claim).", {"token": -1, "geometric": 0}),
+                          "token-level ones; Eq. (3) also beats the geometric mean of Zheng et al. (2025) "
+                          "(Section 3.2).", {"token": -1, "geometric": -1}),
     "fig1e_reset_sampling": ("Fig. 1e", "Active selection of reset points gives faster and more stable "
-                             "convergence than uniform selection.", {"uniform": -1}),
+                             "convergence than uniform selection (final and late scores test where runs end, "
+                             "not how fast they get there: see the claim's curves).", {"uniform": -1}),
     "fig3a_sub_trajectory_length": ("Fig. 3a", "Both longer and shorter sub-trajectories lead to inferior "
                                     "results.", {5: -1, 45: -1}),
     "fig3b_eval_steps": ("Fig. 3b", "Longer evaluation steps consistently improve performance; too few lead to "
-                         "collapse.", {30: -1, 100: -1, 600: +1}),
+                         "collapse. (The paper's range is 30-400, Hopper's value 400; 600 extends it.)",
+                         {30: -1, 100: -1, 600: +1}),
 }
-Q_GUIDED = ("Fig. 3c", "Q-function-guided GRPO-DT, without resetting, still achieves decent performance.")
+Q_GUIDED = ("Fig. 3c", "Q-function-guided GRPO-DT, without resetting, still achieves decent (Section 3.2: "
+            "competitive) performance. Tested: it ends above where it started; its gaps to GRPO-DT, ODT and "
+            "ODT+TD3 of the same seed and DT are shown, without a verdict (\"competitive\" sets no threshold).")
+# Table 1's methods that Fig. 3c's Q-guided GRPO is shown against, paired by seed and pretrained DT
+Q_GUIDED_AGAINST = {"grpo": "GRPO-DT", "odt": "ODT", "odt-td3": "ODT+TD3"}
 VERDICT = {+1: "agrees", -1: "disagrees"}
-COLUMNS = ["claim", "figure", "method", "switch", "preset", "value", "pairs", "expected", "d_final", "d_final_lo",
-           "d_final_hi", "d_late", "d_late_lo", "d_late_hi", "wins", "verdict"]
+COLUMNS = ["claim", "figure", "method", "switch", "preset", "value", "runs", "pairs", "excluded", "expected", "d_final",
+           "d_final_lo", "d_final_hi", "d_late", "d_late_lo", "d_late_hi", "wins", "verdict", "excluded_because"]
 
 
 def verdict(expected: int, final: np.ndarray, late: np.ndarray) -> str:
@@ -109,33 +121,38 @@ def claim_rows(claim: str, runs: list, task: str) -> list[dict]:
         for pair in pairs:
             by_value[value_of[pair["variant"]]].append(pair)
         for value in without_preset_values(task, [algo], overrides)[switch]:
-            found = by_value.get(value, [])
+            found = [p for p in by_value.get(value, []) if not p["other_differences"]]
+            excluded = sorted({p["other_differences"] for p in by_value.get(value, []) if p["other_differences"]})
             final = np.array([p["variant_final"] - p["reference_final"] for p in found], float)
             late = np.array([p["variant_late"] - p["reference_late"] for p in found], float)
             rows.append({"claim": claim, "figure": figure, "method": algo, "switch": switch,
-                         "preset": value_text(reference), "value": value_text(value), "pairs": len(found),
-                         "expected": expected[value], **difference_row({"final": final, "late": late}),
-                         "wins": int((final > 0).sum()), "verdict": verdict(expected[value], final, late)})
+                         "preset": value_text(reference), "value": value_text(value),
+                         "runs": sum(1 for run in mine if run.config.get(switch) == value), "pairs": len(found),
+                         "excluded": len(by_value.get(value, [])) - len(found), "expected": expected[value],
+                         **difference_row({"final": final, "late": late}), "wins": int((final > 0).sum()),
+                         "verdict": verdict(expected[value], final, late), "excluded_because": "; ".join(excluded)})
     return rows
 
 
 def q_guided_rows(runs: list, task: str) -> list[dict]:
-    """Fig. 3c from Table 1: Q-guided GRPO against its own start (the claim: it learns, "decent"), and
-    against GRPO-DT's run of the same seed and DT (information, no direction in the paper)."""
-    q_runs = [r for r in runs if r.config.get("algo") == "grpo-q" and r.task == task and r.finished]
-    grpo_runs = {(r.seed, r.config.get("init")): r for r in runs
-                 if r.config.get("algo") == "grpo" and r.task == task and r.finished}
-    gains = [(run.final - start, late_mean(run) - start) for run in q_runs
-             if run.final is not None and (start := start_score(run)) is not None]
-    against = [(run.final - base.final, late_mean(run) - late_mean(base)) for run in q_runs
-               if (base := grpo_runs.get((run.seed, run.config.get("init")))) is not None]
+    """Fig. 3c from Table 1: Q-guided GRPO against its own start (the claim tested: it learns), and
+    against GRPO-DT, ODT and ODT+TD3 runs of the same seed and pretrained DT (shown, no verdict)."""
+    finished = [r for r in runs if r.task == task and r.finished and r.final is not None]
+    q_runs = [r for r in finished if r.config.get("algo") == "grpo-q"]
+    compared = [("its start", +1, [(run.final - start, late_mean(run) - start) for run in q_runs
+                                   if (start := start_score(run)) is not None])]
+    for algo, name in Q_GUIDED_AGAINST.items():
+        by_pair = {(r.seed, r.config.get("init")): r for r in finished if r.config.get("algo") == algo}
+        compared.append((name, 0, [(run.final - base.final, late_mean(run) - late_mean(base)) for run in q_runs
+                                   if (base := by_pair.get((run.seed, run.config.get("init")))) is not None]))
     rows = []
-    for value, pairs, expected in (("its start", gains, +1), ("GRPO-DT", against, 0)):
+    for value, expected, pairs in compared:
         final, late = (np.array(v, float) for v in (zip(*pairs) if pairs else ([], [])))
         rows.append({"claim": "fig3c_q_guided", "figure": Q_GUIDED[0], "method": "grpo-q", "switch": "compared with",
-                     "preset": "", "value": value, "pairs": len(final), "expected": expected,
+                     "preset": "", "value": value, "runs": len(q_runs), "pairs": len(final), "excluded": 0,
+                     "expected": expected,
                      **difference_row({"final": final, "late": late}), "wins": int((final > 0).sum()),
-                     "verdict": verdict(expected, final, late)})
+                     "verdict": verdict(expected, final, late), "excluded_because": ""})
     return rows
 
 
@@ -169,14 +186,33 @@ def markdown(rows: list[dict], command: str) -> str:
               for claim, group in by_claim.items()]
     lines += ["", "Per switched value: Δ = switched − preset (Table 1's run), mean over pairs with a 95% Student-t "
               "interval; *wins*: pairs where the switched run ended higher; *expected*: the paper's direction "
-              "(− lower, + higher, 0 none). Fig. 3c: Q-guided GRPO against its start and against GRPO-DT.", "",
-              "| figure | method | switch | preset → value | pairs | expected | Δ final | Δ late | wins | verdict |",
-              "|---|---|---|---|---:|:---:|---:|---:|---:|---|"]
+              "(− lower, + higher, 0 none). *Finished runs*: the claim's runs of that value; those without a "
+              "finished Table 1 run of their seed and DT are not paired. Fig. 3c: Q-guided GRPO against its start "
+              "and against three Table 1 columns.", "",
+              "| figure | method | switch | preset → value | finished runs | pairs | excluded | expected | Δ final "
+              "| Δ late | wins | verdict |",
+              "|---|---|---|---|---:|---:|---:|:---:|---:|---:|---:|---|"]
     sign = {-1: "−", 0: "0", 1: "+"}
-    lines += [f"| {r['figure']} | {r['method']} | {r['switch']} | {_switched(r)} | {r['pairs']} "
+    lines += [f"| {r['figure']} | {r['method']} | {r['switch']} | {_switched(r)} | {r['runs']} | {r['pairs']} "
+              f"| {r['excluded']} "
               f"| {sign[r['expected']]} | {_cell(r, 'final')} | {_cell(r, 'late')} | {r['wins']}/{r['pairs']} "
               f"| {r['verdict']} |" for r in rows]
+    excluded = [f"{r['figure']} {r['method']} {_switched(r)}: {r['excluded_because']}" for r in rows if r["excluded"]]
+    if excluded:
+        lines += ["", "Excluded pairs, and what else their runs differ in: " + "; ".join(excluded)]
     return "\n".join(lines) + "\n"
+
+
+def claims_and_rows(table1: list[str], claims_folder: str, task: str) -> list[dict]:
+    """Every claim's rows, then Fig. 3c's, from the finished runs of the CSVs."""
+    rows = []
+    for claim in CLAIMS:
+        # one claim at a time beside Table 1, so that its runs are labelled and paired by its own switch
+        found = Path(claims_folder) / claim / "evaluations.csv"
+        runs = load_runs((), [*table1, *([str(found)] if found.is_file() else [])])
+        rows += claim_rows(claim, [run for run in runs if run.finished], task)
+    rows += q_guided_rows([run for run in load_runs((), table1) if run.finished], task)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,13 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task", default="hopper-random")
     parser.add_argument("--out", default="benchmarks/results/claims.md")
     args = parser.parse_args(argv)
-    rows = []
-    for claim in CLAIMS:
-        # one claim at a time beside Table 1: its switch is then the only setting its runs vary
-        found = Path(args.claims) / claim / "evaluations.csv"
-        runs = load_runs((), [*args.table1, *([str(found)] if found.is_file() else [])])
-        rows += claim_rows(claim, [run for run in runs if run.finished], args.task)
-    rows += q_guided_rows([run for run in load_runs((), args.table1) if run.finished], args.task)
+    try:
+        rows = claims_and_rows(args.table1, args.claims, args.task)
+    except DtrlError as exc:
+        raise SystemExit(f"claims_table: {exc}") from None
     command = (f"python benchmarks/claims_table.py --table1 {' '.join(args.table1)} --claims {args.claims} "
                f"--task {args.task} --out {args.out}")
     out = Path(args.out)

@@ -515,9 +515,10 @@ def test_episode_lengths_splits_a_score_into_speed_and_survival_by_phase(tmp_pat
         episode_lengths.read_runs([str(tmp_path / "old.csv")], finished_only=False)
 
 
-def test_claims_table_pairs_each_switch_with_table_1_and_applies_the_verdict_rule(tmp_path, monkeypatch, capsys):
+def test_claims_table_pairs_each_switch_with_table_1_and_applies_the_verdict_rule(tmp_path, monkeypatch):
     """benchmarks/claims_table.py: each claim's runs against Table 1's run of the same method, seed and DT;
-    a verdict only where both intervals (final, late) lie on one side, and pending below 3 pairs."""
+    a verdict only where both intervals (final, late) lie on one side, pending below 3 pairs, and pairs
+    whose runs differ in more than the switch left out."""
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
     claims_table = importlib.import_module("claims_table")
     calibrate = importlib.import_module("calibrate_budget")
@@ -528,65 +529,98 @@ def test_claims_table_pairs_each_switch_with_table_1_and_applies_the_verdict_rul
             (switch, _), = overrides.items()
             kept = calibrate.without_preset_values("hopper-random", [algo], overrides)[switch]
             assert set(kept) == set(claims_table.PAPER[claim][2]), claim
-    preset = {"hindsight_relabel": False, "reset_sampling": "active", "sub_trajectory_length": 15}
+    preset = {"hindsight_relabel": False, "reset_sampling": "active", "sub_trajectory_length": 15,
+              "ratio_level": "sequence", "learning_rate": 1e-3}
 
-    def run(root, algo, seed, finals, **switched):
+    def run(root, algo, seed, scores, finished=True, **switched):
         path = tmp_path / "runs" / root / algo / "-".join([f"seed{seed}", *map(str, switched.values())])
         make_run(path, {"task": "hopper-random", "algo": algo, "seed": seed, "init": f"runs/pretrain/seed{seed}",
-                        **preset, **switched}, [{**row, "iteration": row["iteration"] - 1} for row in curve(finals)])
-        (path / "final.json").write_text("{}")
+                        **preset, **switched}, [{**row, "iteration": row["iteration"] - 1} for row in curve(scores)])
+        if finished:
+            (path / "final.json").write_text("{}")
 
     for seed in (1, 2, 3):
         run("table1", "grpo", seed, [7, 20, 40, 50 + seed, 60 + seed])
         run("table1", "ppo", seed, [7, 20, 30, 30, 30])
         run("table1", "grpo-q", seed, [7, 10, 20, 25, 30 + 2 * seed])
-        # relabelling falls in every pair (agrees); uniform reset points rise (disagrees);
-        # L_traj 5 goes both ways (inconclusive); PPO's relabelled runs: 2 of 3 (pending)
+        run("table1", "odt", seed, [7, 9, 11, 13, 15])
+        # relabelling falls in every pair (agrees); uniform reset points rise (disagrees); L_traj 5 goes
+        # both ways (inconclusive); PPO's relabelled runs: 2 of 3 finished (pending)
         run("claims/fig1a_relabel", "grpo", seed, [7, 20, 20, 10, 10 - seed], hindsight_relabel=True)
-        if seed < 3:
-            run("claims/fig1a_relabel", "ppo", seed, [7, 9, 9, 9, 9], hindsight_relabel=True)
+        run("claims/fig1a_relabel", "ppo", seed, [7, 9, 9, 9, 9], finished=seed < 3, hindsight_relabel=True)
         run("claims/fig1e_reset_sampling", "grpo", seed, [7, 30, 60, 80 + seed, 90], reset_sampling="uniform")
         run("claims/fig3a_sub_trajectory_length", "grpo", seed, [7, 20, 40, 50 + seed, 60 + (-12, 9, 4)[seed - 1]],
             sub_trajectory_length=5)
+        # token ratios: lower at the end on every seed (final) but higher over the last quarter (late)
+        run("claims/fig1d_ratio_level", "grpo", seed, [7, 20, 40, 90, 55 + seed], ratio_level="token")
+        # geometric ratios run at another lr (a spec older than Table 1's): never paired, however they did
+        run("claims/fig1d_ratio_level", "grpo", seed, [7, 1, 1, 1, 1], ratio_level="geometric",
+            learning_rate=3e-4)
     for study in ("table1", *(f"claims/{c}" for c in ("fig1a_relabel", "fig1e_reset_sampling",
-                                                      "fig3a_sub_trajectory_length"))):
+                                                      "fig3a_sub_trajectory_length", "fig1d_ratio_level"))):
         build_report(ReportConfig(run_dirs=(f"runs/{study}",), out=f"results/{study}", bootstrap_reps=20))
     assert claims_table.main(["--table1", "results/table1/evaluations.csv", "--claims", "results/claims",
                               "--out", "claims.md"]) == 0
     with open("claims.csv", newline="") as handle:
         rows = {(r["claim"], r["method"], r["value"]): r for r in csv.DictReader(handle)}
-    assert rows[("fig1a_relabel", "grpo", "true")]["verdict"] == "agrees"
-    assert float(rows[("fig1a_relabel", "grpo", "true")]["d_final"]) == pytest.approx(-(60 + 2) + (10 - 2))
+    relabel = rows[("fig1a_relabel", "grpo", "true")]
+    assert relabel["verdict"] == "agrees" and float(relabel["d_final"]) == pytest.approx(-(60 + 2) + (10 - 2))
     assert rows[("fig1a_relabel", "ppo", "true")]["verdict"] == "pending (2 of 3 pairs)"
     assert rows[("fig1e_reset_sampling", "grpo", "uniform")]["verdict"] == "disagrees"
     assert rows[("fig3a_sub_trajectory_length", "grpo", "5")]["verdict"] == "inconclusive"
     assert rows[("fig3a_sub_trajectory_length", "grpo", "45")]["verdict"] == "pending (0 of 3 pairs)"
-    assert rows[("fig3b_eval_steps", "grpo", "600")]["expected"] == "1"
-    # Fig. 3c from Table 1 alone: Q-guided GRPO against its start, and against GRPO-DT (no direction)
+    token = rows[("fig1d_ratio_level", "grpo", "token")]
+    assert token["verdict"] == "inconclusive" and float(token["d_final_hi"]) < 0 < float(token["d_late_lo"])
+    geometric = rows[("fig1d_ratio_level", "grpo", "geometric")]
+    assert (geometric["runs"], geometric["pairs"], geometric["excluded"]) == ("3", "0", "3")
+    assert geometric["verdict"] == "pending (0 of 3 pairs)" and "learning_rate=0.0003" in geometric["excluded_because"]
+    # Fig. 3c from Table 1 alone: Q-guided GRPO against its start, and beside three columns (no verdict)
     assert rows[("fig3c_q_guided", "grpo-q", "its start")]["verdict"] == "agrees"
-    assert rows[("fig3c_q_guided", "grpo-q", "GRPO-DT")]["verdict"] == "no claim"
-    assert float(rows[("fig3c_q_guided", "grpo-q", "GRPO-DT")]["d_final"]) == pytest.approx(-30 + 2)
-    md = Path("claims.md").read_text()
-    assert "| Fig. 1a | Removing hindsight return relabeling" in md and "| **pending** |" in md
-    assert "| Fig. 1e |" in md and "**disagrees**" in md and "| Fig. 3a |" in md
-    assert "| Fig. 3c | grpo-q | compared with | its start | 3 | + |" in md
-    assert "Regenerate: `python benchmarks/claims_table.py" in md
+    against_grpo = rows[("fig3c_q_guided", "grpo-q", "GRPO-DT")]
+    assert against_grpo["verdict"] == "no claim" and float(against_grpo["d_final"]) == pytest.approx(-30 + 2)
+    assert rows[("fig3c_q_guided", "grpo-q", "ODT")]["pairs"] == "3"
+    assert rows[("fig3c_q_guided", "grpo-q", "ODT+TD3")]["verdict"] == "pending (0 of 3 pairs)"
+    # the claims' own verdicts: pending while any value is, else one verdict or mixed
+    verdicts = dict(line.split(" | ")[0::2] for line in Path("claims.md").read_text().splitlines()
+                    if line.startswith("| Fig. ") and line.count(" | ") == 2)
+    assert verdicts == {"| Fig. 1a": "**pending** |", "| Fig. 1b": "**pending** |", "| Fig. 1c": "**pending** |",
+                        "| Fig. 1d": "**pending** |", "| Fig. 1e": "**disagrees** |", "| Fig. 3a": "**pending** |",
+                        "| Fig. 3b": "**pending** |", "| Fig. 3c": "**agrees** |"}
+    values = [{"expected": -1, "verdict": "agrees"}, {"expected": -1, "verdict": "inconclusive"},
+              {"expected": 0, "verdict": "no claim"}]
+    assert claims_table.claim_verdict(values) == "mixed" and claims_table.claim_verdict(values[:1]) == "agrees"
+    assert "Excluded pairs" in Path("claims.md").read_text()
+    # dtrl report --reference says so too when a pair differs in more than the reference's keys
+    mixed = build_report(ReportConfig(run_dirs=("runs/table1", "runs/claims/fig1d_ratio_level"), out="mixed",
+                                      reference=("ratio_level=sequence",), bootstrap_reps=20))
+    assert {p["other_differences"] for p in mixed["pairs"]} == {"", "learning_rate=0.0003 (reference 0.001)"}
+    assert "pair(s) differ in more than the reference's keys" in Path("mixed/report.md").read_text()
 
 
 def test_report_shows_both_target_rtgs_and_what_each_method_spent(tmp_path):
     """Table 1 at CPU scale reports both evaluation RTGs where runs have them (--eval-other-rtg), and per
-    column the iterations, env steps, updates (per iteration without IQL's offline phase) and wall time."""
+    column the iterations, env steps, updates (per iteration without IQL's offline phase) and wall time of
+    its finished runs, at their last evaluation."""
     for seed, (own, other) in enumerate(((50.0, 40.0), (70.0, 44.0))):
         rows = [{"iteration": it, "env_steps": 5000 * it, "grad_updates": 4 * it, "wall_time_s": 60.0 * it,
                  "eval_normalized_mean": own * it / 2, "eval_return_mean": 30 * own * it / 2,
                  "eval_target_rtg": 7200.0, "eval_other_normalized_mean": other * it / 2,
                  "eval_other_return_mean": 30 * other * it / 2, "eval_other_target_rtg": 3600.0} for it in range(3)]
-        make_run(tmp_path / "runs" / "grpo" / f"seed{seed}", {"task": "hopper-random", "algo": "grpo", "seed": seed},
-                 rows)
+        path = tmp_path / "runs" / "grpo" / f"seed{seed}"
+        # a training row after the last evaluation (a run killed mid-interval, then marked finished):
+        # the counters are read at the last evaluation, as from evaluations.csv
+        make_run(path, {"task": "hopper-random", "algo": "grpo", "seed": seed},
+                 rows + [{"iteration": 3, "env_steps": 15000, "grad_updates": 12, "wall_time_s": 180.0}])
+        (path / "final.json").write_text("{}")
+    # an unfinished run's spend so far is left out
+    make_run(tmp_path / "runs" / "grpo" / "seed9", {"task": "hopper-random", "algo": "grpo", "seed": 9},
+             [{"iteration": 1, "env_steps": 99, "grad_updates": 99, "wall_time_s": 9.0, "eval_normalized_mean": 1.0,
+               "eval_return_mean": 30.0}])
     # IQL: 5000 offline updates before iteration 1, then 1000 steps and 1000 updates per iteration
     make_run(tmp_path / "runs" / "iql" / "seed0", {"task": "hopper-random", "algo": "iql", "seed": 0},
              [{"iteration": it, "env_steps": 1000 * it, "grad_updates": 5000 + 1000 * it, "wall_time_s": 120.0 * it,
                "eval_normalized_mean": 5.0, "eval_return_mean": 150.0} for it in range(5)])
+    (tmp_path / "runs" / "iql" / "seed0" / "final.json").write_text("{}")
     result = build_report(ReportConfig(run_dirs=(str(tmp_path / "runs"),), out=str(tmp_path / "r"), bootstrap_reps=20))
     md = (tmp_path / "r" / "report.md").read_text()
     assert "| hopper-random | GRPO-DT | 2 | 7200 | 60.00 ± 10.00 | 3600 | 42.00 ± 2.00 |" in md

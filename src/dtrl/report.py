@@ -516,9 +516,11 @@ _COUNTERS = ("iteration", "env_steps", "grad_updates", "wall_time_s")
 
 
 def _counts(run: RunResult) -> tuple[dict, dict] | None:
-    """The counters (iteration, env steps, gradient updates, wall time) at the run's last row and at its
-    iteration 0 (what came before the loop, e.g. IQL's offline updates; zeros without such a row)."""
-    rows = [row for row in run.metrics if isinstance(row.get("env_steps"), (int, float))]
+    """The counters (iteration, env steps, gradient updates, wall time) at the run's last evaluation and at
+    its iteration 0 (what came before the loop, e.g. IQL's offline updates; zeros without such a row).
+    Evaluation rows only, the rows evaluations.csv keeps, so a report rebuilt from it says the same."""
+    rows = [row for row in run.metrics
+            if isinstance(row.get("env_steps"), (int, float)) and row.get("eval_return_mean") is not None]
     if not rows:
         return None
     last = max(rows, key=lambda row: row["iteration"])
@@ -533,7 +535,8 @@ def compute_rows(groups: dict[tuple[str, str], GroupResult]) -> list[dict]:
     per-iteration rates leave out what came before iteration 1 (IQL's offline phase)."""
     rows = []
     for (task, label), group in sorted(groups.items()):
-        counts = [c for run in group.runs if (c := _counts(run)) is not None and c[0]["iteration"] > 0]
+        # finished runs only: an unfinished run's spend so far is not what its method spends
+        counts = [c for run in group.runs if run.finished and (c := _counts(run)) is not None and c[0]["iteration"] > 0]
         if not counts:
             continue
         mean = {key: float(np.mean([last[key] for last, _ in counts])) for key in _COUNTERS}
@@ -552,13 +555,14 @@ def compute_rows(groups: dict[tuple[str, str], GroupResult]) -> list[dict]:
 def compute_markdown(rows: list[dict]) -> str:
     lines = [
         "## Compute per run",
-        "Means over each column's runs, at their last evaluation: iterations, env steps and gradient updates "
-        "(totals include what came before iteration 1, e.g. IQL's offline updates; the rates per iteration "
-        "do not), and the wall-clock time of the machine that ran them (compare times only within one study "
-        "and machine).",
+        "Means over each column's finished runs, at their last evaluation: iterations, env steps and gradient "
+        "updates (totals include what came before iteration 1, e.g. IQL's offline updates; the rates per "
+        "iteration do not), and wall-clock time on the machine that ran them, evaluations included (methods "
+        "evaluate at different intervals, and Table 1's DT methods at two RTGs, so this is not training "
+        "time alone; compare times only within one study and machine).",
         "",
         "| task | algorithm | runs | iterations | env steps | gradient updates | env steps / iteration "
-        "| updates / iteration | wall-clock min (range) |",
+        "| updates / iteration | wall-clock min incl. evaluation (range) |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['task']} | {r['algorithm']} | {r['runs']} | {r['iterations']:,.0f} | "
@@ -745,11 +749,16 @@ def paired_runs(groups: dict[tuple[str, str], GroupResult], reference: dict[str,
                     unpaired += 1  # unfinished, or no reference run (or a second run) of its seed and DT
                     continue
                 seen.add(_pair_key(run))
+                # what else tells the two runs apart (e.g. a variant run made with another lr): the pair
+                # then measures more than the ablation's switch
+                others = [f"{key}={run.variant.get(key)} (reference {base.variant.get(key)})"
+                          for key in sorted(set(run.variant) | set(base.variant))
+                          if key not in reference and run.variant.get(key) != base.variant.get(key)]
                 rows.append({"task": task, "variant": group.label, "reference": ref.label, "seed": run.seed,
                              "init": run.config.get("init") or "", "reference_final": base.final,
                              "variant_final": run.final, "reference_late": late_mean(base),
                              "variant_late": late_mean(run), "reference_run": _relative(base.path),
-                             "variant_run": _relative(run.path)})
+                             "variant_run": _relative(run.path), "other_differences": "; ".join(others)})
     return rows, unpaired
 
 
@@ -796,6 +805,11 @@ def paired_markdown(pairs: list[dict], reference: dict[str, str], unpaired: int)
             cells.append(f"{values.mean():+.1f}" + (f" [{interval[1]:+.1f}, {interval[2]:+.1f}]" if interval else ""))
         lines.append(f"| {task} | {variant} | {ref} | {len(rows)} | {cells[0]} | {int((final > 0).sum())}/{len(rows)} "
                      f"| {cells[1]} | {per_pair} |")
+    mixed = [p for p in pairs if p["other_differences"]]
+    if mixed:
+        differences = sorted({f"{p['variant']}: {p['other_differences']}" for p in mixed})
+        lines += ["", f"**{len(mixed)} pair(s) differ in more than the reference's keys**, so they measure more than "
+                      "the ablation: " + "; ".join(differences)]
     if unpaired:
         lines += ["", f"{unpaired} run(s) of the variants are not paired: unfinished, or without a finished "
                       "reference run of their seed and DT."]
