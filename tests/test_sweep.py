@@ -329,3 +329,27 @@ def test_a_trial_is_not_resumed_with_settings_its_run_did_not_start_with(tmp_pat
     spec.write_text(spec.read_text().replace('"runs/x"]', '"runs/x", "--active-sampling-variance", "pre_tanh"]'))
     assert cli_main(["sweep", str(spec), "--resume", "--dry-run"]) == 0
     assert "0 new, 1 to resume" in capsys.readouterr().out
+
+
+def test_only_runs_the_matching_share_of_a_sweep(tmp_path, capsys):
+    """--only splits one sweep between cores or machines without copying its spec."""
+    spec = write_spec(tmp_path / "s.toml", f"""
+        tasks = ["hopper-random"]
+        algos = ["grpo", "ppo"]
+        seeds = [0, 1]
+        out_root = "{tmp_path / 'out'}"
+        [overrides]
+        learning_rate = [0.0001, 0.001]
+    """)
+    assert cli_main(["sweep", str(spec), "--dry-run", "--only", "algo=ppo", "learning_rate=1e-3"]) == 0
+    out = capsys.readouterr().out
+    assert "2 trials (of 8, by --only)" in out and out.count("dtrl finetune --algo ppo") == 2
+    assert out.count("--learning-rate 0.001") == 2 and "--algo grpo" not in out
+    # a repeated key matches either value
+    assert cli_main(["sweep", str(spec), "--dry-run", "--only", "seed=0", "seed=1", "algo=grpo"]) == 0
+    assert "4 trials (of 8, by --only)" in capsys.readouterr().out
+    for only, message in ((["lr=1e-3"], "--only lr: not a key of this sweep's trials"),
+                          (["algo=sac"], "no trial of this sweep matches"),
+                          (["algo"], "--only takes KEY=VALUE")):
+        assert cli_main(["sweep", str(spec), "--dry-run", "--only", *only]) == 2
+        assert message in capsys.readouterr().err

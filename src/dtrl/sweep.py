@@ -116,6 +116,10 @@ class SweepConfig:
     done: tuple[str, ...] = ()
     """evaluations.csv files of earlier `dtrl report`s: trials whose run is recorded there as finished
     are skipped (a study continued on another machine, where its run directories are gone)"""
+    only: tuple[str, ...] = ()
+    """KEY=VALUE ...: run only the trials that match (keys: task, algo, seed, or an override's name; a
+    key given twice matches either value), e.g. `--only algo=ppo learning_rate=0.001`: one sweep split
+    between cores or machines, each running its share into the same out_root"""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,6 +280,42 @@ def expand_trials(spec: SweepSpec, out_root: Path) -> list[Trial]:
         raise DtrlError("sweep spec: two trials map to the same run directory "
                         "(duplicate tasks, algos, seeds or values)")
     return trials
+
+
+def select_trials(trials: list[Trial], only: tuple[str, ...] | list[str]) -> list[Trial]:
+    """The trials that match every key of ``only`` (KEY=VALUE; values of a repeated key are
+    alternatives). Numbers match by value (1e-3 = 0.001), booleans as typed (true / false)."""
+    wanted: dict[str, list[str]] = {}
+    for item in only:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise DtrlError(f"--only takes KEY=VALUE (task, algo, seed or an override's name), got {item!r}")
+        wanted.setdefault(key.strip(), []).append(value.strip())
+    if not wanted:
+        return trials
+
+    def fields(trial: Trial) -> dict[str, Any]:
+        return {"task": trial.task, "algo": trial.algo, "seed": trial.seed, **trial.overrides}
+
+    known = set().union(*(fields(t) for t in trials)) if trials else set()
+    unknown = sorted(set(wanted) - known)
+    if unknown:
+        raise DtrlError(f"--only {', '.join(unknown)}: not a key of this sweep's trials "
+                        f"({', '.join(sorted(known))})")
+
+    def same(value: Any, text: str) -> bool:
+        if value_text(value) == text:
+            return True
+        try:
+            return not isinstance(value, bool) and float(value) == float(text)
+        except (TypeError, ValueError):
+            return False
+
+    chosen = [t for t in trials if all(any(same(fields(t)[key], text) for text in texts)
+                                       for key, texts in wanted.items())]
+    if not chosen:
+        raise DtrlError(f"--only {' '.join(only)}: no trial of this sweep matches")
+    return chosen
 
 
 # settings a continued trial may change: how long it runs, and where (not what it learns)
@@ -447,7 +487,8 @@ def run_sweep(config: SweepConfig) -> int:
     if config.max_concurrent < 0:
         raise DtrlError(f"--max-concurrent must be >= 0, got {config.max_concurrent}")
     out_root = Path(spec.out_root).expanduser().absolute()
-    trials = expand_trials(spec, out_root)
+    every_trial = expand_trials(spec, out_root)
+    trials = select_trials(every_trial, config.only)
     statuses = {t.run_dir: trial_status(t.run_dir) for t in trials}
     validate_trials(trials, statuses)
     reported = finished_in_reports(config.done)
@@ -461,7 +502,8 @@ def run_sweep(config: SweepConfig) -> int:
     todo = [t for t in trials if statuses[t.run_dir] not in ("finished", "reported")]
     counts = {s: sum(1 for v in statuses.values() if v == s)
               for s in ("new", "resume", "restart", "finished", "reported")}
-    print(f"sweep {config.spec}: {len(trials)} trials -> {out_root}  "
+    selected = f" (of {len(every_trial)}, by --only)" if len(trials) < len(every_trial) else ""
+    print(f"sweep {config.spec}: {len(trials)} trials{selected} -> {out_root}  "
           f"({counts['new']} new, {counts['resume']} to resume, {counts['restart']} to restart, "
           f"{counts['finished']} finished and skipped"
           + (f", {counts['reported']} finished in --done reports and skipped" if config.done else "") + ")")
