@@ -633,3 +633,28 @@ def test_report_shows_both_target_rtgs_and_what_each_method_spent(tmp_path):
                                       bootstrap_reps=20))
     assert {p.name for p in again["files"]} >= {"other_rtg.csv", "compute.csv"}
     assert (tmp_path / "r2" / "compute.csv").read_text() == (tmp_path / "r" / "compute.csv").read_text()
+
+
+def test_a_grid_is_drawn_one_row_of_panels_per_algorithm(tmp_path):
+    """A tuning grid (several columns per algorithm) gets one row of curves per algorithm, legends naming
+    only what sets a column apart; a one-column-per-method table keeps one panel."""
+    import matplotlib.image
+
+    for algo in ("grpo", "odt"):
+        for lr in (1e-4, 1e-3):
+            make_run(tmp_path / "grid" / algo / f"lr{lr}", {"task": "hopper-random", "algo": algo, "seed": 0,
+                                                           "learning_rate": lr}, eval_rows(10.0))
+            if lr == 1e-4:
+                make_run(tmp_path / "table" / algo, {"task": "hopper-random", "algo": algo, "seed": 0,
+                                                     "learning_rate": lr}, eval_rows(10.0))
+    heights = {}
+    for name in ("grid", "table"):
+        build_report(ReportConfig(run_dirs=(str(tmp_path / name),), out=str(tmp_path / f"r_{name}"),
+                                  bootstrap_reps=20))
+        heights[name] = matplotlib.image.imread(tmp_path / f"r_{name}" / "curves_hopper-random.png").shape[0]
+    assert heights["grid"] == 2 * heights["table"]
+    from dtrl.report import _variant_text, group_runs, load_runs
+
+    groups = group_runs(load_runs((str(tmp_path / "grid"),), ()))
+    assert sorted(_variant_text(g) for g in groups.values()) == ["learning_rate=0.0001", "learning_rate=0.0001",
+                                                                  "learning_rate=0.001", "learning_rate=0.001"]

@@ -953,8 +953,16 @@ OFFLINE_ALGOS = ("DT", "Reinformer")
 X_LABELS = {"iterations": "iteration", "env_steps": "environment steps", "wall_time_s": "wall time (s)"}
 
 
-def draw_curves(axes, groups: list[GroupResult], x_names: tuple[str, ...], colors: dict[str, str]) -> None:
-    """Mean ± std over seeds of each column's learning curve on ``axes``, one per x axis in ``x_names``."""
+def _variant_text(group: GroupResult) -> str:
+    """What sets a column apart within its algorithm (``lr=..., ...``), or its whole label."""
+    variant = group.runs[0].variant if group.runs else {}
+    return ", ".join(f"{key}={value}" for key, value in variant.items()) or group.label
+
+
+def draw_curves(axes, groups: list[GroupResult], x_names: tuple[str, ...], colors: dict[str, str],
+                short_labels: bool = False) -> None:
+    """Mean ± std over seeds of each column's learning curve on ``axes``, one per x axis in ``x_names``
+    (``short_labels``: legend entries name only the hyperparameters that set a column apart)."""
     order = _column_order({g.label for g in groups})
     offline_only = all(g.algo in OFFLINE_ALGOS for g in groups)
     for ax, x_name in zip(axes, x_names):
@@ -972,7 +980,8 @@ def draw_curves(axes, groups: list[GroupResult], x_names: tuple[str, ...], color
             if not len(x):
                 continue
             n = sum(1 for run_x, _ in curves if len(run_x))
-            ax.plot(x, mean, color=colors[group.label], label=f"{group.label} (n={n})",
+            name = _variant_text(group) if short_labels else group.label
+            ax.plot(x, mean, color=colors[group.label], label=f"{name} (n={n})",
                     marker="o" if len(x) < 15 else None)
             ax.fill_between(x, mean - std, mean + std, color=colors[group.label], alpha=0.2, linewidth=0)
         ax.set_xlabel(X_LABELS[x_name])
@@ -991,16 +1000,38 @@ def _figure(rows: int, x_names: tuple[str, ...], labels: set[str]):
 
     fig, axes = plt.subplots(rows, len(x_names), figsize=(6.4 * len(x_names), 4.2 * rows), sharey=True,
                              squeeze=False)
-    order = _column_order(labels)
+    return fig, axes, _figure_colors(labels)
+
+
+def _figure_colors(labels: set[str]) -> dict[str, str]:
+    """{label: colour}, in the report's column order."""
+    import matplotlib.pyplot as plt
+
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    return fig, axes, {label: cycle[i % len(cycle)] for i, label in enumerate(order)}
+    return {label: cycle[i % len(cycle)] for i, label in enumerate(_column_order(labels))}
 
 
 def plot_task(task: str, groups: list[GroupResult], x_names: tuple[str, ...], out_file: Path) -> None:
-    """``curves_<task>.png``: every column's learning curve, one panel per x axis."""
-    fig, axes, colors = _figure(1, x_names, {g.label for g in groups})
-    draw_curves(axes[0], groups, x_names, colors)
-    fig.suptitle(task)
+    """``curves_<task>.png``: every column's learning curve, one panel per x axis. When an algorithm has
+    several columns (a grid, an ablation), one row of panels per algorithm, so that a grid of 6 settings
+    x 8 methods stays readable; the pretrained DT's level is drawn in every row."""
+    by_algo: dict[str, list[GroupResult]] = defaultdict(list)
+    for group in groups:
+        by_algo[group.algo].append(group)
+    offline = [g for g in groups if g.algo in OFFLINE_ALGOS]
+    online = sorted(a for a in by_algo if a not in OFFLINE_ALGOS)
+    if not any(len(by_algo[algo]) > 1 for algo in online):
+        fig, axes, colors = _figure(1, x_names, {g.label for g in groups})
+        draw_curves(axes[0], groups, x_names, colors)
+        fig.suptitle(task)
+        save_figure(fig, out_file)
+        return
+    fig, axes, _ = _figure(len(online), x_names, {g.label for g in groups})
+    for row, algo in zip(axes, online):
+        row_groups = by_algo[algo] + offline
+        colors = _figure_colors({g.label for g in row_groups})
+        draw_curves(row, row_groups, x_names, colors, short_labels=True)
+        row[0].set_title(f"{task}: {algo}", loc="left", fontsize=10)
     save_figure(fig, out_file)
 
 
