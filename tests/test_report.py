@@ -456,9 +456,9 @@ def test_paired_curves_draw_each_variant_beside_only_its_paired_reference_runs(t
     drawn = []
     original = report.draw_curves
 
-    def record(axes, groups, x_names, colors):
+    def record(axes, groups, x_names, colors, **options):
         drawn.append(sorted((g.label, sorted(r.seed for r in g.runs)) for g in groups))
-        original(axes, groups, x_names, colors)
+        original(axes, groups, x_names, colors, **options)
 
     monkeypatch.setattr(report, "draw_curves", record)
     build_report(ReportConfig(run_dirs=(str(tmp_path / "runs"),), out=str(tmp_path / "out"), bootstrap_reps=50,
