@@ -621,13 +621,20 @@ def test_report_shows_both_target_rtgs_and_what_each_method_spent(tmp_path):
              [{"iteration": it, "env_steps": 1000 * it, "grad_updates": 5000 + 1000 * it, "wall_time_s": 120.0 * it,
                "eval_normalized_mean": 5.0, "eval_return_mean": 150.0} for it in range(5)])
     (tmp_path / "runs" / "iql" / "seed0" / "final.json").write_text("{}")
-    result = build_report(ReportConfig(run_dirs=(str(tmp_path / "runs"),), out=str(tmp_path / "r"), bootstrap_reps=20))
+    result = build_report(ReportConfig(run_dirs=(str(tmp_path / "runs"),), out=str(tmp_path / "r"), bootstrap_reps=20,
+                                       at_minutes=1.5))
     md = (tmp_path / "r" / "report.md").read_text()
     assert "| hopper-random | GRPO-DT | 2 | 7200 | 60.00 ± 10.00 | 3600 | 42.00 ± 2.00 |" in md
+    # at 1.5 minutes: GRPO-DT's runs had evaluated iteration 1 (at 60 s), IQL only its iteration 0
+    assert "## Score after 1.5 minutes of wall-clock time" in md
+    assert "| hopper-random | GRPO-DT | 2 | 30.00 ± 5.00 | 1 | 5,000 | 60.00 |" in md
+    assert "| hopper-random | IQL | 1 | 5.00 ± 0.00 | 0 | 0 | 5.00 |" in md
+    with pytest.raises(DtrlError, match="--at-minutes must be >= 0"):
+        build_report(ReportConfig(run_dirs=(str(tmp_path / "runs"),), out=str(tmp_path / "r3"), at_minutes=-1))
     assert "| hopper-random | IQL |" not in md.split("## Both target RTGs")[1].split("##")[0]  # no second RTG
     assert "| hopper-random | GRPO-DT | 2 | 2 | 10,000 | 8 | 5,000.0 | 4.0 | 2.0 (2.0–2.0) |" in md
     assert "| hopper-random | IQL | 1 | 4 | 4,000 | 9,000 | 1,000.0 | 1,000.0 | 8.0 (8.0–8.0) |" in md
-    assert {p.name for p in result["files"]} >= {"other_rtg.csv", "compute.csv"}
+    assert {p.name for p in result["files"]} >= {"other_rtg.csv", "compute.csv", "at_time.csv"}
     # both come back from the committed CSV alone
     again = build_report(ReportConfig(from_csv=(str(tmp_path / "r" / "evaluations.csv"),), out=str(tmp_path / "r2"),
                                       bootstrap_reps=20))

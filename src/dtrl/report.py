@@ -80,6 +80,11 @@ class ReportConfig:
     """a tuning grid: per (task, algorithm), choose the column with the highest mean over seeds of the
     final score or of the late score (mean of the evaluations over the last quarter of a run); adds a
     section ranking every column and chosen.csv with the chosen command-line flags"""
+    at_minutes: float = 0.0
+    """also give each column's score after this many minutes of a run's wall-clock time (its last
+    evaluation by then; 0: off). A budget of iterations costs more time where a method's iterations
+    lengthen with its episodes, and less where its code got faster: this reads every method at equal
+    time on the machine that ran the study"""
     reference: tuple[str, ...] = ()
     """KEY=VALUE ...: the runs with these hyperparameter values are the reference of an ablation; every
     other variant of the same (task, algorithm) is compared with it seed by seed, on the same pretrained
@@ -569,6 +574,51 @@ def compute_markdown(rows: list[dict]) -> str:
                      f"{r['env_steps']:,.0f} | {r['grad_updates']:,.0f} | {r['env_steps_per_iteration']:,.1f} | "
                      f"{r['grad_updates_per_iteration']:,.1f} | {r['wall_minutes_mean']:.1f} "
                      f"({r['wall_minutes_min']:.1f}–{r['wall_minutes_max']:.1f}) |")
+    return "\n".join(lines)
+
+
+def at_time_rows(groups: dict[tuple[str, str], GroupResult], minutes: float) -> list[dict]:
+    """Per (task, column): the score of each run's last evaluation at or before ``minutes`` of its
+    wall-clock time, with the iterations and env steps it had reached. Runs evaluated by then only, and
+    finished runs or runs that got that far (an unfinished run short of it says nothing of that time)."""
+    key = {"normalized": "eval_normalized_mean", "raw": "eval_return_mean"}
+    rows = []
+    for (task, label), group in sorted(groups.items()):
+        reached = []
+        for run in group.runs:
+            times = [row["wall_time_s"] for row in run.metrics if isinstance(row.get("wall_time_s"), (int, float))]
+            if not run.finished and max(times, default=0.0) < 60 * minutes:
+                continue
+            by_then = [row for row in run.metrics if isinstance(row.get("wall_time_s"), (int, float))
+                       and row["wall_time_s"] <= 60 * minutes and isinstance(row.get(key[run.metric]), (int, float))
+                       and math.isfinite(row[key[run.metric]])]
+            if by_then:
+                last = max(by_then, key=lambda row: row["iteration"])
+                reached.append((float(last[key[run.metric]]), last["iteration"], last.get("env_steps") or 0,
+                                run.final))
+        if not reached:
+            continue
+        scores, iterations, env_steps, finals = zip(*reached)
+        rows.append({"task": task, "algorithm": label, "runs": len(reached), "minutes": minutes,
+                     "score_mean": float(np.mean(scores)), "score_std": float(np.std(scores)),
+                     "iterations": float(np.mean(iterations)), "env_steps": float(np.mean(env_steps)),
+                     "final_mean": float(np.mean([f for f in finals if f is not None]))})
+    return rows
+
+
+def at_time_markdown(rows: list[dict], minutes: float) -> str:
+    lines = [
+        f"## Score after {minutes:g} minutes of wall-clock time",
+        "Each run's last evaluation within its first "
+        f"{minutes:g} minutes (wall-clock time of the machine that ran it, evaluations included), beside its "
+        "final score at the end of its budget of iterations. The two differ where a method's iterations cost "
+        "more time as its episodes lengthen, or less since its code got faster.",
+        "",
+        f"| task | algorithm | runs | score at {minutes:g} min | iterations by then | env steps by then | final |",
+        "|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['task']} | {r['algorithm']} | {r['runs']} | {_fmt(r['score_mean'], r['score_std'])} | "
+                     f"{r['iterations']:,.0f} | {r['env_steps']:,.0f} | {r['final_mean']:.2f} |")
     return "\n".join(lines)
 
 
@@ -1099,6 +1149,8 @@ def build_report(config: ReportConfig) -> dict:
     x_names = tuple(config.x)
     if not x_names or any(x not in X_KEYS for x in x_names):
         raise DtrlError(f"--x takes one or more of {', '.join(X_KEYS)}, got {' '.join(map(str, x_names)) or 'none'}")
+    if config.at_minutes < 0:
+        raise DtrlError(f"--at-minutes must be >= 0, got {config.at_minutes:g}")
     if not config.run_dirs and not config.from_csv:
         raise DtrlError("no run directories given (dtrl report RUN_DIR... ; a folder of runs, or --from-csv FILE)")
     reference = parse_reference(config.reference)
@@ -1142,6 +1194,8 @@ def build_report(config: ReportConfig) -> dict:
     other_rtg_section = [other_rtg_markdown(other_rtg)] if other_rtg else []
     compute = compute_rows(groups)
     compute_section = [compute_markdown(compute)] if compute else []
+    at_time = at_time_rows(groups, config.at_minutes) if config.at_minutes else []
+    at_time_section = [at_time_markdown(at_time, config.at_minutes)] if at_time else []
     choices = choose_settings(groups, config.choose) if config.choose else []
     if config.choose and not choices:
         raise DtrlError(f"--choose {config.choose}: no finished run with an evaluation to rank")
@@ -1156,6 +1210,7 @@ def build_report(config: ReportConfig) -> dict:
         *improvement_section,
         *other_rtg_section,
         *compute_section,
+        *at_time_section,
         *paired_section,
         *choice_section,
         "## Runs",
@@ -1176,7 +1231,7 @@ def build_report(config: ReportConfig) -> dict:
     if improvement:
         atomic_write_text(out / "improvement.csv", _csv_text(improvement))
         files.append(out / "improvement.csv")
-    for name, rows in (("other_rtg", other_rtg), ("compute", compute)):
+    for name, rows in (("other_rtg", other_rtg), ("compute", compute), ("at_time", at_time)):
         if rows:
             atomic_write_text(out / f"{name}.csv", _csv_text(rows))
             files.append(out / f"{name}.csv")
