@@ -193,6 +193,29 @@ def value_text(value) -> str:
     return str(value)
 
 
+def value_matches(value, text: str) -> bool:
+    """A config value equals its command-line spelling (0.001 = 1e-3, True = true, None = null)."""
+    if isinstance(value, bool) or value is None:
+        return str(value).lower() == text.lower() or (value is None and text.lower() == "null")
+    if isinstance(value, (int, float)):
+        try:
+            return float(text) == float(value)
+        except ValueError:
+            return False
+    return str(value) == text
+
+
+def key_values(items, option: str, keys: str) -> dict[str, list[str]]:
+    """``("a=1", "b=x", "a=2")`` -> {"a": ["1", "2"], "b": ["x"]}; one-line error naming ``option``."""
+    found: dict[str, list[str]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise DtrlError(f"{option} takes KEY=VALUE ({keys}), got {item!r}")
+        found.setdefault(key.strip(), []).append(value.strip())
+    return found
+
+
 def option_args(name: str, value) -> list[str]:
     """Command-line form of setting config field ``name`` (dotted for nested ones) to ``value``, as
     tyro spells it: --clip-eps 0.1, --model.n-layer 2, --flag / --no-flag for booleans, several words

@@ -39,7 +39,7 @@ from typing import Annotated, Literal
 import numpy as np
 import tyro
 
-from dtrl.config import option_args
+from dtrl.config import key_values, option_args, value_matches
 from dtrl.errors import DtrlError
 from dtrl.files import atomic_write_text, atomic_write_with
 from dtrl.runs import CONFIG_FILE, is_finished, iter_run_dirs, read_config, read_metrics
@@ -722,25 +722,8 @@ def statistics_markdown(rows: list[dict]) -> str:
 
 def parse_reference(items: tuple[str, ...]) -> dict[str, str]:
     """``("learning_rate=0.001", ...)`` -> {"learning_rate": "0.001", ...}."""
-    reference = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise DtrlError(f"--reference takes KEY=VALUE (a config key as in config.json), got {item!r}")
-        reference[key.strip()] = value.strip()
-    return reference
-
-
-def _matches(value: object, text: str) -> bool:
-    """A config value equals its command-line spelling (0.001 = 1e-3, True = true)."""
-    if isinstance(value, bool) or value is None:
-        return str(value).lower() == text.lower() or (value is None and text.lower() == "null")
-    if isinstance(value, (int, float)):
-        try:
-            return float(text) == float(value)
-        except ValueError:
-            return False
-    return str(value) == text
+    found = key_values(items, "--reference", "a config key as in config.json")
+    return {key: values[-1] for key, values in found.items()}
 
 
 def late_mean(run: RunResult) -> float | None:
@@ -756,7 +739,7 @@ def late_mean(run: RunResult) -> float | None:
 def reference_group(groups: list[GroupResult], reference: dict[str, str]) -> GroupResult | None:
     """The one column of a (task, algorithm) whose runs all have the reference values (a key a run's
     config lacks counts as None); None if no column has them."""
-    found = [g for g in groups if g.runs and all(_matches(_flatten(run.config).get(key), text)
+    found = [g for g in groups if g.runs and all(value_matches(_flatten(run.config).get(key), text)
                                                  for run in g.runs for key, text in reference.items())]
     if len(found) > 1:
         raise DtrlError(f"--reference {' '.join(f'{k}={v}' for k, v in reference.items())} matches "

@@ -40,7 +40,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from dtrl.config import option_args, to_dict, value_text
+from dtrl.config import key_values, option_args, to_dict, value_matches, value_text
 from dtrl.errors import DtrlError
 from dtrl.runs import (
     CONFIG_FILE,
@@ -285,12 +285,7 @@ def expand_trials(spec: SweepSpec, out_root: Path) -> list[Trial]:
 def select_trials(trials: list[Trial], only: tuple[str, ...] | list[str]) -> list[Trial]:
     """The trials that match every key of ``only`` (KEY=VALUE; values of a repeated key are
     alternatives). Numbers match by value (1e-3 = 0.001), booleans as typed (true / false)."""
-    wanted: dict[str, list[str]] = {}
-    for item in only:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise DtrlError(f"--only takes KEY=VALUE (task, algo, seed or an override's name), got {item!r}")
-        wanted.setdefault(key.strip(), []).append(value.strip())
+    wanted = key_values(only, "--only", "task, algo, seed or an override's name")
     if not wanted:
         return trials
 
@@ -303,15 +298,7 @@ def select_trials(trials: list[Trial], only: tuple[str, ...] | list[str]) -> lis
         raise DtrlError(f"--only {', '.join(unknown)}: not a key of this sweep's trials "
                         f"({', '.join(sorted(known))})")
 
-    def same(value: Any, text: str) -> bool:
-        if value_text(value) == text:
-            return True
-        try:
-            return not isinstance(value, bool) and float(value) == float(text)
-        except (TypeError, ValueError):
-            return False
-
-    chosen = [t for t in trials if all(any(same(fields(t)[key], text) for text in texts)
+    chosen = [t for t in trials if all(any(value_matches(fields(t)[key], text) for text in texts)
                                        for key, texts in wanted.items())]
     if not chosen:
         raise DtrlError(f"--only {' '.join(only)}: no trial of this sweep matches")
