@@ -361,6 +361,9 @@ def test_one_writer_per_run_and_crash_leftovers_removed_on_resume(tmp_path):
         RunDir.resume(tmp_path / "run", CONFIG)
     with pytest.raises(DtrlError, match="is being written by"):  # nor may --force move it aside
         RunDir.create(tmp_path / "run", CONFIG, force=True)
+    with pytest.raises(DtrlError, match="is being written by"):  # nor a second sweep's restart delete it
+        runs.remove_run_dir(tmp_path / "run")
+    assert (tmp_path / "run" / "checkpoints").is_dir()
     run.close()
     # what a kill -9 during a checkpoint or a policy swap leaves behind
     (tmp_path / "run" / "checkpoints" / ".state.pt.123.abcd1234.tmp").write_bytes(b"half")

@@ -641,5 +641,13 @@ def iter_run_dirs(root: str | os.PathLike) -> Iterator[Path]:
 
 
 def remove_run_dir(path: str | os.PathLike) -> None:
-    """Delete a run directory (used by sweeps for their own trials that never reached a checkpoint)."""
+    """Delete a run directory (used by sweeps for their own trials that never reached a checkpoint).
+
+    Refuses (one-line DtrlError) while another process writes it: a second sweep over the same
+    out_root, started before the first reached its first checkpoint, must not pull a live run away."""
+    path = Path(path)
+    if (path / LOCK_FILE).exists():
+        held = _lock(path)
+        if held is not None:
+            held.close()
     shutil.rmtree(path)
