@@ -99,14 +99,18 @@ def read_budget(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def append_row(row: dict, path: Path) -> None:
-    new = not path.is_file()
+def record_row(row: dict, path: Path) -> None:
+    """Add a calibration to budget.csv, replacing the method's earlier one for this task and minutes
+    (``--again``): one budget per method, the one the specs are written from."""
+    def key(r: dict) -> tuple:
+        return r["task"], r["method"], float(r["minutes"])
+
+    kept = [r for r in read_budget(path) if key(r) != key(row)]
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", newline="") as handle:
+    with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+        writer.writeheader()
+        writer.writerows([*kept, row])
 
 
 def method_args(method: str, data: Path, pretrained: Path) -> list[str]:
@@ -120,7 +124,7 @@ def calibrate(method: str, args: argparse.Namespace) -> dict:
             "--seed", "0", "--threads", "1", "--device", "cpu", "--eval-every", "0", "--eval-episodes", "1",
             "--iterations", "1000000", "--time-limit-s", str(args.minutes * 60), "--out", str(out),
             *method_args(method, args.data, args.pretrained)]
-    if (out / "checkpoints" / "state.pt").is_file():
+    if (out / "checkpoints" / "state.pt").is_file() and not args.again:
         argv.append("--resume")
     elif out.exists():
         argv.append("--force")
@@ -270,6 +274,9 @@ def main() -> None:
     parser.add_argument("--pretrained", type=Path, help="default: runs/pretrain-TASK-cpu (pretrained when missing)")
     parser.add_argument("--runs", type=Path, default=Path("runs/calibration"))
     parser.add_argument("--parallel", type=int, default=1, help="methods at once (one core each)")
+    parser.add_argument("--again", action="store_true",
+                        help="calibrate --methods again although budget.csv has them (after their code got faster "
+                        "or slower); the new row replaces the old, whose run directory is kept as .bak-<time>")
     parser.add_argument("--write-specs", action="store_true", help="write the sweep specs from budget.csv and stop")
     parser.add_argument("--sweeps", type=Path, default=Path("sweeps"))
     parser.add_argument("--budget-csv", type=Path, default=BUDGET_CSV)
@@ -285,14 +292,14 @@ def main() -> None:
     (args.runs / args.task).mkdir(parents=True, exist_ok=True)
     done = {r["method"] for r in read_budget(args.budget_csv)
             if r["task"] == args.task and float(r["minutes"]) == args.minutes}
-    todo = [m for m in args.methods if m not in done]
+    todo = [m for m in args.methods if args.again or m not in done]
     print(f"calibrating {', '.join(todo) or 'nothing (all in budget.csv)'} on {args.task}, {args.minutes:g} min each")
     with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
         # each result is recorded as soon as it exists: a session that ends mid-way loses no finished method
         failed = []
         for future in as_completed([pool.submit(calibrate, method, args) for method in todo]):
             try:
-                append_row(future.result(), args.budget_csv)
+                record_row(future.result(), args.budget_csv)
             except SystemExit as exc:  # one method failing must not lose the others' results
                 print(exc, file=sys.stderr)
                 failed.append(str(exc).split(":", 1)[0])

@@ -405,10 +405,17 @@ def test_a_tuning_grid_chooses_each_methods_setting_and_the_comparison_specs_run
     with pytest.raises(SystemExit, match="sets --hindsight-relabel, which the comparison's specs set themselves"):
         calibrate.write_specs("hopper-random", 20.0, tmp_path / "sweeps", budget, Path("tuning/chosen.csv"))
     Path("tuning/chosen.csv").write_text(text)
+    # a method calibrated again (--again, after its code got faster) keeps one row: the new one
+    calibrate.record_row({"task": "hopper-random", "method": "grpo", "minutes": 20.0, "iterations": 7,
+                          "env_steps": 2, "grad_updates": 2, "wall_time_s": 2, "cpu": "x", "date": "e",
+                          "commit": "f"}, budget)
+    assert [(r["method"], r["iterations"]) for r in calibrate.read_budget(budget)].count(("grpo", "7")) == 1
+    assert len(calibrate.read_budget(budget)) == len(calibrate.METHODS)
     calibrate.write_specs("hopper-random", 20.0, tmp_path / "sweeps", budget, Path("tuning/chosen.csv"))
     tomllib = importlib.import_module("tomllib" if sys.version_info >= (3, 11) else "tomli")
     table1 = tomllib.loads((tmp_path / "sweeps" / "table1_cpu.toml").read_text())
     assert "--learning-rate 0.0003 --learning-rate-schedule constant" in " ".join(table1["algo_args"]["grpo"])
+    assert table1["algo_args"]["grpo"][:2] == ["--iterations", "7"]
     assert "--dataset data/{task}.hdf5 --learning-rate 0.0001 --learning-rate-schedule linear" in " ".join(
         table1["algo_args"]["odt"])
     claim = tomllib.loads((tmp_path / "sweeps" / "claims" / "fig1a_relabel.toml").read_text())
