@@ -306,10 +306,7 @@ class RunDir:
                     f"run directory {path} already exists (use --resume to continue it, or --force to start "
                     f"over; the old one is then kept as {path.name}.bak-<time>)"
                 )
-            if (path / LOCK_FILE).exists():  # --force must not pull a run away from a process writing it
-                held = _lock(path)
-                if held is not None:
-                    held.close()
+            _refuse_if_written(path)  # --force must not pull a run away from a process writing it
             stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
             backup = path.with_name(f"{path.name}.bak-{stamp}")
             suffix = 1
@@ -543,6 +540,14 @@ def _start_wandb(path: Path, config: dict):
                       config={k: v for k, v in config.items() if k != "run_info"}, sync_tensorboard=True)
 
 
+def _refuse_if_written(path: Path) -> None:
+    """One-line DtrlError if another process holds ``path``'s lock (it is writing the run)."""
+    if (path / LOCK_FILE).exists():
+        held = _lock(path)
+        if held is not None:
+            held.close()
+
+
 def _lock(path: Path):
     """An exclusive lock on ``path`` for this process (released when the returned file is closed or
     the process ends): a second writer of the same run directory gets a one-line error instead of
@@ -646,8 +651,5 @@ def remove_run_dir(path: str | os.PathLike) -> None:
     Refuses (one-line DtrlError) while another process writes it: a second sweep over the same
     out_root, started before the first reached its first checkpoint, must not pull a live run away."""
     path = Path(path)
-    if (path / LOCK_FILE).exists():
-        held = _lock(path)
-        if held is not None:
-            held.close()
+    _refuse_if_written(path)
     shutil.rmtree(path)
