@@ -672,3 +672,37 @@ def test_a_grid_is_drawn_one_row_of_panels_per_algorithm(tmp_path):
     groups = group_runs(load_runs((str(tmp_path / "grid"),), ()))
     assert sorted(_variant_text(g) for g in groups.values()) == ["learning_rate=0.0001", "learning_rate=0.0001",
                                                                   "learning_rate=0.001", "learning_rate=0.001"]
+
+
+def test_training_metrics_are_averaged_between_evaluations_kept_in_the_csv_and_drawn(tmp_path, capsys):
+    # evaluations at iterations 2 and 4; the loss logged at 1..4 is 1, 2, 3, 4 (seed 0) or twice that (seed 1)
+    for seed in (0, 1):
+        rows = eval_rows(10.0, iterations=4, every=2)
+        for row in rows:
+            row["losses/actor_q"] = (seed + 1) * float(row["iteration"])
+        make_run(tmp_path / "runs" / f"seed{seed}", {"task": "hopper-random", "algo": "odt-td3", "seed": seed}, rows)
+    out = tmp_path / "report"
+    first = build_report(ReportConfig(run_dirs=(str(tmp_path / "runs"),), out=str(out), bootstrap_reps=50,
+                                      training_metrics=("losses/actor_q",)))
+    with open(out / "evaluations.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    # the mean since the previous evaluation: (1 + 2) / 2 and (3 + 4) / 2, doubled for seed 1
+    assert [float(r["losses/actor_q"]) for r in rows] == [1.5, 3.5, 3.0, 7.0]
+    with open(out / "training.csv") as handle:
+        (summary,) = list(csv.DictReader(handle))
+    assert summary["metric"] == "losses/actor_q" and summary["runs"] == "2"
+    assert float(summary["first_mean"]) == pytest.approx(2.25) and float(summary["last_mean"]) == pytest.approx(5.25)
+    assert "## Training metrics" in (out / "report.md").read_text()
+    assert (out / "training_hopper-random.png").read_bytes()[:4] == b"\x89PNG"
+    # rebuilt from the CSV alone (no --training-metrics), the column and the section come back unchanged
+    again = tmp_path / "again"
+    build_report(ReportConfig(from_csv=(str(out / "evaluations.csv"),), out=str(again), bootstrap_reps=50))
+    assert (again / "evaluations.csv").read_text() == (out / "evaluations.csv").read_text()
+    assert (again / "training.csv").read_text() == (out / "training.csv").read_text()
+    assert len(first["runs"]) == 2
+    # a key no run logs: a one-line error naming the keys they do log
+    code = cli_main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "x"),
+                     "--training-metrics", "losses/nope"])
+    assert code != 0
+    err = capsys.readouterr().err.strip()
+    assert "losses/nope: no run logs it" in err and "losses/actor_q" in err and "\n" not in err

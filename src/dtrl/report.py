@@ -20,7 +20,11 @@ against the policy it started from, its iteration-0 evaluation (``improvement.cs
 ablation), each other variant is paired with the reference's run of the same seed and pretrained DT:
 ``paired.csv``, a section of mean paired differences and ``paired_curves_<task>.png``. With
 ``--choose final|late`` (a tuning grid), each (task, algorithm)'s columns are ranked by that score
-and ``chosen.csv`` gives the command-line flags of the best.
+and ``chosen.csv`` gives the command-line flags of the best. With ``--training-metrics KEY ...``
+(``metrics.jsonl`` keys such as ``losses/actor_q``), each key's mean over the iterations between two
+evaluations joins that evaluation's row of ``evaluations.csv`` (so ``--from-csv`` reads it back), with
+``training_<task>.png`` (one panel per key, mean ± std over seeds) and a section of first and last values:
+the losses that say why a run did or did not learn, kept where the run directories are not.
 """
 
 from __future__ import annotations
@@ -89,6 +93,10 @@ class ReportConfig:
     """KEY=VALUE ...: the runs with these hyperparameter values are the reference of an ablation; every
     other variant of the same (task, algorithm) is compared with it seed by seed, on the same pretrained
     DT (paired differences of the final and late scores, with Student-t intervals; paired.csv)"""
+    training_metrics: tuple[str, ...] = ()
+    """metrics.jsonl keys (e.g. losses/actor_q losses/critic_loss) to average between evaluations, store
+    in evaluations.csv and draw per column over iterations (training_<task>.png); keys already in a
+    --from-csv file are kept"""
 
 
 @dataclass
@@ -376,20 +384,41 @@ _OPTIONAL_COLUMNS = {"config", "eval_length_mean"}
 _NOT_STORED = {"run_info", "out", "force", "resume"}
 
 
-def evaluation_rows(runs: list[RunResult]) -> list[dict]:
-    """Every evaluation of every run, one row each (what ``--from-csv`` reads back)."""
+def training_means(run: RunResult, keys: tuple[str, ...]) -> list[dict]:
+    """For each of a run's evaluations, in order: {key: mean of the key's finite values logged since the
+    previous evaluation, this evaluation's row included} (None where none). A run read from an
+    evaluations.csv has only evaluation rows, so its stored means come back unchanged."""
+    means: list[dict] = []
+    sums = dict.fromkeys(keys, 0.0)
+    counts = dict.fromkeys(keys, 0)
+    for row in run.metrics:
+        for key in keys:
+            value = row.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                sums[key] += value
+                counts[key] += 1
+        if row.get("eval_return_mean") is not None:
+            means.append({key: sums[key] / counts[key] if counts[key] else None for key in keys})
+            sums = dict.fromkeys(keys, 0.0)
+            counts = dict.fromkeys(keys, 0)
+    return means
+
+
+def evaluation_rows(runs: list[RunResult], training_keys: tuple[str, ...] = ()) -> list[dict]:
+    """Every evaluation of every run, one row each (what ``--from-csv`` reads back), with the mean of each
+    of ``training_keys`` since the previous evaluation."""
     rows = []
     for run in sorted(runs, key=lambda r: (r.task, r.label, str(r.seed), str(r.path))):
         # the config rides on the run's first row, so a report rebuilt from CSVs labels and pairs runs
         # exactly as one made from their directories
         config = {k: v for k, v in run.config.items() if k not in _NOT_STORED}
         first_row = True
-        for metric_row in run.metrics:
-            if metric_row.get("eval_return_mean") is None:
-                continue
+        evaluations = [m for m in run.metrics if m.get("eval_return_mean") is not None]
+        for metric_row, means in zip(evaluations, training_means(run, training_keys)):
             row = {"task": run.task, "algorithm": run.algo, "label": run.label, "metric": run.metric,
                    "seed": run.seed, "run": _relative(run.path), "finished": int(run.finished)}
             row.update({key: metric_row.get(key) for key in EVALUATION_COLUMNS if key not in row})
+            row.update(means)
             row["config"] = json.dumps(config, sort_keys=True) if first_row and config else None
             first_row = False
             rows.append({key: "" if value is None else value for key, value in row.items()})
@@ -423,11 +452,12 @@ def runs_from_csv(path: str) -> list[RunResult]:
     by_run: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
         by_run[row["run"]].append(row)
+    # columns beyond the standard ones: training metrics (--training-metrics) of the report that wrote it
+    stored = [key for key in EVALUATION_COLUMNS[7:] if key != "config"] + csv_training_columns(rows)
     runs = []
     for run_path, run_rows in by_run.items():
         first = run_rows[0]
-        metrics = [{key: _number(row.get(key) or "") for key in EVALUATION_COLUMNS[7:] if key != "config"}
-                   for row in run_rows]
+        metrics = [{key: _number(row.get(key) or "") for key in stored} for row in run_rows]
         for metric_row, row in zip(metrics, run_rows):
             metric_row["iteration"] = int(float(row["iteration"]))
         key = "eval_normalized_mean" if first["metric"] == "normalized" else "eval_return_mean"
@@ -443,6 +473,11 @@ def runs_from_csv(path: str) -> list[RunResult]:
                               final=finals[-1] if finals else None, finished=first["finished"] == "1",
                               label=first["label"]))
     return runs
+
+
+def csv_training_columns(rows: list[dict]) -> list[str]:
+    """The training-metric columns of an evaluations.csv (every column that is not a standard one)."""
+    return [key for key in (rows[0] if rows else {}) if key not in EVALUATION_COLUMNS]
 
 
 def _number(text: str):
@@ -1099,6 +1134,93 @@ def plot_paired_curves(pairs: list[dict], groups: dict[tuple[str, str], GroupRes
 # command
 
 
+# ---------------------------------------------------------------------------------------------
+# training metrics (--training-metrics)
+
+
+def training_keys(config: ReportConfig, runs: list[RunResult]) -> tuple[str, ...]:
+    """The keys asked for, then those stored in the --from-csv files; a key asked for that no run logs
+    is an error that names the keys the runs do log."""
+    keys = list(config.training_metrics)
+    for path in config.from_csv:
+        with open(path, newline="") as handle:
+            keys += [key for key in next(csv.reader(handle), []) if key not in EVALUATION_COLUMNS]
+    for key in config.training_metrics:
+        if not any(isinstance(row.get(key), (int, float)) for run in runs for row in run.metrics):
+            logged = sorted({k for run in runs for row in run.metrics for k in row if "/" in k})
+            raise DtrlError(f"--training-metrics {key}: no run logs it"
+                            + (f" (these runs log {', '.join(logged)})" if logged else ""))
+    return tuple(dict.fromkeys(keys))
+
+
+def training_curve(run: RunResult, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(iteration, mean of ``key`` since the previous evaluation) at each of the run's evaluations."""
+    evaluations = [m for m in run.metrics if m.get("eval_return_mean") is not None]
+    points = [(float(row["iteration"]), means[key]) for row, means in zip(evaluations, training_means(run, (key,)))
+              if means[key] is not None]
+    return np.array([p[0] for p in points]), np.array([p[1] for p in points])
+
+
+def training_rows(groups: dict[tuple[str, str], GroupResult], keys: tuple[str, ...]) -> list[dict]:
+    """Per (task, column, key): the first and the last between-evaluation mean of each run, averaged over runs."""
+    rows = []
+    for (task, label), group in sorted(groups.items()):
+        for key in keys:
+            curves = [y for _, y in (training_curve(run, key) for run in group.runs) if len(y)]
+            if curves:
+                rows.append({"task": task, "algorithm": label, "metric": key, "runs": len(curves),
+                             "first_mean": float(np.mean([y[0] for y in curves])),
+                             "last_mean": float(np.mean([y[-1] for y in curves]))})
+    return rows
+
+
+def training_markdown(rows: list[dict]) -> str:
+    lines = [
+        "## Training metrics",
+        "Each key's mean over the iterations between two evaluations; *first* and *last*: the first and the "
+        "last such interval of each run, averaged over runs. Curves: `training_<task>.png` (mean ± std over seeds).",
+        "",
+        "| task | algorithm | metric | runs | first | last |",
+        "|---|---|---|---:|---:|---:|"]
+    lines += [f"| {r['task']} | {r['algorithm']} | {r['metric']} | {r['runs']} | {r['first_mean']:.4g} | "
+              f"{r['last_mean']:.4g} |" for r in rows]
+    return "\n".join(lines)
+
+
+def plot_training(task: str, groups: list[GroupResult], keys: tuple[str, ...], out_file: Path) -> bool:
+    """``training_<task>.png``: one panel per key, each column's between-evaluation means over iterations."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = _figure_colors({g.label for g in groups})
+    order = _column_order({g.label for g in groups})
+    fig, axes = plt.subplots(1, len(keys), figsize=(6.4 * len(keys), 4.2), squeeze=False)
+    drawn = False
+    for ax, key in zip(axes[0], keys):
+        for group in sorted(groups, key=lambda g: order.index(g.label)):
+            curves = [training_curve(run, key) for run in group.runs]
+            x, mean, std = mean_std_curve(curves)
+            if not len(x):
+                continue
+            drawn = True
+            n = sum(1 for run_x, _ in curves if len(run_x))
+            ax.plot(x, mean, color=colors[group.label], label=f"{group.label} (n={n})")
+            ax.fill_between(x, mean - std, mean + std, color=colors[group.label], alpha=0.2, linewidth=0)
+        ax.set_title(key, fontsize=10)
+        ax.set_xlabel(X_LABELS["iterations"])
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    fig.suptitle(task)
+    if not drawn:
+        plt.close(fig)
+        return False
+    save_figure(fig, out_file)
+    return True
+
+
 def _csv_text(rows: list[dict], columns: list[str] | None = None) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns or list(rows[0]))
@@ -1138,6 +1260,7 @@ def build_report(config: ReportConfig) -> dict:
         raise DtrlError("no run directories given (dtrl report RUN_DIR... ; a folder of runs, or --from-csv FILE)")
     reference = parse_reference(config.reference)
     runs = load_runs(config.run_dirs, config.from_csv)
+    trained = training_keys(config, runs)
     evaluated = [r for r in runs if r.final is not None]
     if not evaluated:
         raise DtrlError(f"none of the {len(runs)} run(s) has an evaluation yet (no eval_return_mean in metrics.jsonl)")
@@ -1183,6 +1306,8 @@ def build_report(config: ReportConfig) -> dict:
     if config.choose and not choices:
         raise DtrlError(f"--choose {config.choose}: no finished run with an evaluation to rank")
     choice_section = [choice_markdown(choices, config.choose, len(unfinished))] if choices else []
+    training = training_rows(groups, trained) if trained else []
+    training_section = [training_markdown(training)] if training else []
     markdown = "\n\n".join([
         "# dtrl report",
         "Final D4RL-normalised return (last evaluation of each run; tasks marked *raw return* have no "
@@ -1194,6 +1319,7 @@ def build_report(config: ReportConfig) -> dict:
         *other_rtg_section,
         *compute_section,
         *at_time_section,
+        *training_section,
         *paired_section,
         *choice_section,
         "## Runs",
@@ -1207,14 +1333,16 @@ def build_report(config: ReportConfig) -> dict:
     files = [out / "report.md", out / "report.csv", out / "evaluations.csv"]
     atomic_write_text(out / "report.md", markdown)
     atomic_write_text(out / "report.csv", _csv_text(csv_rows(groups)))
-    atomic_write_text(out / "evaluations.csv", _csv_text(evaluation_rows(runs), EVALUATION_COLUMNS))
+    atomic_write_text(out / "evaluations.csv",
+                      _csv_text(evaluation_rows(runs, trained), EVALUATION_COLUMNS + list(trained)))
     if statistics:
         atomic_write_text(out / "statistics.csv", _csv_text(statistics))
         files.append(out / "statistics.csv")
     if improvement:
         atomic_write_text(out / "improvement.csv", _csv_text(improvement))
         files.append(out / "improvement.csv")
-    for name, rows in (("other_rtg", other_rtg), ("compute", compute), ("at_time", at_time)):
+    for name, rows in (("other_rtg", other_rtg), ("compute", compute), ("at_time", at_time),
+                       ("training", training)):
         if rows:
             atomic_write_text(out / f"{name}.csv", _csv_text(rows))
             files.append(out / f"{name}.csv")
@@ -1236,6 +1364,9 @@ def build_report(config: ReportConfig) -> dict:
         profile = out / f"performance_profile_{task.replace('/', '_')}.png"
         if plot_performance_profile(task, task_groups, profile, config.bootstrap_reps):
             files.append(profile)
+        training_png = out / f"training_{task.replace('/', '_')}.png"
+        if trained and plot_training(task, task_groups, trained, training_png):
+            files.append(training_png)
     return {"markdown": table, "files": files, "groups": groups, "runs": runs, "pairs": pairs, "choices": choices}
 
 
