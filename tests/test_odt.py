@@ -130,7 +130,11 @@ def test_odt_two_iterations_from_the_cli_then_resume(tiny_files, tmp_path):
     assert [r["grad_updates"] for r in rows] == [2, 4]
     assert rows[1]["env_steps"] > rows[0]["env_steps"] > 0
     assert "eval_normalized_mean" in rows[-1] and "eval_normalized_mean" not in rows[0]
-    assert json.loads((run / "config.json").read_text())["algo"] == "odt"
+    config = json.loads((run / "config.json").read_text())
+    assert config["algo"] == "odt"
+    # the DT it started from is named by its weights too: a path names a DT only on the machine that made it
+    digest = json.loads((policy / "model.json").read_text())["weights_sha256"]
+    assert config["run_info"]["init_weights_sha256"] == digest
     assert (run / "policy" / "model.safetensors").is_file() and (run / "checkpoints" / "state.pt").is_file()
     assert cli(argv + ["--iterations", "3", "--resume"]) == 0
     rows = read_metrics(run)

@@ -305,6 +305,24 @@ def test_an_ablation_reported_from_two_studies_csvs_is_paired_by_seed_and_dt(tmp
     more = build_report(ReportConfig(run_dirs=("runs/base", "runs/lever"), out="more", bootstrap_reps=50,
                                      reference=("learning_rate=0.001",)))
     assert [p["seed"] for p in more["pairs"]] == [0, 1, 2, 3]
+    # the same DT path holding other weights (pretrained again on another machine) is not the same DT:
+    # runs that recorded the digests of their DTs pair only when the digests agree
+    for study, digest in (("base", "aaa"), ("lever", "bbb")):
+        config_file = tmp_path / "runs" / study / "seed3-dt0" / "config.json"
+        config = json.loads(config_file.read_text())
+        config["run_info"]["init_weights_sha256"] = digest
+        config_file.write_text(json.dumps(config))
+    more = build_report(ReportConfig(run_dirs=("runs/base", "runs/lever"), out="more", bootstrap_reps=50,
+                                     reference=("learning_rate=0.001",)))
+    assert [p["seed"] for p in more["pairs"]] == [0, 1, 2]
+    assert {label for _, label in more["groups"]} == {"GRPO-DT (learning_rate=0.0003)", "GRPO-DT (learning_rate=0.001)"}
+    rebuilt = build_report(ReportConfig(from_csv=("more/evaluations.csv",), out="rebuilt", bootstrap_reps=50,
+                                        reference=("learning_rate=0.001",)))
+    assert [p["seed"] for p in rebuilt["pairs"]] == [0, 1, 2]
+    config_file.write_text(json.dumps({**config, "run_info": {**config["run_info"], "init_weights_sha256": "aaa"}}))
+    more = build_report(ReportConfig(run_dirs=("runs/base", "runs/lever"), out="more", bootstrap_reps=50,
+                                     reference=("learning_rate=0.001",)))
+    assert [p["seed"] for p in more["pairs"]] == [0, 1, 2, 3]
     # CSVs written before configs and episode lengths were stored still load, under the label they carry
     with open("results/base/evaluations.csv") as handle:
         rows = list(csv.DictReader(handle))

@@ -58,7 +58,8 @@ X_KEYS = {"iterations": "iteration", "env_steps": "env_steps", "wall_time_s": "w
 # learns (eval_other_rtg adds evaluations at a second RTG: Table 1's runs have it, their ablations not)
 _NOT_HYPERPARAMETERS = {"seed", "out", "run_info", "resume", "force", "device", "init", "dataset", "task",
                         "algo", "preset", "eval_every", "eval_episodes", "eval_other_rtg", "checkpoint_every",
-                        "command", "threads", "env_threads", "track", "wandb_project", "wandb_entity"}
+                        "command", "threads", "env_threads", "track", "wandb_project", "wandb_entity",
+                        "init_weights_sha256"}
 
 
 @dataclass
@@ -168,6 +169,9 @@ def _command_of(config: dict) -> str:
 
 def load_run(path: Path) -> RunResult:
     config = read_config(path)
+    digest = (config.get("run_info") or {}).get("init_weights_sha256")
+    if digest:  # kept in evaluations.csv, which leaves run_info out: pairs are made by the DT's weights
+        config["init_weights_sha256"] = digest
     metrics = read_metrics(path)
     task_name, task = _canonical_task(str(config.get("task", "unknown")))
     algo_key = config.get("algo")
@@ -788,10 +792,17 @@ def _pair_key(run: RunResult) -> tuple[str, str]:
     return str(run.seed), os.path.normpath(str(init)) if init else ""
 
 
+def _same_weights(run: RunResult, other: RunResult) -> bool:
+    """False when both runs recorded the digest of the DT they started from and the digests differ."""
+    digests = run.config.get("init_weights_sha256"), other.config.get("init_weights_sha256")
+    return not all(digests) or digests[0] == digests[1]
+
+
 def paired_runs(groups: dict[tuple[str, str], GroupResult], reference: dict[str, str]) -> tuple[list[dict], int]:
     """Every finished run of a variant with the reference's finished run of the same task, algorithm,
-    seed and pretrained DT (``init``): an ablation measured as differences within pairs, which cancels
-    what the seed and the DT contribute to both. Returns (pairs, runs of variants left unpaired)."""
+    seed and pretrained DT (``init``, and the digest of its weights where both runs recorded one): an
+    ablation measured as differences within pairs, which cancels what the seed and the DT contribute to
+    both. Returns (pairs, runs of variants left unpaired)."""
     by_algo: dict[tuple[str, str], list[GroupResult]] = defaultdict(list)
     for group in groups.values():
         by_algo[(group.task, group.algo)].append(group)
@@ -813,8 +824,11 @@ def paired_runs(groups: dict[tuple[str, str], GroupResult], reference: dict[str,
             seen: set[tuple[str, str]] = set()
             for run in sorted(group.runs, key=_pair_key):
                 base = ref_runs.get(_pair_key(run))
-                if base is None or not run.finished or run.final is None or _pair_key(run) in seen:
-                    unpaired += 1  # unfinished, or no reference run (or a second run) of its seed and DT
+                if (base is None or not run.finished or run.final is None or _pair_key(run) in seen
+                        or not _same_weights(run, base)):
+                    # unfinished, or no reference run (or a second run) of its seed and DT, or a DT of the
+                    # same path with other weights (pretrained again on another machine)
+                    unpaired += 1
                     continue
                 seen.add(_pair_key(run))
                 # what else tells the two runs apart (e.g. a variant run made with another lr): the pair

@@ -473,6 +473,21 @@ class RunDir:
         save_policy(target, model, normalizer, task_name, extra=extra)
         return target
 
+    def record_run_info(self, **items: Any) -> None:
+        """Add ``items`` to ``run_info`` in config.json (e.g. the digest of the weights the run started
+        from, known only once the model is loaded). A resumed run whose recorded value differs is told
+        on stderr, and the new value is kept with the old one in ``run_info.resumes``."""
+        info = self.config.setdefault("run_info", {})
+        changed = {key: {"was": info[key], "now": value} for key, value in items.items()
+                   if key in info and info[key] != value}
+        if changed:
+            print(f"dtrl: warning: {self.path}: {', '.join(changed)} differ from when the run started "
+                  "(another pretrained model at the same path?)", file=sys.stderr)
+            for record in info.get("resumes", [])[-1:]:
+                record.setdefault("changed", {}).update(changed)
+        info.update(items)
+        atomic_write_json(self.path / CONFIG_FILE, self.config)
+
     # -- finishing ----------------------------------------------------------------------------
 
     def mark_finished(self, summary: dict) -> None:

@@ -88,14 +88,18 @@ class Clock:
         self._started = time.perf_counter()
 
 
-def open_run(config: Any, algo: str):
+def open_run(config: Any, algo: str, init=None):
     """Create ``config.out`` (config.json with ``algo`` set) or, with ``--resume``, reopen it.
 
     Returns ``(run, state)``: ``state`` is the last checkpoint's dict (None for a fresh run); loading
-    it restores the global RNGs, so call this after the models are built."""
+    it restores the global RNGs, so call this after the models are built. ``init`` (the loaded
+    pretrained policy) puts the digest of its weights in ``run_info.init_weights_sha256``: a path
+    names a DT only on the machine that trained it, and ablations are paired by the DT they start from."""
     # RunDir.resume refuses another algorithm or task, and a finished run asked for nothing more,
     # before it writes anything
     run = RunDir.open(config.out, {**to_dict(config), "algo": algo}, resume=config.resume, force=config.force)
+    if init is not None and init.meta.get("weights_sha256"):
+        run.record_run_info(init_weights_sha256=init.meta["weights_sha256"])
     state = run.load_state() if config.resume else None
     return run, state
 

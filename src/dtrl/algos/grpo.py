@@ -607,7 +607,7 @@ def train(config: GRPOConfig) -> dict:
     optimizer, temperature_optimizer = build_dt_optimizers(config, model)
     averaged = average_of_weights(model, config.policy_averaging)
     evaluated = policy if averaged is None else dataclasses.replace(policy, model=averaged.module)
-    run, state = open_run(config, ALGO)  # after building the model: resuming restores the global RNGs
+    run, state = open_run(config, ALGO, init=policy)  # after building the model: resuming restores the global RNGs
     trajectory_buffer: deque = deque(maxlen=config.trajectory_buffer_size)  # T_replay
     sub_buffer = SubTrajectoryBuffer(sub_buffer_capacity(config))  # T_sub
     clock = Clock()

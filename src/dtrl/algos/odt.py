@@ -150,7 +150,7 @@ def train(config: ODTConfig) -> dict:
     buffer = TrajectoryBuffer(config.buffer_size)
     buffer.seed_with_top(offline_seed_trajectories(dataset, task))
     clock = Clock()
-    run, state = open_run(config, ALGO)
+    run, state = open_run(config, ALGO, init=policy)
     start = 1
     components = dict(model=model, optimizer=optimizer, temperature_optimizer=temperature_optimizer, buffer=buffer)
     if state is not None:

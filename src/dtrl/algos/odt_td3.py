@@ -219,7 +219,7 @@ def train(config: ODTTD3Config) -> dict:
     buffer = TrajectoryBuffer(config.buffer_size)
     buffer.seed_with_top(offline_seed_trajectories(dataset, task))
     clock = Clock()
-    run, state = open_run(config, ALGO)
+    run, state = open_run(config, ALGO, init=policy)
     start = 1
     components = dict(model=model, target_model=target_model, critic=critic, critic_target=critic_target,
                       optimizer=optimizer, critic_optimizer=critic_optimizer,

@@ -207,7 +207,7 @@ def train(config: PPOConfig) -> dict:
 
     buffer = TrajectoryBuffer(config.trajectories_per_iteration * config.buffer_multiplier)
     clock = Clock()
-    run, state = open_run(config, ALGO)
+    run, state = open_run(config, ALGO, init=policy)
     start = 1
     components = dict(model=model, critic=critic, optimizer=optimizer, critic_optimizer=critic_optimizer,
                       temperature_optimizer=temperature_optimizer, buffer=buffer)
