@@ -40,7 +40,7 @@ import numpy as np
 from calibrate_budget import CLAIMS, without_preset_values
 from dtrl.config import value_text
 from dtrl.errors import DtrlError
-from dtrl.report import group_runs, late_mean, load_runs, paired_runs, start_score, t_interval
+from dtrl.report import group_runs, late_mean, load_runs, paired_runs, same_starting_weights, start_score, t_interval
 
 MIN_PAIRS = 3
 # What the paper says of each claim, and which way each switched value should move the score against
@@ -142,9 +142,11 @@ def q_guided_rows(runs: list, task: str) -> list[dict]:
     compared = [("its start", +1, [(run.final - start, late_mean(run) - start) for run in q_runs
                                    if (start := start_score(run)) is not None])]
     for algo, name in Q_GUIDED_AGAINST.items():
-        by_pair = {(r.seed, r.config.get("init")): r for r in finished if r.config.get("algo") == algo}
-        compared.append((name, 0, [(run.final - base.final, late_mean(run) - late_mean(base)) for run in q_runs
-                                   if (base := by_pair.get((run.seed, run.config.get("init")))) is not None]))
+        others = [r for r in finished if r.config.get("algo") == algo]
+        bases = [(run, next((r for r in others if r.seed == run.seed and same_starting_weights(run, r)
+                             and r.config.get("init") == run.config.get("init")), None)) for run in q_runs]
+        compared.append((name, 0, [(run.final - base.final, late_mean(run) - late_mean(base))
+                                   for run, base in bases if base is not None]))
     rows = []
     for value, expected, pairs in compared:
         final, late = (np.array(v, float) for v in (zip(*pairs) if pairs else ([], [])))

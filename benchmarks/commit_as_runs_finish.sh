@@ -13,27 +13,33 @@
 # Every INTERVAL seconds (default 120) it looks for finished runs (final.json) under RUN_ROOT; when
 # the set changed, it runs `dtrl report RUN_ROOT ... --finished-only --out OUT_DIR` (niced, reading
 # back OUT_DIR/evaluations.csv when it exists, so rows from other machines are kept) and commits
-# OUT_DIR alone (`git commit -- OUT_DIR`: nothing else staged goes with it). Stop it with kill.
+# OUT_DIR alone (`git commit -- OUT_DIR`: nothing else staged goes with it). Paths are relative to
+# the repository root, as in the study specs. The report's messages go to OUT_DIR/../.<name>.log
+# (untracked). Stop it with kill.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$1; OUT=$2; shift 2
 INTERVAL=${INTERVAL:-120}
-DTRL=${DTRL:-dtrl}
-[ -x .venv/bin/dtrl ] && DTRL=.venv/bin/dtrl
+if [ -z "${DTRL:-}" ]; then
+  DTRL=dtrl
+  [ -x .venv/bin/dtrl ] && DTRL=.venv/bin/dtrl
+fi
+LOG="$(dirname "$OUT")/.$(basename "$OUT").log"
 previous=""
 while true; do
-  finished=$(find "$ROOT" -name final.json 2>/dev/null | sort)
+  # runs moved aside by --force (RUN.bak-<time>) are not the study's
+  finished=$(find "$ROOT" -name final.json -not -path "*.bak-*" 2>/dev/null | sort)
   if [ -n "$finished" ] && [ "$finished" != "$previous" ]; then
     count=$(echo "$finished" | wc -l)
     from=(); [ -f "$OUT/evaluations.csv" ] && from=(--from-csv "$OUT/evaluations.csv")
-    if nice -n 10 "$DTRL" report "$ROOT" "$@" "${from[@]}" --finished-only --out "$OUT" >/dev/null 2>&1 \
+    if nice -n 10 "$DTRL" report "$ROOT" "$@" "${from[@]}" --finished-only --out "$OUT" >"$LOG" 2>&1 \
         && git add "$OUT" \
         && { git diff --cached --quiet -- "$OUT" \
              || git commit -q -m "$(basename "$OUT"): evaluation rows of $count finished runs" -- "$OUT"; }; then
       previous=$finished
       echo "$(date -u +%FT%TZ) $OUT up to date in git ($count finished runs under $ROOT)"
     else
-      echo "$(date -u +%FT%TZ) report or commit failed; trying again in ${INTERVAL}s" >&2
+      echo "$(date -u +%FT%TZ) report or commit failed (see $LOG); trying again in ${INTERVAL}s" >&2
     fi
   fi
   sleep "$INTERVAL"

@@ -1,6 +1,7 @@
 import csv
 import importlib
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -319,6 +320,18 @@ def test_an_ablation_reported_from_two_studies_csvs_is_paired_by_seed_and_dt(tmp
     rebuilt = build_report(ReportConfig(from_csv=("more/evaluations.csv",), out="rebuilt", bootstrap_reps=50,
                                         reference=("learning_rate=0.001",)))
     assert [p["seed"] for p in rebuilt["pairs"]] == [0, 1, 2]
+    # a reference run of that other DT (same path, weights "bbb") is the lever run's partner
+    again = tmp_path / "runs" / "base" / "seed3-dt0-again"
+    make_run(again, {"task": "hopper-random", "algo": "grpo", "seed": 3, "learning_rate": 1e-3,
+                     "init": "runs/pretrain/dt0"}, eval_rows(20.0, iterations=8))
+    (again / "final.json").write_text("{}")
+    again_config = json.loads((again / "config.json").read_text())
+    again_config["run_info"]["init_weights_sha256"] = "bbb"
+    (again / "config.json").write_text(json.dumps(again_config))
+    both_dts = build_report(ReportConfig(run_dirs=("runs/base", "runs/lever"), out="more", bootstrap_reps=50,
+                                         reference=("learning_rate=0.001",)))
+    assert [(p["seed"], p["reference_final"]) for p in both_dts["pairs"]][3] == (3, 20.0)
+    shutil.rmtree(again)
     config_file.write_text(json.dumps({**config, "run_info": {**config["run_info"], "init_weights_sha256": "aaa"}}))
     more = build_report(ReportConfig(run_dirs=("runs/base", "runs/lever"), out="more", bootstrap_reps=50,
                                      reference=("learning_rate=0.001",)))
@@ -724,3 +737,6 @@ def test_training_metrics_are_averaged_between_evaluations_kept_in_the_csv_and_d
     assert code != 0
     err = capsys.readouterr().err.strip()
     assert "losses/nope: no run logs it" in err and "losses/actor_q" in err and "\n" not in err
+    with pytest.raises(DtrlError, match="already a column of evaluations.csv"):
+        build_report(ReportConfig(run_dirs=(str(tmp_path / "runs"),), out=str(tmp_path / "y"),
+                                  training_metrics=("wall_time_s",)))

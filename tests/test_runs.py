@@ -39,21 +39,29 @@ def test_create_writes_config_with_run_info(tmp_path):
     assert not list((tmp_path / "run").glob(".*.tmp"))  # no temp files left behind
 
 
-def test_run_info_recorded_after_opening_and_a_resume_that_disagrees_is_told(tmp_path, capsys):
+def test_what_a_run_started_from_is_recorded_once_and_a_resume_that_disagrees_is_told(tmp_path, capsys):
     run = RunDir.create(tmp_path / "run", CONFIG)
-    run.record_run_info(init_weights_sha256="aaa")
+    run.record_start_info(init_weights_sha256="aaa")
     run.save_state({"iteration": 1}, 1)
     run.close()
     assert read_config(tmp_path / "run")["run_info"]["init_weights_sha256"] == "aaa"
     resumed = RunDir.resume(tmp_path / "run", CONFIG)
-    resumed.record_run_info(init_weights_sha256="aaa")
+    resumed.record_start_info(init_weights_sha256="aaa")
     assert "differ" not in capsys.readouterr().err
-    resumed.record_run_info(init_weights_sha256="bbb")
+    resumed.record_start_info(init_weights_sha256="bbb")
     resumed.close()
     assert "init_weights_sha256 differ from when the run started" in capsys.readouterr().err
     info = read_config(tmp_path / "run")["run_info"]
-    assert info["init_weights_sha256"] == "bbb"
+    assert info["init_weights_sha256"] == "aaa"  # the DT it started from, not the one found at the path now
     assert info["resumes"][-1]["changed"]["init_weights_sha256"] == {"was": "aaa", "now": "bbb"}
+    # a run started before the digest was recorded does not get one on resume: its start is unknown
+    old = RunDir.create(tmp_path / "old", CONFIG)
+    old.save_state({"iteration": 1}, 1)
+    old.close()
+    resumed_old = RunDir.resume(tmp_path / "old", CONFIG)
+    resumed_old.record_start_info(init_weights_sha256="bbb")
+    resumed_old.close()
+    assert "init_weights_sha256" not in read_config(tmp_path / "old")["run_info"]
 
 
 def test_create_refuses_existing_dir_and_force_moves_it_aside(tmp_path):

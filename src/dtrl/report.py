@@ -792,7 +792,7 @@ def _pair_key(run: RunResult) -> tuple[str, str]:
     return str(run.seed), os.path.normpath(str(init)) if init else ""
 
 
-def _same_weights(run: RunResult, other: RunResult) -> bool:
+def same_starting_weights(run: RunResult, other: RunResult) -> bool:
     """False when both runs recorded the digest of the DT they started from and the digests differ."""
     digests = run.config.get("init_weights_sha256"), other.config.get("init_weights_sha256")
     return not all(digests) or digests[0] == digests[1]
@@ -811,26 +811,30 @@ def paired_runs(groups: dict[tuple[str, str], GroupResult], reference: dict[str,
         ref = reference_group(algo_groups, reference)
         if ref is None:
             continue
-        ref_runs: dict[tuple[str, str], RunResult] = {}
+        # reference runs by seed and DT path; one path may hold other weights on another machine, so a
+        # key may have several reference runs, told apart by the digests of the DTs they started from
+        ref_runs: dict[tuple[str, str], list[RunResult]] = defaultdict(list)
         for run in ref.runs:
             if run.finished and run.final is not None:
-                if _pair_key(run) in ref_runs:
+                same = [other for other in ref_runs[_pair_key(run)] if same_starting_weights(run, other)]
+                if same:
                     raise DtrlError(f"--reference: two runs of {ref.label} on {task} have seed {run.seed} and "
-                                    f"init {_pair_key(run)[1] or 'none'} ({ref_runs[_pair_key(run)].path}, {run.path})")
-                ref_runs[_pair_key(run)] = run
+                                    f"init {_pair_key(run)[1] or 'none'} ({same[0].path}, {run.path})")
+                ref_runs[_pair_key(run)].append(run)
         for group in sorted(algo_groups, key=lambda g: g.label):
             if group is ref:
                 continue
-            seen: set[tuple[str, str]] = set()
+            seen: set[tuple[str, str, str]] = set()
             for run in sorted(group.runs, key=_pair_key):
-                base = ref_runs.get(_pair_key(run))
-                if (base is None or not run.finished or run.final is None or _pair_key(run) in seen
-                        or not _same_weights(run, base)):
-                    # unfinished, or no reference run (or a second run) of its seed and DT, or a DT of the
-                    # same path with other weights (pretrained again on another machine)
+                candidates = ref_runs.get(_pair_key(run), [])
+                base = next((other for other in candidates if same_starting_weights(run, other)), None)
+                key = (*_pair_key(run), str(run.config.get("init_weights_sha256") or ""))
+                if base is None or not run.finished or run.final is None or key in seen:
+                    # unfinished, or no reference run (or a second run) of its seed and DT: same path and,
+                    # where both recorded it, the same weights
                     unpaired += 1
                     continue
-                seen.add(_pair_key(run))
+                seen.add(key)
                 # what else tells the two runs apart (e.g. a variant run made with another lr): the pair
                 # then measures more than the ablation's switch
                 others = [f"{key}={run.variant.get(key)} (reference {base.variant.get(key)})"
@@ -894,7 +898,8 @@ def paired_markdown(pairs: list[dict], reference: dict[str, str], unpaired: int)
                       "the ablation: " + "; ".join(differences)]
     if unpaired:
         lines += ["", f"{unpaired} run(s) of the variants are not paired: unfinished, or without a finished "
-                      "reference run of their seed and DT."]
+                      "reference run of their seed and DT (the same `init` path and, where both runs recorded "
+                      "it, the same weights: `run_info.init_weights_sha256`)."]
     return "\n".join(lines)
 
 
@@ -1155,6 +1160,10 @@ def plot_paired_curves(pairs: list[dict], groups: dict[tuple[str, str], GroupRes
 def training_keys(config: ReportConfig, runs: list[RunResult]) -> tuple[str, ...]:
     """The keys asked for, then those stored in the --from-csv files; a key asked for that no run logs
     is an error that names the keys the runs do log."""
+    standard = [key for key in config.training_metrics if key in EVALUATION_COLUMNS]
+    if standard:
+        raise DtrlError(f"--training-metrics {' '.join(standard)}: already a column of evaluations.csv; give "
+                        "metrics.jsonl keys such as losses/actor_q")
     keys = list(config.training_metrics)
     for path in config.from_csv:
         with open(path, newline="") as handle:

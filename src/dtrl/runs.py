@@ -473,19 +473,25 @@ class RunDir:
         save_policy(target, model, normalizer, task_name, extra=extra)
         return target
 
-    def record_run_info(self, **items: Any) -> None:
-        """Add ``items`` to ``run_info`` in config.json (e.g. the digest of the weights the run started
-        from, known only once the model is loaded). A resumed run whose recorded value differs is told
-        on stderr, and the new value is kept with the old one in ``run_info.resumes``."""
+    def record_start_info(self, **items: Any) -> None:
+        """Record in ``run_info`` facts about what the run started from that are known only once it
+        is loaded (the digest of the pretrained weights). A fresh run records them. A resumed run
+        keeps what it recorded when it started: a value that differs now is told on stderr and kept
+        in its resume record only; a value it never recorded (a run started before dtrl recorded it)
+        stays unrecorded, since what the run started from is then unknown."""
         info = self.config.setdefault("run_info", {})
-        changed = {key: {"was": info[key], "now": value} for key, value in items.items()
-                   if key in info and info[key] != value}
-        if changed:
+        if self.resumed_from is None:
+            info.update(items)
+        else:
+            changed = {key: {"was": info[key], "now": value} for key, value in items.items()
+                       if key in info and info[key] != value}
+            if not changed:
+                return
             print(f"dtrl: warning: {self.path}: {', '.join(changed)} differ from when the run started "
-                  "(another pretrained model at the same path?)", file=sys.stderr)
+                  "(another pretrained model at the same path?); the run keeps the values it started with",
+                  file=sys.stderr)
             for record in info.get("resumes", [])[-1:]:
                 record.setdefault("changed", {}).update(changed)
-        info.update(items)
         atomic_write_json(self.path / CONFIG_FILE, self.config)
 
     # -- finishing ----------------------------------------------------------------------------

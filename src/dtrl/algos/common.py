@@ -99,7 +99,7 @@ def open_run(config: Any, algo: str, init=None):
     # before it writes anything
     run = RunDir.open(config.out, {**to_dict(config), "algo": algo}, resume=config.resume, force=config.force)
     if init is not None and init.meta.get("weights_sha256"):
-        run.record_run_info(init_weights_sha256=init.meta["weights_sha256"])
+        run.record_start_info(init_weights_sha256=init.meta["weights_sha256"])
     state = run.load_state() if config.resume else None
     return run, state
 
