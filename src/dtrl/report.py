@@ -1150,10 +1150,6 @@ def plot_paired_curves(pairs: list[dict], groups: dict[tuple[str, str], GroupRes
 
 
 # ---------------------------------------------------------------------------------------------
-# command
-
-
-# ---------------------------------------------------------------------------------------------
 # training metrics (--training-metrics)
 
 
@@ -1242,6 +1238,10 @@ def plot_training(task: str, groups: list[GroupResult], keys: tuple[str, ...], o
         return False
     save_figure(fig, out_file)
     return True
+
+
+# ---------------------------------------------------------------------------------------------
+# command
 
 
 def _csv_text(rows: list[dict], columns: list[str] | None = None) -> str:
