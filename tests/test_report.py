@@ -160,6 +160,17 @@ def test_paper_names():
     assert paper_dataset_name("antmaze-umaze") == "antmaze-umaze-v2"
 
 
+def test_the_non_dt_reference_lines_are_named_and_come_after_the_papers_columns(tmp_path):
+    root = tmp_path / "runs"
+    for algo in ("sb3-sac", "grpo", "sb3-ppo", "iql"):
+        make_run(root / algo, {"task": "hopper-random", "algo": algo, "seed": 0}, eval_rows(10.0))
+    header = next(line for line in build_report(ReportConfig(run_dirs=(str(root),), out=str(tmp_path / "out"),
+                                                             bootstrap_reps=100))["markdown"].splitlines()
+                  if line.startswith("| task"))
+    assert header.index("IQL") < header.index("GRPO-DT") < header.index("SB3 PPO") < header.index("SB3 SAC")
+    assert "sb3" not in header
+
+
 def test_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(DtrlError, match="no run directories"):
         build_report(ReportConfig(run_dirs=()))

@@ -50,9 +50,9 @@ from dtrl.runs import CONFIG_FILE, is_finished, iter_run_dirs, read_config, read
 
 # our algorithm names (config "algo") -> the paper's column names (pretraining runs: see load_run)
 ALGO_NAMES = {"grpo": "GRPO-DT", "grpo-q": "GRPO-DT (Q)", "ppo": "PPO-DT", "odt": "ODT", "odt-td3": "ODT+TD3",
-              "iql": "IQL", "dt": "DT", "reinformer": "Reinformer"}
-# column order of the table: the paper's order, anything else after it
-ALGO_ORDER = ["DT", "Reinformer", "IQL", "ODT", "ODT+TD3", "PPO-DT", "GRPO-DT", "GRPO-DT (Q)"]
+              "iql": "IQL", "dt": "DT", "reinformer": "Reinformer", "sb3-ppo": "SB3 PPO", "sb3-sac": "SB3 SAC"}
+# column order of the table: the paper's order, then the non-DT reference lines, anything else after them
+ALGO_ORDER = ["DT", "Reinformer", "IQL", "ODT", "ODT+TD3", "PPO-DT", "GRPO-DT", "GRPO-DT (Q)", "SB3 PPO", "SB3 SAC"]
 X_KEYS = {"iterations": "iteration", "env_steps": "env_steps", "wall_time_s": "wall_time_s"}
 # config keys that say how or where a run was launched, or what else it evaluates, never what it
 # learns (eval_other_rtg adds evaluations at a second RTG: Table 1's runs have it, their ablations not)
