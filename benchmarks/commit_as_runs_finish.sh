@@ -25,6 +25,7 @@ if [ -z "${DTRL:-}" ]; then
   [ -x .venv/bin/dtrl ] && DTRL=.venv/bin/dtrl
 fi
 LOG="$(dirname "$OUT")/.$(basename "$OUT").log"
+mkdir -p "$(dirname "$OUT")"  # a study's first run: its results folder (e.g. claims/) may not exist yet
 previous=""
 while true; do
   # runs moved aside by --force (RUN.bak-<time>) are not the study's
