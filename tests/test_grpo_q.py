@@ -51,3 +51,23 @@ def test_grpo_q_rounds_from_the_cli(tiny_files, tmp_path):
     assert "losses/critic" in rows[0] and "losses/policy" not in rows[0]  # warm-up round: critic only
     assert "losses/policy" in rows[1] and rows[1]["grad_updates"] > rows[0]["grad_updates"] + 2
     assert json.loads((run / "config.json").read_text())["algo"] == "grpo-q"
+
+
+def test_presets_take_t_eval_and_etpr_from_table_6_and_a_run_starts_at_its_etpr(tiny_files, tmp_path):
+    from dtrl.algos import grpo_q
+    from dtrl.tasks import get_task
+
+    for name in ("hopper-random", "door-human", "antmaze-umaze"):
+        task = get_task(name)
+        for preset in (grpo_q.paper_preset(name), grpo_q.cpu_preset(name)):
+            assert (preset.context_length, preset.init_temperature) == (task.context_eval, task.init_temperature)
+    # the first policy round's temperature is --init-temperature, not the pretrained DT's (a few Adam
+    # steps of the log-temperature at lr 1e-4 move it by well under 1%)
+    _, policy = tiny_files
+    run = tmp_path / "grpo-q"
+    assert cli(["finetune", "--algo", "grpo-q", "--task", "hopper-random", "--init", str(policy), "--out", str(run),
+                "--iterations", "2", "--trajectories-per-update", "2", "--minibatch-size", "8", "--group-size", "4",
+                "--critic-updates-per-iteration", "2", "--critic-batch-size", "4", "--critic-warmup-iterations", "1",
+                "--critic-hidden-dim", "16", "--eval-episodes", "1", "--eval-every", "0", "--device", "cpu",
+                "--init-temperature", "0.37"]) == 0
+    assert read_metrics(run)[1]["losses/temperature"] == pytest.approx(0.37, rel=0.01)
