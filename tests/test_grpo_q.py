@@ -39,13 +39,18 @@ def test_action_groups_are_independent_samples_of_the_policy_with_their_log_prob
     assert torch.equal(dist.log_prob(actions), dist.log_prob(actions.clone()))
 
 
-def test_grpo_q_rounds_from_the_cli(tiny_files, tmp_path):
-    _, policy = tiny_files
-    run = tmp_path / "grpo-q"
-    assert cli(["finetune", "--algo", "grpo-q", "--task", "hopper-random", "--init", str(policy), "--out", str(run),
+def run_two_rounds(policy, run, *extra: str) -> int:
+    """`dtrl finetune --algo grpo-q` for two tiny iterations: a critic warm-up round, then a policy round."""
+    return cli(["finetune", "--algo", "grpo-q", "--task", "hopper-random", "--init", str(policy), "--out", str(run),
                 "--iterations", "2", "--trajectories-per-update", "2", "--minibatch-size", "8", "--group-size", "4",
                 "--critic-updates-per-iteration", "2", "--critic-batch-size", "4", "--critic-warmup-iterations", "1",
-                "--critic-hidden-dim", "16", "--eval-episodes", "1", "--eval-every", "0", "--device", "cpu"]) == 0
+                "--critic-hidden-dim", "16", "--eval-episodes", "1", "--eval-every", "0", "--device", "cpu",
+                *extra])
+
+
+def test_grpo_q_rounds_from_the_cli(tiny_files, tmp_path):
+    run = tmp_path / "grpo-q"
+    assert run_two_rounds(tiny_files[1], run) == 0
     rows = read_metrics(run)
     assert [r["iteration"] for r in rows] == [1, 2]
     assert "losses/critic" in rows[0] and "losses/policy" not in rows[0]  # warm-up round: critic only
@@ -63,11 +68,6 @@ def test_presets_take_t_eval_and_etpr_from_table_6_and_a_run_starts_at_its_etpr(
             assert (preset.context_length, preset.init_temperature) == (task.context_eval, task.init_temperature)
     # the first policy round's temperature is --init-temperature, not the pretrained DT's (a few Adam
     # steps of the log-temperature at lr 1e-4 move it by well under 1%)
-    _, policy = tiny_files
     run = tmp_path / "grpo-q"
-    assert cli(["finetune", "--algo", "grpo-q", "--task", "hopper-random", "--init", str(policy), "--out", str(run),
-                "--iterations", "2", "--trajectories-per-update", "2", "--minibatch-size", "8", "--group-size", "4",
-                "--critic-updates-per-iteration", "2", "--critic-batch-size", "4", "--critic-warmup-iterations", "1",
-                "--critic-hidden-dim", "16", "--eval-episodes", "1", "--eval-every", "0", "--device", "cpu",
-                "--init-temperature", "0.37"]) == 0
+    assert run_two_rounds(tiny_files[1], run, "--init-temperature", "0.37") == 0
     assert read_metrics(run)[1]["losses/temperature"] == pytest.approx(0.37, rel=0.01)
