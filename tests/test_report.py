@@ -646,6 +646,36 @@ def test_claims_table_pairs_each_switch_with_table_1_and_applies_the_verdict_rul
     assert "pair(s) differ in more than the reference's keys" in Path("mixed/report.md").read_text()
 
 
+def test_only_reports_the_runs_whose_config_matches(tmp_path, monkeypatch, capsys):
+    """--only: a GRPO-DT ablation reported beside the GRPO-DT runs of Table 1's whole evaluations.csv,
+    without its other methods; columns named by what still varies among the runs kept."""
+    monkeypatch.chdir(tmp_path)
+    for algo, seed, ratio, lr in [("grpo", 1, "sequence", 1e-3), ("grpo", 2, "sequence", 3e-4),
+                                  ("ppo", 1, "sequence", 1e-3), ("grpo", 1, "token", 1e-3)]:
+        study = "table1" if ratio == "sequence" else "claim"
+        path = tmp_path / "runs" / study / algo / f"seed{seed}"
+        make_run(path, {"task": "hopper-random", "algo": algo, "seed": seed, "ratio_level": ratio,
+                        "learning_rate": lr}, eval_rows(10.0 * seed))
+        (path / "final.json").write_text("{}")
+    build_report(ReportConfig(run_dirs=("runs/table1",), out="table1", bootstrap_reps=20))
+    assert cli_main(["report", "runs/claim", "--from-csv", "table1/evaluations.csv", "--only", "algo=grpo",
+                     "--out", "claim", "--bootstrap-reps", "20"]) == 0
+    with open("claim/evaluations.csv") as handle:
+        kept = {(row["run"], row["label"]) for row in csv.DictReader(handle)}
+    assert {run for run, _ in kept} == {"runs/table1/grpo/seed1", "runs/table1/grpo/seed2", "runs/claim/grpo/seed1"}
+    # seed 1 alone: learning_rate no longer tells its runs apart, ratio_level does
+    one_seed = build_report(ReportConfig(run_dirs=("runs",), only=("seed=1", "algo=grpo"), out="seed1",
+                                         bootstrap_reps=20))
+    assert {run.label for run in one_seed["runs"]} == {"GRPO-DT (ratio_level=sequence)", "GRPO-DT (ratio_level=token)"}
+    # a key given twice matches either value
+    both = build_report(ReportConfig(run_dirs=("runs",), only=("algo=ppo", "algo=grpo"), out="both", bootstrap_reps=20))
+    assert len(both["runs"]) == 4
+    assert cli_main(["report", "runs", "--only", "ratio=token"]) == 2
+    assert "--only ratio: no run's config.json has this key" in capsys.readouterr().err
+    assert cli_main(["report", "runs", "--only", "algo=iql"]) == 2
+    assert "--only algo=iql: none of the 4 run(s) matches" in capsys.readouterr().err
+
+
 def test_report_shows_both_target_rtgs_and_what_each_method_spent(tmp_path):
     """Table 1 at CPU scale reports both evaluation RTGs where runs have them (--eval-other-rtg), and per
     column the iterations, env steps, updates (per iteration without IQL's offline phase) and wall time of

@@ -90,6 +90,10 @@ class ReportConfig:
     evaluation by then; 0: off). A budget of iterations costs more time where a method's iterations
     lengthen with its episodes, and less where its code got faster: this reads every method at equal
     time on the machine that ran the study"""
+    only: tuple[str, ...] = ()
+    """KEY=VALUE ...: report only the runs whose config.json has these values (dotted for nested keys;
+    a key given twice matches either value), e.g. `--only algo=grpo`: a GRPO-DT ablation beside Table
+    1's GRPO-DT runs, read from all of Table 1's evaluations.csv"""
     reference: tuple[str, ...] = ()
     """KEY=VALUE ...: the runs with these hyperparameter values are the reference of an ablation; every
     other variant of the same (task, algorithm) is compared with it seed by seed, on the same pretrained
@@ -759,6 +763,24 @@ def statistics_markdown(rows: list[dict]) -> str:
 # ablations: each variant against a reference, seed by seed
 
 
+def select_runs(runs: list[RunResult], only: tuple[str, ...]) -> list[RunResult]:
+    """The runs whose config has every KEY=VALUE of ``only`` (values of a repeated key are
+    alternatives; numbers match by value, booleans as typed), as `dtrl sweep --only` selects trials."""
+    wanted = key_values(only, "--only", "a config key as in config.json, e.g. algo=grpo")
+    if not wanted:
+        return runs
+    configs = [_flatten(run.config) for run in runs]
+    unknown = sorted(key for key in wanted if not any(key in config for config in configs))
+    if unknown:
+        raise DtrlError(f"--only {', '.join(unknown)}: no run's config.json has this key")
+    chosen = [run for run, config in zip(runs, configs)
+              if all(any(value_matches(config.get(key), text) for text in texts) for key, texts in wanted.items())]
+    if not chosen:
+        raise DtrlError(f"--only {' '.join(only)}: none of the {len(runs)} run(s) matches")
+    label_variants(chosen)  # a setting that told the runs left out apart does not name a column
+    return chosen
+
+
 def parse_reference(items: tuple[str, ...]) -> dict[str, str]:
     """``("learning_rate=0.001", ...)`` -> {"learning_rate": "0.001", ...}."""
     found = key_values(items, "--reference", "a config key as in config.json")
@@ -1282,7 +1304,7 @@ def build_report(config: ReportConfig) -> dict:
     if not config.run_dirs and not config.from_csv:
         raise DtrlError("no run directories given (dtrl report RUN_DIR... ; a folder of runs, or --from-csv FILE)")
     reference = parse_reference(config.reference)
-    runs = load_runs(config.run_dirs, config.from_csv)
+    runs = select_runs(load_runs(config.run_dirs, config.from_csv), config.only)
     trained = training_keys(config, runs)
     evaluated = [r for r in runs if r.final is not None]
     if not evaluated:
