@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -73,7 +74,10 @@ Q_GUIDED = ("Fig. 3c", "Q-function-guided GRPO-DT, without resetting, still achi
 Q_GUIDED_AGAINST = {"grpo": "GRPO-DT", "odt": "ODT", "odt-td3": "ODT+TD3"}
 VERDICT = {+1: "agrees", -1: "disagrees"}
 COLUMNS = ["claim", "figure", "method", "switch", "preset", "value", "runs", "pairs", "excluded", "expected", "d_final",
-           "d_final_lo", "d_final_hi", "d_late", "d_late_lo", "d_late_hi", "wins", "verdict", "excluded_because"]
+           "d_final_lo", "d_final_hi", "d_late", "d_late_lo", "d_late_hi", "wins", "verdict", "excluded_because",
+           "preset_final", "preset_final_lo", "preset_final_hi", "value_final", "value_final_lo", "value_final_hi",
+           "finals", "report"]
+BOOTSTRAP_REPS = 2000
 
 
 def verdict(expected: int, final: np.ndarray, late: np.ndarray) -> str:
@@ -93,6 +97,30 @@ def verdict(expected: int, final: np.ndarray, late: np.ndarray) -> str:
     return VERDICT.get(sides.pop(), "inconclusive") if len(sides) == 1 else "inconclusive"
 
 
+def mean_interval(values: np.ndarray) -> tuple[float | None, float | None, float | None]:
+    """Mean over seeds with its 95% bootstrap interval, as Table 1's report gives it (rliable,
+    ``dtrl report``'s draws); (None, None, None) for no values."""
+    if not len(values):
+        return None, None, None
+    from rliable import library as rly
+    from rliable import metrics as rly_metrics
+
+    np.random.seed(0)  # rliable's bootstrap draws from numpy's global generator: the table regenerates
+    point, interval = rly.get_interval_estimates({"x": np.asarray(values, float)[:, None]}, rly_metrics.aggregate_mean,
+                                                 reps=BOOTSTRAP_REPS)
+    (lo, hi), = np.asarray(interval["x"], float).reshape(1, 2)
+    return float(np.ravel(point["x"])[0]), float(lo), float(hi)
+
+
+def scores_row(seeds: list, reference: list[float], switched: list[float], report: str) -> dict:
+    """The paired runs' own scores: each side's mean final with its bootstrap interval, and per seed."""
+    row = {"finals": "; ".join(f"{seed}: {a:.1f} → {b:.1f}" for seed, a, b in zip(seeds, reference, switched)),
+           "report": report}
+    for side, values in (("preset", reference), ("value", switched)):
+        row[f"{side}_final"], row[f"{side}_final_lo"], row[f"{side}_final_hi"] = mean_interval(np.array(values, float))
+    return row
+
+
 def difference_row(values: dict[str, np.ndarray]) -> dict:
     row = {}
     for name, deltas in values.items():
@@ -102,9 +130,9 @@ def difference_row(values: dict[str, np.ndarray]) -> dict:
     return row
 
 
-def claim_rows(claim: str, runs: list, task: str) -> list[dict]:
+def claim_rows(claim: str, runs: list, task: str, report: str = "") -> list[dict]:
     """One row per (method, switched value) of a claim, from its runs and Table 1's (finished runs, none
-    of another claim)."""
+    of another claim); ``report``: where the claim's report (curves) is, for the table's link."""
     algos, overrides = CLAIMS[claim]
     (switch, _), = overrides.items()
     figure, _, expected = PAPER[claim]
@@ -130,31 +158,36 @@ def claim_rows(claim: str, runs: list, task: str) -> list[dict]:
                          "runs": sum(1 for run in mine if run.config.get(switch) == value), "pairs": len(found),
                          "excluded": len(by_value.get(value, [])) - len(found), "expected": expected[value],
                          **difference_row({"final": final, "late": late}), "wins": int((final > 0).sum()),
-                         "verdict": verdict(expected[value], final, late), "excluded_because": "; ".join(excluded)})
+                         "verdict": verdict(expected[value], final, late), "excluded_because": "; ".join(excluded),
+                         **scores_row([p["seed"] for p in found], [p["reference_final"] for p in found],
+                                      [p["variant_final"] for p in found], report)})
     return rows
 
 
-def q_guided_rows(runs: list, task: str) -> list[dict]:
+def q_guided_rows(runs: list, task: str, report: str = "") -> list[dict]:
     """Fig. 3c from Table 1: Q-guided GRPO against its own start (the claim tested: it learns), and
     against GRPO-DT, ODT and ODT+TD3 runs of the same seed and pretrained DT (shown, no verdict)."""
     finished = [r for r in runs if r.task == task and r.finished and r.final is not None]
     q_runs = [r for r in finished if r.config.get("algo") == "grpo-q"]
-    compared = [("its start", +1, [(run.final - start, late_mean(run) - start) for run in q_runs
-                                   if (start := start_score(run)) is not None])]
+    # per compared value: (seed, its score, Q-guided GRPO's final, Δ final, Δ late) per pair
+    compared = [("its start", +1, [(run.seed, start, run.final, run.final - start, late_mean(run) - start)
+                                   for run in q_runs if (start := start_score(run)) is not None])]
     for algo, name in Q_GUIDED_AGAINST.items():
         others = [r for r in finished if r.config.get("algo") == algo]
         bases = [(run, next((r for r in others if r.seed == run.seed and same_starting_weights(run, r)
                              and r.config.get("init") == run.config.get("init")), None)) for run in q_runs]
-        compared.append((name, 0, [(run.final - base.final, late_mean(run) - late_mean(base))
-                                   for run, base in bases if base is not None]))
+        compared.append((name, 0, [(run.seed, base.final, run.final, run.final - base.final,
+                                    late_mean(run) - late_mean(base)) for run, base in bases if base is not None]))
     rows = []
     for value, expected, pairs in compared:
-        final, late = (np.array(v, float) for v in (zip(*pairs) if pairs else ([], [])))
+        seeds, reference, switched, final, late = ([*v] for v in (zip(*pairs) if pairs else ([],) * 5))
+        final, late = np.array(final, float), np.array(late, float)
         rows.append({"claim": "fig3c_q_guided", "figure": Q_GUIDED[0], "method": "grpo-q", "switch": "compared with",
                      "preset": "", "value": value, "runs": len(q_runs), "pairs": len(final), "excluded": 0,
                      "expected": expected,
                      **difference_row({"final": final, "late": late}), "wins": int((final > 0).sum()),
-                     "verdict": verdict(expected, final, late), "excluded_because": ""})
+                     "verdict": verdict(expected, final, late), "excluded_because": "",
+                     **scores_row(seeds, reference, switched, report)})
     return rows
 
 
@@ -170,6 +203,16 @@ def _cell(row: dict, name: str) -> str:
         return "–"
     interval = f" [{row[f'd_{name}_lo']:+.1f}, {row[f'd_{name}_hi']:+.1f}]" if row[f"d_{name}_lo"] is not None else ""
     return f"{row[f'd_{name}']:+.1f}{interval}"
+
+
+def _mean_cell(row: dict, side: str) -> str:
+    if row[f"{side}_final"] is None:
+        return "–"
+    return f"{row[f'{side}_final']:.1f} [{row[f'{side}_final_lo']:.1f}, {row[f'{side}_final_hi']:.1f}]"
+
+
+def _link_cell(row: dict) -> str:
+    return f"[report]({row['report']})" if row["report"] else "–"
 
 
 def _switched(row: dict) -> str:
@@ -199,21 +242,34 @@ def markdown(rows: list[dict], command: str) -> str:
               f"| {r['excluded']} "
               f"| {sign[r['expected']]} | {_cell(r, 'final')} | {_cell(r, 'late')} | {r['wins']}/{r['pairs']} "
               f"| {r['verdict']} |" for r in rows]
+    lines += ["", "The paired runs' own final scores: mean over seeds with a 95% bootstrap interval (rliable, as "
+              "Table 1 gives them), and per seed (preset → switched; Fig. 3c: the compared column → Q-guided GRPO). "
+              "The curves (over iterations, env steps and wall time), the paired curves and the training losses "
+              "are in each claim's report.", "",
+              "| figure | method | preset → value | preset: final [95% CI] | switched: final [95% CI] "
+              "| per seed | curves |", "|---|---|---|---:|---:|---|---|"]
+    lines += [f"| {r['figure']} | {r['method']} | {_switched(r)} | {_mean_cell(r, 'preset')} | {_mean_cell(r, 'value')} "
+              f"| {r['finals'] or '–'} | {_link_cell(r)} |" for r in rows]
     excluded = [f"{r['figure']} {r['method']} {_switched(r)}: {r['excluded_because']}" for r in rows if r["excluded"]]
     if excluded:
         lines += ["", "Excluded pairs, and what else their runs differ in: " + "; ".join(excluded)]
     return "\n".join(lines) + "\n"
 
 
-def claims_and_rows(table1: list[str], claims_folder: str, task: str) -> list[dict]:
-    """Every claim's rows, then Fig. 3c's, from the finished runs of the CSVs."""
+def claims_and_rows(table1: list[str], claims_folder: str, task: str, out: str = "claims.md") -> list[dict]:
+    """Every claim's rows, then Fig. 3c's, from the finished runs of the CSVs; each links its report
+    (the report.md beside its evaluations.csv), relative to ``out``."""
+    def link(csv_file: Path) -> str:
+        report = csv_file.parent / "report.md"
+        return os.path.relpath(report, Path(out).parent) if report.is_file() else ""
+
     rows = []
     for claim in CLAIMS:
         # one claim at a time beside Table 1, so that its runs are labelled and paired by its own switch
         found = Path(claims_folder) / claim / "evaluations.csv"
         runs = load_runs((), [*table1, *([str(found)] if found.is_file() else [])])
-        rows += claim_rows(claim, [run for run in runs if run.finished], task)
-    rows += q_guided_rows([run for run in load_runs((), table1) if run.finished], task)
+        rows += claim_rows(claim, [run for run in runs if run.finished], task, link(found))
+    rows += q_guided_rows([run for run in load_runs((), table1) if run.finished], task, link(Path(table1[0])))
     return rows
 
 
@@ -226,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="benchmarks/results/claims.md")
     args = parser.parse_args(argv)
     try:
-        rows = claims_and_rows(args.table1, args.claims, args.task)
+        rows = claims_and_rows(args.table1, args.claims, args.task, args.out)
     except DtrlError as exc:
         raise SystemExit(f"claims_table: {exc}") from None
     command = (f"python benchmarks/claims_table.py --table1 {' '.join(args.table1)} --claims {args.claims} "

@@ -614,6 +614,12 @@ def test_claims_table_pairs_each_switch_with_table_1_and_applies_the_verdict_rul
         rows = {(r["claim"], r["method"], r["value"]): r for r in csv.DictReader(handle)}
     relabel = rows[("fig1a_relabel", "grpo", "true")]
     assert relabel["verdict"] == "agrees" and float(relabel["d_final"]) == pytest.approx(-(60 + 2) + (10 - 2))
+    # beside the Δs, each side's own scores (mean with a bootstrap interval, per seed) and the claim's report
+    assert float(relabel["preset_final"]) == pytest.approx(62.0) and float(relabel["value_final"]) == pytest.approx(8.0)
+    assert float(relabel["preset_final_lo"]) <= 62.0 <= float(relabel["preset_final_hi"]) <= 63.0
+    assert relabel["finals"] == "1: 61.0 → 9.0; 2: 62.0 → 8.0; 3: 63.0 → 7.0"
+    assert relabel["report"] == "results/claims/fig1a_relabel/report.md"
+    assert "[report](results/claims/fig1a_relabel/report.md)" in Path("claims.md").read_text()
     assert rows[("fig1a_relabel", "ppo", "true")]["verdict"] == "pending (2 of 3 pairs)"
     assert rows[("fig1e_reset_sampling", "grpo", "uniform")]["verdict"] == "disagrees"
     assert rows[("fig3a_sub_trajectory_length", "grpo", "5")]["verdict"] == "inconclusive"
