@@ -248,8 +248,8 @@ def markdown(rows: list[dict], command: str) -> str:
               "are in each claim's report.", "",
               "| figure | method | preset → value | preset: final [95% CI] | switched: final [95% CI] "
               "| per seed | curves |", "|---|---|---|---:|---:|---|---|"]
-    lines += [f"| {r['figure']} | {r['method']} | {_switched(r)} | {_mean_cell(r, 'preset')} | {_mean_cell(r, 'value')} "
-              f"| {r['finals'] or '–'} | {_link_cell(r)} |" for r in rows]
+    lines += [f"| {r['figure']} | {r['method']} | {_switched(r)} | {_mean_cell(r, 'preset')} "
+              f"| {_mean_cell(r, 'value')} | {r['finals'] or '–'} | {_link_cell(r)} |" for r in rows]
     excluded = [f"{r['figure']} {r['method']} {_switched(r)}: {r['excluded_because']}" for r in rows if r["excluded"]]
     if excluded:
         lines += ["", "Excluded pairs, and what else their runs differ in: " + "; ".join(excluded)]
