@@ -219,7 +219,9 @@ def _switched(row: dict) -> str:
     return f"{row['preset']} → {row['value']}" if row["preset"] else row["value"]
 
 
-def markdown(rows: list[dict], command: str) -> str:
+def markdown(rows: list[dict], command: str, notes: str = "") -> str:
+    """claims.md; ``notes``: what the curves show, written by hand (<claims>/notes.md), placed after the
+    tables: the tables are computed, the reading of the curves is not."""
     statements = {**{claim: text for claim, (_, text, _) in PAPER.items()}, "fig3c_q_guided": Q_GUIDED[1]}
     by_claim: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
@@ -253,6 +255,9 @@ def markdown(rows: list[dict], command: str) -> str:
     excluded = [f"{r['figure']} {r['method']} {_switched(r)}: {r['excluded_because']}" for r in rows if r["excluded"]]
     if excluded:
         lines += ["", "Excluded pairs, and what else their runs differ in: " + "; ".join(excluded)]
+    if notes.strip():
+        lines += ["", "## What the curves show (written by hand from each claim's report; `<claims>/notes.md`)", "",
+                  notes.strip()]
     return "\n".join(lines) + "\n"
 
 
@@ -288,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     command = (f"python benchmarks/claims_table.py --table1 {' '.join(args.table1)} --claims {args.claims} "
                f"--task {args.task} --out {args.out}")
     out = Path(args.out)
-    out.write_text(markdown(rows, command))
+    notes = Path(args.claims) / "notes.md"
+    out.write_text(markdown(rows, command, notes.read_text() if notes.is_file() else ""))
     with open(out.with_suffix(".csv"), "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()

@@ -645,6 +645,13 @@ def test_claims_table_pairs_each_switch_with_table_1_and_applies_the_verdict_rul
               {"expected": 0, "verdict": "no claim"}]
     assert claims_table.claim_verdict(values) == "mixed" and claims_table.claim_verdict(values[:1]) == "agrees"
     assert "Excluded pairs" in Path("claims.md").read_text()
+    # the hand-written reading of the curves goes after the computed tables, when there is one
+    assert "What the curves show" not in Path("claims.md").read_text()
+    Path("results/claims/notes.md").write_text("**Fig. 1a.** Relabelling peaks early, then falls.\n")
+    assert claims_table.main(["--table1", "results/table1/evaluations.csv", "--claims", "results/claims",
+                              "--out", "claims.md"]) == 0
+    text = Path("claims.md").read_text()
+    assert text.index("| Fig. 3c | grpo-q |") < text.index("**Fig. 1a.** Relabelling peaks early, then falls.")
     # dtrl report --reference says so too when a pair differs in more than the reference's keys
     mixed = build_report(ReportConfig(run_dirs=("runs/table1", "runs/claims/fig1d_ratio_level"), out="mixed",
                                       reference=("ratio_level=sequence",), bootstrap_reps=20))
