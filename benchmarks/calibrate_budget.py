@@ -13,7 +13,7 @@ reached are appended to ``benchmarks/results/budget.csv`` with the machine and t
 already in the CSV for this task and budget is skipped, an interrupted one resumed, so the script
 can be re-run across sessions. ``--write-specs`` turns the CSV into ``sweeps/tuning_cpu.toml`` (the
 same learning-rate x schedule grid for every method, seed 0) and ``sweeps/table1_cpu.toml`` (3 seeds,
-every method at its calibrated iterations) and ``sweeps/claims/*.toml`` (one per claim of the paper,
+every method at its calibrated iterations) and ``sweeps/claims.toml`` (one study per claim of the paper,
 3 seeds, the methods' calibrated iterations). Once the tuning sweep is reported with
 ``dtrl report runs/tuning_cpu --finished-only --choose late --out benchmarks/results/tuning_cpu``,
 ``--write-specs --tuned benchmarks/results/tuning_cpu/chosen.csv`` writes each method's chosen
@@ -222,21 +222,23 @@ def write_specs(task: str, minutes: float, sweeps: Path, budget_csv: Path, tuned
         + common + f'seeds = {toml_list(EVALUATION_SEEDS)}\n'
         + 'out_root = "runs/table1_cpu"\nargs = ["--preset", "cpu", "--threads", "1"]\n'
         + f"\n[algo_args]\n{table1}\n" + resources)
-    (sweeps / "claims").mkdir(exist_ok=True)
-    for claim, (algos, overrides) in CLAIMS.items():
-        grid = "".join(f"{name} = {toml_list(values)}\n"
-                       for name, values in without_preset_values(task, algos, overrides).items())
-        (sweeps / "claims" / f"{claim}.toml").write_text(
-            header + f"# The paper's claim {claim}: one switch changed, budget and data per iteration kept; 3 seeds.\n"
-            "# The preset's own value is not rerun: its paired baseline is Table 1's run of the same method, seed\n"
-            "# and DT (sweeps/table1_cpu.toml). Fig. 3c (Q-guided GRPO) is two Table 1 columns.\n" + settings
-            + f'command = "finetune"\nalgos = {toml_list(algos)}\ntasks = {toml_list([task])}\n'
-            + f'seeds = {toml_list(EVALUATION_SEEDS)}\n'
-            + f'out_root = "runs/claims/{claim}"\nargs = ["--preset", "cpu", "--threads", "1"]\n'
-            + "\n[algo_args]\n" + "\n".join(f'"{m}" = {toml_list(algo_args[m])}' for m in algos) + "\n"
-            + (f"\n[overrides]\n{grid}" if grid else "") + resources)
-    print(f"wrote {sweeps / 'tuning_cpu.toml'}, {sweeps / 'table1_cpu.toml'} and {len(CLAIMS)} specs in "
-          f"{sweeps / 'claims'}")
+    claim_algos = [m for m in METHODS if any(m in algos for algos, _ in CLAIMS.values())]
+    studies = "".join(
+        f"\n[studies.{claim}]\nalgos = {toml_list(algos)}\n[studies.{claim}.overrides]\n"
+        + "".join(f"{name} = {toml_list(values)}\n"
+                  for name, values in without_preset_values(task, algos, overrides).items())
+        for claim, (algos, overrides) in CLAIMS.items())
+    (sweeps / "claims.toml").write_text(
+        header + "# The paper's claims: one study per figure, each changing one switch, budget and data per\n"
+        "# iteration kept; 3 seeds. The preset's own value is not rerun: its paired baseline is Table 1's run\n"
+        "# of the same method, seed and DT (sweeps/table1_cpu.toml). Fig. 3c (Q-guided GRPO) is two Table 1\n"
+        "# columns. Each study runs into runs/claims/<study>; one of them: --only study=<study>.\n" + settings
+        + f'command = "finetune"\ntasks = {toml_list([task])}\nseeds = {toml_list(EVALUATION_SEEDS)}\n'
+        + 'out_root = "runs/claims"\nargs = ["--preset", "cpu", "--threads", "1"]\n'
+        + "\n[algo_args]\n" + "\n".join(f'"{m}" = {toml_list(algo_args[m])}' for m in claim_algos) + "\n"
+        + resources + studies)
+    print(f"wrote {sweeps / 'tuning_cpu.toml'}, {sweeps / 'table1_cpu.toml'} and {sweeps / 'claims.toml'} "
+          f"({len(CLAIMS)} claims)")
     write_budget_markdown(task, minutes, budget_csv)
 
 
@@ -248,7 +250,7 @@ def write_budget_markdown(task: str, minutes: float, budget_csv: Path) -> None:
         f"# Equal-compute budgets: {task}, {minutes:g} minutes of training per method on one core", "",
         f"Each method's `cpu` preset ran alone on one core (one torch thread, seed 0, no in-run evaluation) for "
         f"{minutes:g} minutes of training; the iterations it completed are its budget in `sweeps/table1_cpu.toml`, "
-        "`sweeps/tuning_cpu.toml` and `sweeps/claims/`. Iterations are what the studies run, so they give the same "
+        "`sweeps/tuning_cpu.toml` and `sweeps/claims.toml`. Iterations are what the studies run, so they give the same "
         "work on any machine; env steps and gradient updates show how differently the methods spend it.", "",
         f"Command: `nice python benchmarks/calibrate_budget.py --task {task} --minutes {minutes:g} "
         "--parallel 2` (two methods at a time on the 2 cores), then `--write-specs`.", "",

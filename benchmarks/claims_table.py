@@ -5,7 +5,7 @@ scale, each with a verdict from a rule fixed before any claims run (2026-12-01).
         --table1 benchmarks/results/table1_cpu/evaluations.csv --claims benchmarks/results/claims \\
         --out benchmarks/results/claims.md
 
-Each claim's runs (`sweeps/claims/<claim>.toml`, reported into `<claims>/<claim>/evaluations.csv`)
+Each claim's runs (study `<claim>` of `sweeps/claims.toml`, reported into `<claims>/<claim>/evaluations.csv`)
 switch one setting away from the cpu preset. Each run is paired with Table 1's run of the same method,
 seed and pretrained DT, which has the preset's value: Δ = switched − preset, per pair, for the final
 score and for the late score (mean over the last quarter of the run). Fig. 3c needs no runs of its own.

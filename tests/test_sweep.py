@@ -353,3 +353,83 @@ def test_only_runs_the_matching_share_of_a_sweep(tmp_path, capsys):
                           (["algo"], "--only takes KEY=VALUE")):
         assert cli_main(["sweep", str(spec), "--dry-run", "--only", *only]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_one_spec_runs_several_studies_each_in_its_own_folder(tmp_path, capsys):
+    """A paper's ablations in one spec: each study is the shared keys with its own on top, and its
+    runs land where a spec of its own (out_root/<study>) would put them, so its results stay apart."""
+    shared = """
+        tasks = ["hopper-random"]
+        seeds = [1, 2]
+        out_root = "{root}"
+        args = ["--preset", "cpu"]
+        [algo_args]
+        grpo = ["--iterations", "7"]
+        ppo = ["--iterations", "9"]
+    """
+    spec_path = write_spec(tmp_path / "all.toml", shared.format(root=tmp_path / "claims") + """
+        [studies.relabel]
+        algos = ["grpo", "ppo"]
+        overrides = { hindsight_relabel = [true] }
+        [studies.ratio]
+        algos = ["grpo"]
+        seeds = [1]
+        [studies.ratio.overrides]
+        ratio_level = ["token", "geometric"]
+    """)
+    spec = load_spec(spec_path)
+    trials = expand_trials(spec, tmp_path / "claims")
+    assert [t.study for t in trials] == ["relabel"] * 4 + ["ratio"] * 2
+    # the same trials, argv included, as one spec per study in the study's folder
+    alone = load_spec(write_spec(tmp_path / "relabel.toml", """
+        algos = ["grpo", "ppo"]""" + shared.format(root=tmp_path / "claims" / "relabel") + """
+        [overrides]
+        hindsight_relabel = [true]
+    """))
+    assert [(t.run_dir, t.argv) for t in trials[:4]] == [(t.run_dir, t.argv) for t in
+                                                       expand_trials(alone, tmp_path / "claims" / "relabel")]
+    ratio = trials[4]
+    assert ratio.run_dir == str(tmp_path / "claims" / "ratio" / "hopper-random" / "grpo" / "seed1-ratio_level=token")
+    assert ratio.argv[-4:] == ["--iterations", "7", "--ratio-level", "token"]  # ppo's args are not its
+    # one study, or one switch value, by --only; a key of one study does not match the other's trials
+    assert cli_main(["sweep", str(spec_path), "--dry-run", "--only", "study=ratio"]) == 0
+    assert "2 trials (of 6, by --only)" in capsys.readouterr().out
+    assert cli_main(["sweep", str(spec_path), "--dry-run", "--only", "ratio_level=geometric"]) == 0
+    out = capsys.readouterr().out
+    assert "1 trials (of 6, by --only)" in out and "seed1-ratio_level=geometric" in out
+
+
+@pytest.mark.parametrize("studies, message", [
+    ({"a": {"algos": ["grpo"], "resources": {"cpus": 2}}}, "studies.a sets resources, which only the whole sweep"),
+    ({"a/b": {"algos": ["grpo"]}}, "not a folder name"),
+    ({"a": {"algos": ["grpo"], "seeds": ["x"]}}, "studies.a: 'seeds' must be integers"),
+    ({"a": {}}, "studies.a: command 'finetune' needs 'algos'"),
+    ({"a": {"algos": ["ppo"]}}, "algo_args for grpo, which no study runs"),
+    ([], "'studies' must be a table"),
+])
+def test_study_errors_are_one_line(studies, message):
+    raw = {"tasks": ["hopper-random"], "algo_args": {"grpo": ["--iterations", "7"]}, "studies": studies}
+    with pytest.raises(DtrlError, match=message):
+        spec_from_dict(raw)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("spec_file", sorted((REPO / "sweeps").rglob("*.toml")), ids=lambda p: p.name)
+def test_every_committed_spec_loads(spec_file):
+    assert expand_trials(load_spec(spec_file), REPO / "runs" / "x")
+
+
+def test_the_claims_spec_still_names_every_committed_claims_run():
+    """The claims study spans sessions and machines: its committed rows must keep matching its trials,
+    or `--done` would not skip them and a new session would run them again."""
+    import csv
+
+    spec = load_spec(REPO / "sweeps" / "claims.toml")
+    trial_dirs = {Path(t.run_dir) for t in expand_trials(spec, REPO / spec.out_root)}
+    committed = set()
+    for table in (REPO / "benchmarks" / "results" / "claims").glob("*/evaluations.csv"):
+        with open(table, newline="") as handle:
+            committed |= {REPO / row["run"] for row in csv.DictReader(handle) if row["run"].startswith("runs/claims/")}
+    assert committed and committed <= trial_dirs

@@ -29,7 +29,7 @@ import shlex
 import signal
 import subprocess
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -93,6 +93,13 @@ class SweepSpec:
     """per-trial resources"""
     program: list[str] = field(default_factory=list)
     """the program a trial starts (default: the Ray worker's own python -m dtrl)"""
+    studies: dict[str, SweepSpec] = field(default_factory=dict)
+    """named sub-sweeps of one spec (e.g. one per ablation of a paper), each in out_root/<name>; a
+    study's keys replace the shared ones, its algo_args entries replace the shared entry per algo"""
+
+
+# what a study of a multi-study spec may set for itself (the rest is the whole sweep's: one Ray run)
+STUDY_KEYS = ("tasks", "algos", "seeds", "overrides", "args", "algo_args")
 
 
 @dataclass
@@ -117,8 +124,8 @@ class SweepConfig:
     """evaluations.csv files of earlier `dtrl report`s: trials whose run is recorded there as finished
     are skipped (a study continued on another machine, where its run directories are gone)"""
     only: tuple[str, ...] = ()
-    """KEY=VALUE ...: run only the trials that match (keys: task, algo, seed, or an override's name; a
-    key given twice matches either value), e.g. `--only algo=ppo learning_rate=0.001`: one sweep split
+    """KEY=VALUE ...: run only the trials that match (keys: task, algo, seed, study, or an override's name;
+    a key given twice matches either value), e.g. `--only algo=ppo learning_rate=0.001`: one sweep split
     between cores or machines, each running its share into the same out_root"""
 
 
@@ -150,6 +157,8 @@ def spec_from_dict(raw: dict, where: str = "sweep spec") -> SweepSpec:
     unknown = sorted(set(raw) - known)
     if unknown:
         raise DtrlError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    if "studies" in raw:
+        return _multi_study_spec(raw, where)
     if "tasks" not in raw:
         raise DtrlError(f"{where}: 'tasks' is required (a list of task names)")
     data = dict(raw)
@@ -205,6 +214,38 @@ def spec_from_dict(raw: dict, where: str = "sweep spec") -> SweepSpec:
     return spec
 
 
+def _multi_study_spec(raw: dict, where: str) -> SweepSpec:
+    """A spec with ``[studies.<name>]`` tables: each study is checked as a spec of its own, made of
+    the shared keys with the study's on top, and runs into out_root/<name>."""
+    studies = raw["studies"]
+    if not isinstance(studies, dict) or not studies or not all(isinstance(v, dict) for v in studies.values()):
+        raise DtrlError(f"{where}: 'studies' must be a table of study name -> table (e.g. [studies.fig1a])")
+    shared = {key: value for key, value in raw.items() if key != "studies"}
+    out_root = shared.get("out_root", SweepSpec.out_root)
+    parsed = {}
+    for name, study in studies.items():
+        if name != _dir_safe(name):
+            raise DtrlError(f"{where}: study name {name!r} is not a folder name (letters, digits, . _ = + -)")
+        not_own = sorted(set(study) - set(STUDY_KEYS))
+        if not_own:
+            raise DtrlError(f"{where}: studies.{name} sets {', '.join(not_own)}, which only the whole sweep sets "
+                            f"(a study sets {', '.join(STUDY_KEYS)})")
+        merged = {**shared, **study, "out_root": str(Path(out_root) / name)}
+        algos = merged.get("algos", [])
+        algos = [algos] if isinstance(algos, str) else algos
+        # the shared algo_args of algos this study does not run are not its business
+        merged["algo_args"] = {**{algo: args for algo, args in shared.get("algo_args", {}).items() if algo in algos},
+                               **study.get("algo_args", {})}
+        parsed[name] = spec_from_dict(merged, f"{where}: studies.{name}")
+    first = next(iter(parsed.values()))
+    unused = sorted(set(shared.get("algo_args", {})) - {a for spec in parsed.values() for a in spec.algos})
+    if unused:
+        raise DtrlError(f"{where}: algo_args for {', '.join(unused)}, which no study runs")
+    return SweepSpec(tasks=sorted({t for spec in parsed.values() for t in spec.tasks}), command=first.command,
+                     algos=sorted({a for spec in parsed.values() for a in spec.algos}), out_root=out_root,
+                     resources=first.resources, program=first.program, studies=parsed)
+
+
 # ---------------------------------------------------------------------------------------------
 # trials
 
@@ -220,6 +261,8 @@ class Trial:
     """absolute path of the run directory"""
     argv: list[str]
     """the dtrl arguments, without --resume (added when the trial resumes)"""
+    study: str = ""
+    """its study's name in a multi-study spec (its folder under out_root)"""
 
     @property
     def name(self) -> str:
@@ -251,8 +294,15 @@ def _as_argv(args, where: str) -> list[str]:
 
 
 def expand_trials(spec: SweepSpec, out_root: Path) -> list[Trial]:
-    """Every cell of tasks x algos x seeds x overrides grid, in that nesting order."""
+    """Every cell of tasks x algos x seeds x overrides grid, in that nesting order (study by study)."""
     from dtrl.tasks import get_task
+
+    if spec.studies:
+        trials = [replace(trial, study=name) for name, study in spec.studies.items()
+                  for trial in expand_trials(study, out_root / name)]
+        if len({t.run_dir for t in trials}) != len(trials):
+            raise DtrlError("sweep spec: two studies' trials map to the same run directory")
+        return trials
 
     names = list(spec.overrides)
     grid = [dict(zip(names, combo)) for combo in itertools.product(*(spec.overrides[n] for n in names))]
@@ -290,7 +340,8 @@ def select_trials(trials: list[Trial], only: tuple[str, ...] | list[str]) -> lis
         return trials
 
     def fields(trial: Trial) -> dict[str, Any]:
-        return {"task": trial.task, "algo": trial.algo, "seed": trial.seed, **trial.overrides}
+        study = {"study": trial.study} if trial.study else {}
+        return {"task": trial.task, "algo": trial.algo, "seed": trial.seed, **study, **trial.overrides}
 
     known = set().union(*(fields(t) for t in trials)) if trials else set()
     unknown = sorted(set(wanted) - known)
@@ -298,7 +349,8 @@ def select_trials(trials: list[Trial], only: tuple[str, ...] | list[str]) -> lis
         raise DtrlError(f"--only {', '.join(unknown)}: not a key of this sweep's trials "
                         f"({', '.join(sorted(known))})")
 
-    chosen = [t for t in trials if all(any(value_matches(fields(t)[key], text) for text in texts)
+    # a trial without the key (another study's switch) does not match it
+    chosen = [t for t in trials if all(key in fields(t) and any(value_matches(fields(t)[key], text) for text in texts)
                                        for key, texts in wanted.items())]
     if not chosen:
         raise DtrlError(f"--only {' '.join(only)}: no trial of this sweep matches")
