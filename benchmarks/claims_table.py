@@ -41,7 +41,16 @@ import numpy as np
 from calibrate_budget import CLAIMS, without_preset_values
 from dtrl.config import value_text
 from dtrl.errors import DtrlError
-from dtrl.report import group_runs, late_mean, load_runs, paired_runs, same_starting_weights, start_score, t_interval
+from dtrl.report import (
+    bootstrap_estimates,
+    group_runs,
+    late_mean,
+    load_runs,
+    paired_runs,
+    same_starting_weights,
+    start_score,
+    t_interval,
+)
 
 MIN_PAIRS = 3
 # What the paper says of each claim, and which way each switched value should move the score against
@@ -102,14 +111,8 @@ def mean_interval(values: np.ndarray) -> tuple[float | None, float | None, float
     ``dtrl report``'s draws); (None, None, None) for no values."""
     if not len(values):
         return None, None, None
-    from rliable import library as rly
-    from rliable import metrics as rly_metrics
-
-    np.random.seed(0)  # rliable's bootstrap draws from numpy's global generator: the table regenerates
-    point, interval = rly.get_interval_estimates({"x": np.asarray(values, float)[:, None]}, rly_metrics.aggregate_mean,
-                                                 reps=BOOTSTRAP_REPS)
-    (lo, hi), = np.asarray(interval["x"], float).reshape(1, 2)
-    return float(np.ravel(point["x"])[0]), float(lo), float(hi)
+    estimates = bootstrap_estimates(values, BOOTSTRAP_REPS)
+    return estimates["mean"], estimates["mean_lo"], estimates["mean_hi"]
 
 
 def scores_row(seeds: list, reference: list[float], switched: list[float], report: str) -> dict:

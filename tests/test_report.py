@@ -460,8 +460,10 @@ def test_a_tuning_grid_chooses_each_methods_setting_and_the_comparison_specs_run
     assert table1["algo_args"]["grpo"][:2] == ["--iterations", "7"]
     assert "--dataset data/{task}.hdf5 --learning-rate 0.0001 --learning-rate-schedule linear" in " ".join(
         table1["algo_args"]["odt"])
-    claim = tomllib.loads((tmp_path / "sweeps" / "claims" / "fig1a_relabel.toml").read_text())
+    claim = tomllib.loads((tmp_path / "sweeps" / "claims.toml").read_text())
     assert claim["algo_args"]["ppo"][-4:] == ["--learning-rate", "0.001", "--learning-rate-schedule", "linear"]
+    # the preset's own value (false) is Table 1's run, not rerun
+    assert claim["studies"]["fig1a_relabel"]["overrides"] == {"hindsight_relabel": [True]}
     tuning = tomllib.loads((tmp_path / "sweeps" / "tuning_cpu.toml").read_text())
     assert "--learning-rate" not in tuning["algo_args"]["grpo"]  # the grid itself sets the lr
     # Table 1 and the claims (paired with it) score held-out seeds, each with its pretrained DT
@@ -471,6 +473,12 @@ def test_a_tuning_grid_chooses_each_methods_setting_and_the_comparison_specs_run
     capsys.readouterr()
     assert cli_main(["sweep", str(tmp_path / "sweeps" / "table1_cpu.toml"), "--dry-run"]) == 0
     assert "--learning-rate 0.0003 --learning-rate-schedule constant" in capsys.readouterr().out
+    # every claim's trials: the tuned setting plus its switch, into runs/claims/<claim>
+    assert cli_main(["sweep", str(tmp_path / "sweeps" / "claims.toml"), "--dry-run", "--only", "algo=ppo"]) == 0
+    out = capsys.readouterr().out
+    assert "3 trials (of 36, by --only)" in out and out.count("--learning-rate 0.001 --learning-rate-schedule linear "
+                                                             "--hindsight-relabel") == 3
+    assert "runs/claims/fig1a_relabel/hopper-random/ppo/seed1-hindsight_relabel=true" in out
 
 
 def test_each_finetuning_run_is_measured_against_the_policy_it_started_from(tmp_path):

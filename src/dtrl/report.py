@@ -717,17 +717,30 @@ def other_rtg_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def bootstrap_estimates(values, reps: int, seed: int = 0) -> dict[str, float]:
+    """IQM and mean of one score per seed, each with its 95% stratified-bootstrap CI (rliable):
+    keys iqm, iqm_lo, iqm_hi, mean, mean_lo, mean_hi. Seeded, so a table regenerates. Raises
+    ImportError without rliable."""
+    from rliable import library as rly
+    from rliable import metrics as rly_metrics
+
+    def aggregate(x: np.ndarray) -> np.ndarray:
+        return np.array([rly_metrics.aggregate_iqm(x), rly_metrics.aggregate_mean(x)])
+
+    np.random.seed(seed)  # rliable's bootstrap draws from numpy's global generator
+    point, interval = rly.get_interval_estimates({"x": np.asarray(values, float)[:, None]}, aggregate, reps=reps)
+    (iqm, mean), ((iqm_lo, mean_lo), (iqm_hi, mean_hi)) = point["x"], interval["x"]
+    return {"iqm": float(iqm), "iqm_lo": float(iqm_lo), "iqm_hi": float(iqm_hi),
+            "mean": float(mean), "mean_lo": float(mean_lo), "mean_hi": float(mean_hi)}
+
+
 def interval_estimates(groups: dict[tuple[str, str], GroupResult], reps: int, seed: int = 0) -> list[dict] | None:
     """IQM and mean of the final and best-so-far scores per (task, algorithm) with 95%
     stratified-bootstrap CIs over seeds (rliable); None when rliable is not installed."""
     try:
-        from rliable import library as rly
-        from rliable import metrics as rly_metrics
+        import rliable  # noqa: F401
     except ImportError:
         return None
-
-    def aggregate(x: np.ndarray) -> np.ndarray:
-        return np.array([rly_metrics.aggregate_iqm(x), rly_metrics.aggregate_mean(x)])
 
     rows = []
     for (task, label), group in sorted(groups.items()):
@@ -737,12 +750,7 @@ def interval_estimates(groups: dict[tuple[str, str], GroupResult], reps: int, se
             continue
         row = {"task": task, "algorithm": label, "metric": group.metric, "n_seeds": len(finals)}
         for name, values in (("final", finals), ("best", bests)):
-            np.random.seed(seed)  # rliable's bootstrap draws from numpy's global generator
-            point, interval = rly.get_interval_estimates({label: np.asarray(values, float)[:, None]}, aggregate,
-                                                         reps=reps)
-            (iqm, mean), ((iqm_lo, mean_lo), (iqm_hi, mean_hi)) = point[label], interval[label]
-            row.update({f"{name}_iqm": iqm, f"{name}_iqm_lo": iqm_lo, f"{name}_iqm_hi": iqm_hi,
-                        f"{name}_mean": mean, f"{name}_mean_lo": mean_lo, f"{name}_mean_hi": mean_hi})
+            row.update({f"{name}_{key}": value for key, value in bootstrap_estimates(values, reps, seed).items()})
         rows.append(row)
     return rows
 
