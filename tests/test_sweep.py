@@ -389,6 +389,7 @@ def test_one_spec_runs_several_studies_each_in_its_own_folder(tmp_path, capsys):
     assert [(t.run_dir, t.argv) for t in trials[:4]] == [(t.run_dir, t.argv) for t in
                                                        expand_trials(alone, tmp_path / "claims" / "relabel")]
     ratio = trials[4]
+    assert ratio.name == "ratio/hopper-random/grpo/seed1-ratio_level=token"  # Ray's trial name, the progress lines
     assert ratio.run_dir == str(tmp_path / "claims" / "ratio" / "hopper-random" / "grpo" / "seed1-ratio_level=token")
     assert ratio.argv[-4:] == ["--iterations", "7", "--ratio-level", "token"]  # ppo's args are not its
     # one study, or one switch value, by --only; a key of one study does not match the other's trials

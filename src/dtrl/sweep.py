@@ -266,7 +266,9 @@ class Trial:
 
     @property
     def name(self) -> str:
-        return os.path.relpath(self.run_dir, os.path.dirname(os.path.dirname(os.path.dirname(self.run_dir))))
+        """task/algo/leaf, after the study's name in a multi-study spec (two studies may share a leaf)"""
+        levels = 4 if self.study else 3
+        return os.path.relpath(self.run_dir, Path(self.run_dir).parents[levels - 1])
 
     @property
     def log_file(self) -> str:
