@@ -407,6 +407,7 @@ def test_one_spec_runs_several_studies_each_in_its_own_folder(tmp_path, capsys):
     ({"a": {}}, "studies.a: command 'finetune' needs 'algos'"),
     ({"a": {"algos": ["ppo"]}}, "algo_args for grpo, which no study runs"),
     ([], "'studies' must be a table"),
+    ({"a": {"algos": ["grpo"], "algo_args": ["--x"]}}, "'studies.a.algo_args' must be a table"),
 ])
 def test_study_errors_are_one_line(studies, message):
     raw = {"tasks": ["hopper-random"], "algo_args": {"grpo": ["--iterations", "7"]}, "studies": studies}

@@ -221,6 +221,9 @@ def _multi_study_spec(raw: dict, where: str) -> SweepSpec:
     if not isinstance(studies, dict) or not studies or not all(isinstance(v, dict) for v in studies.values()):
         raise DtrlError(f"{where}: 'studies' must be a table of study name -> table (e.g. [studies.fig1a])")
     shared = {key: value for key, value in raw.items() if key != "studies"}
+    for place, table in (("", shared), *((f"studies.{name}.", study) for name, study in studies.items())):
+        if not isinstance(table.get("algo_args", {}), dict):
+            raise DtrlError(f"{where}: '{place}algo_args' must be a table of algo -> arguments")
     out_root = shared.get("out_root", SweepSpec.out_root)
     parsed = {}
     for name, study in studies.items():
