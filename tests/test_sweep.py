@@ -9,7 +9,7 @@ import pytest
 from dtrl.cli import main as cli_main
 from dtrl.errors import DtrlError
 from dtrl.runs import RunDir, is_finished, read_config, read_metrics
-from dtrl.sweep import expand_trials, load_spec, run_trial, spec_from_dict, trial_status
+from dtrl.sweep import expand_trials, finished_in_reports, load_spec, run_trial, spec_from_dict, trial_status
 
 
 def write_spec(path: Path, text: str) -> Path:
@@ -423,15 +423,12 @@ def test_every_committed_spec_loads(spec_file):
     assert expand_trials(load_spec(spec_file), REPO / "runs" / "x")
 
 
-def test_the_claims_spec_still_names_every_committed_claims_run():
+def test_the_claims_spec_still_names_every_committed_claims_run(monkeypatch):
     """The claims study spans sessions and machines: its committed rows must keep matching its trials,
     or `--done` would not skip them and a new session would run them again."""
-    import csv
-
-    spec = load_spec(REPO / "sweeps" / "claims.toml")
-    trial_dirs = {Path(t.run_dir) for t in expand_trials(spec, REPO / spec.out_root)}
-    committed = set()
-    for table in (REPO / "benchmarks" / "results" / "claims").glob("*/evaluations.csv"):
-        with open(table, newline="") as handle:
-            committed |= {REPO / row["run"] for row in csv.DictReader(handle) if row["run"].startswith("runs/claims/")}
+    monkeypatch.chdir(REPO)  # the committed rows name runs relative to the repository root
+    spec = load_spec("sweeps/claims.toml")
+    trial_dirs = {Path(t.run_dir).resolve() for t in expand_trials(spec, Path(spec.out_root).absolute())}
+    done = finished_in_reports(sorted(str(p) for p in Path("benchmarks/results/claims").glob("*/evaluations.csv")))
+    committed = {run for run in done if (REPO / "runs" / "claims") in run.parents}
     assert committed and committed <= trial_dirs
