@@ -19,6 +19,15 @@ every method at its calibrated iterations) and ``sweeps/claims.toml`` (one study
 ``--write-specs --tuned benchmarks/results/tuning_cpu/chosen.csv`` writes each method's chosen
 setting into Table 1's and the claims' specs (the claims are paired with Table 1's runs, so they
 must run the same settings but for their switch).
+
+A change to a method's preset changes what its iterations cost, so it is judged at its own budget:
+
+    nice python benchmarks/calibrate_budget.py --methods grpo --variant "--sub-trajectory-length 45"
+
+runs the preset with and without the flags side by side (one core each) for ``--minutes`` on this
+machine and records in ``benchmarks/results/budget_variants.csv`` the calibrated iterations scaled by
+the two runs' ratio of iterations: the budget the changed preset would get, measured without the
+calibration machine.
 """
 
 from __future__ import annotations
@@ -28,6 +37,8 @@ import csv
 import datetime
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 import time
@@ -44,6 +55,11 @@ NEEDS_DATASET = {"odt", "odt-td3", "iql"}
 BUDGET_CSV = Path(__file__).parent / "results" / "budget.csv"
 COLUMNS = ["task", "method", "minutes", "iterations", "env_steps", "grad_updates", "wall_time_s", "cpu", "date",
            "commit"]
+# budgets of candidate preset changes (--variant), kept apart from the budgets the specs are written from
+VARIANTS_CSV = Path(__file__).parent / "results" / "budget_variants.csv"
+VARIANT_COLUMNS = ["task", "method", "flags", "minutes", "calibrated_iterations", "preset_iterations_here",
+                   "variant_iterations_here", "budget", "preset_env_steps_here", "variant_env_steps_here", "cpu",
+                   "date", "commit"]
 # the tuning grid every method goes through (issue: one tuning protocol for every method)
 LEARNING_RATES = [1e-4, 3e-4, 1e-3]
 SCHEDULES = ["constant", "linear"]
@@ -118,30 +134,78 @@ def method_args(method: str, data: Path, pretrained: Path) -> list[str]:
              *(["--dataset", str(data)] if method in NEEDS_DATASET else [])])
 
 
-def calibrate(method: str, args: argparse.Namespace) -> dict:
-    out = args.runs / args.task / method
+def calibrate(method: str, args: argparse.Namespace, flags: tuple[str, ...] = (), label: str | None = None) -> dict:
+    """Run ``method``'s cpu preset (plus ``flags``) for ``args.minutes`` of training; its budget row."""
+    label = label or method
+    out = args.runs / args.task / label
     argv = [sys.executable, "-m", "dtrl", "finetune", "--algo", method, "--task", args.task, "--preset", "cpu",
             "--seed", "0", "--threads", "1", "--device", "cpu", "--eval-every", "0", "--eval-episodes", "1",
             "--iterations", "1000000", "--time-limit-s", str(args.minutes * 60), "--out", str(out),
-            *method_args(method, args.data, args.pretrained)]
+            *method_args(method, args.data, args.pretrained), *flags]
     if (out / "checkpoints" / "state.pt").is_file() and not args.again:
         argv.append("--resume")
     elif out.exists():
         argv.append("--force")
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     started = time.time()
-    with open(args.runs / args.task / f"{method}.log", "a") as log:
+    with open(args.runs / args.task / f"{label}.log", "a") as log:
         code = subprocess.call(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
     if code != 0:
-        raise SystemExit(f"{method}: dtrl finetune exited {code} (see {args.runs / args.task / method}.log)")
+        raise SystemExit(f"{label}: dtrl finetune exited {code} (see {args.runs / args.task / label}.log)")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     last = rows[-1]
-    print(f"{method}: {last['iteration']} iterations, {last['env_steps']:,} env steps, {last['grad_updates']:,} "
+    print(f"{label}: {last['iteration']} iterations, {last['env_steps']:,} env steps, {last['grad_updates']:,} "
           f"updates in {last['wall_time_s'] / 60:.1f} min of training "
           f"({(time.time() - started) / 60:.1f} min wall)", flush=True)
     return {"task": args.task, "method": method, "minutes": args.minutes, "iterations": last["iteration"],
             "env_steps": last["env_steps"], "grad_updates": last["grad_updates"], "wall_time_s": last["wall_time_s"],
             "cpu": cpu_name(), "date": datetime.date.today().isoformat(), "commit": commit()}
+
+
+def variant_budget(calibrated: int, preset_here: int, variant_here: int) -> int:
+    """The equal-compute budget of a change to a method's preset: its calibrated iterations scaled by
+    how many iterations the changed preset completes against the preset itself, side by side, in the
+    same minutes on one machine. The calibration machine may be gone; the two settings' relative cost
+    is what can be measured anywhere (it assumes that ratio holds on the calibration machine too: the
+    same work, env steps and model passes, only more or less of it)."""
+    return max(1, round(calibrated * variant_here / preset_here))
+
+
+def calibrate_variant(args: argparse.Namespace) -> dict:
+    """``--variant FLAGS``: the budget a preset change would get, recorded in budget_variants.csv."""
+    if len(args.methods) != 1:
+        raise SystemExit("--variant: give the one method whose preset it changes (e.g. --methods grpo)")
+    method = args.methods[0]
+    calibrated = {r["method"]: int(r["iterations"]) for r in read_budget(args.budget_csv)
+                  if r["task"] == args.task and float(r["minutes"]) == args.minutes}
+    if method not in calibrated:
+        raise SystemExit(f"--variant: {method} has no {args.minutes:g}-minute calibration on {args.task} in "
+                         f"{args.budget_csv}: calibrate it first")
+    flags = tuple(shlex.split(args.variant))
+    label = f"{method}-" + re.sub(r"[^A-Za-z0-9.]+", "-", args.variant).strip("-")
+    # side by side, one core each, as the calibration ran its methods two at a time
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        preset_run = pool.submit(calibrate, method, args, (), f"{method}-preset")
+        variant_run = pool.submit(calibrate, method, args, flags, label)
+        preset, variant = preset_run.result(), variant_run.result()
+    row = {"task": args.task, "method": method, "flags": " ".join(flags), "minutes": args.minutes,
+           "calibrated_iterations": calibrated[method], "preset_iterations_here": preset["iterations"],
+           "variant_iterations_here": variant["iterations"],
+           "budget": variant_budget(calibrated[method], int(preset["iterations"]), int(variant["iterations"])),
+           "preset_env_steps_here": preset["env_steps"], "variant_env_steps_here": variant["env_steps"],
+           "cpu": cpu_name(), "date": datetime.date.today().isoformat(), "commit": commit()}
+    kept = [r for r in read_budget(args.variants_csv)
+            if (r["task"], r["method"], r["flags"], float(r["minutes"])) != (args.task, method, row["flags"],
+                                                                                args.minutes)]
+    args.variants_csv.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.variants_csv, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=VARIANT_COLUMNS)
+        writer.writeheader()
+        writer.writerows([*kept, row])
+    print(f"{method} {row['flags']}: {row['budget']} iterations at equal compute ({row['variant_iterations_here']} "
+          f"against the preset's {row['preset_iterations_here']} here; calibrated {calibrated[method]}) -> "
+          f"{args.variants_csv}")
+    return row
 
 
 def toml_list(values) -> str:
@@ -282,6 +346,11 @@ def main() -> None:
     parser.add_argument("--write-specs", action="store_true", help="write the sweep specs from budget.csv and stop")
     parser.add_argument("--sweeps", type=Path, default=Path("sweeps"))
     parser.add_argument("--budget-csv", type=Path, default=BUDGET_CSV)
+    parser.add_argument("--variant", metavar="FLAGS",
+                        help="the budget a change to one method's preset would get (e.g. --methods grpo --variant "
+                        "'--sub-trajectory-length 45'): runs the preset with and without FLAGS side by side on this "
+                        "machine and scales the calibrated iterations by their ratio, into --variants-csv")
+    parser.add_argument("--variants-csv", type=Path, default=VARIANTS_CSV)
     parser.add_argument("--tuned", type=Path, help="with --write-specs: chosen.csv of dtrl report --choose over "
                         "the tuning sweep; its settings go into Table 1's and the claims' specs")
     args = parser.parse_args()
@@ -292,6 +361,9 @@ def main() -> None:
     args.pretrained = args.pretrained or Path(f"runs/pretrain-{args.task}-cpu")
     ensure_inputs(args.task, args.data, args.pretrained)
     (args.runs / args.task).mkdir(parents=True, exist_ok=True)
+    if args.variant:
+        calibrate_variant(args)
+        return
     done = {r["method"] for r in read_budget(args.budget_csv)
             if r["task"] == args.task and float(r["minutes"]) == args.minutes}
     todo = [m for m in args.methods if args.again or m not in done]

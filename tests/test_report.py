@@ -802,3 +802,44 @@ def test_training_metrics_are_averaged_between_evaluations_kept_in_the_csv_and_d
     with pytest.raises(DtrlError, match="already a column of evaluations.csv"):
         build_report(ReportConfig(run_dirs=(str(tmp_path / "runs"),), out=str(tmp_path / "y"),
                                   training_metrics=("wall_time_s",)))
+
+
+def test_a_preset_change_gets_the_calibrated_budget_scaled_by_its_cost_against_the_preset(tmp_path, monkeypatch,
+                                                                                          capsys):
+    """benchmarks/calibrate_budget.py --variant: the preset and the changed preset run side by side for
+    the same minutes; the change's budget is the calibrated iterations times their ratio of iterations,
+    one row per (task, method, flags, minutes) in budget_variants.csv."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    calibrate = importlib.import_module("calibrate_budget")
+    budget = tmp_path / "budget.csv"
+    calibrate.record_row({"task": "hopper-random", "method": "grpo", "minutes": 20.0, "iterations": 781,
+                          "env_steps": 3, "grad_updates": 3, "wall_time_s": 1200, "cpu": "x", "date": "d",
+                          "commit": "c"}, budget)
+    runs = []
+
+    def fake_calibrate(method, args, flags=(), label=None):
+        runs.append((method, flags, label))
+        # here the preset completes 600 iterations and the change (3x the sampled steps) 300
+        return {"iterations": 300 if flags else 600, "env_steps": 7 if flags else 5}
+
+    monkeypatch.setattr(calibrate, "calibrate", fake_calibrate)
+    monkeypatch.setattr(calibrate, "ensure_inputs", lambda *a: None)
+    variants = tmp_path / "variants.csv"
+    argv = ["calibrate_budget.py", "--methods", "grpo", "--variant", "--sub-trajectory-length 45", "--budget-csv",
+            str(budget), "--variants-csv", str(variants), "--runs", str(tmp_path / "runs")]
+    for _ in range(2):  # measured again: the new row replaces the old one
+        monkeypatch.setattr(sys, "argv", argv)
+        calibrate.main()
+    assert set(runs[:2]) == {("grpo", (), "grpo-preset"),
+                             ("grpo", ("--sub-trajectory-length", "45"), "grpo-sub-trajectory-length-45")}
+    rows = calibrate.read_budget(variants)
+    assert [(r["flags"], r["budget"], r["calibrated_iterations"]) for r in rows] == [
+        ("--sub-trajectory-length 45", "390", "781")]  # round(781 * 300 / 600)
+    assert "grpo --sub-trajectory-length 45: 390 iterations at equal compute" in capsys.readouterr().out
+    # a method without a calibration of its own has nothing to scale
+    monkeypatch.setattr(sys, "argv", [*argv[:2], "ppo", *argv[3:]])
+    with pytest.raises(SystemExit, match="ppo has no 20-minute calibration on hopper-random"):
+        calibrate.main()
+    monkeypatch.setattr(sys, "argv", [*argv[:2], "grpo", "ppo", *argv[3:]])
+    with pytest.raises(SystemExit, match="give the one method whose preset it changes"):
+        calibrate.main()
