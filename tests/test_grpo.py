@@ -500,6 +500,44 @@ def test_diagnostics_of_the_buffer_ages_and_the_reset_distribution(tiny_policy_d
     assert all(0.0 <= row["grpo/reset_entropy"] <= 1.0 for row in (first, second))
 
 
+def test_group_spread_probe_measures_every_group_size_on_the_same_reset_points(tiny_policy_dir, tmp_path,
+                                                                               monkeypatch, capsys):
+    """benchmarks/probe_group_spread.py: per (L_traj, G) of a finished run, seeded; rows already in the
+    CSV are kept; an unfinished run is refused."""
+    import csv
+    import importlib
+    import sys
+    from pathlib import Path
+
+    run = tmp_path / "finished"
+    assert finetune_main(cli_args(tiny_policy_dir, run, 1, "--eval-every", "0")) == 0
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    probe = importlib.import_module("probe_group_spread")
+
+    def rows_of(out, *runs):
+        monkeypatch.setattr(sys, "argv", ["probe_group_spread.py", *map(str, runs), "--sub-trajectory-lengths", "3",
+                                          "5", "--group-sizes", "2", "4", "--episodes", "2", "--reset-points", "3",
+                                          "--epsilons", "0", "1", "1000", "--out", str(out)])
+        probe.main()
+        return list(csv.DictReader(out.open()))
+
+    rows = rows_of(tmp_path / "a.csv", run)
+    assert [(r["sub_trajectory_length"], r["group_size"]) for r in rows] == [("3", "2"), ("3", "4"), ("5", "2"),
+                                                                              ("5", "4")]
+    for row in rows:
+        assert row["groups"] == "6"  # 2 episodes x 3 reset points
+        kept = [float(row[f"kept_at_eps_{eps}"]) for eps in ("0", "1", "1000")]
+        assert kept[0] >= kept[1] >= kept[2] == 0.0  # a larger ε keeps fewer groups; none deviate by 1000
+        assert 0.0 <= float(row["share_falling_at_different_steps"]) <= 1.0
+        assert float(row["mean_std_within_group"]) >= 0.0
+    assert rows_of(tmp_path / "b.csv", run) == rows  # seeded: the same groups again
+    assert rows_of(tmp_path / "a.csv", run) == rows  # already probed: kept, not probed again
+    assert "| finished |" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        rows_of(tmp_path / "c.csv", tmp_path / "no-run")
+    assert exit_info.value.code == 2 and "not finished runs" in capsys.readouterr().err
+
+
 def test_reset_entropy_is_one_for_uniform_and_low_for_a_peaked_variance():
     class Flat:
         action_variance = np.zeros(50, np.float32)
