@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dtrl import objectives
 from dtrl.algos.common import online_targets, prepare_policy, segment_history_length
 from dtrl.algos.grpo import GRPOConfig, branch_starts, rollout_groups, with_current_variance
 from dtrl.envs import BatchedEnv
@@ -58,37 +59,38 @@ def probe(run: Path, policy_name: str, lengths: list[int], group_sizes: list[int
     gamma = task.gamma if config.gamma is None else config.gamma
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)  # the episodes' sampled actions: the same seed probes the same reset points
-    collect = BatchedEnv(task, episodes, seed=seed)
-    trajectories = rollout_episodes(policy, collect, task, online_rtg, [seed + i for i in range(episodes)],
-                                    mode="sample", record_snapshots=True, context_length=config.context_length)
+    with BatchedEnv(task, episodes, seed=seed) as collect:
+        trajectories = rollout_episodes(policy, collect, task, online_rtg, [seed + i for i in range(episodes)],
+                                        mode="sample", record_snapshots=True, context_length=config.context_length)
+    episode_length = float(np.mean([len(t) for t in trajectories]))
     if config.active_sampling_variance == "current" and config.reset_sampling == "active":
         trajectories = with_current_variance(policy, trajectories, config.context_length, "cpu")
     largest = max(group_sizes)
     probe_config = dataclasses.replace(config, group_size=largest, reset_points_per_trajectory=reset_points)
     starts = branch_starts(trajectories, probe_config, segment_history_length(policy.model, config.context_length),
                            rng)
-    branch_envs = BatchedEnv(task, min(len(starts), 8 * largest), seed=seed)
     final = json.loads((run / "final.json").read_text()).get("eval_normalized_mean", "")
     rows = []
     for length in lengths:
         torch.manual_seed(seed)
-        _, scores, rewards, _ = rollout_groups(policy, branch_envs, starts,
-                                               dataclasses.replace(probe_config, sub_trajectory_length=length),
-                                               gamma, "cpu")
+        with BatchedEnv(task, min(len(starts), 8 * largest), seed=seed) as branch_envs:
+            _, scores, rewards, _ = rollout_groups(policy, branch_envs, starts,
+                                                   dataclasses.replace(probe_config, sub_trajectory_length=length),
+                                                   gamma, "cpu")
         scores = scores.reshape(-1, largest)
         fall_steps = np.array([len(r) for r in rewards]).reshape(-1, largest)
         for size in group_sizes:
             group, falls = scores[:, :size], fall_steps[:, :size]
-            deviation = np.abs(group - group.mean(axis=1, keepdims=True)).max(axis=1)
             std = group.std(axis=1, ddof=1)
             row = {"run": str(run), "policy": policy_name, "final_normalized": final, "sub_trajectory_length": length,
                    "group_size": size, "groups": len(group), "mean_score": float(group.mean()),
                    "mean_std_within_group": float(std.mean()), "median_std_within_group": float(np.median(std)),
                    "share_falling_at_different_steps": float((falls.min(axis=1) != falls.max(axis=1)).mean()),
-                   "episode_length_mean": float(np.mean([len(t) for t in trajectories]))}
-            # ε_GRPO's 'group' rule (objectives.group_advantages): kept when the largest deviation reaches ε
-            row.update({f"kept_at_eps_{eps:g}": float(((deviation >= eps) & (deviation > 0)).mean())
-                        for eps in epsilons})
+                   "episode_length_mean": episode_length}
+            # the groups the trainer's ε_GRPO rule keeps (config.deviation_rule), at each ε
+            row.update({f"kept_at_eps_{eps:g}": float(objectives.group_advantages(
+                torch.as_tensor(group), min_deviation=eps, deviation_rule=config.deviation_rule).valid.numpy().mean())
+                for eps in epsilons})
             rows.append(row)
     return rows
 
@@ -129,8 +131,8 @@ def main() -> None:
           + " | ".join(k.replace("kept_at_eps_", "kept ε ") for k in kept) + " |")
     print("|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(kept))
     for row in rows:
-        name = Path(row["run"]).name.replace("-init=runs_pretrain_hopper-random_pretrain_", " ")
-        print(f"| {name} | {float(row['final_normalized']):.1f} | {row['sub_trajectory_length']} | {row['group_size']} "
+        print(f"| {Path(row['run']).name} | {float(row['final_normalized']):.1f} | {row['sub_trajectory_length']} "
+              f"| {row['group_size']} "
               f"| {float(row['mean_score']):.1f} | {float(row['mean_std_within_group']):.1f} / "
               f"{float(row['median_std_within_group']):.1f} | {float(row['share_falling_at_different_steps']):.2f} | "
               + " | ".join(f"{float(row[k]):.2f}" for k in kept) + " |")
