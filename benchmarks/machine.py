@@ -1,4 +1,11 @@
-"""What every benchmark result records about the machine it ran on."""
+"""What the scripts of speed/ and studies/ share: what a result records about the machine it ran on,
+and the inputs (a dataset, a pretrained DT) a run needs on that machine.
+
+A script in a subfolder imports it after putting this folder on ``sys.path``::
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: machine.py
+    from machine import cpu_name  # noqa: E402
+"""
 
 from __future__ import annotations
 
@@ -15,3 +22,19 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def ensure_inputs(task: str, data: Path, pretrained: Path) -> None:
+    """Make what is missing with the CLI: ``data`` (``dtrl data build``, 200k transitions), then the
+    cpu-preset DT ``pretrained`` (``dtrl pretrain --preset cpu``) unless its policy is already there."""
+    from dtrl.cli import main as dtrl
+
+    if not (pretrained / "policy" / "model.safetensors").is_file():
+        if not data.is_file():
+            print(f"building {data}", flush=True)
+            if dtrl(["data", "build", task, "--out", str(data), "--transitions", "200000"]) != 0:
+                raise SystemExit("dtrl data build failed")
+        print(f"pretraining {pretrained}", flush=True)
+        if dtrl(["pretrain", "--task", task, "--preset", "cpu", "--dataset", str(data),
+                 "--out", str(pretrained)]) != 0:
+            raise SystemExit("dtrl pretrain failed")

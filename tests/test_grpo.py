@@ -502,7 +502,7 @@ def test_diagnostics_of_the_buffer_ages_and_the_reset_distribution(tiny_policy_d
 
 def test_group_spread_probe_measures_every_group_size_on_the_same_reset_points(tiny_policy_dir, tmp_path,
                                                                                monkeypatch, capsys):
-    """benchmarks/probe_group_spread.py: per (L_traj, G) of a finished run, seeded; rows already in the
+    """benchmarks/studies/probe_group_spread.py: per (L_traj, G) of a finished run, seeded; rows already in the
     CSV are kept; an unfinished run is refused."""
     import csv
     import importlib
@@ -511,7 +511,7 @@ def test_group_spread_probe_measures_every_group_size_on_the_same_reset_points(t
 
     run = tmp_path / "finished"
     assert finetune_main(cli_args(tiny_policy_dir, run, 1, "--eval-every", "0")) == 0
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks" / "studies"))
     probe = importlib.import_module("probe_group_spread")
 
     def rows_of(out, *runs):

@@ -1,9 +1,9 @@
 """Benchmark dtrl.envs: snapshot/restore cost per env family, and BatchedEnv throughput against the
 raw ``mj_step`` rate of the same model measured in the same run.
 
-    python benchmarks/bench_envs.py                 # full run, writes benchmarks/results/envs.md
-    python benchmarks/bench_envs.py --quick         # smaller batches, fewer repeats
-    python benchmarks/bench_envs.py --only-fast-path  # just the fast-path table, updated in place (~1 min)
+    python benchmarks/speed/bench_envs.py                 # full run, writes benchmarks/results/envs.md
+    python benchmarks/speed/bench_envs.py --quick         # smaller batches, fewer repeats
+    python benchmarks/speed/bench_envs.py --only-fast-path  # just the fast-path table, updated in place (~1 min)
 
 It also runs an exactness sweep over 15 MuJoCo envs (snapshots replayed in worker processes).
 
@@ -67,7 +67,7 @@ class Args:
     """run only the fast-path table and replace its section in ``out`` (the other tables stay as they are)"""
     quick: bool = False
     """smaller batches and fewer repeats (a smoke run)"""
-    out: Path = Path(__file__).parent / "results" / "envs.md"
+    out: Path = Path(__file__).resolve().parents[1] / "results" / "envs.md"
     """markdown results file (written atomically)"""
 
 
@@ -259,7 +259,7 @@ def fast_path_section(args: Args, rows: list[dict]) -> str:
 
 - date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; machine: {model},
   {_usable_cpus()} CPU cores usable; mujoco {mujoco.__version__}
-- command: `python benchmarks/bench_envs.py{' --only-fast-path' if args.only_fast_path else ''}`
+- command: `python benchmarks/speed/bench_envs.py{' --only-fast-path' if args.only_fast_path else ''}`
 
 `BatchedEnv({args.fast_path_task}, {args.fast_path_envs}, num_workers=0)`, {args.fast_path_steps} steps of random
 float32 actions, no policy, episodes never end; `bare mj_step`: `data.ctrl[:] = a; mj_step(model, data,
@@ -395,7 +395,7 @@ def write_report(args: Args, snapshot_rows: list[dict], batched_rows: list[dict]
 - machine: {platform.machine()}, {cpus} CPU cores usable, no GPU, {python},
   mujoco {mujoco.__version__}; **shared with other jobs** (several helpers running tests at the same time), so
   timings are noisy: each number is the minimum over {args.repeats} repeats (worker runs: wall clock).
-- command: `python benchmarks/bench_envs.py{' --quick' if args.quick else ''}` ({seconds:.0f} s)
+- command: `python benchmarks/speed/bench_envs.py{' --quick' if args.quick else ''}` ({seconds:.0f} s)
 - default_num_workers here: N=8 -> {default_workers[8]}, N=64 -> {default_workers[64]}, N=512 -> {default_workers[512]}
 
 ## Summary (computed from the tables below)

@@ -2,7 +2,7 @@
 medium-replay from the same SAC run. Reports wall time per phase and each dataset's return (raw and
 D4RL-normalised), writes benchmarks/results/data.md and keeps the files in --data-dir for other work.
 
-    nice python benchmarks/bench_data_build.py [--data-dir data] [--medium-transitions 200000]
+    nice python benchmarks/speed/bench_data_build.py [--data-dir data] [--medium-transitions 200000]
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from dtrl.data import SequenceSampler, StateNormalizer, load_dataset
 from dtrl.data.builder import BuildConfig, build
 
-RESULTS = Path(__file__).parent / "results" / "data.md"
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "data.md"
 
 
 def bench_sampler(path: Path, task: str, batch_size: int = 256, context_length: int = 20, batches: int = 200) -> str:
@@ -84,7 +84,7 @@ def main() -> None:
         f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Machine: {os.cpu_count()}-core CPU "
         f"({platform.processor() or platform.machine()}), no GPU, shared with ~6 other jobs (load average "
         f"{os.getloadavg()[0]:.1f} at the end), so timings are noisy and pessimistic.",
-        "Command: `nice python benchmarks/bench_data_build.py` (SAC: [256, 256], batch 256, "
+        "Command: `nice python benchmarks/speed/bench_data_build.py` (SAC: [256, 256], batch 256, "
         "learning_starts 5000, train_freq 1, 1 torch thread; stops at stochastic eval return >= normalised 33.3).",
         "Goal: hopper-medium in under an hour here.",
         "",

@@ -4,7 +4,7 @@ A run's best in-run evaluation is the maximum of many noisy 5-episode evaluation
 upwards; its saved ``best_policy`` re-scored on episodes it was not selected on says how much of
 that best is real. The final policy is re-scored the same way, so the two compare on equal terms.
 
-    python benchmarks/rescore_policies.py runs/grpo_robustness runs/grpo_robustness_v2 \
+    python benchmarks/studies/rescore_policies.py runs/grpo_robustness runs/grpo_robustness_v2 \
         --episodes 20 --seed 123456 --out benchmarks/results/grpo_rescored.csv
 
 Every finished run (``final.json``) under the given folders is evaluated with ``dtrl eval`` (mean

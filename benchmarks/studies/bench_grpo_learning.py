@@ -6,7 +6,7 @@ GPU run reaches 99). Both policies are evaluated with the mean action on the sam
 seeds, conditioned on the RTG the GRPO-DT run evaluates at (g_online: without relabeling the policy is
 trained at that RTG only); the same comparison at the task's lower ODT-style eval RTG is printed too.
 
-    nice python benchmarks/bench_grpo_learning.py [--task hopper-random] [--pretrained RUN] [--data FILE]
+    nice python benchmarks/studies/bench_grpo_learning.py [--task hopper-random] [--pretrained RUN] [--data FILE]
         [--minutes 60] [--out DIR]
 
 The run stops at the preset's iterations (cpu: 900, over which its learning rate decays to 0; about
@@ -26,19 +26,8 @@ from pathlib import Path
 
 import torch
 
-
-def ensure_inputs(task: str, data: Path, pretrained: Path) -> None:
-    from dtrl.cli import main as dtrl
-
-    if not (pretrained / "policy" / "model.safetensors").is_file():
-        if not data.is_file():
-            print(f"building {data}", flush=True)
-            if dtrl(["data", "build", task, "--out", str(data), "--transitions", "200000"]) != 0:
-                raise SystemExit("dtrl data build failed")
-        print(f"pretraining {pretrained}", flush=True)
-        if dtrl(["pretrain", "--task", task, "--preset", "cpu", "--dataset", str(data),
-                 "--out", str(pretrained)]) != 0:
-            raise SystemExit("dtrl pretrain failed")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: machine.py
+from machine import ensure_inputs  # noqa: E402  (calibrate_budget.py imports it from here too)
 
 
 def evaluate_dir(task_name: str, path: Path, episodes: int, seed: int, target_rtg: float | None = None,

@@ -6,8 +6,8 @@
 # session lost 18 finished Table 1 runs (2026-12-01) when the session moved machines before it.
 # With this beside the sweep, a change of machine loses only the runs in progress.
 #
-#   bash benchmarks/commit_as_runs_finish.sh RUN_ROOT OUT_DIR [dtrl report args ...] &
-#   e.g. bash benchmarks/commit_as_runs_finish.sh runs/table1_cpu benchmarks/results/table1_cpu \
+#   bash benchmarks/studies/commit_as_runs_finish.sh RUN_ROOT OUT_DIR [dtrl report args ...] &
+#   e.g. bash benchmarks/studies/commit_as_runs_finish.sh runs/table1_cpu benchmarks/results/table1_cpu \
 #          runs/pretrain/hopper-random/pretrain/seed{1,2,3} --x iterations env_steps wall_time_s --at-minutes 20 &
 #
 # Every INTERVAL seconds (default 120) it looks for finished runs (final.json) under RUN_ROOT; when
@@ -17,7 +17,7 @@
 # the repository root, as in the study specs. The report's messages go to OUT_DIR/../.<name>.log
 # (untracked). Stop it with kill.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 ROOT=$1; OUT=$2; shift 2
 INTERVAL=${INTERVAL:-120}
 if [ -z "${DTRL:-}" ]; then

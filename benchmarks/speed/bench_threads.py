@@ -1,6 +1,6 @@
 """Torch thread counts for the cpu presets: is the default ever pathological? (reliability issue)
 
-    nice python benchmarks/bench_threads.py [--data data/hopper-random.hdf5] [--pretrained runs/pretrain-...]
+    nice python benchmarks/speed/bench_threads.py [--data data/hopper-random.hdf5] [--pretrained runs/pretrain-...]
 
 Times a short run of every training command's cpu preset with ``--threads 1`` and with torch's default
 (``--threads 0``: one thread per core), on an otherwise idle machine and beside one busy process (a
@@ -20,8 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_grpo_learning import ensure_inputs
-from machine import cpu_name
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: machine.py
+from machine import cpu_name, ensure_inputs  # noqa: E402
 
 COMMANDS = {
     "pretrain": ["pretrain", "--steps", "200"],
@@ -78,7 +78,7 @@ def main() -> None:
                 if worker:
                     worker.terminate()
     print(f"date: {datetime.date.today().isoformat()}; machine: {cpu_name()}, {os.cpu_count()} cores; "
-          f"command: python benchmarks/bench_threads.py {' '.join(sys.argv[1:])}\n")
+          f"command: python benchmarks/speed/bench_threads.py {' '.join(sys.argv[1:])}\n")
     print("| command | machine | --threads 1 (s) | torch default (s) | default / best |")
     print("|---|---|---:|---:|---:|")
     for name, load, times in rows:

@@ -14,7 +14,7 @@ this script runs there as a worker (``--worker``) and imports nothing from dtrl 
 Differences that remain: d3rlpy embeds states with a Linear+ReLU encoder (ours: one Linear) and
 projects q, k, v with three Linears (ours: one fused Linear).
 
-    python benchmarks/bench_d3rlpy.py [--steps 5] [--batch 64] [--rounds 2] [--bf16] [--threads 1]
+    python benchmarks/speed/bench_d3rlpy.py [--steps 5] [--batch 64] [--rounds 2] [--bf16] [--threads 1]
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import numpy as np
 
 STATE_DIM, ACT_DIM, CONTEXT = 17, 6, 20
 EPISODES, EPISODE_LENGTH = 40, 200
-RESULTS = Path(__file__).parent / "results" / "models.md"
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "models.md"
 
 
 def make_episodes(path: Path, seed: int = 0) -> None:
@@ -130,7 +130,7 @@ def dtrl_times(data_path: Path, steps: int, batch: int, policy: str, optimizer_n
     return {"times": times, "params": sum(p.numel() for p in model.parameters())}
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=5, help="timed update steps per library")
     parser.add_argument("--batch", type=int, default=64, help="paper: 256; smaller keeps the run short")
@@ -141,40 +141,34 @@ def main() -> None:
                         help="python of the d3rlpy venv, relative to the working directory (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--worker", metavar="DATA", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    if args.worker:
-        print(json.dumps(d3rlpy_worker(args.worker, args.steps, args.batch, args.threads)))
-        return
 
-    import torch
+def run_d3rlpy(args: argparse.Namespace, data_path: Path) -> dict:
+    """d3rlpy's update times from a worker in its own venv, or {"error": why not}."""
+    if not Path(args.d3rlpy_python).exists():
+        return {"error": f"{args.d3rlpy_python} does not exist (make the d3rlpy venv first, see the docstring)"}
+    proc = subprocess.run(
+        [args.d3rlpy_python, "-W", "ignore", __file__, "--worker", str(data_path), "--steps", str(args.steps),
+         "--batch", str(args.batch), "--threads", str(args.threads)],
+        capture_output=True, text=True,
+    )
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "worker failed"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
-    torch.set_num_threads(args.threads)
 
-    def run_d3rlpy(data_path: Path) -> dict:
-        if not Path(args.d3rlpy_python).exists():
-            return {"error": f"{args.d3rlpy_python} does not exist (make the d3rlpy venv first, see the docstring)"}
-        proc = subprocess.run(
-            [args.d3rlpy_python, "-W", "ignore", __file__, "--worker", str(data_path), "--steps", str(args.steps),
-             "--batch", str(args.batch), "--threads", str(args.threads)],
-            capture_output=True, text=True,
-        )
-        if proc.returncode != 0:
-            return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "worker failed"}
-        return json.loads(proc.stdout.strip().splitlines()[-1])
+def measure(args: argparse.Namespace, variants: list[tuple[str, str, str, bool]]) -> dict[str, dict]:
+    """Update times of d3rlpy and of each dtrl variant by name, over ``args.rounds`` rounds.
 
-    # Rounds alternate the implementations, so a change in the machine's load during the run hits all
-    # of them; each is then rated by its fastest update (the one least disturbed by other jobs).
+    Rounds alternate the implementations, so a change in the machine's load during the run hits all
+    of them; each is then rated by its fastest update (the one least disturbed by other jobs)."""
     results: dict[str, dict] = {}
-    variants = [("dtrl DT (MSE, AdamW)", "deterministic", "adamw", False),
-                ("dtrl DT (Gaussian NLL+entropy, LAMB: paper setup)", "gaussian", "lamb", False)]
-    if args.bf16:
-        variants.append(("dtrl DT (paper setup) under torch.autocast bfloat16", "gaussian", "lamb", True))
     with tempfile.TemporaryDirectory() as tmp:
         data_path = Path(tmp) / "episodes.npz"
         make_episodes(data_path)
         for _ in range(args.rounds):
-            d3 = run_d3rlpy(data_path)
+            d3 = run_d3rlpy(args, data_path)
             if "error" in d3:
                 results["d3rlpy"] = d3
             else:
@@ -184,19 +178,27 @@ def main() -> None:
                 result = dtrl_times(data_path, args.steps, args.batch, policy, optimizer_name, bf16=bf16)
                 result["times"] = results.get(name, {"times": []})["times"] + result["times"]
                 results[name] = result
+    return results
+
+
+def rate(result: dict) -> float:
+    return 1.0 / min(result["times"])
+
+
+def median_rate(result: dict) -> float:
+    return 1.0 / statistics.median(result["times"])
+
+
+def results_lines(args: argparse.Namespace, variants: list[tuple[str, str, str, bool]],
+                  results: dict[str, dict]) -> list[str]:
+    """The markdown section of this run: the command, the setup, one row per implementation."""
     d3 = results["d3rlpy"]
-
-    def rate(result) -> float:
-        return 1.0 / min(result["times"])
-
-    def median_rate(result) -> float:
-        return 1.0 / statistics.median(result["times"])
-
     when = datetime.datetime.now(datetime.timezone.utc)
     load = os.getloadavg()[0]
     lines = [
-        f"## {when:%Y-%m-%d %H:%M} UTC — `python benchmarks/bench_d3rlpy.py --steps {args.steps} --batch {args.batch} "
-        f"--rounds {args.rounds} --threads {args.threads}" + (" --bf16" if args.bf16 else "") + "`",
+        f"## {when:%Y-%m-%d %H:%M} UTC — `python benchmarks/speed/bench_d3rlpy.py --steps {args.steps} "
+        f"--batch {args.batch} --rounds {args.rounds} --threads {args.threads}"
+        + (" --bf16" if args.bf16 else "") + "`",
         "",
         f"(c) Pretraining update speed vs d3rlpy's DecisionTransformer: {os.cpu_count()}-core CPU, no GPU, shared "
         f"with other jobs (load average {load:.1f} at the end), {args.threads} torch thread(s), batch {args.batch}"
@@ -220,12 +222,34 @@ def main() -> None:
         lines.append(f"| {name} | {result['params'] / 1e6:.2f} M | {rate(result):.3f} ({median_rate(result):.3f}) "
                      f"| {ratio} |")
     lines += ["", "Goal: dtrl >= 1.5x d3rlpy's update rate.", ""]
-    print("\n".join(lines))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    previous = args.out.read_text() if args.out.exists() else "# dtrl.models benchmarks\n\n"
-    tmp_out = args.out.with_suffix(".md.tmp")
+    return lines
+
+
+def append_results(out: Path, lines: list[str]) -> None:
+    """Append the section to ``out`` (made with its title when missing), written atomically."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    previous = out.read_text() if out.exists() else "# dtrl.models benchmarks\n\n"
+    tmp_out = out.with_suffix(".md.tmp")
     tmp_out.write_text(previous.rstrip("\n") + "\n\n" + "\n".join(lines))
-    os.replace(tmp_out, args.out)
+    os.replace(tmp_out, out)
+
+
+def main() -> None:
+    args = parse_args()
+    if args.worker:
+        print(json.dumps(d3rlpy_worker(args.worker, args.steps, args.batch, args.threads)))
+        return
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    variants = [("dtrl DT (MSE, AdamW)", "deterministic", "adamw", False),
+                ("dtrl DT (Gaussian NLL+entropy, LAMB: paper setup)", "gaussian", "lamb", False)]
+    if args.bf16:
+        variants.append(("dtrl DT (paper setup) under torch.autocast bfloat16", "gaussian", "lamb", True))
+    lines = results_lines(args, variants, measure(args, variants))
+    print("\n".join(lines))
+    append_results(args.out, lines)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ is compared with:
 and reports achieved / bound and achieved / raw (the issue's target: >= 0.8 of single-core raw MuJoCo
 with one env thread, >= 1.4x that with two). One torch thread unless --threads.
 
-    python benchmarks/bench_grpo_rollouts.py [--policy RUN_OR_POLICY_DIR] [--branches 64 256] [--workers 0 2]
+    python benchmarks/speed/bench_grpo_rollouts.py [--policy RUN_OR_POLICY_DIR] [--branches 64 256] [--workers 0 2]
         [--env-threads 1 2] [--context-length 1]
 """
 
@@ -97,13 +97,7 @@ def policy_seconds(policy, batches: list[int], prefill: int, obs_dim: int, conte
     return time.perf_counter() - start
 
 
-def main() -> None:
-    from dtrl.algos import grpo
-    from dtrl.envs import BatchedEnv
-    from dtrl.models.checkpoint import load_policy
-    from dtrl.rollout import rollout_episodes, rollout_from_snapshots
-    from dtrl.tasks import get_task
-
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", default="hopper-random")
     parser.add_argument("--policy", default=None, help="pretrained run / policy dir (default: fresh cpu-size DT)")
@@ -120,7 +114,64 @@ def main() -> None:
     parser.add_argument("--trajectory-mode", choices=["sample", "mean"], default="mean",
                         help="the trajectory reset points come from: a sampled episode (as GRPO) or the mean-action "
                              "one (longer for a weak policy, so branches run their full L_traj + L_eval steps)")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def branch_setup(args: argparse.Namespace, task, policy, trajectory, branches: int, context: int | None):
+    """(GRPO config, reset points) for ``branches`` sub-trajectories: groups of 8, reset points drawn as
+    train() draws them (the cpu preset's variance is the current policy's)."""
+    from dtrl.algos import grpo
+
+    config = dataclasses.replace(grpo.cpu_preset(task.name), group_size=8,
+                                 reset_points_per_trajectory=branches // 8, trajectories_per_batch=1,
+                                 sub_trajectory_length=args.sub_trajectory_length, eval_steps=args.eval_steps,
+                                 max_parallel_branches=branches)
+    rng = np.random.default_rng(0)
+    trajectories = [trajectory]
+    if config.active_sampling_variance == "current":
+        trajectories = grpo.with_current_variance(policy, trajectories, context, "cpu")
+    return config, grpo.branch_starts(trajectories, config, policy.model.receptive_field, rng)
+
+
+def best_rollout(task, policy, starts, config, context: int | None, workers: int, env_threads: int, repeats: int):
+    """(seconds, result) of the fastest of ``repeats`` group rollouts, after one short warm-up."""
+    from dtrl.envs import BatchedEnv
+    from dtrl.rollout import rollout_from_snapshots
+
+    with BatchedEnv(task, len(starts), num_workers=workers, num_threads=env_threads) as envs:
+        rollout_from_snapshots(policy, envs, starts, 2, 0, task.gamma, context_length=context)  # warm-up
+        best = None
+        for _ in range(repeats):
+            start = time.perf_counter()
+            result = rollout_from_snapshots(policy, envs, starts, config.sub_trajectory_length,
+                                            config.eval_steps, task.gamma, context_length=context)
+            seconds = time.perf_counter() - start
+            best = (seconds, result) if best is None or seconds < best[0] else best
+    return best
+
+
+def table_row(task, policy, trajectory, starts, context: int | None, workers: int, env_threads: int,
+              seconds: float, result) -> str:
+    """One row: the rollout against raw MuJoCo and against the bound (raw MuJoCo + the model calls alone)."""
+    history = policy.model.receptive_field
+    steps = result.env_steps
+    batches = [int(np.sum(result.lengths > j)) for j in range(int(result.lengths.max()))]
+    mj = raw_mujoco_seconds(task, steps)
+    prefill = min(history if context is None else context - 1, int(starts[0].timestep))
+    pol = policy_seconds(policy, batches, prefill, trajectory.observations.shape[1], context)
+    bound = steps / (mj + pol)
+    rate = steps / seconds
+    return (f"| {len(starts)} | {workers} | {env_threads} | {steps} | {seconds:.2f} | {rate:,.0f} | {mj:.2f} | "
+            f"{pol:.2f} | {bound:,.0f} | {rate / bound:.2f} | {rate / (steps / mj):.2f} |")
+
+
+def main() -> None:
+    from dtrl.envs import BatchedEnv
+    from dtrl.models.checkpoint import load_policy
+    from dtrl.rollout import rollout_episodes
+    from dtrl.tasks import get_task
+
+    args = parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
@@ -140,37 +191,10 @@ def main() -> None:
           "| bound env-steps/s | achieved / bound | achieved / raw 1-thread |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for branches in args.branches:
-        config = dataclasses.replace(grpo.cpu_preset(task.name), group_size=8,
-                                     reset_points_per_trajectory=branches // 8, trajectories_per_batch=1,
-                                     sub_trajectory_length=args.sub_trajectory_length, eval_steps=args.eval_steps,
-                                     max_parallel_branches=branches)
-        rng = np.random.default_rng(0)
-        # reset points as train() draws them (the cpu preset's variance is the current policy's)
-        trajectories = [trajectory]
-        if config.active_sampling_variance == "current":
-            trajectories = grpo.with_current_variance(policy, trajectories, context, "cpu")
-        starts = grpo.branch_starts(trajectories, config, history, rng)
+        config, starts = branch_setup(args, task, policy, trajectory, branches, context)
         for workers, env_threads in [(w, t) for w in args.workers for t in args.env_threads]:
-            with BatchedEnv(task, len(starts), num_workers=workers, num_threads=env_threads) as envs:
-                rollout_from_snapshots(policy, envs, starts, 2, 0, task.gamma, context_length=context)  # warm-up
-                best = None
-                for _ in range(args.repeats):
-                    start = time.perf_counter()
-                    result = rollout_from_snapshots(policy, envs, starts, config.sub_trajectory_length,
-                                                    config.eval_steps, task.gamma, context_length=context)
-                    seconds = time.perf_counter() - start
-                    best = (seconds, result) if best is None or seconds < best[0] else best
-            seconds, result = best
-            steps = result.env_steps
-            batches = [int(np.sum(result.lengths > j)) for j in range(int(result.lengths.max()))]
-            mj = raw_mujoco_seconds(task, steps)
-            prefill = min(history if context is None else context - 1, int(starts[0].timestep))
-            pol = policy_seconds(policy, batches, prefill, trajectory.observations.shape[1], context)
-            bound = steps / (mj + pol)
-            rate = steps / seconds
-            print(f"| {len(starts)} | {workers} | {env_threads} | {steps} | {seconds:.2f} | {rate:,.0f} | {mj:.2f} | "
-                  f"{pol:.2f} | {bound:,.0f} | {rate / bound:.2f} | {rate / (steps / mj):.2f} |")
-
+            seconds, result = best_rollout(task, policy, starts, config, context, workers, env_threads, args.repeats)
+            print(table_row(task, policy, trajectory, starts, context, workers, env_threads, seconds, result))
 
 if __name__ == "__main__":
     main()

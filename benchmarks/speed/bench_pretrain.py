@@ -1,6 +1,6 @@
 """Benchmark: cpu-preset offline pretraining + evaluation, and rollout-engine throughput.
 
-    python benchmarks/bench_pretrain.py \\
+    python benchmarks/speed/bench_pretrain.py \\
         --pretrain hopper-medium=data/hopper-medium.hdf5 \\
         --pretrain hopper-random=data/hopper-random-200k.hdf5 \\
         --runs-dir runs --speed --preset-study data/hopper-random-200k.hdf5 \\
@@ -36,9 +36,11 @@ from dtrl.cli import main as dtrl  # noqa: E402
 from dtrl.data import load_dataset  # noqa: E402
 from dtrl.runs import has_checkpoint, is_finished  # noqa: E402
 from dtrl.tasks import get_task  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: machine.py
 from machine import cpu_name  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def pretrain(task_name: str, dataset: str, runs_dir: Path, steps: int | None, eval_episodes: int) -> dict:
@@ -198,7 +200,7 @@ def write_results(path: Path, pretrains: list[dict], speed: dict | None, study: 
         "",
         f"Date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC. Commit {commit.strip() or '?'}.",
         f"Machine: {machine()}. All timings are noisy (other helpers' jobs ran at the same time).",
-        f"Produced by `python benchmarks/bench_pretrain.py {' '.join(sys.argv[1:])}`.",
+        f"Produced by `python benchmarks/speed/bench_pretrain.py {' '.join(sys.argv[1:])}`.",
         "",
     ]
     if pretrains:

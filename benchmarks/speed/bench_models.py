@@ -10,7 +10,7 @@
 
 Results go to benchmarks/results/models.md (appended with the date and machine). Usage:
 
-    python benchmarks/bench_models.py [--threads 1] [--train-batch 64] [--quick]
+    python benchmarks/speed/bench_models.py [--threads 1] [--train-batch 64] [--quick]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import argparse
 import datetime
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -27,10 +28,12 @@ import torch
 from dtrl.config import ModelConfig
 from dtrl.models import DecisionTransformer
 from dtrl.optim import Lamb
-from machine import cpu_name
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: machine.py
+from machine import cpu_name  # noqa: E402
 
 STATE_DIM, ACT_DIM = 17, 6  # Walker2d sizes
-RESULTS = Path(__file__).parent / "results" / "models.md"
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "models.md"
 
 
 def paper_config(context_length: int, dropout: float = 0.1) -> ModelConfig:
@@ -175,7 +178,8 @@ def main() -> None:
 
     base = rows[0][1]
     lines = [
-        f"## {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC — `python benchmarks/bench_models.py"
+        f"## {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC — "
+        "`python benchmarks/speed/bench_models.py"
         + (" --quick" if args.quick else "") + f" --threads {args.threads} --train-batch {args.train_batch}`",
         "",
         f"Machine: {header}. Timings on a shared machine are noisy; each ratio below is measured within this run.",

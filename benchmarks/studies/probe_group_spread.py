@@ -6,7 +6,7 @@ score std of 2.5-5 and half its groups dropped by ε_GRPO. Before spending a stu
 (group size, L_traj, ε_GRPO), this measures what the lever would change in the groups themselves, on
 the stalled policy, in a minute of one core:
 
-    python benchmarks/probe_group_spread.py RUN [RUN ...] --group-sizes 4 8 16 32 \
+    python benchmarks/studies/probe_group_spread.py RUN [RUN ...] --group-sizes 4 8 16 32 \
         --sub-trajectory-lengths 15 45 --out benchmarks/results/group_spread.csv
 
 For each run's final policy (``RUN/policy``, or ``--policy best_policy``), with the run's own config
