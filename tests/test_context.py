@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import read_metrics
 from dtrl import evaluation, rollout
 from dtrl.algos.finetune import main as finetune_main
-from test_odt import read_metrics, tiny_files  # noqa: F401  (session fixture shared by the finetuning tests)
 
 ALGOS = {
     "grpo": ["--trajectories-per-batch", "1", "--reset-points-per-trajectory", "1", "--group-size", "2",
@@ -25,7 +25,7 @@ ALGOS = {
 
 
 @pytest.mark.parametrize("algo", list(ALGOS))
-def test_every_rollout_of_every_dt_algorithm_uses_the_context_length(algo, tiny_files, tmp_path, monkeypatch):  # noqa: F811
+def test_every_rollout_of_every_dt_algorithm_uses_the_context_length(algo, tiny_files, tmp_path, monkeypatch):
     import importlib
 
     from dtrl.algos.finetune import ALGORITHMS
@@ -57,7 +57,7 @@ def test_every_rollout_of_every_dt_algorithm_uses_the_context_length(algo, tiny_
 
 
 @pytest.mark.parametrize("context_length", [None, 1, 2])
-def test_recomputed_log_probs_of_a_fresh_rollout_match_with_a_short_context(tiny_files, context_length):  # noqa: F811
+def test_recomputed_log_probs_of_a_fresh_rollout_match_with_a_short_context(tiny_files, context_length):
     from dtrl.algos.buffers import rollout_extra, trajectory_segments
     from dtrl.algos.common import segment_history_length
     from dtrl.envs import BatchedEnv

@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
+from conftest import read_metrics
 from dtrl.algos.grpo_q import q_group_advantages, sample_action_groups
 from dtrl.cli import main as cli
 from dtrl.models.distributions import ActionDistribution
-from test_odt import read_metrics, tiny_files  # noqa: F401  (session fixture shared by the finetuning tests)
 
 
 class _SumQ:

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import read_metrics
 from dtrl.algos.iql import advantage_weights, q_target, reward_transform_for, value_loss
 from dtrl.cli import main as cli
 from dtrl.data.trajectory import Trajectory
 from dtrl.models.checkpoint import load_actor
 from dtrl.tasks import get_task
-from test_odt import read_metrics, tiny_files  # noqa: F401  (session fixture shared by the finetuning tests)
 
 
 def test_expectile_value_loss_weights_under_and_over_estimates_asymmetrically():

@@ -8,10 +8,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from conftest import read_metrics
 from dtrl.algos.common import smoothed_target_actions, window_critic_loss
 from dtrl.algos.odt_td3 import td3_actor_loss
 from dtrl.cli import main as cli
-from test_odt import read_metrics, tiny_files  # noqa: F401  (session fixture shared by the finetuning tests)
 
 
 def test_target_smoothing_noise_is_clipped_and_actions_stay_in_the_box():

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import read_metrics
 from dtrl.algos.buffers import rollout_extra, trajectory_segments
 from dtrl.algos.ppo import trajectory_advantages
 from dtrl.cli import main as cli
-from test_odt import read_metrics, tiny_files  # noqa: F401  (session fixture shared by the finetuning tests)
 
 
 def test_lambda_returns_by_hand_terminal_and_truncated():
