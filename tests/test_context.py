@@ -59,9 +59,9 @@ def test_every_rollout_of_every_dt_algorithm_uses_the_context_length(algo, tiny_
 @pytest.mark.parametrize("context_length", [None, 1, 2])
 def test_recomputed_log_probs_of_a_fresh_rollout_match_with_a_short_context(tiny_files, context_length):
     from dtrl.algos.buffers import rollout_extra, trajectory_segments
-    from dtrl.algos.common import segment_history_length
+    from dtrl.algos.dt_finetune import segment_history_length
     from dtrl.envs import BatchedEnv
-    from dtrl.models.checkpoint import load_policy
+    from dtrl.models.loading import load_policy
     from dtrl.tasks import get_task
 
     _, policy_dir = tiny_files

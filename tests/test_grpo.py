@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dtrl.algos import grpo
-from dtrl.algos.common import best_evaluated_return, scheduled_learning_rate
+from dtrl.algos.run_loop import best_evaluated_return, scheduled_learning_rate
 from dtrl.algos.finetune import ALGORITHMS
 from dtrl.algos.finetune import main as finetune_main
 from dtrl.errors import DtrlError
@@ -45,7 +45,7 @@ def tiny_policy_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loaded(tiny_policy_dir):
-    from dtrl.models.checkpoint import load_policy
+    from dtrl.models.loading import load_policy
 
     policy = load_policy(tiny_policy_dir, task=TASK)
     policy.model.eval()
@@ -223,7 +223,7 @@ def test_cli_runs_two_iterations_and_writes_a_policy(tiny_policy_dir, tmp_path):
     initial, *rows = read_metrics(out)
     # iteration 0: the init policy, evaluated as later iterations are (the curve starts at the pretrained DT)
     from dtrl.evaluation import evaluate
-    from dtrl.models.checkpoint import load_policy
+    from dtrl.models.loading import load_policy
     from dtrl.tasks import get_task
 
     task = get_task(TASK)
@@ -276,7 +276,7 @@ def test_dtrl_eval_defaults_to_the_target_rtg_and_context_the_trainer_recorded(t
 
 def test_default_eval_rtg_is_online_only_for_methods_that_never_relabel():
     from dtrl.algos import grpo_q, odt, odt_td3, ppo
-    from dtrl.algos.common import online_targets
+    from dtrl.algos.dt_finetune import online_targets
     from dtrl.tasks import get_task
 
     task = get_task(TASK)

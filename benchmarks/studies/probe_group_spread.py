@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from dtrl import objectives
-from dtrl.algos.common import online_targets, prepare_policy, segment_history_length
+from dtrl.algos.dt_finetune import online_targets, prepare_policy, segment_history_length
 from dtrl.algos.grpo import GRPOConfig, branch_starts, rollout_groups, with_current_variance
 from dtrl.envs import BatchedEnv
 from dtrl.rollout import rollout_episodes

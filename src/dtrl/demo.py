@@ -24,12 +24,12 @@ from rich.console import Console
 
 from dtrl import report
 from dtrl.algos import finetune, pretrain
-from dtrl.algos.common import EVAL_SEED_OFFSET
+from dtrl.algos.run_loop import EVAL_SEED_OFFSET
 from dtrl.config import reject_non_finite, resolve_device
 from dtrl.data import cli as data_cli
 from dtrl.errors import DtrlError
 from dtrl.evaluation import default_context_length, default_target_rtg, evaluate
-from dtrl.models.checkpoint import load_policy
+from dtrl.models.loading import load_policy
 from dtrl.tasks import get_task
 
 

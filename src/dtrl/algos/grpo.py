@@ -33,36 +33,31 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from dtrl import objectives
-from dtrl.algos.common import (
-    BestPolicy,
-    Clock,
+from dtrl.algos.dt_finetune import (
     DTFinetuneConfig,
-    StageTimer,
     build_dt_optimizers,
-    end_of_iteration,
-    episode_seeds,
     evaluate_dt_policy,
-    evaluate_policy,
-    finish_run,
-    log_initial_evaluation,
     online_targets,
-    open_run,
     optimizer_step,
     prepare_policy,
-    restore_training_state,
-    save_checkpoint,
-    scheduled_learning_rate,
-    seed_everything,
+    saved_dt_policy,
     segment_history_length,
-    set_learning_rate,
     temperature_step,
-    training_state,
+)
+from dtrl.algos.run_loop import (
+    RunLoop,
+    StageTimer,
+    episode_seeds,
+    evaluate_policy,
+    scheduled_learning_rate,
+    set_learning_rate,
 )
 from dtrl.config import parse_config, resolve_device
 from dtrl.data import sample_proportional_to_length
 from dtrl.envs import BatchedEnv
 from dtrl.errors import DtrlError
 from dtrl.rollout import Segment, TokenHistory, rollout_episodes, rollout_from_snapshots, segments_to_batch
+from dtrl.runs import seed_everything
 from dtrl.tasks import get_task
 
 ALGO = "grpo"
@@ -593,92 +588,110 @@ def refresh_log_probs(policy, items: list, chunk: int, device, context_length: i
 # the loop
 
 
+@dataclass
+class GroupSource:
+    """Where an iteration's groups come from: the policy rolled out at g_online, the env copies full
+    trajectories are collected in and groups are branched in, and the buffer T_replay."""
+
+    policy: Any
+    task: Any
+    config: GRPOConfig
+    online_rtg: float
+    gamma: float
+    history_length: int
+    device: Any
+    branch_envs: BatchedEnv
+    collect_envs: BatchedEnv
+    trajectory_buffer: deque
+
+
+def collect_groups(source: GroupSource, seeds: list[int], rng: np.random.Generator,
+                   timer: StageTimer) -> tuple[GroupBatch, dict[str, float], int]:
+    """Lines 2-7 of Algorithm 1 (or, with ``full_trajectories``, the ablation of Fig. 1b: groups of
+    whole episodes replace them). Returns (the groups with their advantages, charts, the env steps
+    of the full trajectories)."""
+    policy, config, device = source.policy, source.config, source.device
+    if config.full_trajectories:
+        with timer("group_rollouts"):
+            groups = full_trajectory_groups(policy, source.branch_envs, source.task, config, source.online_rtg,
+                                            source.gamma, seeds, device)
+        return groups, {"charts/rollout_return": float(np.mean([s.rewards.sum() for s in groups.segments]))}, 0
+    # line 2: full trajectories with the current policy from s_1 and g_online; FIFO update
+    with timer("full_rollouts"):
+        episodes = rollout_episodes(policy, source.collect_envs, source.task, source.online_rtg, seeds,
+                                    mode="sample", record_snapshots=True, device=device,
+                                    context_length=config.context_length)
+    source.trajectory_buffer.extend(episodes)
+    charts = {"charts/rollout_return": float(np.mean([ep.episode_return for ep in episodes])),
+              "charts/rollout_length": float(np.mean([len(ep) for ep in episodes]))}
+    with timer("group_rollouts"):
+        # line 3: a minibatch of full trajectories, p(τ) ∝ |τ|
+        buffer = source.trajectory_buffer
+        chosen = sample_proportional_to_length([len(ep) for ep in buffer], config.trajectories_per_batch, rng)
+        # lines 4-5: K reset points in each, from softmax(action variance) (active sampling)
+        trajectories = [buffer[i] for i in chosen]
+        if config.active_sampling_variance == "current" and config.reset_sampling == "active":
+            # refreshed under today's policy (uniform reset points do not read it)
+            trajectories = with_current_variance(policy, trajectories, config.context_length, device)
+        starts = branch_starts(trajectories, config, source.history_length, rng)
+        charts["grpo/reset_entropy"] = reset_entropy(trajectories, config)
+        # line 6: G sub-trajectories per reset point, L_traj sampled + L_eval mean-action steps
+        segments, scores, rewards, steps = rollout_groups(policy, source.branch_envs, starts, config, source.gamma,
+                                                          device)
+        # line 7: advantages by Eq. (2) within each group, ε_GRPO rule
+        groups = group_batch(segments, scores.reshape(-1, config.group_size), config, steps, rewards)
+    return groups, charts, sum(len(ep) for ep in episodes)
+
+
+def evaluation_of(policy, averaged, task, config: GRPOConfig, device, eval_rtg: float):
+    """The in-run evaluation: the policy (or its weight average), and with an average also the
+    iterate it smooths (``eval_iterate_*``), which is what the average buys."""
+    evaluated = policy if averaged is None else dataclasses.replace(policy, model=averaged.module)
+
+    def evaluate_now() -> dict:
+        evaluation = evaluate_dt_policy(evaluated, task, config, device, eval_rtg)
+        if averaged is not None:
+            iterate = evaluate_policy(policy, task, config, device, eval_rtg, config.context_length)
+            evaluation.update({key.replace("eval_", "eval_iterate_", 1): value for key, value in iterate.items()})
+        return evaluation
+
+    return evaluated, evaluate_now
+
+
 def train(config: GRPOConfig) -> dict:
     """Run Algorithm 1 as ``config`` says, writing the run directory ``config.out``; returns the
     final evaluation."""
-    task = get_task(config.task)
-    device = resolve_device(config.device)
+    task, device = get_task(config.task), resolve_device(config.device)
     online_rtg, eval_rtg = online_targets(config, task)
     gamma = task.gamma if config.gamma is None else config.gamma
     rng = seed_everything(config.seed)
     policy = prepare_policy(config, task, device)  # ETPR set, dropout off (eval mode; gradients flow)
     model = policy.model
-    history_length = segment_history_length(model, config.context_length)  # context before a reset point
     optimizer, temperature_optimizer = build_dt_optimizers(config, model)
     averaged = average_of_weights(model, config.policy_averaging)
-    evaluated = policy if averaged is None else dataclasses.replace(policy, model=averaged.module)
-    run, state = open_run(config, ALGO, init=policy)  # after building the model: resuming restores the global RNGs
+    evaluated, evaluate_now = evaluation_of(policy, averaged, task, config, device, eval_rtg)
     trajectory_buffer: deque = deque(maxlen=config.trajectory_buffer_size)  # T_replay
     sub_buffer = SubTrajectoryBuffer(sub_buffer_capacity(config))  # T_sub
-    clock = Clock()
     components = dict(model=model, optimizer=optimizer, temperature_optimizer=temperature_optimizer,
                       sub_buffer=sub_buffer, averaged_model=averaged)
-    start = 1
-    if state is not None:
-        trajectory_buffer.extend(state["trajectory_buffer"])
-        start = restore_training_state(state, rng, clock, rng_key="numpy_generator", **components)
-    branch_envs, collect_envs = make_envs(task, config)
-    best_policy = BestPolicy(run)
-    # how a saved policy is to be evaluated (dtrl eval reads it back)
-    policy_info = {"algo": ALGO, "eval_rtg": eval_rtg, "eval_context_length": config.context_length}
-
-    def evaluate_now() -> dict:
-        evaluation = evaluate_dt_policy(evaluated, task, config, device, eval_rtg)
-        if averaged is not None:  # what the weight average buys over the iterate it smooths
-            iterate = evaluate_policy(policy, task, config, device, eval_rtg, config.context_length)
-            evaluation.update({key.replace("eval_", "eval_iterate_", 1): value for key, value in iterate.items()})
-        return evaluation
-
-    def checkpoint() -> None:
-        training = training_state(ALGO, iteration, rng, clock, rng_key="numpy_generator", **components)
-        save_checkpoint(run, iteration, {**training, "trajectory_buffer": list(trajectory_buffer)}, evaluated.model,
-                        policy.normalizer, task.name, policy_info)
-
-    def keep_best(evaluation: dict) -> None:
-        if config.keep_best_policy:
-            best_policy.update(evaluation, evaluated.model, policy.normalizer, task.name, policy_info, iteration)
-
-    if state is None:  # the curve starts at the pretrained DT
-        log_initial_evaluation(run, clock, config, lambda: evaluate_dt_policy(policy, task, config, device, eval_rtg))
-    last_evaluation: dict = {}
-    try:
-        iteration = start - 1  # the last one done: what finish_run reports when none is left to run
-        for iteration in range(start, config.iterations + 1):  # line 1
+    with RunLoop(config, ALGO, rng, components, init=policy, rng_key="numpy_generator", evaluate=evaluate_now,
+                 initial_evaluation=lambda: evaluate_dt_policy(policy, task, config, device, eval_rtg),
+                 saved_policy=saved_dt_policy(ALGO, policy, evaluated.model, task, config, eval_rtg),
+                 extra_state=lambda: {"trajectory_buffer": list(trajectory_buffer)},
+                 keep_best=config.keep_best_policy) as loop:
+        if loop.state is not None:
+            trajectory_buffer.extend(loop.state["trajectory_buffer"])
+        branch_envs, collect_envs = make_envs(task, config)
+        source = GroupSource(policy, task, config, online_rtg, gamma,
+                             segment_history_length(model, config.context_length),  # context before a reset point
+                             device, loop.closing(branch_envs), loop.closing(collect_envs), trajectory_buffer)
+        for iteration in loop:  # line 1
             learning_rate = set_learning_rate(optimizer, scheduled_learning_rate(config, iteration))
-            seeds = episode_seeds(config, iteration, config.trajectories_per_iteration)
             timer = StageTimer()
-            if config.full_trajectories:  # ablation Fig. 1b: groups of whole episodes replace lines 2-7
-                with timer("group_rollouts"):
-                    groups = full_trajectory_groups(policy, branch_envs, task, config, online_rtg, gamma, seeds,
-                                                    device)
-                charts = {"charts/rollout_return": float(np.mean([s.rewards.sum() for s in groups.segments]))}
-            else:
-                # line 2: full trajectories with the current policy from s_1 and g_online; FIFO update
-                with timer("full_rollouts"):
-                    episodes = rollout_episodes(policy, collect_envs, task, online_rtg, seeds, mode="sample",
-                                                record_snapshots=True, device=device,
-                                                context_length=config.context_length)
-                trajectory_buffer.extend(episodes)
-                clock.env_steps += sum(len(ep) for ep in episodes)
-                charts = {"charts/rollout_return": float(np.mean([ep.episode_return for ep in episodes])),
-                          "charts/rollout_length": float(np.mean([len(ep) for ep in episodes]))}
-                with timer("group_rollouts"):
-                    # line 3: a minibatch of full trajectories, p(τ) ∝ |τ|
-                    chosen = sample_proportional_to_length([len(ep) for ep in trajectory_buffer],
-                                                           config.trajectories_per_batch, rng)
-                    # lines 4-5: K reset points in each, from softmax(action variance) (active sampling)
-                    trajectories = [trajectory_buffer[i] for i in chosen]
-                    if config.active_sampling_variance == "current" and config.reset_sampling == "active":
-                        # refreshed under today's policy (uniform reset points do not read it)
-                        trajectories = with_current_variance(policy, trajectories, config.context_length, device)
-                    starts = branch_starts(trajectories, config, history_length, rng)
-                    charts["grpo/reset_entropy"] = reset_entropy(trajectories, config)
-                    # line 6: G sub-trajectories per reset point, L_traj sampled + L_eval mean-action steps
-                    segments, scores, rewards, steps = rollout_groups(policy, branch_envs, starts, config, gamma,
-                                                                      device)
-                    # line 7: advantages by Eq. (2) within each group, ε_GRPO rule
-                    groups = group_batch(segments, scores.reshape(-1, config.group_size), config, steps, rewards)
-            clock.env_steps += groups.env_steps
+            # lines 2-7: full trajectories, reset points, groups and their advantages
+            groups, charts, full_steps = collect_groups(
+                source, episode_seeds(config, iteration, config.trajectories_per_iteration), rng, timer)
+            loop.clock.env_steps += full_steps + groups.env_steps
             # line 8: the sub-trajectory buffer takes the groups that carry a signal (FIFO)
             push_groups(sub_buffer, groups, config, iteration)
             # line 9: finetune on T_sub with the clipped surrogate at `ratio_level` (Eq. 3 by default)
@@ -687,21 +700,11 @@ def train(config: GRPOConfig) -> dict:
                                        iteration)
                 if averaged is not None:
                     averaged.update_parameters(model)
-            clock.grad_updates += losses.pop("updates")
-
-            metrics = {**charts, **timer.metrics, **group_metrics(groups, len(sub_buffer)),
-                       "charts/temperature": model.temperature.item(), "charts/learning_rate": learning_rate,
-                       **losses}
-            stopping, evaluation = end_of_iteration(run, iteration, config, clock, metrics, evaluate_now,
-                                                    checkpoint, keep_best)
-            last_evaluation = evaluation or last_evaluation
-            if stopping:
-                break
-        return finish_run(run, ALGO, iteration, last_evaluation or evaluate_now())
-    finally:
-        branch_envs.close()
-        collect_envs.close()
-        run.close()
+            loop.clock.grad_updates += losses.pop("updates")
+            loop.end_iteration({**charts, **timer.metrics, **group_metrics(groups, len(sub_buffer)),
+                                "charts/temperature": model.temperature.item(), "charts/learning_rate": learning_rate,
+                                **losses})
+        return loop.finish()
 
 
 def parse(argv: list[str]) -> GRPOConfig:

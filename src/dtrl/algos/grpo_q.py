@@ -34,38 +34,26 @@ import numpy as np
 import torch
 
 from dtrl.algos.buffers import TrajectoryBuffer, WindowSampler, rollout_extra, trajectory_segments
-from dtrl.algos.common import (
-    Clock,
-    TD3CriticConfig,
-    build_critic,
+from dtrl.algos.dt_finetune import (
     build_dt_optimizers,
-    end_of_iteration,
-    episode_seeds,
     evaluate_dt_policy,
-    finish_run,
-    log_initial_evaluation,
     online_targets,
-    open_run,
     optimizer_step,
     prepare_policy,
-    restore_training_state,
-    rollout_charts,
-    save_checkpoint,
-    scheduled_learning_rate,
-    seed_everything,
+    saved_dt_policy,
     segment_history_length,
-    set_learning_rate,
     soft_update,
     temperature_step,
-    training_state,
-    window_critic_loss,
 )
+from dtrl.algos.run_loop import RunLoop, episode_seeds, rollout_charts, scheduled_learning_rate, set_learning_rate
+from dtrl.algos.td3 import TD3CriticConfig, build_critic, window_critic_loss
 from dtrl.config import parse_config, resolve_device
 from dtrl.envs import BatchedEnv
 from dtrl.errors import DtrlError
 from dtrl.models.distributions import ActionDistribution
 from dtrl.objectives import clipped_surrogate, group_advantages, surrogate_stats
 from dtrl.rollout import rollout_episodes, segments_to_batch
+from dtrl.runs import seed_everything
 from dtrl.tasks import get_task
 
 ALGO = "grpo-q"
@@ -183,12 +171,86 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def critic_updates(learner: dict, sampler: WindowSampler, config: GRPOQConfig, device) -> list[dict]:
+    """Line 9: TD3 critic steps on replayed transitions; the targets follow every policy_delay steps."""
+    stats = []
+    for step in range(config.critic_updates_per_iteration):
+        loss, metrics = window_critic_loss(learner["critic"], learner["critic_target"], learner["target_model"],
+                                           sampler.sample(config.critic_batch_size, device), config.gamma,
+                                           config.policy_noise, config.noise_clip)
+        optimizer_step(loss, learner["critic_optimizer"], 0.0)
+        if step % config.policy_delay == 0:
+            soft_update(learner["critic_target"], learner["critic"], config.tau)
+            soft_update(learner["target_model"], learner["model"], config.tau)
+        stats.append(metrics)
+    return stats
+
+
+@torch.no_grad()
+def action_group_minibatches(policy, critic, pieces: list, config: GRPOQConfig, history_length: int,
+                             rng: np.random.Generator, device) -> list[tuple]:
+    """Lines 5-7 with π_old = the policy at the start of this round: G actions per state, their
+    sampling log-probs and Q-group advantages, fixed for all epochs of line 8."""
+    order = rng.permutation(len(pieces))
+    minibatches = []
+    for first in range(0, len(order), config.minibatch_size):
+        batch = segments_to_batch([pieces[i] for i in order[first:first + config.minibatch_size]],
+                                  policy.normalizer, policy.reward_scale, device, history_length=history_length)
+        old = batch.step_distributions(policy.model, config.context_length)
+        group_actions = sample_action_groups(old, config.group_size)  # [G, N, A]
+        advantages = q_group_advantages(critic, batch.states[batch.train_mask], group_actions, config.min_std)  # [N, G]
+        minibatches.append((batch, group_actions, old.log_prob(group_actions), advantages))
+    return minibatches
+
+
+def policy_step(learner: dict, minibatch: tuple, config: GRPOQConfig) -> dict[str, float]:
+    """Line 8 on one minibatch: the clipped objective with one importance ratio per sampled action."""
+    model = learner["model"]
+    batch, group_actions, logp_old, advantages = minibatch
+    dist = batch.step_distributions(model, config.context_length)
+    logp_new = dist.log_prob(group_actions)  # [G, N]
+    per_action = torch.ones_like(logp_new.reshape(-1, 1), dtype=torch.bool)
+    pg_loss = clipped_surrogate(logp_new.reshape(-1, 1), logp_old.reshape(-1, 1), advantages.t().reshape(-1),
+                                per_action, "token", config.clip_eps)
+    entropy = dist.entropy().mean()
+    loss = pg_loss - model.temperature.detach() * entropy
+    grad_norm = optimizer_step(loss, learner["optimizer"], config.grad_clip)
+    temperature_step(model, entropy, learner["temperature_optimizer"])
+    ratio = surrogate_stats(logp_new.detach().reshape(-1, 1), logp_old.reshape(-1, 1), per_action, "token",
+                            config.clip_eps)
+    return {"losses/policy": pg_loss.item(), "losses/entropy": entropy.item(),
+            "losses/temperature": model.temperature.item(), "losses/grad_norm": grad_norm,
+            "grpo/approx_kl": ratio.approx_kl, "grpo/clipfrac": ratio.clip_fraction,
+            "grpo/advantage_abs": advantages.abs().mean().item()}
+
+
+def policy_updates(policy, learner: dict, buffer: TrajectoryBuffer, config: GRPOQConfig, segment_length: int,
+                   history_length: int, rng: np.random.Generator, device) -> list[dict]:
+    """Lines 3-8: trajectories ∝ length, every state of them cut into segments with history, action
+    groups scored by the critic, then policy_epochs of the clipped objective."""
+    chosen = buffer.sample_indices(config.trajectories_per_update, rng)
+    pieces = [segment for i in chosen for segment, _ in
+              trajectory_segments(buffer.trajectories[i], buffer.extras[i], segment_length, history_length)]
+    minibatches = action_group_minibatches(policy, learner["critic"], pieces, config, history_length, rng, device)
+    return [policy_step(learner, minibatches[index], config)
+            for _ in range(config.policy_epochs) for index in rng.permutation(len(minibatches))]
+
+
+def merged_means(stats: list[dict]) -> dict[str, float]:
+    """The mean of each key over the rows that have it (critic and policy rows carry different keys)."""
+    merged: dict[str, list] = {}
+    for row in stats:
+        for key, value in row.items():
+            merged.setdefault(key, []).append(value)
+    return {k: float(np.mean(v)) for k, v in merged.items()}
+
+
 def train(config: GRPOQConfig) -> dict:
     device = resolve_device(config.device)
     task = get_task(config.task)
     rng = seed_everything(config.seed)
     policy = prepare_policy(config, task, device)
-    model, normalizer, reward_scale = policy.model, policy.normalizer, policy.reward_scale
+    model = policy.model
     target_model = copy.deepcopy(model).requires_grad_(False)
     context = model.config.context_length
     segment_length = config.segment_length or context
@@ -197,34 +259,16 @@ def train(config: GRPOQConfig) -> dict:
     online_rtg, eval_rtg = online_targets(config, task)
     optimizer, temperature_optimizer = build_dt_optimizers(config, model)
     critic, critic_target, critic_optimizer = build_critic(config, task, model.state_dim, model.act_dim, device)
-
     buffer = TrajectoryBuffer(config.buffer_size)
-    clock = Clock()
-    run, state = open_run(config, ALGO, init=policy)
-    start = 1
-    components = dict(model=model, target_model=target_model, critic=critic, critic_target=critic_target,
-                      optimizer=optimizer, critic_optimizer=critic_optimizer,
-                      temperature_optimizer=temperature_optimizer, buffer=buffer)
-    if state is not None:
-        start = restore_training_state(state, rng, clock, **components)
-    envs = BatchedEnv(task, config.trajectories_per_iteration, seed=config.seed, num_threads=config.env_threads)
-
-    def evaluate_now() -> dict:
-        return evaluate_dt_policy(policy, task, config, device, eval_rtg)
-
-    # how a saved policy is to be evaluated (dtrl eval reads it back)
-    policy_info = {"algo": ALGO, "eval_rtg": eval_rtg, "eval_context_length": config.context_length}
-
-    def checkpoint() -> None:
-        save_checkpoint(run, iteration, training_state(ALGO, iteration, rng, clock, **components), model,
-                        policy.normalizer, task.name, policy_info)
-
-    if state is None:  # the curve starts at the pretrained DT
-        log_initial_evaluation(run, clock, config, evaluate_now)
-    last_eval: dict = {}
-    try:
-        iteration = start - 1  # the last one done: what finish_run reports when none is left to run
-        for iteration in range(start, config.iterations + 1):
+    learner = dict(model=model, target_model=target_model, critic=critic, critic_target=critic_target,
+                   optimizer=optimizer, critic_optimizer=critic_optimizer,
+                   temperature_optimizer=temperature_optimizer)
+    with RunLoop(config, ALGO, rng, {**learner, "buffer": buffer}, init=policy,
+                 evaluate=lambda: evaluate_dt_policy(policy, task, config, device, eval_rtg),
+                 saved_policy=saved_dt_policy(ALGO, policy, model, task, config, eval_rtg)) as loop:
+        envs = loop.closing(BatchedEnv(task, config.trajectories_per_iteration, seed=config.seed,
+                                       num_threads=config.env_threads))
+        for iteration in loop:
             learning_rate = set_learning_rate(optimizer, scheduled_learning_rate(config, iteration))
             # line 2: roll out with the online target; FIFO buffer (RTGs as conditioned, never relabeled)
             rollouts = rollout_episodes(policy, envs, task, online_rtg, context_length=config.context_length,
@@ -232,74 +276,13 @@ def train(config: GRPOQConfig) -> dict:
                                         mode="sample", device=device)
             for rollout in rollouts:
                 buffer.add(rollout.to_trajectory(), rollout_extra(rollout))
-            clock.env_steps += sum(len(r) for r in rollouts)
-
+            loop.clock.env_steps += sum(len(r) for r in rollouts)
             # line 9: TD3 critic on replayed transitions (K+1-step windows hold s_{t+1} and its context)
-            stats = []
-            sampler = WindowSampler(buffer, context + 1, reward_scale, normalizer, rng, rtg="recorded")
-            for step in range(config.critic_updates_per_iteration):
-                loss, metrics = window_critic_loss(critic, critic_target, target_model,
-                                                   sampler.sample(config.critic_batch_size, device), config.gamma,
-                                                   config.policy_noise, config.noise_clip)
-                optimizer_step(loss, critic_optimizer, 0.0)
-                if step % config.policy_delay == 0:
-                    soft_update(critic_target, critic, config.tau)
-                    soft_update(target_model, model, config.tau)
-                clock.grad_updates += 1
-                stats.append(metrics)
-
-            if iteration > config.critic_warmup_iterations:
-                # line 3: trajectories ∝ length; every state of them, cut into segments with history
-                chosen = buffer.sample_indices(config.trajectories_per_update, rng)
-                pieces = [segment for i in chosen for segment, _ in
-                          trajectory_segments(buffer.trajectories[i], buffer.extras[i], segment_length,
-                                              history_length)]
-                # lines 5-7 with π_old = the policy at the start of this round: G actions per state,
-                # their sampling log-probs and Q-group advantages, fixed for all epochs of line 8
-                order = rng.permutation(len(pieces))
-                minibatches = []
-                with torch.no_grad():
-                    for first in range(0, len(order), config.minibatch_size):
-                        batch = segments_to_batch([pieces[i] for i in order[first:first + config.minibatch_size]],
-                                                  normalizer, reward_scale, device, history_length=history_length)
-                        old = batch.step_distributions(model, config.context_length)
-                        group_actions = sample_action_groups(old, config.group_size)  # [G, N, A]
-                        advantages = q_group_advantages(critic, batch.states[batch.train_mask], group_actions,
-                                                        config.min_std)  # [N, G]
-                        minibatches.append((batch, group_actions, old.log_prob(group_actions), advantages))
-                # line 8: clipped objective with one importance ratio per sampled action
-                for _ in range(config.policy_epochs):
-                    for index in rng.permutation(len(minibatches)):
-                        batch, group_actions, logp_old, advantages = minibatches[index]
-                        dist = batch.step_distributions(model, config.context_length)
-                        logp_new = dist.log_prob(group_actions)  # [G, N]
-                        per_action = torch.ones_like(logp_new.reshape(-1, 1), dtype=torch.bool)
-                        pg_loss = clipped_surrogate(logp_new.reshape(-1, 1), logp_old.reshape(-1, 1),
-                                                    advantages.t().reshape(-1), per_action, "token", config.clip_eps)
-                        entropy = dist.entropy().mean()
-                        loss = pg_loss - model.temperature.detach() * entropy
-                        grad_norm = optimizer_step(loss, optimizer, config.grad_clip)
-                        temperature_step(model, entropy, temperature_optimizer)
-                        clock.grad_updates += 1
-                        ratio = surrogate_stats(logp_new.detach().reshape(-1, 1), logp_old.reshape(-1, 1), per_action,
-                                                "token", config.clip_eps)
-                        stats.append({"losses/policy": pg_loss.item(), "losses/entropy": entropy.item(),
-                                      "losses/temperature": model.temperature.item(), "losses/grad_norm": grad_norm,
-                                      "grpo/approx_kl": ratio.approx_kl, "grpo/clipfrac": ratio.clip_fraction,
-                                      "grpo/advantage_abs": advantages.abs().mean().item()})
-
-            # evaluation, logging, checkpoint
-            merged = {}
-            for row in stats:  # critic and policy rows carry different keys
-                for key, value in row.items():
-                    merged.setdefault(key, []).append(value)
-            metrics = {"charts/learning_rate": learning_rate,
-                       **{k: float(np.mean(v)) for k, v in merged.items()}, **rollout_charts(rollouts)}
-            stopping, evaluation = end_of_iteration(run, iteration, config, clock, metrics, evaluate_now, checkpoint)
-            last_eval = evaluation or last_eval
-            if stopping:
-                break
-        return finish_run(run, ALGO, iteration, last_eval or evaluate_now())
-    finally:
-        envs.close()
-        run.close()
+            sampler = WindowSampler(buffer, context + 1, policy.reward_scale, policy.normalizer, rng, rtg="recorded")
+            stats = critic_updates(learner, sampler, config, device)
+            if iteration > config.critic_warmup_iterations:  # lines 3-8
+                stats += policy_updates(policy, learner, buffer, config, segment_length, history_length, rng, device)
+            loop.clock.grad_updates += len(stats)
+            loop.end_iteration({"charts/learning_rate": learning_rate, **merged_means(stats),
+                                **rollout_charts(rollouts)})
+        return loop.finish()

@@ -27,28 +27,21 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from dtrl.algos.buffers import ReplayBuffer
-from dtrl.algos.common import (
-    Clock,
-    checkpoint_due,
+from dtrl.algos.dt_finetune import load_offline_dataset, soft_update
+from dtrl.algos.run_loop import (
+    RunLoop,
     evaluate_policy,
-    evaluation_due,
-    finish_run,
     iteration_metrics,
-    load_offline_dataset,
     mean_metrics,
-    open_run,
-    restore_training_state,
     scheduled_learning_rate,
-    seed_everything,
     set_learning_rate,
-    soft_update,
     training_state,
 )
 from dtrl.config import CommonConfig, parse_config, resolve_device
@@ -58,6 +51,7 @@ from dtrl.errors import DtrlError
 from dtrl.models.checkpoint import LoadedActor, save_actor
 from dtrl.models.critics import TwinQ, ValueNet, build_actor
 from dtrl.objectives import expectile_loss
+from dtrl.runs import seed_everything
 from dtrl.tasks import Task, get_task
 
 # The online phase's env reset seeds: episode k of a run with seed s is reset with
@@ -240,6 +234,147 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+class IQLLearner:
+    """The agent, its three Adam optimisers and the actor's offline cosine schedule; one gradient step
+    of IQL (V, actor, Q, Polyak) at a time."""
+
+    def __init__(self, config: IQLConfig, obs_dim: int, act_dim: int, normalizer, device) -> None:
+        self.config, self.normalizer = config, normalizer
+        self.agent = IQLAgent(obs_dim, act_dim, config.hidden_dim, config.n_layers, config.actor_dropout,
+                              config.actor).to(device)
+        self.actor_opt = torch.optim.Adam(self.agent.actor.parameters(), lr=config.learning_rate)
+        self.q_opt = torch.optim.Adam(self.agent.q.parameters(), lr=config.learning_rate)
+        self.v_opt = torch.optim.Adam(self.agent.v.parameters(), lr=config.learning_rate)
+        # --actor-cosine-schedule: IQL's offline recipe decays the actor's lr over the offline steps only
+        self.actor_sched = None
+        if config.actor_cosine_schedule and config.offline_steps > 0:
+            self.actor_sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.actor_opt, T_max=config.offline_steps)
+
+    def components(self, replay: ReplayBuffer) -> dict:
+        return dict(agent=self.agent, actor_opt=self.actor_opt, q_opt=self.q_opt, v_opt=self.v_opt, replay=replay)
+
+    def set_learning_rate(self, learning_rate: float) -> None:
+        for optimizer in (self.actor_opt, self.q_opt, self.v_opt):
+            set_learning_rate(optimizer, learning_rate)
+
+    def update(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
+        """Gradient step number ``step`` (0-based, counting the offline ones) on a batch of transitions."""
+        config, agent = self.config, self.agent
+        obs = self.normalizer.normalize(batch["observations"])
+        next_obs = self.normalizer.normalize(batch["next_observations"])
+        actions = batch["actions"]
+        with torch.no_grad():
+            q1_t, q2_t = agent.q_target(obs, actions)
+            target_q = torch.minimum(q1_t, q2_t)
+            next_v = agent.v(next_obs)
+        # V step: expectile regression towards the target Q of dataset actions.
+        value = agent.v(obs)
+        loss_v = value_loss(target_q, value, config.expectile)
+        _step(loss_v, self.v_opt)
+        # Actor step: advantage-weighted log-likelihood of dataset actions.
+        weights = advantage_weights(target_q, value.detach(), config.temperature, config.max_weight)
+        loss_pi = -(weights * agent.actor(obs).log_prob(actions)).mean()
+        _step(loss_pi, self.actor_opt)
+        if self.actor_sched is not None and step < config.offline_steps:
+            self.actor_sched.step()
+        # Q step: in-sample Bellman backup through V(s').
+        target = q_target(batch["rewards"], batch["dones"], next_v, config.gamma)
+        q1, q2 = agent.q(obs, actions)
+        loss_q = F.mse_loss(q1, target) + F.mse_loss(q2, target)
+        _step(loss_q, self.q_opt)
+        soft_update(agent.q_target, agent.q, config.tau)
+        return {"losses/value": loss_v.item(), "losses/q": loss_q.item(), "losses/actor": loss_pi.item(),
+                "charts/adv_weight_mean": weights.mean().item(), "charts/v_mean": value.mean().item()}
+
+    def updates(self, replay: ReplayBuffer, count: int, clock, rng: np.random.Generator, device) -> list[dict]:
+        stats = []
+        for _ in range(count):
+            stats.append(self.update(replay.sample(self.config.batch_size, rng, device), clock.grad_updates))
+            clock.grad_updates += 1
+        return stats
+
+    def evaluate(self, task, device) -> dict:
+        self.agent.actor.eval()  # the mean action without dropout
+        try:
+            return evaluate_policy(LoadedActor(self.agent.actor, self.normalizer, task.name), task, self.config,
+                                   device=device)
+        finally:
+            self.agent.actor.train()
+
+
+def _step(loss: torch.Tensor, optimizer) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+@dataclass
+class OnlineEpisode:
+    """The one environment of the online phase and the episode running in it (checkpointed, so a
+    resumed run continues the same episode from its exact simulator state)."""
+
+    env: Any
+    obs: np.ndarray | None = None
+    episode_return: float = 0.0
+    length: int = 0
+    count: int = 0
+
+    def state(self) -> dict:
+        return {"env_snapshot": self.env.snapshot() if self.obs is not None else None,
+                "episode": {"obs": self.obs, "return": self.episode_return, "length": self.length,
+                            "count": self.count}}
+
+    def restore(self, state: dict, seed: int) -> None:
+        if state.get("env_snapshot") is not None:
+            self.env.reset(seed=seed)
+            self.env.restore(state["env_snapshot"])
+            episode = state["episode"]
+            self.obs = np.asarray(episode["obs"], np.float32)
+            self.episode_return, self.length, self.count = episode["return"], episode["length"], episode["count"]
+        elif state.get("episode") is not None:
+            self.count = state["episode"]["count"]
+
+    def act_and_step(self, learner: IQLLearner, seed: int, device) -> tuple:
+        """One env step with an action sampled from π (a new episode first if none runs); returns the
+        transition and the finished episode's return (None while it runs)."""
+        if self.obs is None:
+            obs, _ = self.env.reset(seed=seed)
+            self.obs, self.length, self.episode_return = np.asarray(obs, np.float32), 0, 0.0
+        actor = learner.agent.actor
+        with torch.no_grad():  # acting, as the official code, without dropout
+            actor.eval()
+            state_t = torch.as_tensor(learner.normalizer.normalize(self.obs[None]), device=device)
+            action = actor(state_t).sample()[0].clamp(-1.0, 1.0).cpu().numpy()
+            actor.train()
+        next_obs, reward, terminated, truncated, _ = self.env.step(action)
+        transition = (self.obs, action, reward, np.asarray(next_obs, np.float32), terminated)
+        self.episode_return += float(reward)
+        self.length += 1
+        self.obs = transition[3]
+        finished = None
+        if terminated or truncated:
+            finished = self.episode_return
+            self.obs, self.count = None, self.count + 1
+        return transition, finished
+
+
+def online_iteration(episode: OnlineEpisode, learner: IQLLearner, replay: ReplayBuffer, transform, clock,
+                     rng: np.random.Generator, device) -> tuple[list[dict], list[float]]:
+    """env_steps_per_iteration env steps, each followed by updates_per_env_step gradient steps."""
+    config = learner.config
+    stats, finished_returns = [], []
+    for _ in range(config.env_steps_per_iteration):
+        (obs, action, reward, next_obs, terminated), finished = episode.act_and_step(
+            learner, int(ONLINE_SEED_STRIDE * config.seed + episode.count), device)
+        replay.add_batch(obs[None], action[None], transform([reward]), next_obs[None],
+                         np.array([float(terminated)], np.float32))
+        clock.env_steps += 1
+        if finished is not None:
+            finished_returns.append(finished)
+        stats += learner.updates(replay, config.updates_per_env_step, clock, rng, device)
+    return stats, finished_returns
+
+
 def train(config: IQLConfig) -> dict:
     if config.threads > 0:
         torch.set_num_threads(config.threads)
@@ -250,147 +385,40 @@ def train(config: IQLConfig) -> dict:
     normalizer = StateNormalizer.from_trajectories(dataset.trajectories)
     kind, reward_scale, reward_shift = reward_transform_for(config.reward_transform, task, dataset.trajectories)
     transform = lambda r: np.asarray(r, np.float32) * reward_scale + reward_shift  # noqa: E731
-
-    agent = IQLAgent(dataset.obs_dim, dataset.act_dim, config.hidden_dim, config.n_layers, config.actor_dropout,
-                     config.actor).to(device)
-    actor_opt = torch.optim.Adam(agent.actor.parameters(), lr=config.learning_rate)
-    q_opt = torch.optim.Adam(agent.q.parameters(), lr=config.learning_rate)
-    v_opt = torch.optim.Adam(agent.v.parameters(), lr=config.learning_rate)
-    # --actor-cosine-schedule: IQL's offline recipe decays the actor's lr over the offline steps only
-    actor_sched = torch.optim.lr_scheduler.CosineAnnealingLR(actor_opt, T_max=max(config.offline_steps, 1)) \
-        if config.actor_cosine_schedule and config.offline_steps > 0 else None
-
+    learner = IQLLearner(config, dataset.obs_dim, dataset.act_dim, normalizer, device)
     replay = ReplayBuffer(dataset.obs_dim, dataset.act_dim, config.replay_capacity)
     for trajectory in dataset.trajectories:
         replay.add_trajectory(trajectory, reward_transform=transform)
-    clock = Clock()
-    env = make(task.name, seed=config.seed)
-    episode = {"obs": None, "return": 0.0, "length": 0, "count": 0}
-
-    run, state = open_run(config, ALGO)
-    start_iteration = 0
-    offline_done = 0
-    offline_seconds = 0.0  # the time limit counts online training only
-    components = dict(agent=agent, actor_opt=actor_opt, q_opt=q_opt, v_opt=v_opt, replay=replay)
-    if state is not None:
-        if actor_sched is not None and state.get("actor_sched") is not None:
-            actor_sched.load_state_dict(state["actor_sched"])
-        start_iteration = restore_training_state(state, rng, clock, **components)
-        offline_done = config.offline_steps
-        offline_seconds = float(state.get("offline_seconds", 0.0))
-        if state.get("env_snapshot") is not None:
-            env.reset(seed=config.seed)
-            env.restore(state["env_snapshot"])
-            episode = dict(state["episode"])
-            episode["obs"] = np.asarray(state["episode"]["obs"], np.float32)
-
-    def update(batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        obs = normalizer.normalize(batch["observations"])
-        next_obs = normalizer.normalize(batch["next_observations"])
-        actions = batch["actions"]
-        with torch.no_grad():
-            q1_t, q2_t = agent.q_target(obs, actions)
-            target_q = torch.minimum(q1_t, q2_t)
-            next_v = agent.v(next_obs)
-        # V step: expectile regression towards the target Q of dataset actions.
-        value = agent.v(obs)
-        loss_v = value_loss(target_q, value, config.expectile)
-        v_opt.zero_grad(set_to_none=True)
-        loss_v.backward()
-        v_opt.step()
-        # Actor step: advantage-weighted log-likelihood of dataset actions.
-        weights = advantage_weights(target_q, value.detach(), config.temperature, config.max_weight)
-        log_prob = agent.actor(obs).log_prob(actions)
-        loss_pi = -(weights * log_prob).mean()
-        actor_opt.zero_grad(set_to_none=True)
-        loss_pi.backward()
-        actor_opt.step()
-        if actor_sched is not None and clock.grad_updates < config.offline_steps:
-            actor_sched.step()
-        # Q step: in-sample Bellman backup through V(s').
-        target = q_target(batch["rewards"], batch["dones"], next_v, config.gamma)
-        q1, q2 = agent.q(obs, actions)
-        loss_q = F.mse_loss(q1, target) + F.mse_loss(q2, target)
-        q_opt.zero_grad(set_to_none=True)
-        loss_q.backward()
-        q_opt.step()
-        soft_update(agent.q_target, agent.q, config.tau)
-        clock.grad_updates += 1
-        return {"losses/value": loss_v.item(), "losses/q": loss_q.item(), "losses/actor": loss_pi.item(),
-                "charts/adv_weight_mean": weights.mean().item(), "charts/v_mean": value.mean().item()}
+    episode = OnlineEpisode(make(task.name, seed=config.seed))
 
     def checkpoint(iteration: int) -> None:
-        run.save_state({
-            **training_state(ALGO, iteration, rng, clock, actor_sched=actor_sched, **components),
-            "env_snapshot": env.snapshot() if episode["obs"] is not None else None,
-            "episode": episode, "offline_seconds": offline_seconds,
-        }, iteration)
-        save_actor(run.path / "policy", agent.actor, normalizer, task.name, dataset.obs_dim, dataset.act_dim,
-                   config.hidden_dim, config.n_layers, config.actor_dropout, config.actor)
+        loop.run.save_state({**training_state(ALGO, iteration, rng, loop.clock, actor_sched=learner.actor_sched,
+                                              **learner.components(replay)),
+                             **episode.state(), "offline_seconds": loop.untimed_s}, iteration)
+        save_actor(loop.run.path / "policy", learner.agent.actor, normalizer, task.name, dataset.obs_dim,
+                   dataset.act_dim, config.hidden_dim, config.n_layers, config.actor_dropout, config.actor)
 
-    def evaluate_now() -> dict:
-        agent.actor.eval()  # the mean action without dropout
-        try:
-            return evaluate_policy(LoadedActor(agent.actor, normalizer, task.name), task, config, device=device)
-        finally:
-            agent.actor.train()
-
-    last_eval: dict = {}
-    try:
-        # ---- offline phase (iteration 0) ----
-        if start_iteration == 0:
-            stats = [update(replay.sample(config.batch_size, rng, device))
-                     for _ in range(offline_done, config.offline_steps)]
-            last_eval = evaluate_now()
-            run.log(iteration_metrics(0, clock, **mean_metrics(stats), **last_eval,
-                                      **{"charts/reward_scale": reward_scale, "charts/replay_size": len(replay)}))
-            offline_seconds = clock.elapsed()
-            set_learning_rate(actor_opt, config.learning_rate)  # online from learning_rate (a decay ended at 0)
+    with RunLoop(config, ALGO, rng, learner.components(replay), evaluate=lambda: learner.evaluate(task, device),
+                 checkpoint=checkpoint, initial_evaluation=None) as loop:
+        loop.closing(episode.env)
+        if loop.state is None:  # the offline phase is iteration 0; the time limit counts online training only
+            stats = learner.updates(replay, config.offline_steps, loop.clock, rng, device)
+            loop.last_evaluation = learner.evaluate(task, device)
+            loop.run.log(iteration_metrics(0, loop.clock, **mean_metrics(stats), **loop.last_evaluation,
+                                           **{"charts/reward_scale": reward_scale, "charts/replay_size": len(replay)}))
+            loop.untimed_s = loop.clock.elapsed()
+            set_learning_rate(learner.actor_opt, config.learning_rate)  # online from learning_rate (a decay ended at 0)
             checkpoint(0)
-            start_iteration = 1
-
-        # ---- online phase: one env step, then updates_per_env_step gradient steps ----
-        iteration = start_iteration - 1
-        for iteration in range(start_iteration, config.iterations + 1):
+        else:
+            if learner.actor_sched is not None and loop.state.get("actor_sched") is not None:
+                learner.actor_sched.load_state_dict(loop.state["actor_sched"])
+            loop.untimed_s = float(loop.state.get("offline_seconds", 0.0))
+            episode.restore(loop.state, config.seed)
+        for iteration in loop:  # one env step, then updates_per_env_step gradient steps, at a time
             learning_rate = scheduled_learning_rate(config, iteration)
-            for optimizer in (actor_opt, q_opt, v_opt):
-                set_learning_rate(optimizer, learning_rate)
-            stats, finished_returns = [], []
-            for _ in range(config.env_steps_per_iteration):
-                if episode["obs"] is None:
-                    obs, _ = env.reset(seed=int(ONLINE_SEED_STRIDE * config.seed + episode["count"]))
-                    episode.update(obs=np.asarray(obs, np.float32), length=0)
-                    episode["return"] = 0.0
-                with torch.no_grad():  # acting, as the official code, without dropout
-                    agent.actor.eval()
-                    state_t = torch.as_tensor(normalizer.normalize(episode["obs"][None]), device=device)
-                    action = agent.actor(state_t).sample()[0].clamp(-1.0, 1.0).cpu().numpy()
-                    agent.actor.train()
-                next_obs, reward, terminated, truncated, _ = env.step(action)
-                next_obs = np.asarray(next_obs, np.float32)
-                replay.add_batch(episode["obs"][None], action[None], transform([reward]), next_obs[None],
-                                 np.array([float(terminated)], np.float32))
-                clock.env_steps += 1
-                episode["return"] += float(reward)
-                episode["length"] += 1
-                episode["obs"] = next_obs
-                if terminated or truncated:
-                    finished_returns.append(episode["return"])
-                    episode.update(obs=None, count=episode["count"] + 1)
-                for _ in range(config.updates_per_env_step):
-                    stats.append(update(replay.sample(config.batch_size, rng, device)))
-            stopping = config.time_limit_s > 0 and clock.elapsed() - offline_seconds >= config.time_limit_s
-            due = evaluation_due(iteration, config.iterations, config.eval_every, stopping)
-            evaluation = evaluate_now() if due else {}
-            last_eval = evaluation or last_eval
-            online = {"charts/episodic_return": float(np.mean(finished_returns)) if finished_returns else None,
-                      "charts/episodes": len(finished_returns), "charts/learning_rate": learning_rate}
-            run.log(iteration_metrics(iteration, clock, **mean_metrics(stats), **online, **evaluation))
-            if checkpoint_due(iteration, config.iterations, config.checkpoint_every, stopping):
-                checkpoint(iteration)
-            if stopping:
-                break
-        return finish_run(run, ALGO, iteration, last_eval or evaluate_now())
-    finally:
-        env.close()
-        run.close()
+            learner.set_learning_rate(learning_rate)
+            stats, finished = online_iteration(episode, learner, replay, transform, loop.clock, rng, device)
+            loop.end_iteration({**mean_metrics(stats),
+                                "charts/episodic_return": float(np.mean(finished)) if finished else None,
+                                "charts/episodes": len(finished), "charts/learning_rate": learning_rate})
+        return loop.finish()

@@ -24,37 +24,33 @@ from dataclasses import dataclass
 import numpy as np
 
 from dtrl.algos.buffers import TrajectoryBuffer
-from dtrl.algos.common import (
-    Clock,
+from dtrl.algos.dt_finetune import (
     DTFinetuneConfig,
     build_dt_optimizers,
-    end_of_iteration,
-    episode_seeds,
     evaluate_dt_policy,
-    finish_run,
     load_offline_dataset,
-    log_initial_evaluation,
-    mean_metrics,
     offline_seed_trajectories,
     online_targets,
-    open_run,
     optimizer_step,
     prepare_policy,
-    restore_training_state,
-    rollout_charts,
-    save_checkpoint,
-    scheduled_learning_rate,
-    seed_everything,
-    set_learning_rate,
+    saved_dt_policy,
     supervised_loss,
     temperature_step,
-    training_state,
+)
+from dtrl.algos.run_loop import (
+    RunLoop,
+    episode_seeds,
+    mean_metrics,
+    rollout_charts,
+    scheduled_learning_rate,
+    set_learning_rate,
 )
 from dtrl.config import parse_config, resolve_device
 from dtrl.data import SequenceSampler
 from dtrl.envs import BatchedEnv
 from dtrl.errors import DtrlError
 from dtrl.rollout import rollout_episodes
+from dtrl.runs import seed_everything
 from dtrl.tasks import get_task
 
 ALGO = "odt"
@@ -136,6 +132,18 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def supervised_updates(model, sampler, optimizer, temperature_optimizer, config: ODTConfig, device) -> list[dict]:
+    """Step 4: ``updates_per_iteration`` gradient steps of the ODT loss on windows from ``sampler``."""
+    stats = []
+    for _ in range(config.updates_per_iteration):
+        batch = {k: v.to(device) for k, v in sampler.sample(config.batch_size).items()}
+        loss, entropy, metrics = supervised_loss(model, batch)
+        metrics["losses/grad_norm"] = optimizer_step(loss, optimizer, config.grad_clip)
+        temperature_step(model, entropy, temperature_optimizer)
+        stats.append(metrics)
+    return stats
+
+
 def train(config: ODTConfig) -> dict:
     device = resolve_device(config.device)
     task = get_task(config.task)
@@ -146,33 +154,15 @@ def train(config: ODTConfig) -> dict:
     online_rtg, eval_rtg = online_targets(config, task)
     dataset = load_offline_dataset(config.dataset, task, required=True)
     optimizer, temperature_optimizer = build_dt_optimizers(config, model)
-
     buffer = TrajectoryBuffer(config.buffer_size)
     buffer.seed_with_top(offline_seed_trajectories(dataset, task))
-    clock = Clock()
-    run, state = open_run(config, ALGO, init=policy)
-    start = 1
     components = dict(model=model, optimizer=optimizer, temperature_optimizer=temperature_optimizer, buffer=buffer)
-    if state is not None:
-        start = restore_training_state(state, rng, clock, **components)
-    envs = BatchedEnv(task, config.trajectories_per_iteration, seed=config.seed, num_threads=config.env_threads)
-
-    def evaluate_now() -> dict:
-        return evaluate_dt_policy(policy, task, config, device, eval_rtg)
-
-    # how a saved policy is to be evaluated (dtrl eval reads it back)
-    policy_info = {"algo": ALGO, "eval_rtg": eval_rtg, "eval_context_length": config.context_length}
-
-    def checkpoint() -> None:
-        save_checkpoint(run, iteration, training_state(ALGO, iteration, rng, clock, **components), model,
-                        policy.normalizer, task.name, policy_info)
-
-    if state is None:  # the curve starts at the pretrained DT
-        log_initial_evaluation(run, clock, config, evaluate_now)
-    last_eval: dict = {}
-    try:
-        iteration = start - 1  # the last one done: what finish_run reports when none is left to run
-        for iteration in range(start, config.iterations + 1):
+    with RunLoop(config, ALGO, rng, components, init=policy,
+                 evaluate=lambda: evaluate_dt_policy(policy, task, config, device, eval_rtg),
+                 saved_policy=saved_dt_policy(ALGO, policy, model, task, config, eval_rtg)) as loop:
+        envs = loop.closing(BatchedEnv(task, config.trajectories_per_iteration, seed=config.seed,
+                                       num_threads=config.env_threads))
+        for iteration in loop:
             learning_rate = set_learning_rate(optimizer, scheduled_learning_rate(config, iteration))
             # 1-2. collect with the online target, add to the FIFO buffer
             rollouts = rollout_episodes(policy, envs, task, online_rtg, context_length=config.context_length,
@@ -180,27 +170,12 @@ def train(config: ODTConfig) -> dict:
                                         mode="sample", device=device)
             for rollout in rollouts:
                 buffer.add(rollout.to_trajectory())
-            clock.env_steps += sum(len(r) for r in rollouts)
-
+            loop.clock.env_steps += sum(len(r) for r in rollouts)
             # 3-4. supervised updates on hindsight-relabeled windows
             sampler = relabeled_sampler(buffer, train_context_length, policy, rng)
-            stats = []
-            for _ in range(config.updates_per_iteration):
-                batch = {k: v.to(device) for k, v in sampler.sample(config.batch_size).items()}
-                loss, entropy, metrics = supervised_loss(model, batch)
-                metrics["losses/grad_norm"] = optimizer_step(loss, optimizer, config.grad_clip)
-                temperature_step(model, entropy, temperature_optimizer)
-                clock.grad_updates += 1
-                stats.append(metrics)
-
+            stats = supervised_updates(model, sampler, optimizer, temperature_optimizer, config, device)
+            loop.clock.grad_updates += len(stats)
             # 5. evaluation, logging, checkpoint
-            metrics = {"charts/learning_rate": learning_rate,
-                       **mean_metrics(stats), **rollout_charts(rollouts), "charts/buffer_trajectories": len(buffer)}
-            stopping, evaluation = end_of_iteration(run, iteration, config, clock, metrics, evaluate_now, checkpoint)
-            last_eval = evaluation or last_eval
-            if stopping:
-                break
-        return finish_run(run, ALGO, iteration, last_eval or evaluate_now())
-    finally:
-        envs.close()
-        run.close()
+            loop.end_iteration({"charts/learning_rate": learning_rate, **mean_metrics(stats),
+                                **rollout_charts(rollouts), "charts/buffer_trajectories": len(buffer)})
+        return loop.finish()

@@ -33,40 +33,34 @@ from typing import Literal
 import torch
 
 from dtrl.algos.buffers import TrajectoryBuffer, WindowSampler
-from dtrl.algos.common import (
-    Clock,
-    TD3CriticConfig,
-    build_critic,
+from dtrl.algos.dt_finetune import (
     build_dt_optimizers,
-    end_of_iteration,
-    episode_seeds,
     evaluate_dt_policy,
-    finish_run,
     load_offline_dataset,
-    log_initial_evaluation,
-    mean_metrics,
     offline_seed_trajectories,
     online_targets,
-    open_run,
     optimizer_step,
     prepare_policy,
-    restore_training_state,
-    rollout_charts,
-    save_checkpoint,
-    scheduled_learning_rate,
-    seed_everything,
-    set_learning_rate,
+    saved_dt_policy,
     soft_update,
     supervised_loss,
     temperature_step,
-    training_state,
-    window_critic_loss,
 )
+from dtrl.algos.run_loop import (
+    RunLoop,
+    episode_seeds,
+    mean_metrics,
+    rollout_charts,
+    scheduled_learning_rate,
+    set_learning_rate,
+)
+from dtrl.algos.td3 import TD3CriticConfig, build_critic, window_critic_loss
 from dtrl.config import parse_config, resolve_device
 from dtrl.envs import BatchedEnv
 from dtrl.errors import DtrlError
 from dtrl.objectives import masked_mean
 from dtrl.rollout import rollout_episodes
+from dtrl.runs import seed_everything
 from dtrl.tasks import get_task
 
 ALGO = "odt-td3"
@@ -200,105 +194,117 @@ def collect(policy, envs, task, config: ODTTD3Config, online_rtg: float, iterati
     return rollouts
 
 
-def train(config: ODTTD3Config) -> dict:
-    device = resolve_device(config.device)
-    task = get_task(config.task)
-    rng = seed_everything(config.seed)
-    deterministic = config.actor == "deterministic"
-    policy = prepare_policy(config, task, device, stochastic=not deterministic)
-    model = policy.model
-    target_model = copy.deepcopy(model).requires_grad_(False)
-    window = (config.train_context_length or model.config.context_length) + 1
-    online_rtg, eval_rtg = online_targets(config, task)
-    dataset = load_offline_dataset(config.dataset, task, required=True)
-    optimizer, temperature_optimizer = build_dt_optimizers(config, model)
-    if deterministic:
-        temperature_optimizer = None  # no entropy term
-    critic, critic_target, critic_optimizer = build_critic(config, task, dataset.obs_dim, dataset.act_dim, device)
+@dataclass
+class Learner:
+    """The DT, the twin critic, their target copies and optimisers, and ODT+TD3's two steps."""
 
-    buffer = TrajectoryBuffer(config.buffer_size)
-    buffer.seed_with_top(offline_seed_trajectories(dataset, task))
-    clock = Clock()
-    run, state = open_run(config, ALGO, init=policy)
-    start = 1
-    components = dict(model=model, target_model=target_model, critic=critic, critic_target=critic_target,
-                      optimizer=optimizer, critic_optimizer=critic_optimizer,
-                      temperature_optimizer=temperature_optimizer, buffer=buffer)
-    if state is not None:
-        start = restore_training_state(state, rng, clock, **components)
-    envs = BatchedEnv(task, config.trajectories_per_iteration, seed=config.seed, num_threads=config.env_threads)
+    config: ODTTD3Config
+    model: torch.nn.Module
+    target_model: torch.nn.Module
+    critic: torch.nn.Module
+    critic_target: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    critic_optimizer: torch.optim.Optimizer
+    temperature_optimizer: torch.optim.Optimizer | None
 
-    def critic_step(batch) -> dict:
-        loss, metrics = window_critic_loss(critic, critic_target, target_model, batch, config.gamma,
+    @property
+    def deterministic(self) -> bool:
+        return self.config.actor == "deterministic"
+
+    def components(self, buffer: TrajectoryBuffer) -> dict:
+        """What a checkpoint holds, under the names it has always had."""
+        return dict(model=self.model, target_model=self.target_model, critic=self.critic,
+                    critic_target=self.critic_target, optimizer=self.optimizer,
+                    critic_optimizer=self.critic_optimizer, temperature_optimizer=self.temperature_optimizer,
+                    buffer=buffer)
+
+    def critic_step(self, batch) -> dict:
+        config = self.config
+        loss, metrics = window_critic_loss(self.critic, self.critic_target, self.target_model, batch, config.gamma,
                                            config.policy_noise, config.noise_clip)
-        optimizer_step(loss, critic_optimizer, 0.0)
+        optimizer_step(loss, self.critic_optimizer, 0.0)
         return metrics
 
-    def actor_step(batch) -> dict:
+    def actor_step(self, batch) -> dict:
+        config, model = self.config, self.model
         dist = model(batch["states"], batch["actions"], batch["returns_to_go"], batch["timesteps"], batch["mask"])
-        if deterministic:
+        if self.deterministic:
             supervised = model.mse_loss(dist, batch["actions"], batch["mask"])
             metrics = {"losses/action_mse": supervised.item()}
         else:
             supervised, entropy, metrics = supervised_loss(model, batch, dist)
         # TD3 term on the DT's own mean action at every valid step of the window
-        q = critic.q1(torch.cat([batch["states"], dist.mean], -1)).squeeze(-1)
+        q = self.critic.q1(torch.cat([batch["states"], dist.mean], -1)).squeeze(-1)
         loss, q_mean = td3_actor_loss(supervised, q, batch["mask"], config.rl_weight, config.normalize_q)
-        metrics["losses/grad_norm"] = optimizer_step(loss, optimizer, config.grad_clip)
-        if not deterministic:
-            temperature_step(model, entropy, temperature_optimizer)
-        soft_update(target_model, model, config.tau)
-        soft_update(critic_target, critic, config.tau)
+        metrics["losses/grad_norm"] = optimizer_step(loss, self.optimizer, config.grad_clip)
+        if not self.deterministic:
+            temperature_step(model, entropy, self.temperature_optimizer)
+        soft_update(self.target_model, model, config.tau)
+        soft_update(self.critic_target, self.critic, config.tau)
         metrics.update({"losses/actor_q": q_mean.item(), "losses/actor_total": loss.item()})
         return metrics
 
-    def evaluate_now() -> dict:
-        return evaluate_dt_policy(policy, task, config, device, eval_rtg)
+    def warm_up_critic(self, sampler: WindowSampler, device) -> None:
+        """Critic-only steps before the first iteration (--critic-warmup-steps), on the seeded buffer."""
+        for _ in range(self.config.critic_warmup_steps):
+            self.critic_step(sampler.sample(self.config.batch_size, device))
+            soft_update(self.critic_target, self.critic, self.config.tau)
 
-    # how a saved policy is to be evaluated (dtrl eval reads it back)
-    policy_info = {"algo": ALGO, "eval_rtg": eval_rtg, "eval_context_length": config.context_length}
+    def updates(self, sampler: WindowSampler, device) -> list[dict]:
+        """policy_delay critic steps per actor step (supervised + α·TD3), on relabeled windows."""
+        stats = []
+        for update in range(self.config.updates_per_iteration * self.config.policy_delay):
+            batch = sampler.sample(self.config.batch_size, device)
+            metrics = self.critic_step(batch)
+            if update % self.config.policy_delay == 0:
+                metrics.update(self.actor_step(batch))
+            stats.append(metrics)
+        return stats
 
-    def checkpoint() -> None:
-        save_checkpoint(run, iteration, training_state(ALGO, iteration, rng, clock, **components), model,
-                        policy.normalizer, task.name, policy_info)
 
-    if state is None:  # the curve starts at the pretrained DT
-        log_initial_evaluation(run, clock, config, evaluate_now)
-    last_eval: dict = {}
-    try:
-        if state is None and config.critic_warmup_steps > 0:
-            sampler = WindowSampler(buffer, window, policy.reward_scale, policy.normalizer, rng, rtg="hindsight")
-            for _ in range(config.critic_warmup_steps):
-                critic_step(sampler.sample(config.batch_size, device))
-                soft_update(critic_target, critic, config.tau)
-        iteration = start - 1  # the last one done: what finish_run reports when none is left to run
-        for iteration in range(start, config.iterations + 1):
-            learning_rate = set_learning_rate(optimizer, scheduled_learning_rate(config, iteration))
+def build_learner(config: ODTTD3Config, policy, task, obs_dim: int, act_dim: int, device) -> Learner:
+    model = policy.model
+    optimizer, temperature_optimizer = build_dt_optimizers(config, model)
+    if config.actor == "deterministic":
+        temperature_optimizer = None  # no entropy term
+    critic, critic_target, critic_optimizer = build_critic(config, task, obs_dim, act_dim, device)
+    return Learner(config, model, copy.deepcopy(model).requires_grad_(False), critic, critic_target, optimizer,
+                   critic_optimizer, temperature_optimizer)
+
+
+def train(config: ODTTD3Config) -> dict:
+    device = resolve_device(config.device)
+    task = get_task(config.task)
+    rng = seed_everything(config.seed)
+    policy = prepare_policy(config, task, device, stochastic=config.actor != "deterministic")
+    model = policy.model
+    window = (config.train_context_length or model.config.context_length) + 1
+    online_rtg, eval_rtg = online_targets(config, task)
+    dataset = load_offline_dataset(config.dataset, task, required=True)
+    learner = build_learner(config, policy, task, dataset.obs_dim, dataset.act_dim, device)
+    buffer = TrajectoryBuffer(config.buffer_size)
+    buffer.seed_with_top(offline_seed_trajectories(dataset, task))
+    with RunLoop(config, ALGO, rng, learner.components(buffer), init=policy,
+                 evaluate=lambda: evaluate_dt_policy(policy, task, config, device, eval_rtg),
+                 saved_policy=saved_dt_policy(ALGO, policy, model, task, config, eval_rtg)) as loop:
+        envs = loop.closing(BatchedEnv(task, config.trajectories_per_iteration, seed=config.seed,
+                                       num_threads=config.env_threads))
+        loop.log_start()  # the curve starts at the pretrained DT, before the critic's warm-up
+        if loop.state is None and config.critic_warmup_steps > 0:
+            learner.warm_up_critic(WindowSampler(buffer, window, policy.reward_scale, policy.normalizer, rng,
+                                                 rtg="hindsight"), device)
+        for iteration in loop:
+            learning_rate = set_learning_rate(learner.optimizer, scheduled_learning_rate(config, iteration))
             # 1. collect with the online target RTG, FIFO buffer
             rollouts = collect(policy, envs, task, config, online_rtg, iteration, device)
             for rollout in rollouts:
                 buffer.add(rollout.to_trajectory())
-            clock.env_steps += sum(len(r) for r in rollouts)
-
+            loop.clock.env_steps += sum(len(r) for r in rollouts)
             # 2. policy_delay critic steps per actor step (supervised + α·TD3), on relabeled windows
             sampler = WindowSampler(buffer, window, policy.reward_scale, policy.normalizer, rng, rtg="hindsight")
-            stats = []
-            for update in range(config.updates_per_iteration * config.policy_delay):
-                batch = sampler.sample(config.batch_size, device)
-                metrics = critic_step(batch)
-                if update % config.policy_delay == 0:
-                    metrics.update(actor_step(batch))
-                clock.grad_updates += 1
-                stats.append(metrics)
-
+            stats = learner.updates(sampler, device)
+            loop.clock.grad_updates += len(stats)
             # 3. evaluation, logging, checkpoint
-            metrics = {"charts/learning_rate": learning_rate,
-                       **mean_metrics(stats), **rollout_charts(rollouts), "charts/episodes": len(rollouts)}
-            stopping, evaluation = end_of_iteration(run, iteration, config, clock, metrics, evaluate_now, checkpoint)
-            last_eval = evaluation or last_eval
-            if stopping:
-                break
-        return finish_run(run, ALGO, iteration, last_eval or evaluate_now())
-    finally:
-        envs.close()
-        run.close()
+            loop.end_iteration({"charts/learning_rate": learning_rate, **mean_metrics(stats),
+                                **rollout_charts(rollouts), "charts/episodes": len(rollouts)})
+        return loop.finish()

@@ -27,29 +27,24 @@ import numpy as np
 import torch
 
 from dtrl.algos.buffers import TrajectoryBuffer, rollout_extra, scatter_steps, trajectory_segments
-from dtrl.algos.common import (
-    Clock,
+from dtrl.algos.dt_finetune import (
     DTFinetuneConfig,
     build_dt_optimizers,
-    end_of_iteration,
-    episode_seeds,
     evaluate_dt_policy,
-    finish_run,
-    log_initial_evaluation,
-    mean_metrics,
     online_targets,
-    open_run,
     optimizer_step,
     prepare_policy,
-    restore_training_state,
-    rollout_charts,
-    save_checkpoint,
-    scheduled_learning_rate,
-    seed_everything,
+    saved_dt_policy,
     segment_history_length,
-    set_learning_rate,
     temperature_step,
-    training_state,
+)
+from dtrl.algos.run_loop import (
+    RunLoop,
+    episode_seeds,
+    mean_metrics,
+    rollout_charts,
+    scheduled_learning_rate,
+    set_learning_rate,
 )
 from dtrl.config import parse_config, resolve_device
 from dtrl.data import returns_to_go
@@ -58,6 +53,7 @@ from dtrl.errors import DtrlError
 from dtrl.models.critics import ValueNet, default_hidden_dim, default_layer_norm
 from dtrl.objectives import clipped_surrogate, lambda_returns, ppo_value_loss, surrogate_stats
 from dtrl.rollout import rollout_episodes, segments_to_batch
+from dtrl.runs import seed_everything
 from dtrl.tasks import get_task
 
 ALGO = "ppo"
@@ -190,12 +186,90 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def collect(policy, envs, task, buffer: TrajectoryBuffer, online_rtg: float, seeds: list[int], config: PPOConfig,
+            device) -> list:
+    """Step 1: roll out with the online target; log-probs and RTGs as sampled, into the FIFO buffer."""
+    rollouts = rollout_episodes(policy, envs, task, online_rtg, context_length=config.context_length, seeds=seeds,
+                                mode="sample", device=device)
+    for rollout in rollouts:
+        extra = rollout_extra(rollout)
+        if config.hindsight_relabel:  # the relabeling ablation: achieved returns, old log-probs
+            extra["returns_to_go"] = returns_to_go(rollout.rewards).astype(np.float32)
+        buffer.add(rollout.to_trajectory(), extra)
+    return rollouts
+
+
+@torch.no_grad()
+def advantage_segments(buffer: TrajectoryBuffer, critic, policy, config: PPOConfig, segment_length: int,
+                       history_length: int, device) -> tuple[list, list, list]:
+    """Step 2: values of every buffered step under the current critic -> GAE advantages and
+    λ-returns; the buffer cut into training segments with their advantages and returns."""
+    pieces, advantages, returns = [], [], []
+    for trajectory, extra in zip(buffer.trajectories, buffer.extras):
+        states = torch.as_tensor(policy.normalizer.normalize(trajectory.observations), device=device)
+        rtg = torch.as_tensor(extra["returns_to_go"] / policy.reward_scale, dtype=torch.float32, device=device)
+        values = critic(critic_inputs(states, rtg)).double().cpu().numpy()
+        adv, ret = trajectory_advantages(trajectory.rewards / policy.reward_scale, values, trajectory.terminated,
+                                         config.gamma, config.gae_lambda)
+        for segment, steps in trajectory_segments(trajectory, extra, segment_length, history_length):
+            pieces.append(segment)
+            advantages.append(adv[steps])
+            returns.append(ret[steps])
+    return pieces, advantages, returns
+
+
+def minibatch_update(policy, critic, batch, adv, ret, optimizers: tuple, config: PPOConfig) -> dict[str, float]:
+    """One minibatch: token-level clipped surrogate + entropy for the policy, then the critic's
+    regression on the λ-returns."""
+    model = policy.model
+    optimizer, temperature_optimizer, critic_optimizer = optimizers
+    train = batch.train_mask
+    if config.normalize_advantages and adv.numel() > 1:
+        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    dist = batch.step_distributions(model, config.context_length)  # [N] train steps
+    logp_new = dist.log_prob(batch.train_actions())[:, None]
+    logp_old = batch.log_probs_old[train][:, None]
+    each_step = torch.ones_like(logp_new, dtype=torch.bool)  # token level: one ratio per step
+    pg_loss = clipped_surrogate(logp_new, logp_old, adv, each_step, "token", config.clip_eps)
+    entropy = dist.entropy().mean()
+    loss = pg_loss - model.temperature.detach() * entropy
+    grad_norm = optimizer_step(loss, optimizer, config.grad_clip)
+    temperature_step(model, entropy, temperature_optimizer)
+
+    values = critic(critic_inputs(batch.states[train], batch.returns_to_go[train]))
+    value_loss = ppo_value_loss(values, ret)
+    optimizer_step(value_loss, critic_optimizer, config.grad_clip)
+    ratio = surrogate_stats(logp_new.detach(), logp_old, each_step, "token", config.clip_eps)
+    return {"losses/policy": pg_loss.item(), "losses/value": value_loss.item(),
+            "losses/entropy": entropy.item(), "losses/temperature": model.temperature.item(),
+            "losses/grad_norm": grad_norm, "losses/approx_kl": ratio.approx_kl,
+            "losses/clipfrac": ratio.clip_fraction, "losses/ratio_mean": ratio.ratio_mean}
+
+
+def update(policy, critic, segments: tuple[list, list, list], optimizers: tuple, config: PPOConfig,
+           history_length: int, rng: np.random.Generator, device) -> list[dict]:
+    """Step 3: epochs of shuffled minibatch updates over the segments."""
+    pieces, advantages, returns = segments
+    stats = []
+    for _ in range(config.update_epochs):
+        order = rng.permutation(len(pieces))
+        for first in range(0, len(order), config.minibatch_size):
+            rows = order[first:first + config.minibatch_size]
+            batch = segments_to_batch([pieces[i] for i in rows], policy.normalizer, policy.reward_scale, device,
+                                      history_length=history_length)
+            width = batch.mask.shape[1]
+            adv = scatter_steps([advantages[i] for i in rows], width, device)[batch.train_mask]
+            ret = scatter_steps([returns[i] for i in rows], width, device)[batch.train_mask]
+            stats.append(minibatch_update(policy, critic, batch, adv, ret, optimizers, config))
+    return stats
+
+
 def train(config: PPOConfig) -> dict:
     device = resolve_device(config.device)
     task = get_task(config.task)
     rng = seed_everything(config.seed)
     policy = prepare_policy(config, task, device)
-    model, normalizer, reward_scale = policy.model, policy.normalizer, policy.reward_scale
+    model = policy.model
     segment_length = config.segment_length or model.config.context_length
     history_length = (segment_history_length(model, config.context_length) if config.history_length is None
                       else config.history_length)
@@ -204,101 +278,27 @@ def train(config: PPOConfig) -> dict:
     critic = build_value_critic(config, task, model.state_dim, device)
     critic_optimizer = torch.optim.AdamW(critic.parameters(), lr=config.critic_lr,
                                          weight_decay=config.critic_weight_decay)
-
     buffer = TrajectoryBuffer(config.trajectories_per_iteration * config.buffer_multiplier)
-    clock = Clock()
-    run, state = open_run(config, ALGO, init=policy)
-    start = 1
     components = dict(model=model, critic=critic, optimizer=optimizer, critic_optimizer=critic_optimizer,
                       temperature_optimizer=temperature_optimizer, buffer=buffer)
-    if state is not None:
-        start = restore_training_state(state, rng, clock, **components)
-    envs = BatchedEnv(task, config.trajectories_per_iteration, seed=config.seed, num_threads=config.env_threads)
-
-    def evaluate_now() -> dict:
-        return evaluate_dt_policy(policy, task, config, device, eval_rtg)
-
-    # how a saved policy is to be evaluated (dtrl eval reads it back)
-    policy_info = {"algo": ALGO, "eval_rtg": eval_rtg, "eval_context_length": config.context_length}
-
-    def checkpoint() -> None:
-        save_checkpoint(run, iteration, training_state(ALGO, iteration, rng, clock, **components), model,
-                        policy.normalizer, task.name, policy_info)
-
-    if state is None:  # the curve starts at the pretrained DT
-        log_initial_evaluation(run, clock, config, evaluate_now)
-    last_eval: dict = {}
-    try:
-        iteration = start - 1  # the last one done: what finish_run reports when none is left to run
-        for iteration in range(start, config.iterations + 1):
+    with RunLoop(config, ALGO, rng, components, init=policy,
+                 evaluate=lambda: evaluate_dt_policy(policy, task, config, device, eval_rtg),
+                 saved_policy=saved_dt_policy(ALGO, policy, model, task, config, eval_rtg)) as loop:
+        envs = loop.closing(BatchedEnv(task, config.trajectories_per_iteration, seed=config.seed,
+                                       num_threads=config.env_threads))
+        for iteration in loop:
             learning_rate = set_learning_rate(optimizer, scheduled_learning_rate(config, iteration))
             # 1. rollout with the online target; log-probs and RTGs as sampled, FIFO buffer
-            rollouts = rollout_episodes(policy, envs, task, online_rtg, context_length=config.context_length,
-                                        seeds=episode_seeds(config, iteration, config.trajectories_per_iteration),
-                                        mode="sample", device=device)
-            for rollout in rollouts:
-                extra = rollout_extra(rollout)
-                if config.hindsight_relabel:  # the relabeling ablation: achieved returns, old log-probs
-                    extra["returns_to_go"] = returns_to_go(rollout.rewards).astype(np.float32)
-                buffer.add(rollout.to_trajectory(), extra)
-            clock.env_steps += sum(len(r) for r in rollouts)
-
+            rollouts = collect(policy, envs, task, buffer, online_rtg,
+                               episode_seeds(config, iteration, config.trajectories_per_iteration), config, device)
+            loop.clock.env_steps += sum(len(r) for r in rollouts)
             # 2. values of every buffered step under the current critic -> GAE advantages, λ-returns
-            pieces, advantages, returns = [], [], []
-            with torch.no_grad():
-                for trajectory, extra in zip(buffer.trajectories, buffer.extras):
-                    states = torch.as_tensor(normalizer.normalize(trajectory.observations), device=device)
-                    rtg = torch.as_tensor(extra["returns_to_go"] / reward_scale, dtype=torch.float32, device=device)
-                    values = critic(critic_inputs(states, rtg)).double().cpu().numpy()
-                    adv, ret = trajectory_advantages(trajectory.rewards / reward_scale, values, trajectory.terminated,
-                                                     config.gamma, config.gae_lambda)
-                    for segment, steps in trajectory_segments(trajectory, extra, segment_length, history_length):
-                        pieces.append(segment)
-                        advantages.append(adv[steps])
-                        returns.append(ret[steps])
-
+            segments = advantage_segments(buffer, critic, policy, config, segment_length, history_length, device)
             # 3. epochs of minibatch updates: token-level clipped surrogate + entropy, critic regression
-            stats = []
-            for _ in range(config.update_epochs):
-                order = rng.permutation(len(pieces))
-                for first in range(0, len(order), config.minibatch_size):
-                    rows = order[first:first + config.minibatch_size]
-                    batch = segments_to_batch([pieces[i] for i in rows], normalizer, reward_scale, device,
-                                              history_length=history_length)
-                    width = batch.mask.shape[1]
-                    train = batch.train_mask
-                    adv = scatter_steps([advantages[i] for i in rows], width, device)[train]
-                    ret = scatter_steps([returns[i] for i in rows], width, device)[train]
-                    if config.normalize_advantages and adv.numel() > 1:
-                        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-                    dist = batch.step_distributions(model, config.context_length)  # [N] train steps
-                    logp_new = dist.log_prob(batch.train_actions())[:, None]
-                    logp_old = batch.log_probs_old[train][:, None]
-                    each_step = torch.ones_like(logp_new, dtype=torch.bool)  # token level: one ratio per step
-                    pg_loss = clipped_surrogate(logp_new, logp_old, adv, each_step, "token", config.clip_eps)
-                    entropy = dist.entropy().mean()
-                    loss = pg_loss - model.temperature.detach() * entropy
-                    grad_norm = optimizer_step(loss, optimizer, config.grad_clip)
-                    temperature_step(model, entropy, temperature_optimizer)
-
-                    values = critic(critic_inputs(batch.states[train], batch.returns_to_go[train]))
-                    value_loss = ppo_value_loss(values, ret)
-                    optimizer_step(value_loss, critic_optimizer, config.grad_clip)
-                    clock.grad_updates += 1
-                    ratio = surrogate_stats(logp_new.detach(), logp_old, each_step, "token", config.clip_eps)
-                    stats.append({"losses/policy": pg_loss.item(), "losses/value": value_loss.item(),
-                                  "losses/entropy": entropy.item(), "losses/temperature": model.temperature.item(),
-                                  "losses/grad_norm": grad_norm, "losses/approx_kl": ratio.approx_kl,
-                                  "losses/clipfrac": ratio.clip_fraction, "losses/ratio_mean": ratio.ratio_mean})
-
+            stats = update(policy, critic, segments, (optimizer, temperature_optimizer, critic_optimizer), config,
+                           history_length, rng, device)
+            loop.clock.grad_updates += len(stats)
             # 4. evaluation, logging, checkpoint
-            metrics = {"charts/learning_rate": learning_rate,
-                       **mean_metrics(stats), **rollout_charts(rollouts), "charts/segments": len(pieces)}
-            stopping, evaluation = end_of_iteration(run, iteration, config, clock, metrics, evaluate_now, checkpoint)
-            last_eval = evaluation or last_eval
-            if stopping:
-                break
-        return finish_run(run, ALGO, iteration, last_eval or evaluate_now())
-    finally:
-        envs.close()
-        run.close()
+            loop.end_iteration({"charts/learning_rate": learning_rate, **mean_metrics(stats),
+                                **rollout_charts(rollouts), "charts/segments": len(segments[0])})
+        return loop.finish()

@@ -22,13 +22,13 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from dtrl.algos.common import EVAL_SEED_OFFSET, Clock, iteration_metrics
+from dtrl.algos.run_loop import EVAL_SEED_OFFSET, Clock, iteration_metrics
 from dtrl.config import CommonConfig, ModelConfig, parse_config, resolve_device, to_dict
 from dtrl.data import SequenceSampler, StateNormalizer, load_dataset
 from dtrl.errors import DtrlError
@@ -192,17 +192,6 @@ def pretrain_step(model, batch: dict, optimizer, scheduler, temperature_optimize
     return metrics
 
 
-def _open_run(config: PretrainConfig):
-    """A new run directory, or with --resume the existing one, continued with the settings given
-    now (e.g. a larger --steps): RunDir.resume warns about and records every changed setting."""
-    run_config = {**to_dict(config), "algo": "pretrain"}
-    if not config.resume:
-        return RunDir.open(config.out, run_config, force=config.force)
-    if not has_checkpoint(config.out):
-        raise DtrlError(f"--resume: {config.out} has no checkpoint to continue from (start it again with --force)")
-    return RunDir.resume(config.out, run_config)
-
-
 # ----------------------------------------------------------------------------------------------
 # the loop
 
@@ -216,38 +205,91 @@ def train(config: PretrainConfig) -> dict:
     if not config.dataset:
         raise DtrlError("--dataset is required: a D4RL .hdf5 file, a Minari dataset id or a Minari directory")
     dataset = load_dataset(config.dataset, task)  # before the run dir: a bad --dataset leaves nothing behind
-    with _open_run(config) as run:  # closing it releases the run directory's lock
+    if config.resume and not has_checkpoint(config.out):
+        raise DtrlError(f"--resume: {config.out} has no checkpoint to continue from (start it again with --force)")
+    # --resume continues with the settings given now (e.g. a larger --steps): RunDir.resume warns
+    # about and records every changed setting
+    with RunDir.open(config.out, {**to_dict(config), "algo": "pretrain"}, resume=config.resume,
+                     force=config.force) as run:  # closing it releases the run directory's lock
         return _pretrain(config, run, task, device, dataset)
 
 
-def _pretrain(config: PretrainConfig, run, task, device: str, dataset) -> dict:
-    seed_everything(config.seed)
+@dataclass
+class Learner:
+    """The model, its optimisers and warm-up schedule, the window sampler and the clock: what a
+    pretraining checkpoint holds."""
 
-    # 1. data and normaliser
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    temperature_optimizer: torch.optim.Optimizer | None
+    sampler: SequenceSampler
+    clock: Clock
+
+    def state_dict(self, iteration: int) -> dict:
+        return {"algo": "pretrain", "iteration": iteration, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "temperature_optimizer": self.temperature_optimizer.state_dict() if self.temperature_optimizer
+                else None,
+                "sampler_rng": self.sampler.rng.bit_generator.state, "clock": self.clock.state_dict()}
+
+    def load_state_dict(self, state: dict) -> int:
+        """Restore a checkpoint; returns the last iteration it had done."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.temperature_optimizer is not None:
+            self.temperature_optimizer.load_state_dict(state["temperature_optimizer"])
+        self.sampler.rng.bit_generator.state = state["sampler_rng"]
+        self.clock.load_state_dict(state["clock"])
+        return int(state["iteration"])
+
+    def iteration(self, config: PretrainConfig, device, on_step) -> dict:
+        """steps_per_iteration gradient steps (fewer at the end of --steps); their mean metrics."""
+        self.model.train()
+        sums: dict[str, float] = {}
+        steps_now = min(config.steps_per_iteration, config.steps - self.clock.grad_updates)
+        started = time.perf_counter()
+        for _ in range(steps_now):
+            batch = {k: v.to(device) for k, v in self.sampler.sample(config.batch_size).items()}
+            metrics = pretrain_step(self.model, batch, self.optimizer, self.scheduler, self.temperature_optimizer,
+                                    config.grad_clip, config.precision)
+            if not math.isfinite(metrics["losses/total"]):
+                raise DtrlError(f"pretraining diverged at step {self.clock.grad_updates + 1}: the loss is "
+                                f"{metrics['losses/total']} (lower --learning-rate, or check the dataset)")
+            for key, value in metrics.items():
+                sums[key] = sums.get(key, 0.0) + value
+            self.clock.grad_updates += 1
+            on_step(metrics)
+        row = {key: value / max(1, steps_now) for key, value in sums.items()}
+        row["charts/learning_rate"] = self.scheduler.get_last_lr()[0]
+        row["charts/grad_steps_per_s"] = steps_now / max(1e-9, time.perf_counter() - started)
+        return row
+
+
+def build_learner(config: PretrainConfig, task, dataset, device) -> tuple[Learner, StateNormalizer]:
+    """Data and normaliser, then the model and its optimisers."""
     trajectories = dataset.trajectories
     if task.domain == "antmaze":  # paper A.3.1 (ODT+TD3): 1-step AntMaze trajectories are artefacts
         trajectories = [t for t in trajectories if len(t) > 1]
     normalizer = StateNormalizer.from_trajectories(trajectories)
     sampler = SequenceSampler(trajectories, config.model.context_length, task.reward_scale, normalizer,
                               rng=np.random.default_rng(config.seed))
-
-    # 2. model and optimisers
     model = build_model(config.model, dataset.obs_dim, dataset.act_dim).to(device)
     optimizer, scheduler, temperature_optimizer = build_optimizers(config, model)
-    clock = Clock()
+    return Learner(model, optimizer, scheduler, temperature_optimizer, sampler, Clock()), normalizer
+
+
+def _pretrain(config: PretrainConfig, run, task, device: str, dataset) -> dict:
+    seed_everything(config.seed)
+    learner, normalizer = build_learner(config, task, dataset, device)
     start_iteration = 0
     # Loaded after the model is built (its initialisation draws random numbers) so the restored
     # global RNG states continue exactly where the checkpoint left them.
     state = run.load_state(restore_rng=True) if config.resume else None
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if temperature_optimizer is not None:
-            temperature_optimizer.load_state_dict(state["temperature_optimizer"])
-        sampler.rng.bit_generator.state = state["sampler_rng"]
-        clock.load_state_dict(state["clock"])
-        start_iteration = int(state["iteration"])
+        start_iteration = learner.load_state_dict(state)
+    clock, model = learner.clock, learner.model
     policy = LoadedPolicy(model, normalizer, task.reward_scale, task.name)
     eval_seed = EVAL_SEED_OFFSET + config.seed  # disjoint from training seeds; the same episodes every evaluation
     policy_meta = {"preset": config.preset, "dataset": dataset.source, "loss": config.loss,
@@ -255,34 +297,17 @@ def _pretrain(config: PretrainConfig, run, task, device: str, dataset) -> dict:
 
     def run_evaluation() -> dict:
         return evaluate(policy, task, episodes=config.eval_episodes, target_rtg=config.eval_target_rtg,
-                        num_threads=config.env_threads,
-                        seed=eval_seed, device=device)
+                        num_threads=config.env_threads, seed=eval_seed, device=device)
 
-    # 3. gradient steps; an iteration is steps_per_iteration of them and one metrics line
+    # gradient steps; an iteration is steps_per_iteration of them and one metrics line
     last_eval: dict = {}
     progress = Progress(TextColumn("[bold]pretrain[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("steps"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
     with progress:
         bar = progress.add_task("", total=config.steps, completed=clock.grad_updates)
         for iteration in range(start_iteration + 1, config.iterations + 1):
-            model.train()
-            sums: dict[str, float] = {}
-            steps_now = min(config.steps_per_iteration, config.steps - clock.grad_updates)
-            started = time.perf_counter()
-            for _ in range(steps_now):
-                batch = {k: v.to(device) for k, v in sampler.sample(config.batch_size).items()}
-                metrics = pretrain_step(model, batch, optimizer, scheduler, temperature_optimizer, config.grad_clip,
-                                        config.precision)
-                if not math.isfinite(metrics["losses/total"]):
-                    raise DtrlError(f"pretraining diverged at step {clock.grad_updates + 1}: the loss is "
-                                    f"{metrics['losses/total']} (lower --learning-rate, or check the dataset)")
-                for key, value in metrics.items():
-                    sums[key] = sums.get(key, 0.0) + value
-                clock.grad_updates += 1
-                progress.update(bar, advance=1, description=f"loss {metrics['losses/total']:.3f}")
-            row = {key: value / max(1, steps_now) for key, value in sums.items()}
-            row["charts/learning_rate"] = scheduler.get_last_lr()[0]
-            row["charts/grad_steps_per_s"] = steps_now / max(1e-9, time.perf_counter() - started)
+            row = learner.iteration(config, device, lambda metrics: progress.update(
+                bar, advance=1, description=f"loss {metrics['losses/total']:.3f}"))
             final = iteration == config.iterations
             if final or (config.eval_every > 0 and iteration % config.eval_every == 0):
                 last_eval = run_evaluation()
@@ -291,12 +316,7 @@ def _pretrain(config: PretrainConfig, run, task, device: str, dataset) -> dict:
             run.log(iteration_metrics(iteration, clock, **row))
             if final or iteration % config.checkpoint_every == 0:
                 run.save_policy(model, normalizer, task.name, extra=policy_meta)
-                run.save_state({
-                    "algo": "pretrain", "iteration": iteration, "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "temperature_optimizer": temperature_optimizer.state_dict() if temperature_optimizer else None,
-                    "sampler_rng": sampler.rng.bit_generator.state, "clock": clock.state_dict(),
-                }, iteration)
+                run.save_state(learner.state_dict(iteration), iteration)
 
     if not last_eval:  # resumed a run that had already done all its steps
         last_eval = run_evaluation()

@@ -23,23 +23,13 @@ from typing import Literal
 
 import torch
 
-from dtrl.algos.common import (
-    Clock,
-    checkpoint_due,
-    evaluate_policy,
-    evaluation_due,
-    finish_run,
-    iteration_metrics,
-    log_initial_evaluation,
-    open_run,
-    out_of_time,
-    seed_everything,
-)
+from dtrl.algos.run_loop import RunLoop, evaluate_policy, scheduled_learning_rate
 from dtrl.config import CommonConfig, parse_config, resolve_device
 from dtrl.envs import make
 from dtrl.errors import DtrlError
 from dtrl.files import atomic_write
 from dtrl.models.checkpoint import LoadedSB3Policy, save_sb3_policy
+from dtrl.runs import seed_everything
 from dtrl.tasks import get_task
 
 
@@ -100,14 +90,11 @@ def build_model(config: SB3Config, env, device: str):
 
 
 def set_learning_rate(model, config: SB3Config, iteration: int) -> float:
-    """The iteration's learning rate under ``learning_rate_schedule`` (as the DT methods: linear
-    falls from learning_rate to 0 at the last iteration), given to SB3 as a constant for this learn()."""
-    rate = config.learning_rate
-    if config.learning_rate_schedule == "linear":
-        rate *= 1.0 - (iteration - 1) / config.iterations
-    model.learning_rate = rate
+    """The iteration's learning rate under ``learning_rate_schedule`` (as the DT methods), given to
+    SB3 as a constant for this learn()."""
+    model.learning_rate = scheduled_learning_rate(config, iteration)
     model._setup_lr_schedule()  # SB3 reads the schedule from model.learning_rate here
-    return rate
+    return model.learning_rate
 
 
 def gradient_steps(model) -> int:
@@ -118,71 +105,59 @@ def gradient_steps(model) -> int:
     return updates
 
 
-def train(config: SB3Config) -> dict:
+def load_or_build_model(config: SB3Config, env, state: dict | None, checkpoint_dir, device: str):
+    """A fresh model, or the one (and SAC's replay buffer) the resumed checkpoint names."""
     from stable_baselines3 import PPO, SAC
 
-    algo = f"sb3-{config.algorithm}"
+    if state is None:
+        return build_model(config, env, device)
+    # the model and replay files the checkpoint names (written before it)
+    model = (SAC if config.algorithm == "sac" else PPO).load(checkpoint_dir / state["model_file"], env=env,
+                                                              device=device)
+    if state.get("replay_file"):
+        model.load_replay_buffer(checkpoint_dir / state["replay_file"])
+    return model
+
+
+def save_checkpoint(run, model, config: SB3Config, task, clock, iteration: int) -> None:
+    """The model and SAC's replay buffer under this iteration's names, each written whole (atomic),
+    then the state that names them, then the previous ones go: a crash at any point leaves a state
+    whose files exist and belong to its iteration."""
+    checkpoint_dir = run.path / "checkpoints"
+    save_sb3_policy(run.path / "policy", model, task.name, config.algorithm)
+    files = {"model_file": f"model-{iteration}.zip"}
+    atomic_write(checkpoint_dir / files["model_file"], model.save)
+    if config.algorithm == "sac":
+        files["replay_file"] = f"replay-{iteration}.pkl"
+        atomic_write(checkpoint_dir / files["replay_file"], model.save_replay_buffer)
+    run.save_state({"algo": f"sb3-{config.algorithm}", "iteration": iteration, "clock": clock.state_dict(), **files},
+                   iteration)
+    for old in checkpoint_dir.glob("*-*.*"):
+        if old.name not in files.values() and old.name.startswith(("model-", "replay-")):
+            old.unlink(missing_ok=True)
+
+
+def train(config: SB3Config) -> dict:
     task = get_task(config.task)
     device = resolve_device(config.device)
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     seed_everything(config.seed)
     env = make(task, seed=config.seed)
-    run, state = open_run(config, algo)
-    checkpoint_dir = run.path / "checkpoints"
-    if state is not None:  # the model and replay files the checkpoint names (written before it)
-        model = (SAC if config.algorithm == "sac" else PPO).load(checkpoint_dir / state["model_file"], env=env,
-                                                                  device=device)
-        if state.get("replay_file"):
-            model.load_replay_buffer(checkpoint_dir / state["replay_file"])
-    else:
-        model = build_model(config, env, device)
-    clock = Clock()
-    start = 1
-    if state is not None:
-        clock.load_state_dict(state["clock"])
-        start = int(state["iteration"]) + 1
+    model = None  # built once the loop knows whether it resumes
 
-    def evaluate_now() -> dict:
-        return evaluate_policy(LoadedSB3Policy(model, task.name), task, config, device)
-
-    def checkpoint(iteration: int) -> None:
-        # the model and SAC's replay buffer under this iteration's names, each written whole (atomic),
-        # then the state that names them, then the previous ones go: a crash at any point leaves a
-        # state whose files exist and belong to its iteration
-        save_sb3_policy(run.path / "policy", model, task.name, config.algorithm)
-        files = {"model_file": f"model-{iteration}.zip"}
-        atomic_write(checkpoint_dir / files["model_file"], model.save)
-        if config.algorithm == "sac":
-            files["replay_file"] = f"replay-{iteration}.pkl"
-            atomic_write(checkpoint_dir / files["replay_file"], model.save_replay_buffer)
-        run.save_state({"algo": algo, "iteration": iteration, "clock": clock.state_dict(), **files}, iteration)
-        for old in checkpoint_dir.glob("*-*.*"):
-            if old.name not in files.values() and old.name.startswith(("model-", "replay-")):
-                old.unlink(missing_ok=True)
-
-    if state is None:
-        log_initial_evaluation(run, clock, config, evaluate_now)
-    last_eval: dict = {}
-    try:
-        iteration = start - 1  # the last one done: what finish_run reports when none is left to run
-        for iteration in range(start, config.iterations + 1):
+    with RunLoop(config, f"sb3-{config.algorithm}",
+                 evaluate=lambda: evaluate_policy(LoadedSB3Policy(model, task.name), task, config, device),
+                 checkpoint=lambda iteration: save_checkpoint(loop.run, model, config, task, loop.clock,
+                                                              iteration)) as loop:
+        loop.closing(env)
+        model = load_or_build_model(config, env, loop.state, loop.run.path / "checkpoints", device)
+        for iteration in loop:
             learning_rate = set_learning_rate(model, config, iteration)
             model.learn(total_timesteps=config.env_steps_per_iteration, reset_num_timesteps=False)
-            clock.env_steps, clock.grad_updates = int(model.num_timesteps), gradient_steps(model)
-            stopping = out_of_time(clock, config.time_limit_s)
-            due = evaluation_due(iteration, config.iterations, config.eval_every, stopping)
-            evaluation = evaluate_now() if due else {}
-            last_eval = evaluation or last_eval
-            run.log(iteration_metrics(iteration, clock, **{"charts/learning_rate": learning_rate}, **evaluation))
-            if checkpoint_due(iteration, config.iterations, config.checkpoint_every, stopping):
-                checkpoint(iteration)
-            if stopping:
-                break
-        return finish_run(run, algo, iteration, last_eval or evaluate_now())
-    finally:
-        env.close()
-        run.close()
+            loop.clock.env_steps, loop.clock.grad_updates = int(model.num_timesteps), gradient_steps(model)
+            loop.end_iteration({"charts/learning_rate": learning_rate})
+        return loop.finish()
 
 
 def _parse(argv: list[str], algorithm: str) -> SB3Config:
