@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from conftest import read_metrics
-from dtrl.algos.td3 import smoothed_target_actions, window_critic_loss
 from dtrl.algos.odt_td3 import td3_actor_loss
+from dtrl.algos.td3 import smoothed_target_actions, window_critic_loss
 from dtrl.cli import main as cli
 
 
