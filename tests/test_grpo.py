@@ -178,6 +178,20 @@ def test_sub_trajectory_buffer_is_fifo():
     assert list(clone.items)[0][1:] == (1.0, 0)
 
 
+def test_paper_small_preset_is_the_paper_algorithm_but_for_settings_that_leave_results_unchanged():
+    """--preset paper-small: every field of `paper` except torch/env threads, the checkpoint interval,
+    the run name and the preset's own name (none of which changes what a seeded run computes)."""
+    for name in ("hopper-random", "walker2d-medium", "door-human"):
+        paper, small = grpo.paper_preset(name), grpo.paper_small_preset(name)
+        differing = {f.name for f in dataclasses.fields(paper) if getattr(paper, f.name) != getattr(small, f.name)}
+        assert differing == {"preset", "out", "threads", "env_threads", "checkpoint_every"}, (name, differing)
+    small = grpo.paper_small_preset("hopper-random")
+    assert (small.trajectories_per_batch * small.reset_points_per_trajectory * small.group_size,
+            small.sub_trajectory_buffer_size, small.minibatch_size, small.optimizer, small.iterations,
+            small.eval_every, small.eval_episodes) == (512, 2048, 256, "lamb", 500, 10, 10)
+    assert grpo.parse(["--task", "hopper-random", "--preset", "paper-small"]) == small
+
+
 def test_paper_preset_follows_table6():
     door = grpo.paper_preset("door-human")
     assert (door.minibatch_size, door.sub_trajectory_length, door.eval_steps, door.clip_eps,

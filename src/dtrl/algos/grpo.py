@@ -219,7 +219,19 @@ def cpu_preset(task_name: str) -> GRPOConfig:
     )
 
 
-PRESETS = {"cpu": cpu_preset, "paper": paper_preset}
+def paper_small_preset(task_name: str) -> GRPOConfig:
+    """The paper's algorithm (``paper``: every value of Tables 5-6 and A.3 that shapes GRPO-DT's
+    statistics, 512 sub-trajectories per iteration, LAMB at Table 6's lr_a, 500 iterations) run on a
+    CPU with a small model: for a DT from ``dtrl pretrain --preset cpu``. Only what does not change a
+    run's results differs: one torch thread (a small model's matmuls are fastest on one), the env
+    copies stepped on two threads (results do not depend on it), and a checkpoint every 10 iterations
+    instead of every one (each pickles the trajectory buffer with its snapshots)."""
+    config = paper_preset(task_name)
+    return dataclasses.replace(config, preset="paper-small", out=f"runs/grpo-{config.task}-paper-small", threads=1,
+                               env_threads=2, checkpoint_every=10)
+
+
+PRESETS = {"cpu": cpu_preset, "paper": paper_preset, "paper-small": paper_small_preset}
 
 
 # ----------------------------------------------------------------------------------------------
