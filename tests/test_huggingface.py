@@ -11,8 +11,8 @@ import torch
 from dtrl.cli import main
 from dtrl.envs import BatchedEnv
 from dtrl.errors import DtrlError
-from dtrl.models.checkpoint import load_policy
 from dtrl.models.huggingface import STATS_FILE, from_huggingface, to_huggingface
+from dtrl.models.loading import load_policy
 from dtrl.rollout import rollout_episodes
 from dtrl.tasks import get_task
 

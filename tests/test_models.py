@@ -460,7 +460,8 @@ def make_normalizer(dim: int):
 
 @pytest.mark.parametrize("architecture", ["dt", "reinformer"])
 def test_checkpoint_round_trip_is_exact(tmp_path, architecture):
-    from dtrl.models.checkpoint import load_policy, save_policy
+    from dtrl.models.checkpoint import save_policy
+    from dtrl.models.loading import load_policy
 
     torch.manual_seed(9)
     model = build_model(small_config(architecture=architecture), 11, 3).eval()
@@ -490,7 +491,8 @@ def test_checkpoint_round_trip_is_exact(tmp_path, architecture):
 
 
 def test_loading_for_a_task_with_other_dims_is_one_line_error(tmp_path):
-    from dtrl.models.checkpoint import load_policy, save_policy
+    from dtrl.models.checkpoint import save_policy
+    from dtrl.models.loading import load_policy
 
     model = build_model(small_config(), OBS, ACT)
     save_policy(tmp_path / "policy", model, make_normalizer(OBS), "hopper-medium")
@@ -501,7 +503,8 @@ def test_loading_for_a_task_with_other_dims_is_one_line_error(tmp_path):
 
 
 def test_loading_missing_or_corrupt_policy_is_dtrl_error(tmp_path):
-    from dtrl.models.checkpoint import load_policy, save_policy
+    from dtrl.models.checkpoint import save_policy
+    from dtrl.models.loading import load_policy
 
     with pytest.raises(DtrlError, match="does not exist"):
         load_policy(tmp_path / "nope")
@@ -639,7 +642,8 @@ def test_bfloat16_autocast_keeps_distribution_maths_in_float32(architecture):
 
 
 def test_failed_save_leaves_the_previous_policy_intact(tmp_path):
-    from dtrl.models.checkpoint import load_policy, save_policy
+    from dtrl.models.checkpoint import save_policy
+    from dtrl.models.loading import load_policy
 
     model = build_model(small_config(), OBS, ACT)
     save_policy(tmp_path / "policy", model, make_normalizer(OBS), "hopper-medium", extra={"iteration": 1})

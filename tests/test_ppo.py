@@ -29,7 +29,7 @@ def test_lambda_returns_by_hand_terminal_and_truncated():
 
 def test_recomputed_log_probs_equal_sampling_time_ones(tiny_files):
     from dtrl.envs import BatchedEnv
-    from dtrl.models.checkpoint import load_policy
+    from dtrl.models.loading import load_policy
     from dtrl.rollout import rollout_episodes, segments_to_batch
     from dtrl.tasks import get_task
 

@@ -92,7 +92,7 @@ def _tiny_policy(path, weights_fill=None):
 
 
 def test_damaged_or_non_finite_weights_are_refused_at_load(tmp_path):
-    from dtrl.models.checkpoint import load_policy
+    from dtrl.models.loading import load_policy
 
     policy = _tiny_policy(tmp_path / "policy")
     load_policy(policy, task=TASK)  # intact: loads

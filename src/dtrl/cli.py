@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("dtrl.evaluation", "evaluate a run's policy: D4RL-normalised return mean ± std"),
     "report": ("dtrl.report", "tables (markdown, CSV) and learning curves from run directories"),
     "sweep": ("dtrl.sweep", "a grid of seeds x tasks x algorithms x overrides on Ray Tune"),
-    "hf": ("dtrl.models.huggingface", "import | export: Hugging Face DecisionTransformerModel <-> dtrl policy"),
+    "hf": ("dtrl.hf_cli", "import | export: Hugging Face DecisionTransformerModel <-> dtrl policy"),
     "demo": ("dtrl.demo", "build data, pretrain, finetune with GRPO-DT, evaluate before/after"),
 }
 

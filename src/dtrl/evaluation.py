@@ -17,7 +17,7 @@ import tyro
 from dtrl.config import reject_non_finite, resolve_device
 from dtrl.envs import BatchedEnv
 from dtrl.errors import DtrlError
-from dtrl.models.checkpoint import load_any_policy
+from dtrl.models.loading import load_any_policy
 from dtrl.rollout import rollout_episodes
 from dtrl.tasks import get_task
 

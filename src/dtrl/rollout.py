@@ -450,6 +450,87 @@ def _step_envs(envs, actions: np.ndarray, active: np.ndarray, rows, rtg: np.ndar
     active &= ~(terminated | truncated)
     return np.asarray(next_obs, dtype=np.float32), reward
 
+def _act(policy: Policy, cache, obs: np.ndarray, rtg: np.ndarray, rows: np.ndarray, timesteps: torch.Tensor,
+         device):
+    """One batched, KV-cached model call for the running ``rows``: (action distribution, RTG tokens fed)."""
+    states, rtg_t = _model_inputs(policy, obs[rows], rtg[rows], device)
+    return policy.model.act(cache, rtg_t, states, timesteps), rtg_t
+
+
+class _EpisodeRecords:
+    """What ``rollout_episodes`` records: preallocated [N, horizon, ...] arrays, filled column by
+    column (no per-step Python lists), cut into one ``RolloutTrajectory`` per copy at the end."""
+
+    def __init__(self, num_envs: int, horizon: int, obs_dim: int, record_snapshots: bool):
+        self.num_envs, self.horizon = num_envs, horizon
+        self.observations = np.zeros((num_envs, horizon, obs_dim), np.float32)
+        self.actions: np.ndarray | None = None  # allocated at the first step, when the action size is known
+        self.rewards = np.zeros((num_envs, horizon), np.float32)
+        self.returns_to_go = np.zeros((num_envs, horizon), np.float64)
+        self.log_probs = np.zeros((num_envs, horizon), np.float32)
+        self.variances = np.zeros((num_envs, horizon), np.float32)
+        self.squashed_variances = np.zeros((num_envs, horizon), np.float32)
+        self.snapshots: list[list] | None = [[] for _ in range(num_envs)] if record_snapshots else None
+        self.lengths = np.zeros(num_envs, np.int64)
+        self.terminated = np.zeros(num_envs, bool)
+        self.truncated = np.zeros(num_envs, bool)
+
+    def record_inputs(self, envs, rows: np.ndarray, t: int, obs: np.ndarray, action_np: np.ndarray,
+                      fed_returns: np.ndarray) -> None:
+        """Step t of ``rows``: the env snapshot before it (when asked), observation, action, RTG fed."""
+        if self.actions is None:
+            self.actions = np.zeros((self.num_envs, self.horizon, action_np.shape[1]), np.float32)
+        if self.snapshots is not None:
+            for row, snap in zip(rows, envs.snapshot(rows.tolist())):
+                self.snapshots[row].append(snap)
+        self.observations[rows, t] = obs[rows]
+        self.actions[rows, t] = action_np[rows]
+        self.returns_to_go[rows, t] = fed_returns
+
+    def record_distribution(self, rows: np.ndarray, t: int, dist, action: torch.Tensor, sampled: bool) -> None:
+        """Step t of ``rows``: log-prob of the sampled action (0 in mean mode) and the action variances."""
+        if sampled:
+            self.log_probs[rows, t] = dist.log_prob(action).float().cpu().numpy()
+        self.variances[rows, t] = dist.variance.float().cpu().numpy()
+        self.squashed_variances[rows, t] = dist.squashed_variance.float().cpu().numpy()
+
+    def trajectories(self, target_rtg: float, seeds: Sequence[int]) -> list[RolloutTrajectory]:
+        self.truncated |= ~self.terminated & (self.lengths == self.horizon)  # cut by max_steps below the env's limit
+        trajectories = []
+        for i in range(self.num_envs):
+            n = int(self.lengths[i])
+            trajectories.append(RolloutTrajectory(
+                observations=self.observations[i, :n].copy(), actions=self.actions[i, :n].copy(),
+                rewards=self.rewards[i, :n].copy(), returns_to_go=self.returns_to_go[i, :n].copy(),
+                timesteps=np.arange(n, dtype=np.int64), log_probs=self.log_probs[i, :n].copy(),
+                action_variance=self.variances[i, :n].copy(),
+                squashed_action_variance=self.squashed_variances[i, :n].copy(),
+                terminated=bool(self.terminated[i]),
+                truncated=bool(self.truncated[i]), target_rtg=float(target_rtg), seed=int(seeds[i]),
+                snapshots=self.snapshots[i] if self.snapshots is not None else None,
+            ))
+        return trajectories
+
+
+def _check_episode_arguments(mode: str, exploration_noise: float, num_seeds: int, envs,
+                             context_length: int | None) -> None:
+    _check_context_length(context_length)
+    if mode not in ("sample", "mean"):
+        raise DtrlError(f"rollout mode must be 'sample' or 'mean', got {mode!r}")
+    if exploration_noise < 0 or (exploration_noise > 0 and mode != "mean"):
+        raise DtrlError("exploration noise is >= 0 and goes with mode 'mean' (it perturbs the mean action)")
+    if num_seeds != envs.num_envs:
+        raise DtrlError(f"{num_seeds} seeds for a BatchedEnv of {envs.num_envs} copies: give one seed per copy")
+
+
+def _episode_action(dist, mode: str, exploration_noise: float) -> torch.Tensor:
+    """a ~ pi (``'sample'``) or the mean action, plus clipped N(0, σ²) noise when σ > 0."""
+    action = dist.mean if mode == "mean" else dist.sample()
+    if exploration_noise > 0:
+        action = (action + exploration_noise * torch.randn_like(action)).clamp(-1.0, 1.0)
+    return action
+
+
 def rollout_episodes(
     policy: Policy,
     envs,
@@ -473,31 +554,12 @@ def rollout_episodes(
     ``context_length``: the model sees only the last that many timesteps (the current one included),
     as in the paper's evaluation context T_eval (Table 6); None: the model's own sliding window.
     """
-    _check_context_length(context_length)
-    if mode not in ("sample", "mean"):
-        raise DtrlError(f"rollout mode must be 'sample' or 'mean', got {mode!r}")
-    if exploration_noise < 0 or (exploration_noise > 0 and mode != "mean"):
-        raise DtrlError("exploration noise is >= 0 and goes with mode 'mean' (it perturbs the mean action)")
+    _check_episode_arguments(mode, exploration_noise, len(seeds), envs, context_length)
     num_envs = len(seeds)
-    if num_envs != envs.num_envs:
-        raise DtrlError(f"{num_envs} seeds for a BatchedEnv of {envs.num_envs} copies: give one seed per copy")
     model = policy.model
     horizon = int(max_steps or task.max_episode_steps)
     obs = np.asarray(envs.reset(list(seeds)), dtype=np.float32)
-    obs_dim = obs.shape[1]
-
-    # Preallocated [N, horizon, ...] records, filled column by column (no per-step Python lists).
-    observations = np.zeros((num_envs, horizon, obs_dim), np.float32)
-    actions_rec: np.ndarray | None = None
-    rewards = np.zeros((num_envs, horizon), np.float32)
-    returns_to_go = np.zeros((num_envs, horizon), np.float64)
-    log_probs = np.zeros((num_envs, horizon), np.float32)
-    variances = np.zeros((num_envs, horizon), np.float32)
-    squashed_variances = np.zeros((num_envs, horizon), np.float32)
-    snapshots: list[list] | None = [[] for _ in range(num_envs)] if record_snapshots else None
-    lengths = np.zeros(num_envs, np.int64)
-    terminated = np.zeros(num_envs, bool)
-    truncated = np.zeros(num_envs, bool)
+    records = _EpisodeRecords(num_envs, horizon, obs.shape[1], record_snapshots)
 
     rtg = np.full(num_envs, float(target_rtg), np.float64)
     active = np.ones(num_envs, bool)
@@ -508,52 +570,87 @@ def rollout_episodes(
         for t in range(horizon):
             rows = np.flatnonzero(active)
             cache = running.cache_for(rows)
-            states, rtg_t = _model_inputs(policy, obs[rows], rtg[rows], device)
             timesteps = torch.full((len(rows),), t, dtype=torch.long, device=device)
-            dist = model.act(cache, rtg_t, states, timesteps)
-            action = dist.mean if mode == "mean" else dist.sample()
-            if exploration_noise > 0:
-                action = (action + exploration_noise * torch.randn_like(action)).clamp(-1.0, 1.0)
+            dist, rtg_t = _act(policy, cache, obs, rtg, rows, timesteps, device)
+            action = _episode_action(dist, mode, exploration_noise)
             model.append_action(cache, action)
             action_np = _expand_rows(action, rows, num_envs)
-            if actions_rec is None:
-                actions_rec = np.zeros((num_envs, horizon, action_np.shape[1]), np.float32)
-            if snapshots is not None:
-                for row, snap in zip(rows, envs.snapshot(rows.tolist())):
-                    snapshots[row].append(snap)
-            observations[rows, t] = obs[rows]
-            actions_rec[rows, t] = action_np[rows]
-            returns_to_go[rows, t] = _fed_returns(dist, rtg_t, rtg[rows], policy.reward_scale)
+            records.record_inputs(envs, rows, t, obs, action_np,
+                                  _fed_returns(dist, rtg_t, rtg[rows], policy.reward_scale))
             if short is not None:
-                short.push(rows, obs, action_np, returns_to_go[:, t], t)
-            if mode == "sample":
-                log_probs[rows, t] = dist.log_prob(action).float().cpu().numpy()
-            variances[rows, t] = dist.variance.float().cpu().numpy()
-            squashed_variances[rows, t] = dist.squashed_variance.float().cpu().numpy()
+                short.push(rows, obs, action_np, records.returns_to_go[:, t], t)
+            records.record_distribution(rows, t, dist, action, sampled=mode == "sample")
 
-            obs, reward = _step_envs(envs, action_np, active, rows, rtg, lengths, terminated, truncated)
-            rewards[rows, t] = reward[rows]
+            obs, reward = _step_envs(envs, action_np, active, rows, rtg, records.lengths, records.terminated,
+                                     records.truncated)
+            records.rewards[rows, t] = reward[rows]
             if not active.any():
                 break
-    truncated |= ~terminated & (lengths == horizon)  # cut by max_steps below the env's own limit
-
-    trajectories = []
-    for i in range(num_envs):
-        n = int(lengths[i])
-        trajectories.append(RolloutTrajectory(
-            observations=observations[i, :n].copy(), actions=actions_rec[i, :n].copy(),
-            rewards=rewards[i, :n].copy(), returns_to_go=returns_to_go[i, :n].copy(),
-            timesteps=np.arange(n, dtype=np.int64), log_probs=log_probs[i, :n].copy(),
-            action_variance=variances[i, :n].copy(), squashed_action_variance=squashed_variances[i, :n].copy(),
-            terminated=bool(terminated[i]),
-            truncated=bool(truncated[i]), target_rtg=float(target_rtg), seed=int(seeds[i]),
-            snapshots=snapshots[i] if snapshots is not None else None,
-        ))
-    return trajectories
+    return records.trajectories(target_rtg, seeds)
 
 
 # ----------------------------------------------------------------------------------------------
 # branches from snapshots (GRPO groups)
+
+
+class _SegmentRecords:
+    """What ``rollout_from_snapshots`` records of the L sampled steps of each branch, preallocated
+    [N, L, ...] and filled column by column; cut into one ``Segment`` per branch at the end."""
+
+    def __init__(self, num_starts: int, sampled_steps: int, obs_dim: int):
+        self.num_starts, self.sampled_steps = num_starts, sampled_steps
+        self.observations = np.zeros((num_starts, sampled_steps, obs_dim), np.float32)
+        self.actions: np.ndarray | None = None  # allocated at the first step, when the action size is known
+        self.returns_to_go = np.zeros((num_starts, sampled_steps), np.float64)
+        self.log_probs = np.zeros((num_starts, sampled_steps), np.float32)
+        self.lengths = np.zeros(num_starts, np.int64)
+
+    def record(self, rows: np.ndarray, j: int, obs: np.ndarray, action_np: np.ndarray, fed: np.ndarray, dist,
+               action: torch.Tensor) -> None:
+        """Sampled step j of ``rows``: observation, action, RTG fed, log-prob of the action."""
+        if self.actions is None:
+            self.actions = np.zeros((self.num_starts, self.sampled_steps, action_np.shape[1]), np.float32)
+        self.observations[rows, j] = obs[rows]
+        self.actions[rows, j] = action_np[rows]
+        self.returns_to_go[rows, j] = fed[rows]
+        self.log_probs[rows, j] = dist.log_prob(action).float().cpu().numpy()
+        self.lengths[rows] += 1
+
+    def segments(self, starts: Sequence[BranchStart], timestep0: np.ndarray, step_rewards: np.ndarray) -> list[Segment]:
+        segments = []
+        for i, start in enumerate(starts):
+            n = int(self.lengths[i])
+            segments.append(Segment(
+                history=start.history, observations=self.observations[i, :n].copy(),
+                actions=self.actions[i, :n].copy(), returns_to_go=self.returns_to_go[i, :n].copy(),
+                timesteps=timestep0[i] + np.arange(n, dtype=np.int64), log_probs=self.log_probs[i, :n].copy(),
+                rewards=step_rewards[i, :n].astype(np.float32),
+            ))
+        return segments
+
+
+def _check_branch_arguments(num_starts: int, envs, sampled_steps: int, mean_steps: int,
+                            context_length: int | None) -> None:
+    _check_context_length(context_length)
+    if num_starts == 0:
+        raise DtrlError("rollout_from_snapshots needs at least one start")
+    if num_starts > envs.num_envs:
+        raise DtrlError(f"{num_starts} branch starts for a BatchedEnv of {envs.num_envs} copies")
+    if sampled_steps < 1 or mean_steps < 0:
+        raise DtrlError(f"need sampled_steps >= 1 and mean_steps >= 0, got {sampled_steps} and {mean_steps}")
+
+
+def _branch_caches(policy: Policy, starts: Sequence[BranchStart], num_envs: int, device,
+                   context_length: int | None) -> tuple[_ShortContext | None, _RunningRows]:
+    """The model caches of the branches, each prefilled with its start's token history (the spare
+    copies, beyond ``len(starts)``, never run)."""
+    num_starts = len(starts)
+    histories = [s.history for s in starts]
+    if context_length is None:
+        return None, _RunningRows(None, _prefilled_cache(policy, histories, device), np.arange(num_starts), device)
+    spare = num_envs - num_starts
+    short = _ShortContext(policy, device, context_length, num_envs, histories + [starts[0].history] * spare)
+    return short, _RunningRows(short, None, np.arange(num_starts), device)
 
 
 def rollout_from_snapshots(
@@ -574,26 +671,15 @@ def rollout_from_snapshots(
     ``context_length``: the model sees only the last that many timesteps (see ``rollout_episodes``),
     the history before the reset point included.
     """
-    _check_context_length(context_length)
     num_starts = len(starts)
-    if num_starts == 0:
-        raise DtrlError("rollout_from_snapshots needs at least one start")
-    if num_starts > envs.num_envs:
-        raise DtrlError(f"{num_starts} branch starts for a BatchedEnv of {envs.num_envs} copies")
-    if sampled_steps < 1 or mean_steps < 0:
-        raise DtrlError(f"need sampled_steps >= 1 and mean_steps >= 0, got {sampled_steps} and {mean_steps}")
+    _check_branch_arguments(num_starts, envs, sampled_steps, mean_steps, context_length)
     model = policy.model
     spare = envs.num_envs - num_starts
     snapshots = [s.snapshot for s in starts] + [starts[0].snapshot] * spare
     obs = np.asarray(envs.restore(snapshots), dtype=np.float32)
-    obs_dim = obs.shape[1]
 
     total_steps = sampled_steps + mean_steps
-    seg_obs = np.zeros((num_starts, sampled_steps, obs_dim), np.float32)
-    seg_actions: np.ndarray | None = None  # allocated at the first step, when the action size is known
-    seg_rtg = np.zeros((num_starts, sampled_steps), np.float64)
-    seg_logp = np.zeros((num_starts, sampled_steps), np.float32)
-    seg_len = np.zeros(num_starts, np.int64)
+    records = _SegmentRecords(num_starts, sampled_steps, obs.shape[1])
     step_rewards = np.zeros((envs.num_envs, total_steps), np.float64)
 
     rtg = np.array([s.return_to_go for s in starts] + [0.0] * spare, np.float64)
@@ -605,20 +691,12 @@ def rollout_from_snapshots(
     active[:num_starts] = True
 
     with torch.inference_mode(), _eval_mode(model):
-        histories = [s.history for s in starts]  # the spare copies never run
-        if context_length is None:
-            running = _RunningRows(None, _prefilled_cache(policy, histories, device), np.arange(num_starts), device)
-            short = None
-        else:
-            short = _ShortContext(policy, device, context_length, envs.num_envs,
-                                  histories + [starts[0].history] * spare)
-            running = _RunningRows(short, None, np.arange(num_starts), device)
+        short, running = _branch_caches(policy, starts, envs.num_envs, device, context_length)
         for j in range(total_steps):
             rows = np.flatnonzero(active)
             cache = running.cache_for(rows)
-            states, rtg_t = _model_inputs(policy, obs[rows], rtg[rows], device)
-            timesteps = torch.as_tensor(timestep0[rows] + j, device=device)
-            dist = model.act(cache, rtg_t, states, timesteps)
+            dist, rtg_t = _act(policy, cache, obs, rtg, rows, torch.as_tensor(timestep0[rows] + j, device=device),
+                               device)
             sampling = j < sampled_steps
             action = dist.sample() if sampling else dist.mean
             model.append_action(cache, action)
@@ -628,13 +706,7 @@ def rollout_from_snapshots(
             if short is not None:
                 short.push(rows, obs, action_np, fed, timestep0 + j)
             if sampling:
-                if seg_actions is None:
-                    seg_actions = np.zeros((num_starts, sampled_steps, action_np.shape[1]), np.float32)
-                seg_obs[rows, j] = obs[rows]
-                seg_actions[rows, j] = action_np[rows]
-                seg_rtg[rows, j] = fed[rows]
-                seg_logp[rows, j] = dist.log_prob(action).float().cpu().numpy()
-                seg_len[rows] += 1
+                records.record(rows, j, obs, action_np, fed, dist, action)
 
             obs, reward = _step_envs(envs, action_np, active, rows, rtg, lengths, terminated, truncated)
             step_rewards[rows, j] = reward[rows]
@@ -643,17 +715,9 @@ def rollout_from_snapshots(
 
     # Rewards after a branch ended are 0, so this is the discounted sum up to its end.
     scores = step_rewards @ (gamma ** np.arange(total_steps, dtype=np.float64))
-    segments = []
-    for i, start in enumerate(starts):
-        n = int(seg_len[i])
-        segments.append(Segment(
-            history=start.history, observations=seg_obs[i, :n].copy(), actions=seg_actions[i, :n].copy(),
-            returns_to_go=seg_rtg[i, :n].copy(), timesteps=timestep0[i] + np.arange(n, dtype=np.int64),
-            log_probs=seg_logp[i, :n].copy(), rewards=step_rewards[i, :n].astype(np.float32),
-        ))
-    return BranchResult(segments=segments, scores=scores[:num_starts], step_rewards=step_rewards[:num_starts],
-                        lengths=lengths[:num_starts], terminated=terminated[:num_starts],
-                        truncated=truncated[:num_starts])
+    return BranchResult(segments=records.segments(starts, timestep0, step_rewards), scores=scores[:num_starts],
+                        step_rewards=step_rewards[:num_starts], lengths=lengths[:num_starts],
+                        terminated=terminated[:num_starts], truncated=truncated[:num_starts])
 
 
 # ----------------------------------------------------------------------------------------------

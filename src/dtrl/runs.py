@@ -68,13 +68,15 @@ LOCK_FILE = ".lock"
 # seeding and RNG state
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python's ``random``, numpy's global RNG and torch (CPU and every CUDA device)."""
+def seed_everything(seed: int) -> np.random.Generator:
+    """Seed Python's ``random``, numpy's global RNG and torch (CPU and every CUDA device); return the
+    numpy Generator a training loop draws its own samples from (checkpointed by the loop)."""
     import torch
 
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)  # also seeds all CUDA devices
+    return np.random.default_rng(seed)
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -149,28 +151,38 @@ def _find_non_finite(value: Any, where: str) -> str | None:
     if isinstance(value, torch.nn.Module):
         value = value.state_dict()
     if isinstance(value, torch.Tensor):
-        if (value.is_floating_point() or value.is_complex()) and value.numel():
-            # Fast path: NaN/Inf anywhere make the sum non-finite. A finite tensor whose sum
-            # overflows takes the exact element-wise check, so the answer is always exact.
-            tensor = value.detach()
-            if not bool(torch.isfinite(tensor.sum())) and not bool(torch.isfinite(tensor).all()):
-                kind = "NaN" if bool(torch.isnan(tensor).any()) else "Inf"
-                return f"{where} contains {kind}"
-        return None
+        return _non_finite_tensor(value, where)
     if isinstance(value, np.ndarray):
-        if np.issubdtype(value.dtype, np.inexact) and value.size and not np.isfinite(value).all():
-            return f"{where} contains {'NaN' if np.isnan(value).any() else 'Inf'}"
-        return None
+        return _non_finite_array(value, where)
     if isinstance(value, dict):
-        for key, item in value.items():
-            found = _find_non_finite(item, f"{where}[{key!r}]")
-            if found:
-                return found
+        items = ((f"{where}[{key!r}]", item) for key, item in value.items())
     elif isinstance(value, (list, tuple)):
-        for index, item in enumerate(value):
-            found = _find_non_finite(item, f"{where}[{index}]")
-            if found:
-                return found
+        items = ((f"{where}[{index}]", item) for index, item in enumerate(value))
+    else:
+        return None
+    for name, item in items:
+        found = _find_non_finite(item, name)
+        if found:
+            return found
+    return None
+
+
+def _non_finite_tensor(value, where: str) -> str | None:
+    import torch
+
+    if (value.is_floating_point() or value.is_complex()) and value.numel():
+        # Fast path: NaN/Inf anywhere make the sum non-finite. A finite tensor whose sum
+        # overflows takes the exact element-wise check, so the answer is always exact.
+        tensor = value.detach()
+        if not bool(torch.isfinite(tensor.sum())) and not bool(torch.isfinite(tensor).all()):
+            kind = "NaN" if bool(torch.isnan(tensor).any()) else "Inf"
+            return f"{where} contains {kind}"
+    return None
+
+
+def _non_finite_array(value: np.ndarray, where: str) -> str | None:
+    if np.issubdtype(value.dtype, np.inexact) and value.size and not np.isfinite(value).all():
+        return f"{where} contains {'NaN' if np.isnan(value).any() else 'Inf'}"
     return None
 
 

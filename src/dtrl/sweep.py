@@ -161,6 +161,15 @@ def spec_from_dict(raw: dict, where: str = "sweep spec") -> SweepSpec:
         return _multi_study_spec(raw, where)
     if "tasks" not in raw:
         raise DtrlError(f"{where}: 'tasks' is required (a list of task names)")
+    spec = SweepSpec(**_spec_fields(raw, where))
+    spec.command = " ".join(spec.command.split())
+    _check_spec(spec, where)
+    return spec
+
+
+def _spec_fields(raw: dict, where: str) -> dict:
+    """``raw``'s keys as SweepSpec's arguments: single values as lists, arguments as argv lists,
+    ``resources`` as Resources; a malformed value is a one-line DtrlError."""
     data = dict(raw)
     for key in ("tasks", "algos", "seeds", "program"):
         if key in data:
@@ -171,13 +180,7 @@ def spec_from_dict(raw: dict, where: str = "sweep spec") -> SweepSpec:
     if not all(isinstance(s, int) and not isinstance(s, bool) for s in data.get("seeds", [0])):
         raise DtrlError(f"{where}: 'seeds' must be integers, got {data['seeds']}")
     data["args"] = _as_argv(data.get("args", []), f"{where}: 'args'")
-    algo_args = data.get("algo_args", {})
-    if not isinstance(algo_args, dict):
-        raise DtrlError(f"{where}: 'algo_args' must be a table of algo -> arguments")
-    data["algo_args"] = {algo: _as_argv(value, f"{where}: algo_args.{algo}") for algo, value in algo_args.items()}
-    unused = sorted(set(data["algo_args"]) - set(data.get("algos", [])))
-    if unused:
-        raise DtrlError(f"{where}: algo_args for {', '.join(unused)}, which 'algos' does not list")
+    data["algo_args"] = _spec_algo_args(data.get("algo_args", {}), data.get("algos", []), where)
     overrides = data.get("overrides", {})
     if not isinstance(overrides, dict):
         raise DtrlError(f"{where}: 'overrides' must be a table of field -> list of values")
@@ -188,8 +191,22 @@ def spec_from_dict(raw: dict, where: str = "sweep spec") -> SweepSpec:
     if not isinstance(resources, dict) or set(resources) - {"cpus", "gpus"}:
         raise DtrlError(f"{where}: 'resources' takes cpus and gpus, got {resources}")
     data["resources"] = Resources(**resources)
-    spec = SweepSpec(**data)
-    spec.command = " ".join(spec.command.split())
+    return data
+
+
+def _spec_algo_args(algo_args, algos: list, where: str) -> dict[str, list[str]]:
+    if not isinstance(algo_args, dict):
+        raise DtrlError(f"{where}: 'algo_args' must be a table of algo -> arguments")
+    algo_args = {algo: _as_argv(value, f"{where}: algo_args.{algo}") for algo, value in algo_args.items()}
+    unused = sorted(set(algo_args) - set(algos))
+    if unused:
+        raise DtrlError(f"{where}: algo_args for {', '.join(unused)}, which 'algos' does not list")
+    return algo_args
+
+
+def _check_spec(spec: SweepSpec, where: str) -> None:
+    """What a spec's values must satisfy together: resources, a training command, its algos, the
+    arguments the sweep sets itself, known tasks."""
     if spec.resources.cpus <= 0 or spec.resources.gpus < 0:
         raise DtrlError(f"{where}: resources need cpus > 0 and gpus >= 0")
     if spec.command == "finetune":
@@ -211,7 +228,6 @@ def spec_from_dict(raw: dict, where: str = "sweep spec") -> SweepSpec:
 
     for task in spec.tasks:
         get_task(task)  # unknown task -> one-line error now, not in every trial
-    return spec
 
 
 def _multi_study_spec(raw: dict, where: str) -> SweepSpec:

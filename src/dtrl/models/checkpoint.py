@@ -6,11 +6,15 @@
   normalizer.json     the state normaliser's mean/std
 
 ``save_policy`` writes all three into a temporary sibling directory and swaps it in with renames, so a
-crash never leaves a half-written policy; ``load_policy`` accepts the policy directory or a run
+crash never leaves a half-written policy; ``load_dt_policy`` accepts the policy directory or a run
 directory (``RUN/policy``) and checks the model fits the task it will be run on.
 
 The non-DT baseline's policy (IQL's MLP actor, ``"architecture": "iql-mlp"``) is kept in the same
-layout: ``save_actor`` / ``load_actor``, and ``load_any_policy`` returns whichever a folder holds.
+layout: ``save_actor`` / ``load_actor``, and ``load_saved_policy`` returns whichever a folder holds.
+
+This module knows only this format. ``dtrl.models.loading`` (``load_policy``, ``load_any_policy``) is
+what callers use: it also takes ``hf:SOURCE``, a Hugging Face model (``dtrl.models.huggingface``,
+which builds on this module).
 """
 
 from __future__ import annotations
@@ -36,8 +40,6 @@ FORMAT_VERSION = 1
 ACTOR_ARCHITECTURE = "iql-mlp"
 SB3_ARCHITECTURE = "sb3"
 SB3_FILE = "sb3_model.zip"
-HF_PREFIX = "hf:"
-"""``hf:DIR`` or ``hf:owner/name`` names a Hugging Face DecisionTransformerModel wherever a policy is loaded"""
 
 
 @dataclass
@@ -148,15 +150,9 @@ def _policy_directory(path: Path) -> Path:
     raise DtrlError(f"no policy at {path}: expected {META_FILE} there or in {path / 'policy'}")
 
 
-def load_policy(path, task=None, device: str = "cpu") -> LoadedPolicy:
-    """Load a policy directory (or ``RUN/policy``), or ``hf:SOURCE``, a Hugging Face
-    DecisionTransformerModel (``models.huggingface``). With ``task`` (a Task or its name), refuse a model
-    whose state/action sizes differ from that task's environment."""
-    if str(path).startswith(HF_PREFIX):
-        from dtrl.models.huggingface import load_huggingface_policy
-
-        return load_huggingface_policy(str(path)[len(HF_PREFIX):], task=task, device=device)
-
+def load_dt_policy(path, task=None, device: str = "cpu") -> LoadedPolicy:
+    """Load a Decision Transformer's policy directory (or ``RUN/policy``). With ``task`` (a Task or its
+    name), refuse a model whose state/action sizes differ from that task's environment."""
     from dtrl.models import build_model
 
     directory, meta, normalizer = _read_policy_files(Path(path))
@@ -307,11 +303,9 @@ def load_sb3_policy(path, task=None, device: str = "cpu") -> LoadedSB3Policy:
     return LoadedSB3Policy(model, str(meta.get("task", "")), meta)
 
 
-def load_any_policy(path, task=None, device: str = "cpu") -> LoadedPolicy | LoadedActor | LoadedSB3Policy:
-    """Whatever policy ``path`` holds: a Decision Transformer (``LoadedPolicy``), an MLP actor or a
-    stable-baselines3 model."""
-    if str(path).startswith(HF_PREFIX):
-        return load_policy(path, task=task, device=device)
+def load_saved_policy(path, task=None, device: str = "cpu") -> LoadedPolicy | LoadedActor | LoadedSB3Policy:
+    """Whatever policy the folder ``path`` holds: a Decision Transformer (``LoadedPolicy``), an MLP actor
+    or a stable-baselines3 model."""
     directory = _policy_directory(Path(path))
     try:
         architecture = json.loads((directory / META_FILE).read_text()).get("architecture")
@@ -321,4 +315,4 @@ def load_any_policy(path, task=None, device: str = "cpu") -> LoadedPolicy | Load
         return load_actor(directory, task=task, device=device)
     if architecture == SB3_ARCHITECTURE:
         return load_sb3_policy(directory, task=task, device=device)
-    return load_policy(directory, task=task, device=device)
+    return load_dt_policy(directory, task=task, device=device)

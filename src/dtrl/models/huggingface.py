@@ -1,4 +1,5 @@
-"""Hugging Face ``DecisionTransformerModel`` in and out: ``dtrl hf import`` / ``dtrl hf export``.
+"""Hugging Face ``DecisionTransformerModel`` in and out (the ``dtrl hf import`` / ``dtrl hf export``
+command around it is ``dtrl.hf_cli``).
 
 The two models compute the same function on a window of K timesteps, so the weights map one to one:
 
@@ -14,7 +15,8 @@ What the HF config does not hold, the user gives: the state normaliser (``--data
 as the DT code did, or a ``dtrl_state_stats.json`` with a model card's state_mean/state_std), the
 return scale and K. For RL finetuning a Gaussian head is added whose mean is the HF action (``--policy
 gaussian``, state-independent initial ``--init-log-std``), so the greedy actions are unchanged.
-``hf:DIR`` loads such a model wherever a policy is loaded (``--init``, ``dtrl eval``). An imported
+``hf:DIR`` loads such a model wherever a policy is loaded (``--init``, ``dtrl eval``: through
+``dtrl.models.loading``, which dispatches to ``load_huggingface_policy`` here). An imported
 policy is evaluated on the last K steps re-run at each step, as the HF example acts; dtrl's own
 sliding-window rollout differs from that after step K (docs/huggingface.md).
 """
@@ -33,6 +35,7 @@ import torch
 from dtrl.config import ModelConfig
 from dtrl.errors import DtrlError
 from dtrl.files import atomic_replace_directory
+from dtrl.models.checkpoint import LoadedPolicy, check_task_dims
 from dtrl.models.decision_transformer import DecisionTransformer
 
 # HF activation_function -> ModelConfig.activation
@@ -189,7 +192,7 @@ class StateStats:
 DEFAULT_CONTEXT_LENGTH = 20  # the K of the DT code and of the Hugging Face examples
 
 
-def _load_hf_model(source: str):
+def load_hf_model(source: str):
     """(DecisionTransformerModel, local folder or None) from a hub id or a save_pretrained folder."""
     transformers = _transformers()
     transformers.utils.logging.disable_progress_bar()
@@ -223,10 +226,9 @@ def _stats_file(source: str) -> Path:
 def load_huggingface_policy(source: str, task=None, device: str = "cpu", init_log_std: float = -1.0):
     """``hf:SOURCE`` as a ``LoadedPolicy`` (what ``--init hf:DIR`` and ``dtrl eval hf:DIR`` use): the HF
     model with a Gaussian head around its action, normalised by the ``dtrl_state_stats.json`` beside it."""
-    from dtrl.models.checkpoint import LoadedPolicy, check_task_dims
     from dtrl.tasks import get_task
 
-    hf_model = _load_hf_model(source)
+    hf_model = load_hf_model(source)
     stats_file = _stats_file(source)
     if not stats_file.is_file():
         raise DtrlError(f"hf:{source} has no {STATS_FILE} (state_mean, state_std; optional reward_scale, "
@@ -248,111 +250,10 @@ def load_huggingface_policy(source: str, task=None, device: str = "cpu", init_lo
     return LoadedPolicy(model, StateNormalizer(stats.state_mean, stats.state_std), reward_scale, task.name, meta)
 
 
-# ----------------------------------------------------------------------------------------------
-# the command
-
-
-@dataclass
-class ImportConfig:
-    """``dtrl hf import SOURCE --task T --out DIR``: a Hugging Face DecisionTransformerModel as a dtrl policy
-    folder (for ``dtrl finetune --init DIR`` and ``dtrl eval``; ``--init hf:SOURCE`` does the same on the fly
-    when a dtrl_state_stats.json is beside the model)."""
-
-    source: str = ""
-    """a Hugging Face model id (edbeeching/decision-transformer-gym-hopper-medium) or a local folder"""
-    task: str = ""
-    """the dtrl task the model acts in (its env must have the model's state/action sizes)"""
-    out: str = ""
-    """policy folder to write"""
-    dataset: str | None = None
-    """dataset to compute the state mean/std from (as the DT code did): .hdf5, Minari id or folder"""
-    state_stats: str | None = None
-    """instead of --dataset: a JSON file with "state_mean" and "state_std" lists (optional "reward_scale",
-    "context_length"), as in the HF example and model cards"""
-    context_length: int | None = None
-    """K the model was trained with (default: --state-stats' context_length, else 20 as in the DT examples)"""
-    reward_scale: float | None = None
-    """returns-to-go are divided by this before entering the model (default: --state-stats' reward_scale,
-    else the task's; the HF examples use 1000 on MuJoCo)"""
-    policy: Literal["gaussian", "deterministic"] = "gaussian"
-    """'gaussian' adds a Gaussian head around the HF action (what RL finetuning needs); 'deterministic' keeps it"""
-    init_log_std: float = -1.0
-    """the Gaussian head's initial log standard deviation (pre-tanh), the same for every state"""
-    force: bool = False
-    """replace --out if it holds something"""
-
-
-@dataclass
-class ExportConfig:
-    """``dtrl hf export POLICY --out DIR``: a dtrl Decision Transformer as a Hugging Face
-    DecisionTransformerModel folder (config.json + model.safetensors, and dtrl_state_stats.json)."""
-
-    source: str = ""
-    """a dtrl policy folder or run folder"""
-    out: str = ""
-    """folder to write (save_pretrained layout)"""
-    force: bool = False
-    """replace --out if it holds something"""
-
-
-USAGE = """usage: dtrl hf {import,export} ...
-
-  import SOURCE --task T --out DIR (--dataset D | --state-stats FILE) [--context-length K] [--reward-scale S]
-         a Hugging Face DecisionTransformerModel (hub id or folder) as a dtrl policy folder
-  export POLICY --out DIR
-         a dtrl Decision Transformer as a Hugging Face DecisionTransformerModel folder
-
---init hf:DIR and dtrl eval hf:DIR load a Hugging Face model directly when dtrl_state_stats.json
-(state_mean, state_std, reward_scale, context_length, task) lies beside it; dtrl hf export writes one.
-dtrl hf import --help / dtrl hf export --help list every option."""
-
-
-def _check_out(out: str, force: bool) -> Path:
-    if not out:
-        raise DtrlError("--out is required")
-    path = Path(out)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not force:
-        raise DtrlError(f"{path} already exists and is not empty: choose another --out or pass --force")
-    return path
-
-
-def import_policy(config: ImportConfig) -> Path:
-    from dtrl.data import StateNormalizer, load_dataset
-    from dtrl.models.checkpoint import check_task_dims, save_policy
-    from dtrl.tasks import get_task
-
-    if not config.task:
-        raise DtrlError("--task is required (see dtrl tasks)")
-    if config.reward_scale is not None and not (math.isfinite(config.reward_scale) and config.reward_scale > 0):
-        raise DtrlError(f"--reward-scale must be a positive number, got {config.reward_scale}")
-    if config.context_length is not None and config.context_length < 1:
-        raise DtrlError(f"--context-length must be >= 1, got {config.context_length}")
-    if (config.dataset is None) == (config.state_stats is None):
-        raise DtrlError("give exactly one of --dataset and --state-stats: the model expects normalised states "
-                        "and its Hugging Face config does not say how they were normalised")
-    task = get_task(config.task)
-    out = _check_out(config.out, config.force)
-    hf_model = _load_hf_model(config.source)
-    state_dim = hf_model.config.state_dim
-    check_task_dims(task, state_dim, hf_model.config.act_dim, Path(config.source))
-    if config.state_stats is not None:
-        stats = StateStats.read(Path(config.state_stats), state_dim)
-    else:
-        normalizer = StateNormalizer.from_trajectories(load_dataset(config.dataset, task).trajectories)
-        stats = StateStats(normalizer.mean, normalizer.std)
-    context = config.context_length or stats.context_length or DEFAULT_CONTEXT_LENGTH
-    reward_scale = config.reward_scale if config.reward_scale is not None else stats.reward_scale
-    model = from_huggingface(hf_model, context, config.policy, config.init_log_std)
-    return save_policy(out, model, StateNormalizer(stats.state_mean, stats.state_std), task.name,
-                       reward_scale=reward_scale,
-                       extra={"imported_from": f"huggingface:{config.source}", "eval_context_length": context})
-
-
-def export_policy(config: ExportConfig) -> Path:
-    from dtrl.models.checkpoint import load_policy
-
-    out = _check_out(config.out, config.force)
-    policy = load_policy(Path(config.source))
+def save_huggingface(directory, policy: LoadedPolicy) -> Path:
+    """Write ``policy`` (a dtrl Decision Transformer) as a Hugging Face DecisionTransformerModel folder
+    (``save_pretrained`` layout) with the ``dtrl_state_stats.json`` its config lacks, replacing
+    ``directory`` atomically; returns the path."""
     hf_model = to_huggingface(policy.model)
     # the context the policy acts with (GRPO-DT's T_eval, say), which is what the HF example should re-run
     context = policy.meta.get("extra", {}).get("eval_context_length") or policy.model.config.context_length
@@ -363,23 +264,4 @@ def export_policy(config: ExportConfig) -> Path:
         hf_model.save_pretrained(str(staging))
         (staging / STATS_FILE).write_text(json.dumps(stats.to_dict(), indent=2))
 
-    return atomic_replace_directory(out, fill)
-
-
-def main(argv: list[str]) -> int:
-    from dtrl.data.cli import parse_with_positional
-
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE)
-        return 0
-    command, rest = argv[0], argv[1:]
-    if command == "import":
-        config = parse_with_positional(ImportConfig, rest, "source", "SOURCE", "dtrl hf import",
-                                       ImportConfig.__doc__)
-        print(f"wrote {import_policy(config)}")
-        return 0
-    if command == "export":
-        config = parse_with_positional(ExportConfig, rest, "source", "POLICY", "dtrl hf export", ExportConfig.__doc__)
-        print(f"wrote {export_policy(config)}")
-        return 0
-    raise DtrlError(f"unknown hf command {command!r} (choose from import, export)")
+    return atomic_replace_directory(Path(directory), fill)
