@@ -1,6 +1,7 @@
 import csv
 import importlib
 import json
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -10,7 +11,11 @@ import pytest
 
 from dtrl.cli import main as cli_main
 from dtrl.errors import DtrlError
-from dtrl.report import ReportConfig, build_report, mean_std_curve, paper_dataset_name
+from dtrl.report import ReportConfig, build_report, episodes, mean_std_curve, paper_dataset_name
+from dtrl.report import budget as report_budget
+from dtrl.report import claims as report_claims
+
+STUDIES = Path(__file__).resolve().parents[1] / "benchmarks" / "studies"
 
 # final normalised scores we plant: (task, algo) -> one per seed
 FINALS = {
@@ -19,6 +24,12 @@ FINALS = {
     ("walker2d-medium", "grpo"): [50.0, 60.0, 70.0],
     ("walker2d-medium", "odt"): [80.0, 80.0, 83.0],
 }
+
+
+def study_script(monkeypatch, name: str):
+    """A command-line script of benchmarks/studies/, imported as a module (they import one another)."""
+    monkeypatch.syspath_prepend(str(STUDIES))
+    return importlib.import_module(name)
 
 
 def make_run(path, config: dict, rows: list[dict]) -> None:
@@ -422,38 +433,41 @@ def test_a_tuning_grid_chooses_each_methods_setting_and_the_comparison_specs_run
         "--learning-rate 0.0003 --learning-rate-schedule linear"]
 
     # the chosen flags go into the specs of the comparison, which still parse for every trial
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    calibrate = importlib.import_module("calibrate_budget")
+    presets = study_script(monkeypatch, "calibrate_budget").cpu_presets("hopper-random")
     budget = tmp_path / "budget.csv"
     with open(budget, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=calibrate.COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=report_budget.COLUMNS)
         writer.writeheader()
         writer.writerows({"task": "hopper-random", "method": m, "minutes": 20, "iterations": 3, "env_steps": 1,
                           "grad_updates": 1, "wall_time_s": 1, "cpu": "x", "date": "d", "commit": "c"}
-                         for m in calibrate.METHODS)
-    with pytest.raises(SystemExit, match="no chosen setting for grpo-q, ppo, odt-td3, iql, sb3-sac, sb3-ppo"):
-        calibrate.write_specs("hopper-random", 20.0, tmp_path / "sweeps", budget, Path("tuning/chosen.csv"))
+                         for m in report_budget.METHODS)
+    with pytest.raises(DtrlError, match="no chosen setting for grpo-q, ppo, odt-td3, iql, sb3-sac, sb3-ppo"):
+        report_budget.write_specs("hopper-random", 20.0, tmp_path / "sweeps", budget, Path("tuning/chosen.csv"),
+                                  presets=presets)
     with open("tuning/chosen.csv", "a", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writerows({**rows[0], "algo": m, "flags": "--learning-rate 0.001"}
-                         for m in calibrate.METHODS if m not in ("grpo", "odt"))
+                         for m in report_budget.METHODS if m not in ("grpo", "odt"))
     # a choice that does not set every option of the grid (its grid was not all in the report)
-    with pytest.raises(SystemExit, match="the setting chosen for grpo-q .* does not set --learning-rate-schedule"):
-        calibrate.write_specs("hopper-random", 20.0, tmp_path / "sweeps", budget, Path("tuning/chosen.csv"))
+    with pytest.raises(DtrlError, match="the setting chosen for grpo-q .* does not set --learning-rate-schedule"):
+        report_budget.write_specs("hopper-random", 20.0, tmp_path / "sweeps", budget, Path("tuning/chosen.csv"),
+                                  presets=presets)
     text = Path("tuning/chosen.csv").read_text().replace("--learning-rate 0.001\n",
                                                            "--learning-rate 0.001 --learning-rate-schedule linear\n")
     # ... or one that sets what the comparison's specs set themselves (here a claim's switch)
     Path("tuning/chosen.csv").write_text(text.replace("schedule linear\n", "schedule linear --hindsight-relabel\n"))
-    with pytest.raises(SystemExit, match="sets --hindsight-relabel, which the comparison's specs set themselves"):
-        calibrate.write_specs("hopper-random", 20.0, tmp_path / "sweeps", budget, Path("tuning/chosen.csv"))
+    with pytest.raises(DtrlError, match="sets --hindsight-relabel, which the comparison's specs set themselves"):
+        report_budget.write_specs("hopper-random", 20.0, tmp_path / "sweeps", budget, Path("tuning/chosen.csv"),
+                                  presets=presets)
     Path("tuning/chosen.csv").write_text(text)
     # a method calibrated again (--again, after its code got faster) keeps one row: the new one
-    calibrate.record_row({"task": "hopper-random", "method": "grpo", "minutes": 20.0, "iterations": 7,
-                          "env_steps": 2, "grad_updates": 2, "wall_time_s": 2, "cpu": "x", "date": "e",
-                          "commit": "f"}, budget)
-    assert [(r["method"], r["iterations"]) for r in calibrate.read_budget(budget)].count(("grpo", "7")) == 1
-    assert len(calibrate.read_budget(budget)) == len(calibrate.METHODS)
-    calibrate.write_specs("hopper-random", 20.0, tmp_path / "sweeps", budget, Path("tuning/chosen.csv"))
+    report_budget.record_row({"task": "hopper-random", "method": "grpo", "minutes": 20.0, "iterations": 7,
+                              "env_steps": 2, "grad_updates": 2, "wall_time_s": 2, "cpu": "x", "date": "e",
+                              "commit": "f"}, budget)
+    assert [(r["method"], r["iterations"]) for r in report_budget.read_budget(budget)].count(("grpo", "7")) == 1
+    assert len(report_budget.read_budget(budget)) == len(report_budget.METHODS)
+    report_budget.write_specs("hopper-random", 20.0, tmp_path / "sweeps", budget, Path("tuning/chosen.csv"),
+                              presets=presets)
     tomllib = importlib.import_module("tomllib" if sys.version_info >= (3, 11) else "tomli")
     table1 = tomllib.loads((tmp_path / "sweeps" / "table1_cpu.toml").read_text())
     assert "--learning-rate 0.0003 --learning-rate-schedule constant" in " ".join(table1["algo_args"]["grpo"])
@@ -502,7 +516,7 @@ def test_each_finetuning_run_is_measured_against_the_policy_it_started_from(tmp_
 
 
 def test_paired_curves_draw_each_variant_beside_only_its_paired_reference_runs(tmp_path, monkeypatch):
-    import dtrl.report as report
+    import dtrl.report.plots as plots
 
     for lr, seeds in ((1e-3, (0, 1, 2)), (3e-4, (0, 1)), (3e-3, (2,))):
         for seed in seeds:
@@ -511,13 +525,13 @@ def test_paired_curves_draw_each_variant_beside_only_its_paired_reference_runs(t
                            "init": "runs/pretrain/dt0"}, eval_rows(10.0 * (seed + 1), iterations=4))
             (run / "final.json").write_text("{}")
     drawn = []
-    original = report.draw_curves
+    original = plots.draw_curves
 
     def record(axes, groups, x_names, colors, **options):
         drawn.append(sorted((g.label, sorted(r.seed for r in g.runs)) for g in groups))
         original(axes, groups, x_names, colors, **options)
 
-    monkeypatch.setattr(report, "draw_curves", record)
+    monkeypatch.setattr(plots, "draw_curves", record)
     build_report(ReportConfig(run_dirs=(str(tmp_path / "runs"),), out=str(tmp_path / "out"), bootstrap_reps=50,
                               reference=("learning_rate=0.001",)))
     # paired_curves_<task>.png: one row per variant, with the reference's runs of its seeds only; then
@@ -531,10 +545,10 @@ def test_paired_curves_draw_each_variant_beside_only_its_paired_reference_runs(t
 
 
 def test_episode_lengths_splits_a_score_into_speed_and_survival_by_phase(tmp_path, monkeypatch, capsys):
-    """benchmarks/episode_lengths.py reads a report's evaluations.csv: per phase of the runs, the mean over
-    runs of score, episode length, return per step and the share of evaluations at the time limit."""
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    episode_lengths = importlib.import_module("episode_lengths")
+    """dtrl.report.episodes (benchmarks/studies/episode_lengths.py) reads a report's evaluations.csv: per phase
+    of the runs, the mean over runs of score, episode length, return per step and the share of evaluations at
+    the time limit."""
+    episode_lengths = study_script(monkeypatch, "episode_lengths")
     # two runs of 8 iterations: iteration 0 (start) and two evaluations per quarter
     for seed, lengths in enumerate(([50, 100, 100, 200, 200, 300, 300, 1000, 1000],
                                     [50, 100, 100, 400, 400, 300, 300, 500, 500])):
@@ -543,8 +557,8 @@ def test_episode_lengths_splits_a_score_into_speed_and_survival_by_phase(tmp_pat
         make_run(tmp_path / "runs" / f"seed{seed}",
                  {"task": "hopper-random", "algo": "grpo", "seed": seed, "iterations": 8}, rows)
     build_report(ReportConfig(run_dirs=(str(tmp_path / "runs"),), out=str(tmp_path / "r"), bootstrap_reps=20))
-    runs = episode_lengths.read_runs([str(tmp_path / "r" / "evaluations.csv")], finished_only=False)
-    table = {row[0]: row[1:] for row in episode_lengths.phase_table(runs, max_steps=1000)}
+    runs = episodes.read_runs([str(tmp_path / "r" / "evaluations.csv")], finished_only=False)
+    table = {row[0]: row[1:] for row in episodes.phase_table(runs, max_steps=1000)}
     assert list(table) == ["start", "0-25%", "25-50%", "50-75%", "75-100%"]
     assert table["start"] == pytest.approx((2, 0.0, 50.0, 2.0, 0.0))
     assert table["25-50%"] == pytest.approx((2, 3.5, 300.0, 2.0, 0.0))  # lengths 200 and 400
@@ -561,31 +575,33 @@ def test_episode_lengths_splits_a_score_into_speed_and_survival_by_phase(tmp_pat
         writer.writeheader()
         writer.writerows(row for row in rows if row["run"].endswith("seed0") and int(row["iteration"]) <= 4)
     for files in (["partial.csv", "r/evaluations.csv"], ["r/evaluations.csv", "partial.csv"]):
-        both = episode_lengths.read_runs([str(tmp_path / f) for f in files], finished_only=False)
+        both = episodes.read_runs([str(tmp_path / f) for f in files], finished_only=False)
         assert sorted(len(run.metrics) for run in both.values()) == [9, 9]
-    partial = episode_lengths.read_runs([str(tmp_path / "partial.csv")], finished_only=False)
-    assert [row[:3] for row in episode_lengths.phase_table(partial, max_steps=1000)] == [
+    partial = episodes.read_runs([str(tmp_path / "partial.csv")], finished_only=False)
+    assert [row[:3] for row in episodes.phase_table(partial, max_steps=1000)] == [
         ("start", 1, 0.0), ("0-25%", 1, 1.5), ("25-50%", 1, 3.5)]
     # a CSV written before episode lengths were stored is refused, not read as zeros
     (tmp_path / "old.csv").write_text("run,finished,iteration,eval_normalized_mean,eval_return_mean\nr,1,0,1,1\n")
-    with pytest.raises(SystemExit, match="no eval_length_mean column"):
-        episode_lengths.read_runs([str(tmp_path / "old.csv")], finished_only=False)
+    with pytest.raises(DtrlError, match="no eval_length_mean column"):
+        episodes.read_runs([str(tmp_path / "old.csv")], finished_only=False)
+    with pytest.raises(SystemExit, match="error: .*old.csv has no eval_length_mean column"):
+        episode_lengths.main([str(tmp_path / "old.csv")])
 
 
 def test_claims_table_pairs_each_switch_with_table_1_and_applies_the_verdict_rule(tmp_path, monkeypatch):
-    """benchmarks/claims_table.py: each claim's runs against Table 1's run of the same method, seed and DT;
+    """dtrl.report.claims (benchmarks/studies/claims_table.py): each claim's runs against Table 1's run of the
+    same method, seed and DT;
     a verdict only where both intervals (final, late) lie on one side, pending below 3 pairs, and pairs
     whose runs differ in more than the switch left out."""
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    claims_table = importlib.import_module("claims_table")
-    calibrate = importlib.import_module("calibrate_budget")
+    claims_table = study_script(monkeypatch, "claims_table")
+    presets = study_script(monkeypatch, "calibrate_budget").cpu_presets("hopper-random")
     monkeypatch.chdir(tmp_path)
     # every switched value the claims' specs run has the paper's direction written down
-    for claim, (algos, overrides) in calibrate.CLAIMS.items():
+    for claim, (algos, overrides) in report_claims.CLAIMS.items():
         for algo in algos:
             (switch, _), = overrides.items()
-            kept = calibrate.without_preset_values("hopper-random", [algo], overrides)[switch]
-            assert set(kept) == set(claims_table.PAPER[claim][2]), claim
+            kept = report_claims.without_preset_values(presets, [algo], overrides)[switch]
+            assert set(kept) == set(report_claims.PAPER[claim][2]), claim
     preset = {"hindsight_relabel": False, "reset_sampling": "active", "sub_trajectory_length": 15,
               "ratio_level": "sequence", "learning_rate": 1e-3}
 
@@ -651,8 +667,10 @@ def test_claims_table_pairs_each_switch_with_table_1_and_applies_the_verdict_rul
                         "| Fig. 3b": "**pending** |", "| Fig. 3c": "**agrees** |"}
     values = [{"expected": -1, "verdict": "agrees"}, {"expected": -1, "verdict": "inconclusive"},
               {"expected": 0, "verdict": "no claim"}]
-    assert claims_table.claim_verdict(values) == "mixed" and claims_table.claim_verdict(values[:1]) == "agrees"
+    assert report_claims.claim_verdict(values) == "mixed" and report_claims.claim_verdict(values[:1]) == "agrees"
     assert "Excluded pairs" in Path("claims.md").read_text()
+    assert ("Regenerate: `python benchmarks/studies/claims_table.py --table1 results/table1/evaluations.csv --claims "
+            "results/claims --task hopper-random --out claims.md`") in Path("claims.md").read_text()
     # the hand-written reading of the curves goes after the computed tables, when there is one
     assert "What the curves show" not in Path("claims.md").read_text()
     Path("results/claims/notes.md").write_text("**Fig. 1a.** Relabelling peaks early, then falls.\n")
@@ -806,15 +824,14 @@ def test_training_metrics_are_averaged_between_evaluations_kept_in_the_csv_and_d
 
 def test_a_preset_change_gets_the_calibrated_budget_scaled_by_its_cost_against_the_preset(tmp_path, monkeypatch,
                                                                                           capsys):
-    """benchmarks/calibrate_budget.py --variant: the preset and the changed preset run side by side for
+    """benchmarks/studies/calibrate_budget.py --variant: the preset and the changed preset run side by side for
     the same minutes; the change's budget is the calibrated iterations times their ratio of iterations,
     one row per (task, method, flags, minutes) in budget_variants.csv."""
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    calibrate = importlib.import_module("calibrate_budget")
+    calibrate = study_script(monkeypatch, "calibrate_budget")
     budget = tmp_path / "budget.csv"
-    calibrate.record_row({"task": "hopper-random", "method": "grpo", "minutes": 20.0, "iterations": 781,
-                          "env_steps": 3, "grad_updates": 3, "wall_time_s": 1200, "cpu": "x", "date": "d",
-                          "commit": "c"}, budget)
+    report_budget.record_row({"task": "hopper-random", "method": "grpo", "minutes": 20.0, "iterations": 781,
+                              "env_steps": 3, "grad_updates": 3, "wall_time_s": 1200, "cpu": "x", "date": "d",
+                              "commit": "c"}, budget)
     runs = []
 
     def fake_calibrate(method, args, flags=(), label=None):
@@ -832,7 +849,7 @@ def test_a_preset_change_gets_the_calibrated_budget_scaled_by_its_cost_against_t
         calibrate.main()
     assert set(runs[:2]) == {("grpo", (), "grpo-preset"),
                              ("grpo", ("--sub-trajectory-length", "45"), "grpo-sub-trajectory-length-45")}
-    rows = calibrate.read_budget(variants)
+    rows = report_budget.read_budget(variants)
     assert [(r["flags"], r["budget"], r["calibrated_iterations"]) for r in rows] == [
         ("--sub-trajectory-length 45", "390", "781")]  # round(781 * 300 / 600)
     assert "grpo --sub-trajectory-length 45: 390 iterations at equal compute" in capsys.readouterr().out
@@ -843,3 +860,31 @@ def test_a_preset_change_gets_the_calibrated_budget_scaled_by_its_cost_against_t
     monkeypatch.setattr(sys, "argv", [*argv[:2], "grpo", "ppo", *argv[3:]])
     with pytest.raises(SystemExit, match="give the one method whose preset it changes"):
         calibrate.main()
+
+
+def test_report_md_records_the_command_that_regenerates_it(tmp_path, monkeypatch):
+    """report.md names the `dtrl report` command that made it (every option not at its default, and --out),
+    from the CLI or from build_report; run again, that command rewrites the same report."""
+    monkeypatch.chdir(tmp_path)
+    for (task, algo), finals in FINALS.items():
+        for seed, final in enumerate(finals):
+            path = tmp_path / "runs" / f"{task}-{algo}-{seed}"
+            make_run(path, {"task": task, "algo": algo, "seed": seed, "learning_rate": 1e-3 if seed else 3e-4,
+                            "init": f"runs/pretrain/seed{seed}"}, eval_rows(final))
+            (path / "final.json").write_text("{}")
+    build_report(ReportConfig(run_dirs=("runs",), out="out dir", x=("iterations", "env_steps"), finished_only=True,
+                              at_minutes=0.1, only=("algo=grpo", "algo=odt"), bootstrap_reps=20))
+    first = Path("out dir/report.md").read_text()
+    (made_by,) = [line for line in first.splitlines() if line.startswith("Made by: ")]
+    assert made_by == ("Made by: `dtrl report runs --bootstrap-reps 20 --out 'out dir' --x iterations env_steps "
+                       "--finished-only --at-minutes 0.1 --only algo=grpo algo=odt`")
+    assert first.splitlines()[:3] == ["# dtrl report", "", made_by]
+    words = shlex.split(made_by.removeprefix("Made by: ").strip("`"))
+    Path("out dir/report.md").unlink()
+    assert words[:2] == ["dtrl", "report"] and cli_main(words[1:]) == 0
+    assert Path("out dir/report.md").read_text() == first
+    # from the command line, the same: defaults are left out, --out is always there
+    assert cli_main(["report", "--from-csv", "out dir/evaluations.csv", "--out", "again", "--bootstrap-reps",
+                     "2000", "--choose", "final"]) == 0
+    assert "Made by: `dtrl report --from-csv 'out dir/evaluations.csv' --out again --choose final`" in Path(
+        "again/report.md").read_text()

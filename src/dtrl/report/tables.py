@@ -1,0 +1,324 @@
+"""The report's tables: the paper's Table 1 beside ours, one line per run, one markdown section per
+analysis of ``stats``, the CSV files, and the tuning choice (``--choose``)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import defaultdict
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from dtrl.config import option_args
+from dtrl.report.load import GroupResult, RunResult, canonical_task, column_order, relative_path
+from dtrl.report.stats import best_so_far, late_mean, start_score, t_interval
+
+
+def paper_table() -> dict[str, dict[str, tuple[float, float | None]]]:
+    """{dataset name (hopper-random-v2): {algo column: (mean, std or None)}} from package data."""
+    text = resources.files("dtrl.resources").joinpath("paper_table1.csv").read_text()
+    rows = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    table: dict[str, dict[str, tuple[float, float | None]]] = {}
+    for row in csv.DictReader(rows):
+        dataset = row.pop("dataset")
+        entry = {}
+        for column, value in row.items():
+            if column.endswith("_std") or value in (None, ""):
+                continue
+            std = row.get(f"{column}_std")
+            entry[column] = (float(value), float(std) if std not in (None, "") else None)
+        table[dataset] = entry
+    return table
+
+
+def paper_dataset_name(task: str) -> str:
+    """The D4RL dataset name the paper's table uses for one of our tasks (hopper-random -> -v2)."""
+    _, known = canonical_task(task)
+    if known is not None and getattr(known, "d4rl_name", None):
+        return known.d4rl_name
+    return f"{task}-v2"
+
+
+def _fmt(mean: float | None, std: float | None, bold: bool = False) -> str:
+    if mean is None:
+        return "–"
+    text = f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
+    return f"**{text}**" if bold else text
+
+
+PAPER_COLUMNS = {"DT", "IQL", "ODT", "ODT+TD3", "PPO-DT", "GRPO-DT"}
+
+
+def markdown_table(groups: dict[tuple[str, str], GroupResult]) -> str:
+    """Rows tasks, columns our algorithms, each followed by the paper's number for it (when the
+    paper has that algorithm); the best of ours and the best of the paper's per row in bold."""
+    paper = paper_table()
+    tasks = sorted({task for task, _ in groups})
+    labels = column_order({label for _, label in groups})
+    columns: list[tuple[str, str]] = []  # (kind, label): ours, then the paper's beside it
+    for label in labels:
+        columns.append(("ours", label))
+        if label in PAPER_COLUMNS:
+            columns.append(("paper", label))
+    header = ["task"] + [label if kind == "ours" else f"{label} (paper)" for kind, label in columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for task in tasks:
+        row_groups = {label: groups.get((task, label)) for label in labels}
+        scored = {label: g.mean for label, g in row_groups.items() if g is not None and g.scores}
+        best = max(scored.values()) if scored else None
+        metric = next((g.metric for g in row_groups.values() if g is not None), "normalized")
+        paper_row = paper.get(paper_dataset_name(task), {}) if metric == "normalized" else {}
+        paper_scores = {c: paper_row[c][0] for kind, c in columns if kind == "paper" and c in paper_row}
+        paper_best = max(paper_scores.values()) if paper_scores else None
+        cells = [task if metric == "normalized" else f"{task} (raw return)"]
+        for kind, label in columns:
+            if kind == "ours":
+                group = row_groups[label]
+                # ties are judged as printed (2 decimals), so equal-looking cells are bold together
+                if group is None or not group.scores:
+                    cells.append("–")
+                else:
+                    bold = len(scored) > 1 and round(group.mean, 2) == round(best, 2)
+                    cells.append(_fmt(group.mean, group.std, bold=bold))
+            elif label in paper_row:
+                mean, std = paper_row[label]
+                cells.append(_fmt(mean, std, bold=len(paper_scores) > 1 and round(mean, 2) == round(paper_best, 2)))
+            else:
+                cells.append("–")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def runs_table(runs: list[RunResult]) -> str:
+    """One line per run: where it started (iteration 0), where it ended, its best and late scores."""
+    lines = ["| task | algorithm | seed | start | final score | best | late | evaluations | finished | run |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
+
+    def cell(value: float | None) -> str:
+        return "–" if value is None else f"{value:.2f}"
+
+    for run in sorted(runs, key=lambda r: (r.task, r.label, str(r.seed), str(r.path))):
+        evaluations = sum(1 for row in run.metrics if row.get("eval_return_mean") is not None)
+        final = cell(run.final) + (" (raw)" if run.final is not None and run.metric == "raw" else "")
+        lines.append(f"| {run.task} | {run.label} | {run.seed} | {cell(start_score(run))} | {final} | "
+                     f"{cell(best_so_far(run))} | {cell(late_mean(run))} | {evaluations} | "
+                     f"{'yes' if run.finished else 'no'} | {relative_path(run.path)} |")
+    return "\n".join(lines) + ("\n\n*Start*: the iteration-0 evaluation (– for pretraining runs); *best*: the best "
+                              "evaluation; *late*: the mean of the evaluations over the last quarter of the run.")
+
+
+def csv_rows(groups: dict[tuple[str, str], GroupResult]) -> list[dict]:
+    paper = paper_table()
+    rows = []
+    for (task, label), group in sorted(groups.items()):
+        paper_entry = paper.get(paper_dataset_name(task), {}).get(label) if group.metric == "normalized" else None
+        rows.append({
+            "task": task, "algorithm": label, "metric": group.metric, "n_seeds": len(group.scores),
+            "mean": round(group.mean, 4) if group.scores else "", "std": round(group.std, 4) if group.scores else "",
+            "seeds": " ".join(str(r.seed) for r in group.runs if r.final is not None),
+            "scores": " ".join(f"{s:.4f}" for s in group.scores),
+            "paper_mean": paper_entry[0] if paper_entry else "",
+            "paper_std": paper_entry[1] if paper_entry and paper_entry[1] is not None else "",
+        })
+    return rows
+
+
+def csv_text(rows: list[dict], columns: list[str] | None = None) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns or list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def statistics_markdown(rows: list[dict]) -> str:
+    lines = ["| task | algorithm | seeds | final IQM [95% CI] | final mean [95% CI] | best-so-far mean [95% CI] |",
+             "|---|---|---:|---:|---:|---:|"]
+    def cell(row: dict, name: str) -> str:
+        return f"{row[name]:.1f} [{row[name + '_lo']:.1f}, {row[name + '_hi']:.1f}]"
+
+    for row in rows:
+        lines.append(f"| {row['task']} | {row['algorithm']} | {row['n_seeds']} | {cell(row, 'final_iqm')} | "
+                     f"{cell(row, 'final_mean')} | {cell(row, 'best_mean')} |")
+    return "\n".join(lines)
+
+
+def improvement_markdown(rows: list[dict]) -> str:
+    lines = [
+        "## Improvement over the starting point",
+        "*Start*: each run's iteration-0 evaluation, the policy it starts from (the pretrained DT, IQL after "
+        "its offline phase, a fresh policy for the SB3 lines), evaluated exactly as its later iterations. "
+        "Δ = final − start per run: mean with a 95% Student-t interval over runs (none below two), and how "
+        "many runs ended above their start.",
+        "",
+        "| task | algorithm | runs | start (mean) | final (mean) | Δ [95% CI] | improved |",
+        "|---|---|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        interval = f" [{row['gain_lo']:+.1f}, {row['gain_hi']:+.1f}]" if row["gain_lo"] is not None else ""
+        lines.append(f"| {row['task']} | {row['algorithm']} | {row['runs']} | {row['start_mean']:.1f} | "
+                     f"{row['final_mean']:.1f} | {row['gain_mean']:+.1f}{interval} | {row['improved']}/{row['runs']} |")
+    return "\n".join(lines)
+
+
+def compute_markdown(rows: list[dict]) -> str:
+    lines = [
+        "## Compute per run",
+        "Means over each column's finished runs, at their last evaluation: iterations, env steps and gradient "
+        "updates (totals include what came before iteration 1, e.g. IQL's offline updates; the rates per "
+        "iteration do not), and wall-clock time on the machine that ran them, evaluations included (methods "
+        "evaluate at different intervals, and Table 1's DT methods at two RTGs, so this is not training "
+        "time alone; compare times only within one study and machine).",
+        "",
+        "| task | algorithm | runs | iterations | env steps | gradient updates | env steps / iteration "
+        "| updates / iteration | wall-clock min incl. evaluation (range) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['task']} | {r['algorithm']} | {r['runs']} | {r['iterations']:,.0f} | "
+                     f"{r['env_steps']:,.0f} | {r['grad_updates']:,.0f} | {r['env_steps_per_iteration']:,.1f} | "
+                     f"{r['grad_updates_per_iteration']:,.1f} | {r['wall_minutes_mean']:.1f} "
+                     f"({r['wall_minutes_min']:.1f}–{r['wall_minutes_max']:.1f}) |")
+    return "\n".join(lines)
+
+
+def at_time_markdown(rows: list[dict], minutes: float) -> str:
+    lines = [
+        f"## Score after {minutes:g} minutes of wall-clock time",
+        "Each run's last evaluation within its first "
+        f"{minutes:g} minutes (wall-clock time of the machine that ran it, evaluations included), beside its "
+        "final score at the end of its budget of iterations. The two differ where a method's iterations cost "
+        "more time as its episodes lengthen, or less since its code got faster.",
+        "",
+        f"| task | algorithm | runs | score at {minutes:g} min | iterations by then | env steps by then | final |",
+        "|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['task']} | {r['algorithm']} | {r['runs']} | {_fmt(r['score_mean'], r['score_std'])} | "
+                     f"{r['iterations']:,.0f} | {r['env_steps']:,.0f} | {r['final_mean']:.2f} |")
+    return "\n".join(lines)
+
+
+def other_rtg_markdown(rows: list[dict]) -> str:
+    def rtg(value) -> str:
+        return "varies" if value is None else f"{float(value):g}"
+
+    lines = [
+        "## Both target RTGs",
+        "The DT methods condition on a target return; by default they are evaluated at different ones (the "
+        "task's eval RTG, or g_online). Runs made with `--eval-other-rtg` were evaluated at both. Final score at "
+        "each, mean ± std over the runs that have both.",
+        "",
+        "| task | algorithm | runs | own RTG | final at own RTG | other RTG | final at other RTG |",
+        "|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['task']} | {r['algorithm']} | {r['runs']} | {rtg(r['own_rtg'])} | "
+                     f"{_fmt(r['own_mean'], r['own_std'])} | {rtg(r['other_rtg'])} | "
+                     f"{_fmt(r['other_mean'], r['other_std'])} |")
+    return "\n".join(lines)
+
+
+def training_markdown(rows: list[dict]) -> str:
+    lines = [
+        "## Training metrics",
+        "Each key's mean over the iterations between two evaluations; *first* and *last*: the first and the "
+        "last such interval of each run, averaged over runs. Curves: `training_<task>.png` (mean ± std over seeds).",
+        "",
+        "| task | algorithm | metric | runs | first | last |",
+        "|---|---|---|---:|---:|---:|"]
+    lines += [f"| {r['task']} | {r['algorithm']} | {r['metric']} | {r['runs']} | {r['first_mean']:.4g} | "
+              f"{r['last_mean']:.4g} |" for r in rows]
+    return "\n".join(lines)
+
+
+def paired_markdown(pairs: list[dict], reference: dict[str, str], unpaired: int) -> str:
+    spec = ", ".join(f"{k}={v}" for k, v in reference.items())
+    lines = [
+        f"## Paired differences against the reference ({spec})",
+        "Each finished run of a variant is paired with the reference's finished run of the same task, seed and "
+        "pretrained DT; Δ = variant − reference. *Final*: the last evaluation. *Late*: the mean of the "
+        "evaluations over the last quarter of the run's iterations. Mean Δ with a 95% Student-t interval over "
+        "pairs (none below two pairs); with a handful of pairs it is wide, and `wins` says in how many pairs "
+        "the variant ended higher. Every pair is in paired.csv, and paired_curves_<task>.png draws the paired "
+        "runs.",
+        "",
+        "| task | variant | reference | pairs | Δ final [95% CI] | wins | Δ late [95% CI] "
+        "| final per pair: reference → variant |",
+        "|---|---|---|---:|---:|---:|---:|---|"]
+    by_variant: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
+    for pair in pairs:
+        by_variant[(pair["task"], pair["variant"], pair["reference"])].append(pair)
+    for (task, variant, ref), rows in sorted(by_variant.items()):
+        final = np.array([r["variant_final"] - r["reference_final"] for r in rows], float)
+        late = np.array([r["variant_late"] - r["reference_late"] for r in rows], float)
+        several_dts = len({r["init"] for r in rows}) > 1
+        per_pair = "; ".join(f"{r['seed']}" + (f" ({Path(r['init']).name})" if several_dts else "")
+                             + f": {r['reference_final']:.1f} → {r['variant_final']:.1f}" for r in rows)
+        cells = []
+        for values in (final, late):
+            interval = t_interval(values)
+            cells.append(f"{values.mean():+.1f}" + (f" [{interval[1]:+.1f}, {interval[2]:+.1f}]" if interval else ""))
+        lines.append(f"| {task} | {variant} | {ref} | {len(rows)} | {cells[0]} | {int((final > 0).sum())}/{len(rows)} "
+                     f"| {cells[1]} | {per_pair} |")
+    mixed = [p for p in pairs if p["other_differences"]]
+    if mixed:
+        differences = sorted({f"{p['variant']}: {p['other_differences']}" for p in mixed})
+        lines += ["", f"**{len(mixed)} pair(s) differ in more than the reference's keys**, so they measure more than "
+                      "the ablation: " + "; ".join(differences)]
+    if unpaired:
+        lines += ["", f"{unpaired} run(s) of the variants are not paired: unfinished, or without a finished "
+                      "reference run of their seed and DT (the same `init` path and, where both runs recorded "
+                      "it, the same weights: `run_info.init_weights_sha256`)."]
+    return "\n".join(lines)
+
+
+CRITERIA = {"final": "the last evaluation", "late": "the mean of the evaluations over the last quarter of the run"}
+
+
+def _criterion_score(run: RunResult, criterion: str) -> float | None:
+    return run.final if criterion == "final" else late_mean(run)
+
+
+def choose_settings(groups: dict[tuple[str, str], GroupResult], criterion: str) -> list[dict]:
+    """Every column of each (task, algorithm) ranked by its mean ``criterion`` score over its finished
+    runs, best first; the first of each is the chosen setting (on a tie, the first in column order).
+    ``flags`` are the command-line options that select the column (its varying hyperparameters)."""
+    by_algo: dict[tuple[str, str], list[GroupResult]] = defaultdict(list)
+    for group in groups.values():
+        by_algo[(group.task, group.algo)].append(group)
+    rows = []
+    for (task, algo), algo_groups in sorted(by_algo.items()):
+        ranked = []
+        for group in algo_groups:
+            # an unfinished run's "late" evaluations are not late, nor its last one final
+            scored = [(s, r) for r in group.runs if r.finished and (s := _criterion_score(r, criterion)) is not None]
+            if scored:
+                ranked.append((float(np.mean([s for s, _ in scored])), group, [r for _, r in scored]))
+        order = column_order({g.label for _, g, _ in ranked})
+        ranked.sort(key=lambda item: (-item[0], order.index(item[1].label)))
+        for rank, (score, group, runs) in enumerate(ranked, 1):
+            variant = runs[0].variant
+            flags = [arg for key, value in variant.items() if value is not None for arg in option_args(key, value)]
+            rows.append({"task": task, "algorithm": algo, "algo": runs[0].config.get("algo", ""), "rank": rank,
+                         "chosen": rank == 1, "setting": group.label, "criterion": criterion, "score": score,
+                         "final_mean": float(np.mean([r.final for r in runs])), "seeds": len(runs),
+                         "flags": " ".join(flags)})
+    return rows
+
+
+def choice_markdown(rows: list[dict], criterion: str, unfinished: int) -> str:
+    one_seed = all(row["seeds"] == 1 for row in rows)
+    lines = [
+        f"## Chosen settings ({criterion} score)",
+        f"Per task and algorithm, every column ranked by the mean over seeds of its {criterion} score "
+        f"({CRITERIA[criterion]}), finished runs only; the first, in bold, is chosen (on a tie, the first in "
+        "column order). `flags` select it on the command line; chosen.csv has every row."
+        + (" One seed per column: a ranking of single runs, without intervals." if one_seed else "")
+        + (f" {unfinished} unfinished run(s) are not ranked." if unfinished else ""),
+        "",
+        f"| task | algorithm | rank | setting | seeds | {criterion} (mean) | final (mean) | flags |",
+        "|---|---|---:|---|---:|---:|---:|---|"]
+    for row in rows:
+        setting = f"**{row['setting']}**" if row["chosen"] else row["setting"]
+        lines.append(f"| {row['task']} | {row['algorithm']} | {row['rank']} | {setting} | {row['seeds']} | "
+                     f"{row['score']:.1f} | {row['final_mean']:.1f} | {row['flags'] and '`' + row['flags'] + '`'} |")
+    return "\n".join(lines)
