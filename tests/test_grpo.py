@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from dtrl.algos import grpo
-from dtrl.algos.run_loop import best_evaluated_return, scheduled_learning_rate
 from dtrl.algos.finetune import ALGORITHMS
 from dtrl.algos.finetune import main as finetune_main
+from dtrl.algos.run_loop import best_evaluated_return, scheduled_learning_rate
 from dtrl.errors import DtrlError
 
 TASK = "hopper-random"

@@ -167,7 +167,7 @@ def table_row(task, policy, trajectory, starts, context: int | None, workers: in
 
 def main() -> None:
     from dtrl.envs import BatchedEnv
-    from dtrl.models.checkpoint import load_policy
+    from dtrl.models.loading import load_policy
     from dtrl.rollout import rollout_episodes
     from dtrl.tasks import get_task
 

@@ -35,7 +35,7 @@ def evaluate_dir(task_name: str, path: Path, episodes: int, seed: int, target_rt
     """Mean-action evaluation of a run's policy at ``target_rtg`` with ``context_length`` steps of
     context (defaults: what its trainer recorded)."""
     from dtrl.evaluation import default_context_length, default_target_rtg, evaluate
-    from dtrl.models.checkpoint import load_policy
+    from dtrl.models.loading import load_policy
     from dtrl.tasks import get_task
 
     task = get_task(task_name)

@@ -18,6 +18,9 @@ from dtrl.errors import DtrlError
 
 @dataclass(frozen=True)
 class Task:
+    """One task: its env, reference scores and paper Table 6 row. The defaults of the Table 6 fields are
+    the MuJoCo row, and the finetuning configs take their own defaults from them (one home)."""
+
     name: str
     """registry name, e.g. ``hopper-medium``; for a generic env the env id itself"""
     env_id: str

@@ -18,6 +18,7 @@ from dtrl.data import load_dataset
 from dtrl.errors import DtrlError
 from dtrl.models.loading import load_policy
 from dtrl.optim import make_optimizer
+from dtrl.tasks import Task
 
 
 @dataclass
@@ -29,7 +30,7 @@ class DTFinetuneConfig(CommonConfig):
     DecisionTransformerModel with dtrl_state_stats.json beside it (required)"""
     iterations: int = 10
     """online iterations (paper: 'iteration' of Algorithm 1/2 line 1)"""
-    learning_rate: float = 5e-5
+    learning_rate: float = Task.learning_rate
     """actor learning rate (paper Table 6 lr_a)"""
     weight_decay: float = 1e-4
     """actor decoupled weight decay (Table 5)"""

@@ -58,7 +58,7 @@ from dtrl.envs import BatchedEnv
 from dtrl.errors import DtrlError
 from dtrl.rollout import Segment, TokenHistory, rollout_episodes, rollout_from_snapshots, segments_to_batch
 from dtrl.runs import seed_everything
-from dtrl.tasks import get_task
+from dtrl.tasks import Task, get_task
 
 ALGO = "grpo"
 
@@ -86,17 +86,17 @@ class GRPOConfig(DTFinetuneConfig):
     """K: reset points sampled in each of those trajectories (line 5)"""
     group_size: int = 8
     """G: sub-trajectories rolled out from each reset point (line 6)"""
-    sub_trajectory_length: int = 15
+    sub_trajectory_length: int = Task.sub_trajectory_length
     """L_traj: sampled steps of a sub-trajectory (the part that is trained on)"""
-    eval_steps: int = 400
+    eval_steps: int = Task.eval_steps
     """L_eval: mean-action steps after a sub-trajectory that only score it"""
     gamma: float | None = None
     """discount of the sub-trajectory score over the L_traj + L_eval steps (default: the task's, Table 6)"""
-    clip_eps: float = 0.2
+    clip_eps: float = Task.clip_eps
     """ε: the importance ratio is clipped to [1-ε, 1+ε_high]"""
     clip_eps_high: float | None = None
     """upper clip ε_high (default ε; larger values give DAPO-style asymmetric clipping)"""
-    min_group_deviation: float = 2.0
+    min_group_deviation: float = Task.min_group_deviation
     """ε_GRPO: groups whose largest |score - group mean| is below this carry no signal (Table 6)"""
     deviation_rule: Literal["group", "member"] = "group"
     """how ε_GRPO applies: 'group' drops whole groups below it, 'member' zeroes members close to the mean"""
@@ -116,7 +116,7 @@ class GRPOConfig(DTFinetuneConfig):
     """capacity of the FIFO sub-trajectory buffer T_sub (line 8)"""
     epochs: int = 1
     """passes over the sub-trajectory buffer per iteration (line 9)"""
-    minibatch_size: int = 256
+    minibatch_size: int = Task.batch_size
     """sub-trajectories per gradient step (Table 6 'BS')"""
     reset_sampling: Literal["active", "uniform"] = "active"
     """reset points drawn from softmax(action variance) ('active', Sec. 3.2) or uniformly (ablation Fig. 1e)"""

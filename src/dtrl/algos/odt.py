@@ -87,7 +87,8 @@ def _settings(task) -> dict:
     # online rollouts and evaluation with the last 5 steps of context (eval_context_length); the
     # temperature continues from pretraining. Adroit and AntMaze (not in ODT's code): lr as Table 6's
     # lr_a, batch as Table 6's BS.
-    return dict(learning_rate=1e-4 if task.domain in ("mujoco", "generic") else 5e-5, batch_size=task.batch_size,
+    return dict(learning_rate=1e-4 if task.domain in ("mujoco", "generic") else task.learning_rate,
+                batch_size=task.batch_size,
                 weight_decay=5e-4, grad_clip=0.25, optimizer="lamb", context_length=5)
 
 
