@@ -1,0 +1,325 @@
+"""``RunDir``: a run directory opened for writing (created, or resumed from its last checkpoint).
+
+See ``dtrl.runs`` for the layout and the crash-safety guarantees.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import socket
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dtrl.errors import DtrlError, NothingToDo
+from dtrl.files import atomic_write
+from dtrl.runs.checkpoints import _find_non_finite, _load_checkpoint
+from dtrl.runs.layout import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    FINAL_FILE,
+    METRICS_FILE,
+    POLICY_DIR,
+    STATE_FILE,
+    _jsonable,
+    atomic_write_json,
+    read_config,
+)
+from dtrl.runs.locks import _lock, _refuse_if_written, _remove_leftovers
+from dtrl.runs.resume import _asks_for_more, _check_same_run, _truncate_metrics, changed_settings
+from dtrl.runs.rng import capture_rng_state, restore_rng_state
+from dtrl.runs.tracking import _check_tracking, _start_wandb
+
+
+def _now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _run_info(config: dict) -> dict:
+    import torch
+
+    from dtrl import __version__
+
+    device = str(config.get("device", "cpu"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    info = {
+        "seed": config.get("seed"),
+        "dtrl_version": __version__,
+        "torch_version": torch.__version__,
+        "numpy_version": np.__version__,
+        "python_version": platform.python_version(),
+        "device": device,
+        "device_name": (torch.cuda.get_device_name(0) if device.startswith("cuda")
+                        else platform.processor() or platform.machine()),
+        "hostname": socket.gethostname(),
+        "start_time": _now_iso(),
+        "command": sys.argv,
+    }
+    return info
+
+
+class RunDir:
+    """A run directory opened for writing: ``create`` a new one or ``resume`` an existing one."""
+
+    def __init__(self, path: Path, config: dict, checkpoint_iteration: int | None, wall_time_offset: float,
+                 lock=None):
+        self.path = path
+        self._lock = lock
+        """the open lock file: one writer per run directory at a time"""
+        self.config = config
+        """the config.json contents (resolved config plus ``run_info``)"""
+        self.checkpoint_iteration = checkpoint_iteration
+        """iteration of the latest checkpoint (at open: the one resumed from; None for a fresh run)"""
+        self.resumed_from = checkpoint_iteration
+        """iteration of the checkpoint this run resumed from (None for a fresh run)"""
+        self._wall_time_offset = wall_time_offset
+        self._opened_at = time.monotonic()
+        self._metrics_file = open(path / METRICS_FILE, "a", encoding="utf-8")
+        self._writer = None  # TensorBoard writer, created on first log (importing it is slow)
+
+    # -- opening ------------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, config: dict, force: bool = False) -> RunDir:
+        """Start a new run in ``path``.
+
+        An existing non-empty directory is refused unless ``force``; with ``force`` it is moved
+        aside to ``PATH.bak-<UTC timestamp>`` (never deleted), so nothing is lost by a mistyped
+        ``--force``. An existing empty directory is used as is.
+        """
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise DtrlError(f"run directory {path} exists and is a file")
+        if path.is_dir() and any(path.iterdir()):
+            if not force:
+                raise DtrlError(
+                    f"run directory {path} already exists (use --resume to continue it, or --force to start "
+                    f"over; the old one is then kept as {path.name}.bak-<time>)"
+                )
+            _refuse_if_written(path)  # --force must not pull a run away from a process writing it
+            stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+            backup = path.with_name(f"{path.name}.bak-{stamp}")
+            suffix = 1
+            while backup.exists():
+                backup = path.with_name(f"{path.name}.bak-{stamp}-{suffix}")
+                suffix += 1
+            os.replace(path, backup)
+            print(f"dtrl: moved the existing {path} to {backup}", file=sys.stderr)
+        try:
+            (path / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DtrlError(f"cannot create run directory {path}: {exc.strerror}") from None
+        _check_tracking(config)
+        lock = _lock(path)
+        full = _jsonable(dict(config))
+        full["run_info"] = _run_info(config)
+        if config.get("track"):
+            full["run_info"]["wandb_id"] = uuid.uuid4().hex[:12]  # the same W&B run across resumes
+        atomic_write_json(path / CONFIG_FILE, full)
+        return cls(path, full, checkpoint_iteration=None, wall_time_offset=0.0, lock=lock)
+
+    @classmethod
+    def resume(cls, path: str | os.PathLike, config: dict | None = None) -> RunDir:
+        """Reopen the run in ``path`` to continue from its last checkpoint.
+
+        Metrics lines logged after the checkpointed iteration are dropped (the resumed run logs
+        them again). A finished run becomes unfinished (final.json is moved into the resume
+        record in config.json) until ``mark_finished`` is called again. If ``config`` is given,
+        fields that differ from the stored config (other than resume/force/out) are reported on
+        stderr and recorded in ``run_info.resumes``.
+        """
+        path = Path(path)
+        if not path.is_dir():
+            raise DtrlError(f"cannot resume {path}: no such run directory")
+        stored = read_config(path)
+        checkpoint = path / CHECKPOINT_DIR / STATE_FILE
+        if not checkpoint.is_file():
+            raise DtrlError(f"cannot resume {path}: it has no checkpoint yet ({CHECKPOINT_DIR}/{STATE_FILE}); "
+                            "start it again with --force")
+        if config is not None:  # every refusal before anything is written
+            _check_same_run(path, stored, config)
+            if (path / FINAL_FILE).is_file() and not _asks_for_more(stored, config):
+                summary = json.loads((path / FINAL_FILE).read_text())
+                shown = ", ".join(f"{k} {v}" for k, v in summary.items() if k.startswith(("iteration", "eval_norm",
+                                                                                            "eval_return_mean")))
+                raise NothingToDo(f"{path} is finished ({shown}); nothing changed. Raise --iterations (or --steps) "
+                                  "to continue it")
+        _check_tracking(config or stored)
+        lock = _lock(path)
+        _remove_leftovers(path)
+        iteration = int(_load_checkpoint(checkpoint)["iteration"])
+
+        kept = _truncate_metrics(path, iteration)
+        offset = 0.0
+        for row in kept:
+            if isinstance(row.get("wall_time_s"), (int, float)):
+                offset = max(offset, float(row["wall_time_s"]))
+
+        changed = {}
+        if config is not None:
+            changed = changed_settings(stored, config)
+            if changed:
+                print(f"dtrl: warning: resuming {path} with changed settings: {', '.join(changed)}", file=sys.stderr)
+                stored.update({k: v["now"] for k, v in changed.items()})
+        record = {"time": _now_iso(), "from_iteration": iteration, "hostname": socket.gethostname(), "changed": changed}
+        final = path / FINAL_FILE
+        if final.is_file():
+            # Continuing a finished run (e.g. with more --iterations): it is unfinished until it
+            # ends again. Its old summary is kept in the resume record, not silently lost.
+            try:
+                record["previous_final"] = json.loads(final.read_text())
+            except (OSError, json.JSONDecodeError):
+                record["previous_final"] = None
+        stored.setdefault("run_info", {}).setdefault("resumes", []).append(record)
+        atomic_write_json(path / CONFIG_FILE, stored)
+        if final.is_file():
+            final.unlink()
+        return cls(path, stored, checkpoint_iteration=iteration, wall_time_offset=offset, lock=lock)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, config: dict, resume: bool = False, force: bool = False) -> RunDir:
+        """``resume(path, config)`` when ``resume`` else ``create(path, config, force)``."""
+        if resume and force:
+            raise DtrlError("--resume and --force contradict each other (continue the run, or start it over?)")
+        return cls.resume(path, config) if resume else cls.create(path, config, force=force)
+
+    # -- logging ------------------------------------------------------------------------------
+
+    def wall_time_s(self) -> float:
+        """Seconds of training so far, counting the time before a resume (from the kept metrics)."""
+        return self._wall_time_offset + (time.monotonic() - self._opened_at)
+
+    def _tensorboard(self):
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            if self.config.get("track"):
+                self._wandb = _start_wandb(self.path, self.config)  # mirrors the TensorBoard scalars
+
+            # purge_step hides events a crashed run wrote past its checkpoint, as metrics.jsonl does.
+            purge = None if self.resumed_from is None else self.resumed_from + 1
+            self._writer = SummaryWriter(log_dir=str(self.path), purge_step=purge, flush_secs=30)
+        return self._writer
+
+    def log(self, metrics: dict) -> None:
+        """Append one line to metrics.jsonl (flushed and fsynced) and the numbers to TensorBoard."""
+        if "iteration" not in metrics:
+            raise ValueError("metrics must contain 'iteration' (the TensorBoard step and the resume key)")
+        row = _jsonable(metrics)
+        self._metrics_file.write(json.dumps(row, allow_nan=False) + "\n")
+        self._metrics_file.flush()
+        os.fsync(self._metrics_file.fileno())
+        step = int(metrics["iteration"])
+        writer = self._tensorboard()
+        for key, value in row.items():
+            if key == "iteration" or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            writer.add_scalar(key, value, global_step=step)
+
+    # -- checkpoints --------------------------------------------------------------------------
+
+    def save_state(self, state: dict, iteration: int) -> None:
+        """Checkpoint ``state`` (anything torch.save takes) for ``iteration`` atomically.
+
+        Every floating tensor / array inside (model and optimiser state dicts included) is
+        checked first: a NaN or Inf raises DtrlError naming it, and the previous checkpoint stays.
+        The global RNG states are saved with it and restored by ``load_state``.
+        """
+        import torch
+
+        problem = _find_non_finite(state, "state")
+        if problem:
+            raise DtrlError(f"not checkpointing iteration {iteration}: {problem} (the training diverged; "
+                            f"the checkpoint of iteration {self.checkpoint_iteration} is kept)")
+        payload = {"format": 1, "iteration": int(iteration), "state": state, "rng": capture_rng_state(),
+                   "saved_at": _now_iso()}
+        atomic_write(self.path / CHECKPOINT_DIR / STATE_FILE, lambda handle: torch.save(payload, handle))
+        self.checkpoint_iteration = int(iteration)
+        if self._writer is not None:
+            self._writer.flush()
+
+    def load_state(self, restore_rng: bool = True) -> dict | None:
+        """The ``state`` dict of the last checkpoint (None if there is none).
+
+        With ``restore_rng`` the global python/numpy/torch RNGs are put back to their state at
+        save time; call it after building models and optimisers (which draw random numbers), right
+        before the loop, so the resumed run draws the same numbers as the uninterrupted one.
+        """
+        checkpoint = self.path / CHECKPOINT_DIR / STATE_FILE
+        if not checkpoint.is_file():
+            return None
+        payload = _load_checkpoint(checkpoint)
+        if restore_rng and payload.get("rng") is not None:
+            restore_rng_state(payload["rng"])
+        return payload["state"]
+
+    def save_policy(self, model, normalizer, task_name: str, extra: dict | None = None,
+                    directory: str = POLICY_DIR) -> Path:
+        """Write the policy to ``RUN/policy`` (or ``RUN/<directory>``; dtrl.models.checkpoint format,
+        loadable by ``dtrl eval``)."""
+        from dtrl.models.checkpoint import save_policy
+
+        target = self.path / directory
+        save_policy(target, model, normalizer, task_name, extra=extra)
+        return target
+
+    def record_start_info(self, **items: Any) -> None:
+        """Record in ``run_info`` facts about what the run started from that are known only once it
+        is loaded (the digest of the pretrained weights). A fresh run records them. A resumed run
+        keeps what it recorded when it started: a value that differs now is told on stderr and kept
+        in its resume record only; a value it never recorded (a run started before dtrl recorded it)
+        stays unrecorded, since what the run started from is then unknown."""
+        info = self.config.setdefault("run_info", {})
+        if self.resumed_from is None:
+            info.update(items)
+        else:
+            changed = {key: {"was": info[key], "now": value} for key, value in items.items()
+                       if key in info and info[key] != value}
+            if not changed:
+                return
+            print(f"dtrl: warning: {self.path}: {', '.join(changed)} differ from when the run started "
+                  "(another pretrained model at the same path?); the run keeps the values it started with",
+                  file=sys.stderr)
+            for record in info.get("resumes", [])[-1:]:
+                record.setdefault("changed", {}).update(changed)
+        atomic_write_json(self.path / CONFIG_FILE, self.config)
+
+    # -- finishing ----------------------------------------------------------------------------
+
+    def mark_finished(self, summary: dict) -> None:
+        """Write ``final.json`` (summary + finish time); ``is_finished`` and sweeps look for it."""
+        data = dict(summary)
+        data.setdefault("finished_at", _now_iso())
+        data.setdefault("wall_time_s", self.wall_time_s())
+        atomic_write_json(self.path / FINAL_FILE, data)
+        self.close()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if not self._metrics_file.closed:
+            self._metrics_file.close()
+        if getattr(self, "_wandb", None) is not None:
+            self._wandb.finish()
+            self._wandb = None
+        if self._lock is not None:
+            self._lock.close()  # closing the file releases the lock
+            self._lock = None
+
+    def __enter__(self) -> RunDir:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r}, checkpoint_iteration={self.checkpoint_iteration})"
