@@ -13,7 +13,6 @@ import argparse
 from pathlib import Path
 
 from calibrate_budget import cpu_presets
-
 from dtrl.errors import DtrlError
 from dtrl.report.claims import claims_and_rows, write_claims
 
