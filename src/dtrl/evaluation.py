@@ -1,8 +1,12 @@
 """Evaluation: a policy's return with the mean action and a fixed target RTG, D4RL-normalised.
 
 ``evaluate`` runs all episodes as one batch through the rollout engine (one model call per step
-for every episode). ``dtrl eval RUN`` loads a run directory's (or a policy directory's) policy and
-prints the normalised return mean ± std (raw returns for tasks without reference scores).
+for every episode), with the settings it is given (the in-run evaluations). ``evaluate_saved`` is
+``dtrl eval`` (and ``dtrl.evaluate``): a saved policy at the RTG and context its trainer recorded,
+unless told otherwise. ``Actor`` acts one step at a time in a loop of your own, exactly as the rollout
+engine does (the same KV cache, RTG bookkeeping and short context). ``dtrl eval RUN`` loads a run
+directory's (or a policy directory's) policy and prints the normalised return mean ± std (raw
+returns for tasks without reference scores).
 """
 
 from __future__ import annotations
@@ -19,12 +23,13 @@ from dtrl.envs import BatchedEnv
 from dtrl.errors import DtrlError
 from dtrl.models.loading import load_any_policy
 from dtrl.rollout import rollout_episodes
+from dtrl.rollout.stepping import _act, _fed_returns, _ShortContext
 from dtrl.tasks import get_task
 
 
 def evaluate(
     policy,
-    task,
+    task=None,
     episodes: int = 10,
     target_rtg: float | None = None,
     seed: int = 0,
@@ -47,7 +52,12 @@ def evaluate(
     for a Markov policy). ``envs``: an existing ``BatchedEnv`` of exactly ``episodes`` copies to
     reuse; otherwise one is made (stepped by ``num_threads`` threads) and closed here.
     ``context_length``: timesteps of history a DT sees (Table 6's T_eval; None: its full sliding window).
+    ``task``: a Task or its name (None: the task the policy was trained on).
+
+    This is the engine with exactly the settings given (the in-run evaluations call it so); a saved
+    policy evaluated as ``dtrl eval`` does it (at its trainer's RTG and context) is ``evaluate_saved``.
     """
+    task = _task_of(policy, task)
     if episodes < 1:
         raise DtrlError(f"evaluation needs at least 1 episode, got {episodes}")
     markov = hasattr(policy, "predict")
@@ -82,6 +92,98 @@ def evaluate(
         result["eval_normalized_mean"] = float(normalized.mean())
         result["eval_normalized_std"] = float(normalized.std())
     return result
+
+
+def _task_of(policy, task):
+    """``task`` (a Task or its name) as a Task; None: the task the policy was trained on."""
+    if task is None:
+        name = getattr(policy, "task_name", None)
+        if name is None:
+            raise DtrlError("give the task to evaluate on: this policy does not record one")
+        return get_task(name)
+    return get_task(task) if isinstance(task, str) else task
+
+
+def evaluate_saved(policy, task=None, episodes: int = 10, target_rtg: float | None = None,
+                   context_length: int | None = None, seed: int = 0, device: str = "auto", num_workers: int = 0,
+                   env_threads: int = 1) -> dict:
+    """``dtrl eval``: a saved policy evaluated with the mean action, by default on the task it was trained
+    on, at the RTG and with the context its trainer recorded (``default_target_rtg``,
+    ``default_context_length``); ``{"task": name, **evaluate(...)}``. The defaults are ``EvalConfig``'s."""
+    EvalConfig(run="-", task=None, episodes=episodes, target_rtg=target_rtg, context_length=context_length,
+               seed=seed, device=device, num_workers=num_workers, env_threads=env_threads)  # the CLI's checks
+    task = _task_of(policy, task)
+    result = evaluate(policy, task, episodes=episodes, target_rtg=default_target_rtg(policy, task, target_rtg),
+                      seed=seed, device=resolve_device(device), num_workers=num_workers, num_threads=env_threads,
+                      context_length=default_context_length(policy, context_length))
+    return {"task": task.name, **result}
+
+
+class Actor:
+    """A policy acting one step at a time in a loop of your own (``dtrl.load(...).actor()``).
+
+    ``reset()`` at each episode start, ``act(observation) -> action`` (the mean action, numpy in and
+    out), ``observe(reward)`` after each env step (the return-to-go: g_{t+1} = g_t - r_t). A Decision
+    Transformer keeps its KV cache across steps, or rebuilds it from the last ``context_length - 1``
+    steps, exactly as the rollout engine does: an episode gives the actions ``evaluate`` takes on it
+    (tests/test_api.py). A Markov policy (IQL's actor, SB3) ignores the target and the rewards.
+    """
+
+    def __init__(self, policy, target_rtg: float | None = None, context_length: int | None = None,
+                 device: str = "cpu"):
+        if context_length is not None and context_length < 1:
+            raise DtrlError(f"context_length must be >= 1, got {context_length}")
+        self.policy, self.device = policy, device
+        self.markov = hasattr(policy, "predict")
+        self.target_rtg = None if self.markov else float(target_rtg)
+        self.context_length = None if self.markov else context_length
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new episode: timestep 0, the RTG back at the target, an empty context."""
+        self.t = 0
+        self.return_to_go = np.array([self.target_rtg or 0.0], np.float64)
+        self._awaiting_reward = False
+        self._short = self._cache = None
+        if not self.markov:
+            if self.context_length is None:
+                self._cache = self.policy.model.new_cache(1)
+            else:
+                self._short = _ShortContext(self.policy, self.device, self.context_length, 1)
+
+    def act(self, observation) -> np.ndarray:
+        """The mean action [A] for the raw observation [O] at the current step."""
+        obs = np.asarray(observation, dtype=np.float32).reshape(1, -1)
+        if self.markov:
+            return self.policy.predict(obs, self.device)[0]
+        if self._awaiting_reward:
+            raise DtrlError("call actor.observe(reward) after each env step, before the next act() "
+                            "(the return-to-go the model is conditioned on needs it)")
+        import torch
+
+        rows = np.zeros(1, np.int64)
+        model = self.policy.model
+        with torch.inference_mode():
+            cache = self._cache if self._short is None else self._short.cache(rows)
+            timesteps = torch.full((1,), self.t, dtype=torch.long, device=self.device)
+            dist, rtg_t = _act(self.policy, cache, obs, self.return_to_go, rows, timesteps, self.device)
+            action = dist.mean
+            model.append_action(cache, action)
+            action_np = action.float().cpu().numpy()
+            if self._short is not None:
+                fed = _fed_returns(dist, rtg_t, self.return_to_go, self.policy.reward_scale)
+                self._short.push(rows, obs, action_np, np.asarray(fed, np.float64), self.t)
+        self._awaiting_reward = True
+        return action_np[0]
+
+    def observe(self, reward: float) -> None:
+        """The reward of the step just taken: lowers the return-to-go, moves to the next timestep."""
+        if self.markov:
+            return
+        # rounded to float32 first, as the rollout engine records rewards
+        self.return_to_go -= float(np.float32(reward))
+        self.t += 1
+        self._awaiting_reward = False
 
 
 def _markov_episodes(policy, envs, seeds: list[int], max_steps: int, device: str) -> tuple[np.ndarray, np.ndarray]:
@@ -187,13 +289,11 @@ def main(argv: list[str]) -> int:
     device = resolve_device(config.device)
     task = get_task(config.task) if config.task is not None else None
     policy = load_any_policy(config.run, task=task, device=device)
-    task = task or get_task(policy.task_name)
-    result = evaluate(policy, task, episodes=config.episodes,
-                      target_rtg=default_target_rtg(policy, task, config.target_rtg), seed=config.seed,
-                      device=device, num_workers=config.num_workers, num_threads=config.env_threads,
-                      context_length=default_context_length(policy, config.context_length))
+    result = evaluate_saved(policy, task, episodes=config.episodes, target_rtg=config.target_rtg,
+                            context_length=config.context_length, seed=config.seed, device=device,
+                            num_workers=config.num_workers, env_threads=config.env_threads)
     if config.json:
-        print(json.dumps({"task": task.name, **result}))
+        print(json.dumps(result))
     else:
-        print(f"{task.name}: {format_result(result)}")
+        print(f"{result['task']}: {format_result(result)}")
     return 0
