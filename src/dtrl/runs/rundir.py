@@ -35,7 +35,7 @@ from dtrl.runs.layout import (
 from dtrl.runs.locks import _lock, _refuse_if_written, _remove_leftovers
 from dtrl.runs.resume import _asks_for_more, _check_same_run, _truncate_metrics, changed_settings
 from dtrl.runs.rng import capture_rng_state, restore_rng_state
-from dtrl.runs.tracking import _check_tracking, _start_wandb
+from dtrl.runs.tracking import _check_tracking, _start_wandb, log_to_wandb
 
 
 def _now_iso() -> str:
@@ -202,7 +202,7 @@ class RunDir:
             from torch.utils.tensorboard import SummaryWriter
 
             if self.config.get("track"):
-                self._wandb = _start_wandb(self.path, self.config)  # mirrors the TensorBoard scalars
+                self._wandb = _start_wandb(self.path, self.config)  # --track (runs/tracking.py)
 
             # purge_step hides events a crashed run wrote past its checkpoint, as metrics.jsonl does.
             purge = None if self.resumed_from is None else self.resumed_from + 1
@@ -223,6 +223,8 @@ class RunDir:
             if key == "iteration" or isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
             writer.add_scalar(key, value, global_step=step)
+        if getattr(self, "_wandb", None) is not None:
+            log_to_wandb(self._wandb, row)  # --track: the same row, one W&B history row per iteration
 
     # -- checkpoints --------------------------------------------------------------------------
 
