@@ -220,3 +220,39 @@ def test_hf_prefix_without_stats_is_one_line(tmp_path, capsys):
     random_hf_model().save_pretrained(tmp_path / "hf")
     assert main(["eval", f"hf:{tmp_path / 'hf'}", "--task", "hopper-medium"]) == 2
     assert STATS_FILE in capsys.readouterr().err
+
+
+def test_export_writes_a_model_card_and_keeps_the_runs_rtg_and_context(tmp_path, capsys):
+    """A GRPO-DT run evaluated at 7200 with 1 step of context: its export says so (README.md and
+    dtrl_state_stats.json), and `dtrl eval hf:DIR` / `dtrl.load("hf:DIR")` use both (not the task's 3600)."""
+    import dtrl
+    from dtrl.data import StateNormalizer
+    from dtrl.models.checkpoint import save_policy
+
+    hf_model = random_hf_model(seed=5)
+    model = from_huggingface(hf_model, K, "gaussian")
+    save_policy(tmp_path / "run" / "policy", model, StateNormalizer.identity(STATE_DIM), "hopper-medium",
+                extra={"algo": "grpo", "eval_rtg": 7200.0, "eval_context_length": 1})
+    (tmp_path / "run" / "final.json").write_text(json.dumps(
+        {"algo": "grpo", "iteration": 2, "eval_return_mean": 512.5, "eval_normalized_mean": 17.25,
+         "eval_normalized_std": 1.5, "eval_episodes": 10, "eval_target_rtg": 7200.0}))
+    assert main(["hf", "export", str(tmp_path / "run"), "--out", str(tmp_path / "hf")]) == 0
+    stats = json.loads((tmp_path / "hf" / STATS_FILE).read_text())
+    assert (stats["target_rtg"], stats["context_length"], stats["task"]) == (7200.0, 1, "hopper-medium")
+    card = (tmp_path / "hf" / "README.md").read_text()
+    for text in ("hopper-medium", "Hopper-v5", "| target return-to-go | 7200", "| context | 1 timesteps",
+                 "state_mean", "D4RL-normalised 17.2 ± 1.5", "DecisionTransformerModel.from_pretrained",
+                 f'dtrl.load("hf:{tmp_path / "hf"}")', f"dtrl eval hf:{tmp_path / 'hf'}", "trained by dtrl `grpo`"):
+        assert text in card, text
+    capsys.readouterr()
+    assert main(["eval", f"hf:{tmp_path / 'hf'}", "--episodes", "1", "--json", "--device", "cpu"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (result["eval_target_rtg"], result["eval_context_length"]) == (7200.0, 1)
+    actor = dtrl.load(f"hf:{tmp_path / 'hf'}", device="cpu").actor()
+    assert (actor.target_rtg, actor.context_length) == (7200.0, 1)
+    # exported from a policy folder: no score; an older stats file without target_rtg: the task's RTG
+    assert main(["hf", "export", str(tmp_path / "run" / "policy"), "--out", str(tmp_path / "hf2")]) == 0
+    assert "not recorded" in (tmp_path / "hf2" / "README.md").read_text()
+    del stats["target_rtg"]
+    (tmp_path / "hf2" / STATS_FILE).write_text(json.dumps(stats))
+    assert dtrl.load(f"hf:{tmp_path / 'hf2'}", device="cpu").target_rtg == get_task("hopper-medium").eval_rtg

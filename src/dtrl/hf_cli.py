@@ -55,7 +55,8 @@ class ImportConfig:
 @dataclass
 class ExportConfig:
     """``dtrl hf export POLICY --out DIR``: a dtrl Decision Transformer as a Hugging Face
-    DecisionTransformerModel folder (config.json + model.safetensors, and dtrl_state_stats.json)."""
+    DecisionTransformerModel folder (config.json + model.safetensors, dtrl_state_stats.json with the
+    target RTG and context ``dtrl eval hf:DIR`` uses, and README.md, the model card)."""
 
     source: str = ""
     """a dtrl policy folder or run folder"""
@@ -73,7 +74,8 @@ USAGE = """usage: dtrl hf {import,export} ...
          a dtrl Decision Transformer as a Hugging Face DecisionTransformerModel folder
 
 --init hf:DIR and dtrl eval hf:DIR load a Hugging Face model directly when dtrl_state_stats.json
-(state_mean, state_std, reward_scale, context_length, task) lies beside it; dtrl hf export writes one.
+(state_mean, state_std, reward_scale, context_length, task, target_rtg) lies beside it; dtrl hf export
+writes one, and README.md, a model card.
 dtrl hf import --help / dtrl hf export --help list every option."""
 
 
@@ -125,7 +127,19 @@ def import_policy(config: ImportConfig) -> Path:
 def export_policy(config: ExportConfig) -> Path:
     """``dtrl hf export``: write the dtrl policy ``config.source`` as a Hugging Face model folder."""
     out = _check_out(config.out, config.force)
-    return save_huggingface(out, load_policy(Path(config.source)))
+    return save_huggingface(out, load_policy(Path(config.source)), score=_run_score(Path(config.source)))
+
+
+def _run_score(source: Path) -> dict | None:
+    """The final evaluation of the run ``source`` (its final.json) for the model card; None for a policy
+    folder or an unfinished run."""
+    import json
+
+    final = source / "final.json"
+    try:
+        return json.loads(final.read_text()) if final.is_file() else None
+    except (OSError, ValueError):
+        return None
 
 
 def main(argv: list[str]) -> int:

@@ -43,7 +43,9 @@ _ACTIVATION_FROM_HF = {"relu": "relu", "gelu": "gelu", "gelu_new": "gelu_tanh", 
                        "silu": "silu", "swish": "silu"}
 _ACTIVATION_TO_HF = {"relu": "relu", "gelu": "gelu", "gelu_tanh": "gelu_new", "silu": "silu"}
 STATS_FILE = "dtrl_state_stats.json"
-"""written beside an exported model: state mean/std, return scale and K, which the HF config lacks"""
+"""written beside an exported model: state mean/std, return scale, K and the target RTG, which the HF config lacks"""
+CARD_FILE = "README.md"
+"""the model card ``dtrl hf export`` writes (the Hub shows it on the model's page)"""
 
 
 def _transformers():
@@ -160,6 +162,8 @@ class StateStats:
     context_length: int | None = None
     """K the model was trained with (None: 20, the DT examples' K)"""
     task: str | None = None
+    target_rtg: float | None = None
+    """the return-to-go to condition on (what the policy's trainer evaluated it at; None: the task's)"""
 
     @classmethod
     def read(cls, file: Path, state_dim: int) -> StateStats:
@@ -169,8 +173,9 @@ class StateStats:
             std = np.asarray(raw["state_std"], dtype=np.float32)
             scale = raw.get("reward_scale", raw.get("scale"))
             context = raw.get("context_length")
+            target = raw.get("target_rtg")
             stats = cls(mean, std, None if scale is None else float(scale), None if context is None else int(context),
-                        raw.get("task"))
+                        raw.get("task"), None if target is None else float(target))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise DtrlError(f"cannot read {file}: expected JSON with 'state_mean' and 'state_std' lists "
                             f"({type(exc).__name__}: {exc})") from None
@@ -182,11 +187,14 @@ class StateStats:
             raise DtrlError(f"{file}: reward_scale must be a positive number")
         if stats.context_length is not None and stats.context_length < 1:
             raise DtrlError(f"{file}: context_length must be >= 1")
+        if stats.target_rtg is not None and not math.isfinite(stats.target_rtg):
+            raise DtrlError(f"{file}: target_rtg must be a finite number")
         return stats
 
     def to_dict(self) -> dict:
         return {"state_mean": self.state_mean.tolist(), "state_std": self.state_std.tolist(),
-                "reward_scale": self.reward_scale, "context_length": self.context_length, "task": self.task}
+                "reward_scale": self.reward_scale, "context_length": self.context_length, "task": self.task,
+                "target_rtg": self.target_rtg}
 
 
 DEFAULT_CONTEXT_LENGTH = 20  # the K of the DT code and of the Hugging Face examples
@@ -245,23 +253,87 @@ def load_huggingface_policy(source: str, task=None, device: str = "cpu", init_lo
 
     reward_scale = stats.reward_scale if stats.reward_scale is not None else float(task.reward_scale)
     # evaluated as the HF example acts: on the last K steps, re-run every step
-    meta = {"architecture": "dt", "task": task.name, "reward_scale": reward_scale,
-            "extra": {"imported_from": f"huggingface:{source}", "eval_context_length": context}}
+    extra = {"imported_from": f"huggingface:{source}", "eval_context_length": context}
+    if stats.target_rtg is not None and (stats.task is None or get_task(stats.task).name == task.name):
+        extra["eval_rtg"] = stats.target_rtg  # the RTG its trainer evaluated it at (dtrl eval's default)
+    meta = {"architecture": "dt", "task": task.name, "reward_scale": reward_scale, "extra": extra}
     return LoadedPolicy(model, StateNormalizer(stats.state_mean, stats.state_std), reward_scale, task.name, meta)
 
 
-def save_huggingface(directory, policy: LoadedPolicy) -> Path:
+def export_stats(policy: LoadedPolicy) -> StateStats:
+    """What an exported policy's ``dtrl_state_stats.json`` holds: its normaliser, return scale, the
+    context it acts with (GRPO-DT's T_eval, say: what the HF example should re-run) and the target RTG
+    its trainer evaluated it at (g_online for GRPO-DT; the task's evaluation RTG when none is recorded)."""
+    from dtrl.tasks import get_task
+
+    extra = policy.meta.get("extra", {})
+    context = extra.get("eval_context_length") or policy.model.config.context_length
+    target = extra.get("eval_rtg")
+    target = float(target) if target is not None else float(get_task(policy.task_name).eval_rtg)
+    return StateStats(policy.normalizer.mean, policy.normalizer.std, policy.reward_scale, int(context),
+                      policy.task_name, target)
+
+
+def model_card(policy: LoadedPolicy, stats: StateStats, score: dict | None = None, name: str = "MODEL") -> str:
+    """README.md of an exported model: what it acts in, how it is conditioned, how it scored, how to load it.
+    ``score``: the run's final evaluation (``eval_normalized_mean`` etc.), when the export came from a run."""
+    from dtrl.tasks import get_task
+
+    task = get_task(policy.task_name)
+    extra = policy.meta.get("extra", {})
+    trained = extra.get("algo") or ("pretrain" if "loss" in extra else None) or "unknown"
+    lines = ["---", "library_name: transformers", "tags:", "- decision-transformer", "- reinforcement-learning",
+             "- dtrl", "---", "", f"# Decision Transformer for {task.name} (dtrl)", "",
+             f"A `DecisionTransformerModel` exported by `dtrl hf export` (dtrl {_dtrl_version()}); trained by "
+             f"dtrl `{trained}`.", "", "| | |", "|---|---|",
+             f"| task | `{task.name}` (gymnasium `{task.env_id}`, {task.max_episode_steps} steps) |",
+             f"| state / action size | {policy.model.state_dim} / {policy.model.act_dim} |",
+             f"| target return-to-go | {stats.target_rtg:g} (raw return; the model sees it divided by the scale) |",
+             f"| return scale | {stats.reward_scale:g} |",
+             f"| context | {stats.context_length} timesteps (re-run the model on the last {stats.context_length} "
+             "steps at every step) |",
+             "| state normaliser | (state - state_mean) / state_std, both in `dtrl_state_stats.json` |"]
+    if score and score.get("eval_return_mean") is not None:
+        normalized = score.get("eval_normalized_mean")
+        shown = (f"D4RL-normalised {normalized:.1f} ± {score.get('eval_normalized_std') or 0:.1f}, "
+                 if normalized is not None else "")
+        lines.append(f"| score | {shown}return {score['eval_return_mean']:.1f} over {score.get('eval_episodes')} "
+                     f"mean-action episodes at RTG {score.get('eval_target_rtg')} (the run's last evaluation) |")
+    else:
+        lines.append("| score | not recorded (exported from a policy folder, not a run) |")
+    lines += ["", "## In dtrl", "", "```bash", f"dtrl eval hf:{name}      # at the target RTG and context above",
+              f"dtrl finetune --algo grpo --task {task.name} --init hf:{name} --out runs/grpo", "```", "",
+              "```python", "import dtrl", f'policy = dtrl.load("hf:{name}")', "actor = policy.actor()  "
+              "# reset(), act(obs) -> action, observe(reward)", "print(dtrl.evaluate(policy, episodes=10))", "```",
+              "", "## In transformers", "", "```python", "import json, torch",
+              "from transformers import DecisionTransformerModel", "",
+              f'model = DecisionTransformerModel.from_pretrained("{name}").eval()',
+              f'stats = json.load(open("{name}/dtrl_state_stats.json"))  # hf_hub_download on the Hub',
+              "mean, std = torch.tensor(stats['state_mean']), torch.tensor(stats['state_std'])",
+              "# per step, the last `context_length` steps (left-padded, attention_mask 0 on padding):",
+              "#   states = (obs - mean) / std; returns_to_go = (target_rtg - rewards so far) / reward_scale",
+              "#   the action is the last position of model(states=..., actions=..., returns_to_go=...,",
+              "#   timesteps=..., attention_mask=...).action_preds", "```", ""]
+    return "\n".join(lines)
+
+
+def _dtrl_version() -> str:
+    import dtrl
+
+    return dtrl.__version__
+
+
+def save_huggingface(directory, policy: LoadedPolicy, score: dict | None = None) -> Path:
     """Write ``policy`` (a dtrl Decision Transformer) as a Hugging Face DecisionTransformerModel folder
-    (``save_pretrained`` layout) with the ``dtrl_state_stats.json`` its config lacks, replacing
-    ``directory`` atomically; returns the path."""
+    (``save_pretrained`` layout) with the ``dtrl_state_stats.json`` its config lacks and a model card
+    (README.md; ``score``: the run's final evaluation), replacing ``directory`` atomically; returns the path."""
     hf_model = to_huggingface(policy.model)
-    # the context the policy acts with (GRPO-DT's T_eval, say), which is what the HF example should re-run
-    context = policy.meta.get("extra", {}).get("eval_context_length") or policy.model.config.context_length
-    stats = StateStats(policy.normalizer.mean, policy.normalizer.std, policy.reward_scale, int(context),
-                       policy.task_name)
+    stats = export_stats(policy)
+    card = model_card(policy, stats, score, name=str(directory))
 
     def fill(staging: Path) -> None:
         hf_model.save_pretrained(str(staging))
         (staging / STATS_FILE).write_text(json.dumps(stats.to_dict(), indent=2))
+        (staging / CARD_FILE).write_text(card)
 
     return atomic_replace_directory(Path(directory), fill)
