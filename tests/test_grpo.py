@@ -607,3 +607,54 @@ def test_current_variance_of_a_fresh_trajectory_is_the_recorded_one(loaded, traj
     (refreshed,) = grpo.with_current_variance(loaded, [trajectory], None, "cpu")
     np.testing.assert_allclose(refreshed.current_variance, trajectory.action_variance, rtol=1e-5, atol=1e-7)
     assert not hasattr(trajectory, "current_variance")  # the buffered original is untouched
+
+
+def _groups(valid: list[bool], group_size: int, env_steps: int, tag: str) -> grpo.GroupBatch:
+    n = len(valid)
+    return grpo.GroupBatch([f"{tag}{i}" for i in range(n * group_size)], np.arange(n * group_size).reshape(n, -1),
+                           np.ones((n, group_size)), np.array(valid), env_steps,
+                           [f"{tag}r{i}" for i in range(n * group_size)])
+
+
+def test_append_groups_takes_extra_groups_up_to_the_one_that_brings_the_wanted_kept_groups():
+    first = _groups([True, False, False], 2, 100, "a")
+    # two kept groups wanted: extra's third group brings the second kept one; the rest is left out
+    merged = grpo.append_groups(first, _groups([False, True, True, True], 2, 50, "b"), 2, 2)
+    assert merged.valid.tolist() == [True, False, False, False, True, True]
+    assert merged.segments == [f"a{i}" for i in range(6)] + ["b0", "b1", "b2", "b3", "b4", "b5"]
+    assert merged.branch_rewards[-1] == "br5" and merged.scores.shape == (6, 2)
+    assert merged.env_steps == 150  # every rolled-out group's env steps count, the left-out ones' too
+    # fewer kept groups than wanted: all of extra is appended
+    merged = grpo.append_groups(first, _groups([False, True], 2, 50, "b"), 2, 2)
+    assert merged.valid.tolist() == [True, False, False, False, True]
+
+
+@pytest.mark.parametrize("deviation, rounds, groups_total", [("1e9", 2, 12), ("0", 0, 4)])
+def test_dynamic_sampling_refills_dropped_groups_from_fresh_reset_points(tiny_policy_dir, tmp_path, deviation,
+                                                                          rounds, groups_total):
+    """ε_GRPO so high that every group is dropped: each iteration rolls out its 4 groups, then 2 more
+    rounds of 4 (--dynamic-sampling-rounds 2), and keeps none; ε_GRPO 0 keeps every group: no refill."""
+    out = tmp_path / f"ds{deviation}"
+    args = cli_args(tiny_policy_dir, out, 2, "--eval-every", "0", "--dynamic-sampling",
+                    "--dynamic-sampling-rounds", "2")
+    args[args.index("--min-group-deviation") + 1] = deviation
+    assert finetune_main(args) == 0
+    rows = [row for row in read_metrics(out) if row["iteration"] > 0]
+    assert [row["grpo/refill_rounds"] for row in rows] == [rounds, rounds]
+    assert [row["grpo/groups_total"] for row in rows] == [groups_total, groups_total]
+    assert [row["grpo/groups_dropped"] for row in rows] == [groups_total if rounds else 0] * 2
+    plain = tmp_path / f"plain{deviation}"
+    args = cli_args(tiny_policy_dir, plain, 2, "--eval-every", "0")
+    args[args.index("--min-group-deviation") + 1] = deviation
+    assert finetune_main(args) == 0
+    plain_rows = [row for row in read_metrics(plain) if row["iteration"] > 0]
+    assert all(row["grpo/groups_total"] == 4 and "grpo/refill_rounds" not in row for row in plain_rows)
+    if rounds:  # the refills cost env steps
+        assert rows[-1]["env_steps"] > plain_rows[-1]["env_steps"]
+
+
+def test_dynamic_sampling_is_refused_with_full_trajectories():
+    with pytest.raises(DtrlError, match="dynamic-sampling"):
+        small_config(dynamic_sampling=True, full_trajectories=True)
+    with pytest.raises(DtrlError, match="dynamic-sampling-rounds"):
+        small_config(dynamic_sampling_rounds=-1)

@@ -125,3 +125,24 @@ def test_both_target_rtgs_are_evaluated_on_request(tiny_files, tmp_path):
     # ODT is evaluated at the task's target (3600 on hopper); the other is g_online (7200)
     assert (row["eval_target_rtg"], row["eval_other_target_rtg"]) == (3600.0, 7200.0)
     assert row["eval_other_normalized_mean"] is not None
+
+
+def test_training_shows_progress_one_line_per_evaluation_off_a_terminal(tiny_files, tmp_path, capsys):
+    """Output that is not a terminal (a log, a pipe) gets one line per evaluation; a terminal gets a
+    live bar (RunLoop's RunProgress, shared by every training command)."""
+    from dtrl.algos.run_loop import Clock, RunProgress
+
+    dataset, policy = tiny_files
+    argv = ["finetune", "--algo", "odt", "--task", "hopper-random", "--init", str(policy), "--dataset", str(dataset),
+            "--out", str(tmp_path / "odt"), "--updates-per-iteration", "2", "--batch-size", "4", "--buffer-size", "4",
+            "--eval-episodes", "1", "--eval-every", "2", "--device", "cpu", "--iterations", "3"]
+    assert cli(argv) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("odt: iteration")]
+    # evaluations at iterations 2 and 3 (the last); iteration 0 is the starting policy, before the loop
+    assert [line.split(",")[0] for line in lines] == ["odt: iteration 2/3", "odt: iteration 3/3"]
+    assert all("env steps" in line and "normalised" in line and "ETA" in line for line in lines)
+    progress = RunProgress("grpo", 10, 0, live=True)  # the terminal's bar: starts, updates, stops cleanly
+    progress.start()
+    progress.update(5, Clock(env_steps=1234), {"eval_normalized_mean": 42.0})
+    progress.stop()
+    assert progress.score == "42.0 normalised" and progress._bar is None

@@ -449,6 +449,54 @@ class GroupSource:
     trajectory_buffer: deque
 
 
+def groups_from_buffer(source: GroupSource, trajectory_count: int,
+                       rng: np.random.Generator) -> tuple[GroupBatch, float]:
+    """Lines 3-7 for ``trajectory_count`` trajectories of T_replay: (the groups with their advantages,
+    the entropy of the reset-point distribution)."""
+    policy, config, device, buffer = source.policy, source.config, source.device, source.trajectory_buffer
+    # line 3: a minibatch of full trajectories, p(τ) ∝ |τ|
+    chosen = sample_proportional_to_length([len(ep) for ep in buffer], trajectory_count, rng)
+    # lines 4-5: K reset points in each, from softmax(action variance) (active sampling)
+    trajectories = [buffer[i] for i in chosen]
+    if config.active_sampling_variance == "current" and config.reset_sampling == "active":
+        # refreshed under today's policy (uniform reset points do not read it)
+        trajectories = with_current_variance(policy, trajectories, config.context_length, device)
+    starts = branch_starts(trajectories, config, source.history_length, rng)
+    entropy = reset_entropy(trajectories, config)
+    # line 6: G sub-trajectories per reset point, L_traj sampled + L_eval mean-action steps
+    segments, scores, rewards, steps = rollout_groups(policy, source.branch_envs, starts, config, source.gamma,
+                                                      device)
+    # line 7: advantages by Eq. (2) within each group, ε_GRPO rule
+    return group_batch(segments, scores.reshape(-1, config.group_size), config, steps, rewards), entropy
+
+
+def refill_dropped_groups(source: GroupSource, groups: GroupBatch, rng: np.random.Generator) -> tuple[GroupBatch, int]:
+    """Dynamic sampling: more groups, from fresh trajectories and reset points, until ``groups`` holds
+    as many kept groups as it has groups, or ``dynamic_sampling_rounds`` rounds were rolled out.
+    Returns (the groups, the rounds)."""
+    config = source.config
+    target, rounds = len(groups.valid), 0
+    while int(groups.valid.sum()) < target and rounds < config.dynamic_sampling_rounds:
+        missing = target - int(groups.valid.sum())
+        extra, _ = groups_from_buffer(source, -(-missing // config.reset_points_per_trajectory), rng)
+        groups = append_groups(groups, extra, missing, config.group_size)
+        rounds += 1
+    return groups, rounds
+
+
+def append_groups(groups: GroupBatch, extra: GroupBatch, wanted: int, group_size: int) -> GroupBatch:
+    """``groups`` followed by ``extra``'s groups up to the one that brings ``wanted`` kept groups (all
+    of them when it has fewer); the env steps of all of ``extra`` count."""
+    kept_so_far = np.cumsum(extra.valid)
+    count = int(np.searchsorted(kept_so_far, wanted) + 1) if kept_so_far[-1] >= wanted else len(extra.valid)
+    members = count * group_size
+    return GroupBatch(groups.segments + extra.segments[:members],
+                      np.concatenate([groups.scores, extra.scores[:count]]),
+                      np.concatenate([groups.advantages, extra.advantages[:count]]),
+                      np.concatenate([groups.valid, extra.valid[:count]]), groups.env_steps + extra.env_steps,
+                      groups.branch_rewards + extra.branch_rewards[:members])
+
+
 def collect_groups(source: GroupSource, seeds: list[int], rng: np.random.Generator,
                    timer: StageTimer) -> tuple[GroupBatch, dict[str, float], int]:
     """Lines 2-7 of Algorithm 1 (or, with ``full_trajectories``, the ablation of Fig. 1b: groups of
@@ -469,21 +517,9 @@ def collect_groups(source: GroupSource, seeds: list[int], rng: np.random.Generat
     charts = {"charts/rollout_return": float(np.mean([ep.episode_return for ep in episodes])),
               "charts/rollout_length": float(np.mean([len(ep) for ep in episodes]))}
     with timer("group_rollouts"):
-        # line 3: a minibatch of full trajectories, p(τ) ∝ |τ|
-        buffer = source.trajectory_buffer
-        chosen = sample_proportional_to_length([len(ep) for ep in buffer], config.trajectories_per_batch, rng)
-        # lines 4-5: K reset points in each, from softmax(action variance) (active sampling)
-        trajectories = [buffer[i] for i in chosen]
-        if config.active_sampling_variance == "current" and config.reset_sampling == "active":
-            # refreshed under today's policy (uniform reset points do not read it)
-            trajectories = with_current_variance(policy, trajectories, config.context_length, device)
-        starts = branch_starts(trajectories, config, source.history_length, rng)
-        charts["grpo/reset_entropy"] = reset_entropy(trajectories, config)
-        # line 6: G sub-trajectories per reset point, L_traj sampled + L_eval mean-action steps
-        segments, scores, rewards, steps = rollout_groups(policy, source.branch_envs, starts, config, source.gamma,
-                                                          device)
-        # line 7: advantages by Eq. (2) within each group, ε_GRPO rule
-        groups = group_batch(segments, scores.reshape(-1, config.group_size), config, steps, rewards)
+        groups, charts["grpo/reset_entropy"] = groups_from_buffer(source, config.trajectories_per_batch, rng)
+        if config.dynamic_sampling:
+            groups, charts["grpo/refill_rounds"] = refill_dropped_groups(source, groups, rng)
     return groups, charts, sum(len(ep) for ep in episodes)
 
 

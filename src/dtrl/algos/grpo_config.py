@@ -82,6 +82,13 @@ class GRPOConfig(DTFinetuneConfig):
     hindsight_relabel: bool = False
     """ablation Fig. 1a: train sub-trajectories with RTG tokens relabelled by the return they achieved
     (breaks the importance ratio; see docs/grpo.md for the exact relabeling)"""
+    dynamic_sampling: bool = False
+    """refill the groups ε_GRPO drops (line 7) with groups from fresh reset points of freshly drawn buffered
+    trajectories until the iteration holds as many kept groups as it rolled out at first, as DAPO's
+    dynamic sampling does for LLMs (at most ``dynamic_sampling_rounds`` extra rounds; the last round's
+    surplus kept groups are left out). Not in the paper; the paper-scale study's lever"""
+    dynamic_sampling_rounds: int = 3
+    """the most extra rounds of groups dynamic sampling rolls out in one iteration"""
     num_workers: int = 0
     """env worker processes for the group rollouts (0: step the envs in this process)"""
     max_parallel_branches: int = 512
@@ -118,6 +125,13 @@ class GRPOConfig(DTFinetuneConfig):
             raise DtrlError(f"num-workers must be >= 0, got {self.num_workers}")
         if not 0.0 <= self.policy_averaging < 1.0:
             raise DtrlError(f"policy-averaging must be in [0, 1), got {self.policy_averaging}")
+        self._validate_dynamic_sampling()
+
+    def _validate_dynamic_sampling(self) -> None:
+        if self.dynamic_sampling_rounds < 0:
+            raise DtrlError(f"dynamic-sampling-rounds must be >= 0, got {self.dynamic_sampling_rounds}")
+        if self.dynamic_sampling and self.full_trajectories:
+            raise DtrlError("dynamic-sampling refills groups of sub-trajectories; full-trajectories has none to refill")
 
     def evaluates_at_online_rtg(self) -> bool:
         return not self.hindsight_relabel  # the relabeling ablation trains at achieved returns, as ODT

@@ -399,7 +399,7 @@ def train(config: IQLConfig) -> dict:
                    dataset.act_dim, config.hidden_dim, config.n_layers, config.actor_dropout, config.actor)
 
     with RunLoop(config, ALGO, rng, learner.components(replay), evaluate=lambda: learner.evaluate(task, device),
-                 checkpoint=checkpoint, initial_evaluation=None) as loop:
+                 checkpoint=checkpoint, log_iteration_zero=False) as loop:
         loop.closing(episode.env)
         if loop.state is None:  # the offline phase is iteration 0; the time limit counts online training only
             stats = learner.updates(replay, config.offline_steps, loop.clock, rng, device)

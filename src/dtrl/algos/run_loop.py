@@ -249,6 +249,59 @@ def best_evaluated_return(run_path) -> float:
 
 
 # ----------------------------------------------------------------------------------------------
+# Live progress
+
+
+class RunProgress:
+    """What a running training command shows: on a terminal a live bar (iteration, env steps, the last
+    evaluation, elapsed time, ETA; rich, as ``dtrl pretrain``), otherwise one line per evaluation
+    (logs and pipes keep a readable record without a redrawn bar)."""
+
+    def __init__(self, algo: str, total: int, done: int, live: bool | None = None) -> None:
+        self.algo, self.total, self.done = algo, total, done
+        self.live = sys.stdout.isatty() if live is None else live
+        self.score = "-"
+        self._bar = None
+        self._started = time.perf_counter()
+
+    def start(self) -> None:
+        if not self.live or self._bar is not None:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._bar = Progress(TextColumn(f"[bold]{self.algo}[/]"), BarColumn(), MofNCompleteColumn(),
+                             TextColumn("it  {task.fields[env_steps]} env steps  eval {task.fields[score]}"),
+                             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+        self._bar.start()
+        self._task = self._bar.add_task("", total=self.total, completed=self.done, env_steps="0", score=self.score)
+
+    def update(self, iteration: int, clock: Clock, evaluation: dict) -> None:
+        if evaluation:
+            score = evaluation.get("eval_normalized_mean")
+            self.score = (f"{score:.1f} normalised" if score is not None
+                          else f"{evaluation.get('eval_return_mean', float('nan')):.1f} return")
+        if self._bar is not None:
+            self._bar.update(self._task, completed=iteration, env_steps=f"{clock.env_steps:,}", score=self.score)
+        elif evaluation:
+            elapsed = time.perf_counter() - self._started
+            left = elapsed / max(1, iteration - self.done) * (self.total - iteration)
+            print(f"{self.algo}: iteration {iteration}/{self.total}, {clock.env_steps:,} env steps, "
+                  f"{clock.elapsed() / 60:.1f} min: {self.score} (ETA {left / 60:.0f} min)", flush=True)
+
+    def stop(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+# ----------------------------------------------------------------------------------------------
 # The loop
 
 
@@ -260,8 +313,8 @@ class RunLoop:
     global RNGs.
 
     - ``evaluate()``: the in-run evaluation (mean action on fixed seeds), when due and at the end;
-      ``initial_evaluation()`` scores iteration 0 of a fresh run (default ``evaluate``; None: the
-      algorithm logs iteration 0 itself).
+      ``initial_evaluation()`` scores iteration 0 of a fresh run (default ``evaluate``);
+      ``log_iteration_zero=False``: the algorithm logs iteration 0 itself (IQL's offline phase).
     - ``saved_policy``: the DT a checkpoint writes to RUN/policy beside the training state (with
       ``keep_best``, also to RUN/best_policy when an evaluation beats the best so far);
       ``extra_state()`` adds loop-specific entries to the checkpoint. A loop whose policy is not a
@@ -272,29 +325,36 @@ class RunLoop:
                  evaluate: Callable[[], dict], saved_policy: SavedPolicy | None = None, init=None,
                  rng_key: str = "rng", extra_state: Callable[[], dict] | None = None,
                  checkpoint: Callable[[int], None] | None = None, keep_best: bool = False,
-                 initial_evaluation: Callable[[], dict] | None | bool = True) -> None:
+                 initial_evaluation: Callable[[], dict] | None = None, log_iteration_zero: bool = True) -> None:
         self.config, self.algo, self.rng, self.rng_key = config, algo, rng, rng_key
         self.components = components or {}
         self.evaluate, self.saved_policy, self.extra_state = evaluate, saved_policy, extra_state
         self._checkpoint = checkpoint
-        self.initial_evaluation = evaluate if initial_evaluation is True else initial_evaluation or None
+        self.initial_evaluation = (initial_evaluation or evaluate) if log_iteration_zero else None
         self.clock = Clock()
         self.run, self.state = open_run(config, algo, init=init)
         self._closing = contextlib.ExitStack()
         self._closing.callback(self.run.close)
         self.start = 1
         if self.state is not None:
-            self.start = restore_training_state(self.state, rng, self.clock, rng_key, **self.components)
+            try:
+                self.start = restore_training_state(self.state, rng, self.clock, rng_key, **self.components)
+            except BaseException:  # a checkpoint that does not fit: release the run directory, then say so
+                self._closing.close()
+                raise
         self.best = BestPolicy(self.run) if keep_best else None
         self.iteration = self.start - 1  # the last one done: what finish() reports when none is left to run
         self.last_evaluation: dict = {}
         self.stopping = False
         self.untimed_s = 0.0
+        self.progress = RunProgress(algo, config.iterations, self.start - 1)
+        self._evaluation: dict = {}
 
     def __enter__(self) -> RunLoop:
         return self
 
     def __exit__(self, *exc_info) -> None:
+        self.progress.stop()
         self._closing.close()  # the envs the loop opened, then the run directory (its lock)
 
     def closing(self, resource):
@@ -306,11 +366,14 @@ class RunLoop:
         """Iteration 0 of a fresh run (the starting policy's score, so every curve starts at the policy
         it finetunes), then the iterations left, until the last or the time limit."""
         self.log_start()
+        self.progress.start()
         for iteration in range(self.start, self.config.iterations + 1):
             self.iteration = iteration
             yield iteration
+            self.progress.update(iteration, self.clock, self._evaluation)
             if self.stopping:
-                return
+                break
+        self.progress.stop()
 
     def log_start(self) -> None:
         """Iteration 0 of a fresh run, once (iterating calls it; a loop with work to do between the
@@ -340,6 +403,7 @@ class RunLoop:
             if self.best is not None:
                 self.best.update(evaluation, self.saved_policy, iteration)
         self.last_evaluation = evaluation or self.last_evaluation
+        self._evaluation = evaluation
         self.run.log(iteration_metrics(iteration, self.clock, **metrics, **evaluation, **timer.metrics))
         if checkpoint_due(iteration, config.iterations, config.checkpoint_every, self.stopping):
             self.checkpoint(iteration)
