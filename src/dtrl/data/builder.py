@@ -14,9 +14,11 @@ Terminals and timeouts follow D4RL: ``terminals`` = the env terminated, ``timeou
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -323,32 +325,73 @@ def _attrs(task: Task, level: str, builder: str, config: BuildConfig, n: int, **
     return attrs
 
 
-def _check_out(path: str, force: bool) -> None:
+def _check_out(path: str, force: bool, needs_bytes: int = 0) -> None:
     if os.path.exists(path) and not force:
         raise DtrlError(f"{path} already exists (use --force to overwrite it)")
     if os.path.isdir(path):
         raise DtrlError(f"{path} is a directory")
-    # before an hour of SAC, not after it: the folder must take a file
+    # before an hour of SAC, not after it: the folder must take a file of the size the data needs
     folder = os.path.dirname(os.path.abspath(path))
-    probe = os.path.join(folder, f".dtrl-write-check-{os.getpid()}")
     try:
         os.makedirs(folder, exist_ok=True)
-        with open(probe, "wb"):
-            pass
-        os.unlink(probe)
+        probe_bytes = min(max(needs_bytes, 1), PROBE_BYTES)
+        check_writable(folder, probe_bytes)
+        free = shutil.disk_usage(folder).free
     except OSError as exc:
         raise DtrlError(f"cannot write {path}: {exc.strerror} (checked before building anything)") from None
+    if free < needs_bytes:
+        raise DtrlError(f"cannot write {path}: it needs at least {needs_bytes / 1e6:.1f} MB and {free / 1e6:.1f} MB "
+                        "are free on that disk (checked before building anything)")
+
+
+PROBE_BYTES = 1 << 20
+"""the most bytes the pre-build check writes (and deletes) to see that the output folder takes data"""
+
+
+def check_writable(folder: str, size: int) -> None:
+    """Write ``size`` bytes to a hidden file in ``folder``, fsync and delete it: an OSError when the
+    folder cannot take them (read-only, no permission, a full disk: an empty file would still fit)."""
+    probe = os.path.join(folder, f".dtrl-write-check-{os.getpid()}")
+    try:
+        with open(probe, "wb") as handle:
+            handle.write(b"\0" * size)
+            handle.flush()
+            os.fsync(handle.fileno())
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
+
+
+def dataset_bytes_lower_bound(task: Task, transitions: int) -> int:
+    """Fewest bytes a D4RL file of ``transitions`` rows of ``task`` can take: float32 observations,
+    actions and rewards at gzip's best ratio on such data (~10x), plus the HDF5 header."""
+    from dtrl.data.dataset import _env_spaces
+
+    spaces = _env_spaces(task)
+    return transitions * (spaces.obs_dim + spaces.act_dim + 1) * 4 // 10 + 16_384
+
+
+def _check_outputs(config: BuildConfig, task: Task, level: str) -> None:
+    """Everything about --out and --replay-out that can be refused before any data is collected."""
+    if config.replay_out and level == "medium-replay":
+        raise DtrlError("--replay-out is for medium builds; for medium-replay give the file as --out")
+    if config.replay_out and level != "medium":
+        raise DtrlError(f"--replay-out is for medium builds (one SAC run writes both files); a {level} build has no "
+                        "replay buffer to write")
+    if config.replay_out and os.path.realpath(config.replay_out) == os.path.realpath(config.out):
+        raise DtrlError(f"--out and --replay-out are the same file ({config.out}): the replay data would be "
+                        "overwritten by the medium data; give two paths")
+    needs = dataset_bytes_lower_bound(task, config.transitions) if level != "medium-replay" else 0
+    _check_out(config.out, config.force, needs)
+    if config.replay_out:
+        _check_out(config.replay_out, config.force)
 
 
 def build(config: BuildConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Build the dataset(s) described by ``config``; returns a summary (paths, phase times, returns)."""
     config.validate()
     task, level = resolve_dataset_name(config.dataset)
-    if level == "medium-replay" and config.replay_out:
-        raise DtrlError("--replay-out is for medium builds; for medium-replay give the file as --out")
-    _check_out(config.out, config.force)
-    if config.replay_out:
-        _check_out(config.replay_out, config.force)
+    _check_outputs(config, task, level)
     load_only = task.domain in ("adroit", "antmaze")
     if level != "random" and level not in task.buildable:
         raise DtrlError(f"{task.env_id} supports only {', '.join(task.buildable)} builds here "

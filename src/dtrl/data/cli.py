@@ -12,6 +12,9 @@ import numpy as np
 
 from dtrl.errors import DtrlError
 
+DATA_COMMANDS = ("build", "info", "export")
+"""the subcommands of ``dtrl data``"""
+
 USAGE = """usage: dtrl data {build,info,export} ...
 
   build TASK-LEVEL --out FILE [--transitions N] [--seed S] [--force] ...
@@ -84,7 +87,11 @@ def main(argv: list[str]) -> int:
                                        InfoConfig.__doc__)
         print(describe(config.source, config.task))
         return 0
-    raise DtrlError(f"unknown data command {command!r} (choose from build, info)")
+    import difflib
+
+    near = difflib.get_close_matches(command, DATA_COMMANDS, n=1)
+    hint = f"did you mean {near[0]!r}? " if near else ""
+    raise DtrlError(f"unknown data command {command!r} ({hint}choose from {', '.join(DATA_COMMANDS)})")
 
 
 def infer_task(source: str, attrs: dict[str, Any] | None = None):

@@ -174,16 +174,38 @@ def minari_metadata(source: str) -> dict[str, Any] | None:
 
 def _load_hdf5(path: Path) -> tuple[list[Trajectory], dict[str, Any]]:
     arrays = read_d4rl(path)
-    lengths = {key: len(arrays[key]) for key in ("observations", "actions", "rewards", "terminals", "timeouts")}
+    check_d4rl_arrays(arrays, path)
+    trajectories = split_episodes(arrays["observations"], arrays["actions"], np.reshape(arrays["rewards"], -1),
+                                  np.reshape(arrays["terminals"], -1), np.reshape(arrays["timeouts"], -1))
+    return trajectories, read_attrs(path)
+
+
+MAX_ABS_VALUE = 1e15
+"""observations, actions and rewards beyond this magnitude are refused: no MuJoCo quantity is that large,
+and squares and sums of them (state statistics, returns-to-go) overflow float32 near 1.8e19"""
+
+
+def check_d4rl_arrays(arrays: dict[str, np.ndarray], path: str | os.PathLike) -> None:
+    """One-line DtrlError for D4RL arrays that cannot be split into episodes: ragged lengths, an
+    observation or action array that is not [N, dim], a reward, terminal or timeout array that is not
+    one value per transition ([N] or [N, 1]), or values that are not real numbers."""
+    lengths = {key: len(arrays[key]) if np.ndim(arrays[key]) else 0
+               for key in ("observations", "actions", "rewards", "terminals", "timeouts")}
+    for key in lengths:
+        kind = np.asarray(arrays[key]).dtype.kind
+        if kind not in "biuf":
+            raise DtrlError(f"dataset file {path}: {key} must hold numbers, got dtype {arrays[key].dtype}")
     if len(set(lengths.values())) != 1:
         detail = ", ".join(f"{k} {v}" for k, v in lengths.items())
         raise DtrlError(f"dataset file {path} has arrays of different lengths ({detail})")
     for key in ("observations", "actions"):
         if arrays[key].ndim != 2:
             raise DtrlError(f"dataset file {path}: {key} must be 2-D [N, dim], got shape {arrays[key].shape}")
-    trajectories = split_episodes(arrays["observations"], arrays["actions"], np.reshape(arrays["rewards"], -1),
-                                  np.reshape(arrays["terminals"], -1), np.reshape(arrays["timeouts"], -1))
-    return trajectories, read_attrs(path)
+    n = lengths["rewards"]
+    for key in ("rewards", "terminals", "timeouts"):
+        if np.size(arrays[key]) != n:
+            raise DtrlError(f"dataset file {path}: {key} must hold one value per transition ([{n}] or [{n}, 1]), "
+                            f"got shape {arrays[key].shape}")
 
 
 def _load_minari_id(dataset_id: str, task: Task) -> tuple[list[Trajectory], dict[str, Any]]:
@@ -296,6 +318,10 @@ def validate(trajectories: list[Trajectory], task: Task | str, source: str, attr
             values = getattr(traj, key)
             if not np.all(np.isfinite(values)):
                 raise DtrlError(f"dataset {source} has non-finite (NaN or inf) {key} in episode {index}")
+            largest = float(np.max(np.abs(values))) if values.size else 0.0
+            if largest > MAX_ABS_VALUE:
+                raise DtrlError(f"dataset {source} has {key} up to {largest:.3g} in episode {index} (beyond "
+                                f"±{MAX_ABS_VALUE:g}: corrupt, or not in the units the task's env uses)")
     half_width = (np.asarray(spaces.act_high) - np.asarray(spaces.act_low)) / 2.0
     beyond = max(float(np.max(np.maximum(t.actions - spaces.act_high, spaces.act_low - t.actions) / half_width))
                  for t in trajectories)

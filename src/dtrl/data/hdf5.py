@@ -31,6 +31,8 @@ def _open_for_reading(path: str | os.PathLike):
         raise DtrlError(f"dataset file {path} does not exist")
     if path.is_dir():
         raise DtrlError(f"dataset file {path} is a directory, not an HDF5 file")
+    if not path.is_file():  # a FIFO would block the reader forever, a device never ends
+        raise DtrlError(f"dataset file {path} is not a regular file (a FIFO, socket or device?)")
     try:
         return h5py.File(path, "r")
     except OSError as exc:
