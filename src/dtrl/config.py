@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, TypeVar
@@ -29,6 +30,37 @@ def reject_non_finite(config) -> None:
         value = getattr(config, f.name)
         if isinstance(value, float) and not math.isfinite(value):
             raise DtrlError(f"{f.name.replace('_', '-')} must be a finite number, got {value}")
+
+
+MAX_SEED = 2**32 - 1
+"""the largest seed: numpy, torch and gymnasium all take it (torch overflows past 2**64, and seeds
+are offset for evaluation and worker envs)"""
+
+
+def check_seed(seed: int, option: str = "seed") -> None:
+    if not 0 <= seed <= MAX_SEED:
+        raise DtrlError(f"{option} must be in [0, {MAX_SEED}], got {seed}")
+
+
+def memory_bytes(device: str) -> int | None:
+    """Total memory of ``device`` ('cpu': this machine's RAM; 'cuda': the GPU's), None if unknown."""
+    if device.startswith("cuda"):
+        import torch
+
+        return int(torch.cuda.get_device_properties(0).total_memory)
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def check_fits_in_memory(needed_bytes: int, what: str, device: str) -> None:
+    """One-line DtrlError, before any run directory exists, when ``what`` needs more than all of
+    ``device``'s memory (``needed_bytes`` is a lower bound, so a run that fits is never refused)."""
+    total = memory_bytes(device)
+    if total is not None and needed_bytes > total:
+        raise DtrlError(f"{what} needs at least {needed_bytes / 2**30:.1f} GiB of memory, more than this "
+                        f"{'GPU' if device.startswith('cuda') else 'machine'} has ({total / 2**30:.1f} GiB)")
 
 
 @dataclass
@@ -68,10 +100,19 @@ class ModelConfig:
         reject_non_finite(self)
         self.validate()
 
+    def step_bytes(self, batch_size: int) -> int:
+        """A lower bound on the memory one training step of ``batch_size`` windows takes: each block's
+        token activations and attention scores (3 tokens per timestep), in float32."""
+        tokens = 3 * self.context_length
+        return 4 * self.n_layer * batch_size * tokens * (self.embed_dim + self.n_head * tokens)
+
     def validate(self) -> None:
         for name in ("n_layer", "n_head", "embed_dim", "context_length", "max_timestep"):
             if getattr(self, name) < 1:
                 raise DtrlError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.context_length > self.max_timestep:
+            raise DtrlError(f"--model.context-length ({self.context_length}) must be <= --model.max-timestep "
+                            f"({self.max_timestep}): a window longer than the longest episode holds only padding")
         if self.embed_dim % self.n_head:
             raise DtrlError(f"model.embed_dim ({self.embed_dim}) must be divisible by model.n_head ({self.n_head})")
         if not 0.0 <= self.dropout < 1.0:
@@ -135,8 +176,7 @@ class CommonConfig:
                 raise DtrlError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.eval_every < 0:
             raise DtrlError(f"eval-every must be >= 0, got {self.eval_every}")
-        if self.seed < 0:
-            raise DtrlError(f"seed must be >= 0, got {self.seed}")
+        check_seed(self.seed)
         model = getattr(self, "model", None)
         if isinstance(model, ModelConfig):
             model.validate()

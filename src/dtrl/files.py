@@ -81,9 +81,35 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
 
     def write_file(temp: str) -> None:
         with open(temp, "wb") as handle:
-            write(handle)
+            recording = _RecordingHandle(handle)
+            try:
+                write(recording)
+            except Exception as exc:
+                # torch.save turns the OSError of a full disk into "[enforce fail ...] unexpected pos"
+                if recording.error is not None and recording.error is not exc:
+                    raise recording.error from None
+                raise
 
     atomic_write_with(path, write_file)
+
+
+class _RecordingHandle:
+    """A binary file handle that keeps the OSError its ``write`` raised, for writers (torch.save) that
+    replace it with an error of their own."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self._handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self._handle.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def __getattr__(self, name: str):
+        return getattr(self._handle, name)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

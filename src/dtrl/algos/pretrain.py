@@ -29,7 +29,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from dtrl.algos.run_loop import EVAL_SEED_OFFSET, Clock, iteration_metrics
-from dtrl.config import CommonConfig, ModelConfig, parse_config, resolve_device, to_dict
+from dtrl.config import CommonConfig, ModelConfig, check_fits_in_memory, parse_config, resolve_device, to_dict
 from dtrl.data import SequenceSampler, StateNormalizer, load_dataset
 from dtrl.errors import DtrlError
 from dtrl.evaluation import evaluate, format_result
@@ -205,6 +205,7 @@ def train(config: PretrainConfig) -> dict:
     if not config.dataset:
         raise DtrlError("--dataset is required: a D4RL .hdf5 file, a Minari dataset id or a Minari directory")
     dataset = load_dataset(config.dataset, task)  # before the run dir: a bad --dataset leaves nothing behind
+    check_sizes(config, task, dataset, device)
     if config.resume and not has_checkpoint(config.out):
         raise DtrlError(f"--resume: {config.out} has no checkpoint to continue from (start it again with --force)")
     # --resume continues with the settings given now (e.g. a larger --steps): RunDir.resume warns
@@ -212,6 +213,25 @@ def train(config: PretrainConfig) -> dict:
     with RunDir.open(config.out, {**to_dict(config), "algo": "pretrain"}, resume=config.resume,
                      force=config.force) as run:  # closing it releases the run directory's lock
         return _pretrain(config, run, task, device, dataset)
+
+
+def check_sizes(config: PretrainConfig, task, dataset, device: str) -> None:
+    """What can be refused before the run directory exists: a timestep table shorter than the task's
+    horizon, and a batch that cannot fit in the device's memory."""
+    model = config.model
+    if model.timestep_embedding and model.max_timestep < task.max_episode_steps:
+        raise DtrlError(f"--model.max-timestep {model.max_timestep} is shorter than the horizon of {task.name} "
+                        f"({task.max_episode_steps} steps): later timesteps would share one embedding; give at "
+                        f"least {task.max_episode_steps}")
+    window = config.batch_size * model.context_length * (dataset.obs_dim + dataset.act_dim + 4) * 4
+    check_fits_in_memory(model.step_bytes(config.batch_size) + window,
+                         f"one gradient step (--batch-size {config.batch_size}, --model.context-length "
+                         f"{model.context_length}, --model.embed-dim {model.embed_dim})", device)
+
+
+def checkpoint_bytes(model: torch.nn.Module) -> int:
+    """About what a checkpoint and the policy take: the weights, Adam's two moments and the policy's copy."""
+    return 4 * sum(p.numel() * p.element_size() for p in model.parameters())
 
 
 @dataclass
@@ -290,6 +310,7 @@ def _pretrain(config: PretrainConfig, run, task, device: str, dataset) -> dict:
     if state is not None:
         start_iteration = learner.load_state_dict(state)
     clock, model = learner.clock, learner.model
+    run.check_free_space(checkpoint_bytes(model))  # the checkpoint and the policy, before the first step
     policy = LoadedPolicy(model, normalizer, task.reward_scale, task.name)
     eval_seed = EVAL_SEED_OFFSET + config.seed  # disjoint from training seeds; the same episodes every evaluation
     policy_meta = {"preset": config.preset, "dataset": dataset.source, "loss": config.loss,

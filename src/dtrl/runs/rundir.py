@@ -5,10 +5,12 @@ See ``dtrl.runs`` for the layout and the crash-safety guarantees.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
 import platform
+import shutil
 import socket
 import sys
 import time
@@ -19,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from dtrl.errors import DtrlError, NothingToDo
-from dtrl.files import atomic_write
+from dtrl.files import USER_FIXABLE_ERRNOS, atomic_write
 from dtrl.runs.checkpoints import _find_non_finite, _load_checkpoint
 from dtrl.runs.layout import (
     CHECKPOINT_DIR,
@@ -84,6 +86,8 @@ class RunDir:
         self._opened_at = time.monotonic()
         self._metrics_file = open(path / METRICS_FILE, "a", encoding="utf-8")
         self._writer = None  # TensorBoard writer, created on first log (importing it is slow)
+        self._created_folder = False
+        """``create`` made the folder (else it existed, empty): what a failed fresh run removes"""
 
     # -- opening ------------------------------------------------------------------------------
 
@@ -113,18 +117,30 @@ class RunDir:
                 suffix += 1
             os.replace(path, backup)
             print(f"dtrl: moved the existing {path} to {backup}", file=sys.stderr)
+        existed = path.is_dir()
         try:
             (path / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise DtrlError(f"cannot create run directory {path}: {exc.strerror}") from None
-        _check_tracking(config)
-        lock = _lock(path)
-        full = _jsonable(dict(config))
-        full["run_info"] = _run_info(config)
-        if config.get("track"):
-            full["run_info"]["wandb_id"] = uuid.uuid4().hex[:12]  # the same W&B run across resumes
-        atomic_write_json(path / CONFIG_FILE, full)
-        return cls(path, full, checkpoint_iteration=None, wall_time_offset=0.0, lock=lock)
+        lock = None
+        try:
+            _check_tracking(config)
+            lock = _lock(path)
+            full = _jsonable(dict(config))
+            full["run_info"] = _run_info(config)
+            if config.get("track"):
+                full["run_info"]["wandb_id"] = uuid.uuid4().hex[:12]  # the same W&B run across resumes
+            atomic_write_json(path / CONFIG_FILE, full)
+            run = cls(path, full, checkpoint_iteration=None, wall_time_offset=0.0, lock=lock)
+        except BaseException as exc:  # a full disk, a missing W&B: nothing of the new run is left behind
+            _discard_new_run(path, keep_folder=existed)
+            if lock is not None:
+                lock.close()
+            if isinstance(exc, OSError) and exc.errno in USER_FIXABLE_ERRNOS:
+                raise DtrlError(f"cannot create run directory {path}: {exc.strerror}") from None
+            raise
+        run._created_folder = not existed
+        return run
 
     @classmethod
     def resume(cls, path: str | os.PathLike, config: dict | None = None) -> RunDir:
@@ -214,15 +230,17 @@ class RunDir:
         if "iteration" not in metrics:
             raise ValueError("metrics must contain 'iteration' (the TensorBoard step and the resume key)")
         row = _jsonable(metrics)
-        self._metrics_file.write(json.dumps(row, allow_nan=False) + "\n")
-        self._metrics_file.flush()
-        os.fsync(self._metrics_file.fileno())
+        with _naming(self.path / METRICS_FILE):
+            self._metrics_file.write(json.dumps(row, allow_nan=False) + "\n")
+            self._metrics_file.flush()
+            os.fsync(self._metrics_file.fileno())
         step = int(metrics["iteration"])
-        writer = self._tensorboard()
-        for key, value in row.items():
-            if key == "iteration" or isinstance(value, bool) or not isinstance(value, (int, float)):
-                continue
-            writer.add_scalar(key, value, global_step=step)
+        with _naming(self.path / "events.out.tfevents.*"):
+            writer = self._tensorboard()
+            for key, value in row.items():
+                if key == "iteration" or isinstance(value, bool) or not isinstance(value, (int, float)):
+                    continue
+                writer.add_scalar(key, value, global_step=step)
         if getattr(self, "_wandb", None) is not None:
             log_to_wandb(self._wandb, row)  # --track: the same row, one W&B history row per iteration
 
@@ -243,10 +261,24 @@ class RunDir:
                             f"the checkpoint of iteration {self.checkpoint_iteration} is kept)")
         payload = {"format": 1, "iteration": int(iteration), "state": state, "rng": capture_rng_state(),
                    "saved_at": _now_iso()}
+        self.check_free_space(_state_nbytes(payload))
         atomic_write(self.path / CHECKPOINT_DIR / STATE_FILE, lambda handle: torch.save(payload, handle))
         self.checkpoint_iteration = int(iteration)
         if self._writer is not None:
-            self._writer.flush()
+            with _naming(self.path / "events.out.tfevents.*"):
+                self._writer.flush()
+
+    def check_free_space(self, needed_bytes: int, target: Path | None = None) -> None:
+        """One-line DtrlError, before anything is written, when the run's disk has less than
+        ``needed_bytes`` free for ``target`` (default: the checkpoint): the last good files stay."""
+        target = self.path / CHECKPOINT_DIR / STATE_FILE if target is None else target
+        try:
+            free = shutil.disk_usage(self.path).free
+        except OSError:
+            return
+        if free < needed_bytes:
+            raise DtrlError(f"cannot write {target}: No space left on device (it needs about "
+                            f"{needed_bytes / 1e6:.1f} MB, {free / 1e6:.1f} MB are free)")
 
     def load_state(self, restore_rng: bool = True) -> dict | None:
         """The ``state`` dict of the last checkpoint (None if there is none).
@@ -305,17 +337,40 @@ class RunDir:
         self.close()
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-        if not self._metrics_file.closed:
-            self._metrics_file.close()
-        if getattr(self, "_wandb", None) is not None:
-            self._wandb.finish()
-            self._wandb = None
+        """Close the writers and release the lock, every step even when one fails. Called while an
+        exception is on its way out (``finally``, ``__exit__``), a failure here never replaces that
+        exception; a fresh run that fails before its first checkpoint is removed (nothing to resume,
+        and it would block a rerun without --force)."""
+        failing = sys.exc_info()[1] is not None
+        errors: list[BaseException] = []
+        for step in (self._close_writer, self._close_metrics, self._finish_wandb):
+            try:
+                step()
+            except Exception as exc:  # noqa: PERF203 - each step runs whatever the others did
+                errors.append(exc)
+        if failing and self.resumed_from is None and self.checkpoint_iteration is None and self._lock is not None:
+            _discard_new_run(self.path, keep_folder=not self._created_folder)
         if self._lock is not None:
             self._lock.close()  # closing the file releases the lock
             self._lock = None
+        if errors and not failing:
+            raise errors[0]
+
+    def _close_writer(self) -> None:
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            with _naming(self.path / "events.out.tfevents.*"):
+                writer.close()
+
+    def _close_metrics(self) -> None:
+        if not self._metrics_file.closed:
+            with _naming(self.path / METRICS_FILE):
+                self._metrics_file.close()
+
+    def _finish_wandb(self) -> None:
+        if getattr(self, "_wandb", None) is not None:
+            wandb_run, self._wandb = self._wandb, None
+            wandb_run.finish()
 
     def __enter__(self) -> RunDir:
         return self
@@ -325,3 +380,44 @@ class RunDir:
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r}, checkpoint_iteration={self.checkpoint_iteration})"
+
+
+@contextlib.contextmanager
+def _naming(path: Path):
+    """An OSError a user fixes (a full disk) while writing ``path``: one line naming the file."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in USER_FIXABLE_ERRNOS:
+            raise DtrlError(f"cannot write {path}: {exc.strerror}") from None
+        raise
+
+
+def _state_nbytes(value: Any) -> int:
+    """Bytes of the tensors and arrays inside a checkpoint payload: about what torch.save writes."""
+    import torch
+
+    if isinstance(value, torch.nn.Module):
+        value = value.state_dict()
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, np.ndarray):
+        return int(value.nbytes)
+    if isinstance(value, dict):
+        return sum(_state_nbytes(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_state_nbytes(item) for item in value)
+    return 0
+
+
+def _discard_new_run(path: Path, keep_folder: bool) -> None:
+    """Remove what a fresh run wrote (it has no checkpoint): the folder, or its contents when the
+    folder existed (empty) before."""
+    if not keep_folder:
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    for child in path.iterdir():
+        if child.is_dir():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
