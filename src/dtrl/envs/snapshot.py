@@ -27,12 +27,29 @@ The episode time counter and the last observation live in ``BranchableEnv`` (see
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
 import mujoco
 import numpy as np
+
+_MUJOCO_WARNINGS_SEEN: set[str] = set()
+
+
+def _mujoco_warning(message: str) -> None:
+    """MuJoCo's warnings (an unstable simulation: "Nan, Inf or huge value in QACC") on stderr, each kind
+    once per process; without a handler MuJoCo appends them to MUJOCO_LOG.TXT in the current folder."""
+    kind = message.split(" Time = ", 1)[0].strip()
+    if kind not in _MUJOCO_WARNINGS_SEEN:
+        _MUJOCO_WARNINGS_SEEN.add(kind)
+        print(f"dtrl: warning: MuJoCo: {kind}", file=sys.stderr)
+
+
+if mujoco.get_mju_user_warning() is None:  # keep a handler the user installed
+    mujoco.set_mju_user_warning(_mujoco_warning)
+
 
 # Everything mj_step needs to be deterministic (MuJoCo docs, "mjtState").
 _STATE_SIGNATURE = int(mujoco.mjtState.mjSTATE_INTEGRATION)

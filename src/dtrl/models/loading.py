@@ -8,13 +8,34 @@ other's way back (``huggingface`` builds on ``checkpoint``, never the reverse).
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
+from dtrl.errors import DtrlError
 from dtrl.models.checkpoint import LoadedActor, LoadedPolicy, LoadedSB3Policy, load_dt_policy, load_saved_policy
 from dtrl.models.huggingface import load_huggingface_policy
 
 HF_PREFIX = "hf:"
 """``hf:DIR`` or ``hf:owner/name`` names a Hugging Face DecisionTransformerModel wherever a policy is loaded"""
 
-__all__ = ["HF_PREFIX", "load_any_policy", "load_policy"]
+__all__ = ["HF_PREFIX", "check_hf_source", "load_any_policy", "load_policy"]
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
+def check_hf_source(source: str) -> None:
+    """One-line DtrlError when ``source`` (what follows ``hf:``) names a local folder that does not
+    exist: a path (``./x``, ``/x``, ``~/x``, ``a/b/c``, or ``a/b`` where ``a`` is a local folder)
+    rather than a Hub id ``owner/name``, which would otherwise be tried on the Hub for half a minute."""
+    path = Path(source).expanduser()
+    if path.exists():
+        return
+    first = source.split("/", 1)[0]
+    local = (not _HUB_ID.fullmatch(source) or source.startswith((".", "~"))
+             or ("/" in source and first not in ("", ".") and Path(first).is_dir()))
+    if local:
+        raise DtrlError(f"hf:{source}: no such folder ({source} does not exist; a Hugging Face Hub id is "
+                        "owner/name)")
 
 
 def load_policy(path, task=None, device: str = "cpu") -> LoadedPolicy:
@@ -22,6 +43,7 @@ def load_policy(path, task=None, device: str = "cpu") -> LoadedPolicy:
     DecisionTransformerModel (``models.huggingface``). With ``task`` (a Task or its name), refuse a model
     whose state/action sizes differ from that task's environment."""
     if str(path).startswith(HF_PREFIX):
+        check_hf_source(str(path)[len(HF_PREFIX):])
         return load_huggingface_policy(str(path)[len(HF_PREFIX):], task=task, device=device)
     return load_dt_policy(path, task=task, device=device)
 

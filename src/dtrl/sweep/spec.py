@@ -76,16 +76,19 @@ def load_spec(path: str | os.PathLike) -> SweepSpec:
     """Read and validate a sweep file; every problem is a one-line DtrlError."""
     path = Path(path)
     if not path.is_file():
-        raise DtrlError(f"sweep spec {path} not found")
+        raise DtrlError(f"sweep spec {path} " + ("is not a regular file" if path.exists() else "not found"))
     try:
         if path.suffix == ".toml":
-            raw = tomllib.loads(path.read_text())
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
         elif path.suffix == ".json":
-            raw = json.loads(path.read_text())
+            raw = json.loads(path.read_text(encoding="utf-8"))
         else:
             raise DtrlError(f"sweep spec {path}: use a .toml or .json file")
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
         raise DtrlError(f"sweep spec {path}: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise DtrlError(f"sweep spec {path} is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8"
+                        ) from None
     if not isinstance(raw, dict):
         raise DtrlError(f"sweep spec {path}: expected a table/object at the top level")
     return spec_from_dict(raw, str(path))
