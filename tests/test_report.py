@@ -277,6 +277,7 @@ def test_finished_only_counts_finished_runs_and_lists_the_others(runs_root, tmp_
 def test_an_ablation_reported_from_two_studies_csvs_is_paired_by_seed_and_dt(tmp_path, monkeypatch, capsys):
     """A lever study beside the study it varies, each committed as its own evaluations.csv: rebuilt
     from the CSVs alone, the runs split by the hyperparameter again and pair by (seed, pretrained DT)."""
+    # its two DTs are a sweep's (one per pretraining seed: runs/pretrain/dt/seedN), so one column holds both
     monkeypatch.chdir(tmp_path)
     finals = {("base", 0, "dt0"): 60.0, ("base", 1, "dt0"): 55.0, ("base", 2, "dt0"): 38.0,
               ("base", 0, "dt1"): 37.0, ("lever", 0, "dt0"): 61.0, ("lever", 1, "dt0"): 49.0,
@@ -286,7 +287,7 @@ def test_an_ablation_reported_from_two_studies_csvs_is_paired_by_seed_and_dt(tmp
         # the reference also evaluated at a second RTG: that does not make it another variant
         make_run(tmp_path / "runs" / study / f"seed{seed}-{dt}",
                  {"task": "hopper-random", "algo": "grpo", "seed": seed, "learning_rate": lr,
-                  "init": f"runs/pretrain/{dt}", "out": "elsewhere", "eval_other_rtg": study == "base"},
+                  "init": f"runs/pretrain/dt/seed{dt[-1]}", "out": "elsewhere", "eval_other_rtg": study == "base"},
                  eval_rows(final, iterations=8))
         (tmp_path / "runs" / study / f"seed{seed}-{dt}" / "final.json").write_text("{}")
     for study in ("base", "lever"):
@@ -299,7 +300,7 @@ def test_an_ablation_reported_from_two_studies_csvs_is_paired_by_seed_and_dt(tmp
     with open(tmp_path / "both" / "paired.csv") as handle:
         pairs = list(csv.DictReader(handle))
     # seed 0's DT1 run has no lever partner; the three DT0 seeds pair up
-    assert [(p["seed"], p["init"]) for p in pairs] == [(str(s), "runs/pretrain/dt0") for s in (0, 1, 2)]
+    assert [(p["seed"], p["init"]) for p in pairs] == [(str(s), "runs/pretrain/dt/seed0") for s in (0, 1, 2)]
     assert {p["variant"] for p in pairs} == {"GRPO-DT (learning_rate=0.0003)"}
     assert {p["reference"] for p in pairs} == {"GRPO-DT (learning_rate=0.001)"}
     assert [float(p["variant_final"]) - float(p["reference_final"]) for p in pairs] == [1.0, -6.0, 20.0]
@@ -314,11 +315,11 @@ def test_an_ablation_reported_from_two_studies_csvs_is_paired_by_seed_and_dt(tmp
     # an unfinished lever run is not paired (its "late" evaluations would not be late) but counted; the
     # reference's init spelled with a trailing slash is the same DT
     make_run(tmp_path / "runs" / "base" / "seed3-dt0", {"task": "hopper-random", "algo": "grpo", "seed": 3,
-                                                        "learning_rate": 1e-3, "init": "runs/pretrain/dt0/"},
+                                                        "learning_rate": 1e-3, "init": "runs/pretrain/dt/seed0/"},
              eval_rows(50.0, iterations=8))
     (tmp_path / "runs" / "base" / "seed3-dt0" / "final.json").write_text("{}")
     make_run(tmp_path / "runs" / "lever" / "seed3-dt0", {"task": "hopper-random", "algo": "grpo", "seed": 3,
-                                                         "learning_rate": 3e-4, "init": "runs/pretrain/dt0"},
+                                                         "learning_rate": 3e-4, "init": "runs/pretrain/dt/seed0"},
              eval_rows(10.0, iterations=2))
     more = build_report(ReportConfig(run_dirs=("runs/base", "runs/lever"), out="more", bootstrap_reps=50,
                                      reference=("learning_rate=0.001",)))
@@ -345,7 +346,7 @@ def test_an_ablation_reported_from_two_studies_csvs_is_paired_by_seed_and_dt(tmp
     # a reference run of that other DT (same path, weights "bbb") is the lever run's partner
     again = tmp_path / "runs" / "base" / "seed3-dt0-again"
     make_run(again, {"task": "hopper-random", "algo": "grpo", "seed": 3, "learning_rate": 1e-3,
-                     "init": "runs/pretrain/dt0"}, eval_rows(20.0, iterations=8))
+                     "init": "runs/pretrain/dt/seed0"}, eval_rows(20.0, iterations=8))
     (again / "final.json").write_text("{}")
     again_config = json.loads((again / "config.json").read_text())
     again_config["run_info"]["init_weights_sha256"] = "bbb"
@@ -888,3 +889,37 @@ def test_report_md_records_the_command_that_regenerates_it(tmp_path, monkeypatch
                      "2000", "--choose", "final"]) == 0
     assert "Made by: `dtrl report --from-csv 'out dir/evaluations.csv' --out again --choose final`" in Path(
         "again/report.md").read_text()
+
+
+def test_runs_from_different_starting_points_are_never_pooled(tmp_path, monkeypatch, capsys):
+    """A GRPO-DT run from a Hugging Face DT and one from a dtrl pretrain are two columns, not one method with
+    two seeds; a sweep's seedN DTs (one DT per seed, as in Table 1) stay one column; --label names columns
+    and refuses to join two."""
+    monkeypatch.chdir(tmp_path)
+    base = {"task": "hopper-random", "algo": "grpo", "lr": 1e-4}
+    make_run(tmp_path / "runs" / "hf-grpo" / "seed0", {**base, "seed": 0, "init": "hf:hf/dt"}, eval_rows(40.0))
+    make_run(tmp_path / "runs" / "pt-grpo" / "seed1", {**base, "seed": 1, "init": "runs/pt"}, eval_rows(60.0))
+    groups = build_report(ReportConfig(run_dirs=("runs",), out=str(tmp_path / "r1")))["groups"]
+    assert sorted(label for _, label in groups) == ["GRPO-DT (from init=hf:hf/dt)", "GRPO-DT (from init=runs/pt)"]
+    assert all(len(group.scores) == 1 for group in groups.values())
+    # one DT per seed from a sweep (runs/pretrain/.../seedN): one column of 2 seeds
+    for seed in (0, 1):
+        make_run(tmp_path / "sweep" / f"seed{seed}",
+                 {**base, "seed": seed, "init": f"runs/pretrain/hopper-random/dt/seed{seed}"}, eval_rows(50.0 + seed))
+    groups = build_report(ReportConfig(run_dirs=("sweep",), out=str(tmp_path / "r2")))["groups"]
+    assert [(label, len(group.scores)) for (_, label), group in groups.items()] == [("GRPO-DT", 2)]
+    # --label names a column; the name is in the table and survives a rebuild from the CSV given the same label
+    labels = ("GRPO-DT from HF=runs/hf-grpo", "GRPO-DT from dtrl=runs/pt-grpo/*")
+    result = build_report(ReportConfig(run_dirs=("runs",), label=labels, out=str(tmp_path / "r3")))
+    assert sorted(label for _, label in result["groups"]) == ["GRPO-DT from HF", "GRPO-DT from dtrl"]
+    assert "--label 'GRPO-DT from HF=runs/hf-grpo'" in (tmp_path / "r3" / "report.md").read_text()
+    rebuilt = build_report(ReportConfig(from_csv=(str(tmp_path / "r3" / "evaluations.csv"),), label=labels,
+                                        out=str(tmp_path / "r4")))
+    assert (tmp_path / "r4" / "report.csv").read_text() == (tmp_path / "r3" / "report.csv").read_text()
+    assert sorted(label for _, label in rebuilt["groups"]) == ["GRPO-DT from HF", "GRPO-DT from dtrl"]
+    # a label over runs of two columns, a name taken, a pattern matching nothing: one-line errors
+    for label, message in ((["GRPO-DT=runs"], "belong to 2 columns"),
+                           (["A=runs/hf-grpo", "A=runs/pt-grpo"], "already has a column named 'A'"),
+                           (["x=nothing/*"], "no run's path matches"), (["GRPO-DT"], "NAME=GLOB")):
+        assert cli_main(["report", "runs", "--label", *label, "--out", str(tmp_path / "r5")]) == 2
+        assert message in capsys.readouterr().err

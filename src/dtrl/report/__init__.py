@@ -3,8 +3,10 @@ and learning curves from run directories.
 
 Reads only ``config.json`` and ``metrics.jsonl`` of each run (a folder given that is not itself a
 run is searched for runs, so ``dtrl report runs/sweep`` works). Runs are grouped by (task,
-algorithm); runs in one group that differ in a hyperparameter (say ``clip_eps``) become separate
-columns labelled with it. A run's final score is its last ``eval_normalized_mean`` (the D4RL
+algorithm); runs in one group that differ in a hyperparameter (say ``clip_eps``) or in what they
+started from (``--init``, ``--dataset``: a Hugging Face DT and a dtrl pretrain are two columns; a sweep's
+``seedN`` DTs are one) become separate columns labelled with it, so a column pools runs that differ in
+the seed only; ``--label NAME=GLOB`` names a column. A run's final score is its last ``eval_normalized_mean`` (the D4RL
 normalised return), or its last raw ``eval_return_mean`` for tasks without reference scores;
 cells are mean ± std over seeds (population std, ddof=0), with the paper's Table 1 beside them.
 
@@ -39,6 +41,7 @@ from dtrl.report.load import (
     EVALUATION_COLUMNS,
     GroupResult,
     RunResult,
+    apply_labels,
     evaluation_rows,
     group_runs,
     label_variants,
@@ -46,6 +49,7 @@ from dtrl.report.load import (
     load_runs,
     runs_from_csv,
     select_runs,
+    starting_point,
 )
 from dtrl.report.plots import _variant_text, draw_curves, mean_std_curve, plot_task
 from dtrl.report.stats import (
@@ -61,9 +65,10 @@ from dtrl.report.stats import (
 from dtrl.report.tables import choose_settings, markdown_table, paper_dataset_name, paper_table
 
 __all__ = [
-    "ALGO_NAMES", "EVALUATION_COLUMNS", "GroupResult", "ReportConfig", "RunResult", "_variant_text", "best_so_far",
+    "ALGO_NAMES", "EVALUATION_COLUMNS", "GroupResult", "ReportConfig", "RunResult", "_variant_text", "apply_labels",
+    "best_so_far",
     "bootstrap_estimates", "build_report", "choose_settings", "command_line", "draw_curves", "evaluation_rows",
     "group_runs", "interval_estimates", "label_variants", "late_mean", "load_run", "load_runs", "main",
     "markdown_table", "mean_std_curve", "paired_runs", "paper_dataset_name", "paper_table", "plot_task",
-    "runs_from_csv", "same_starting_weights", "select_runs", "start_score", "t_interval",
+    "runs_from_csv", "same_starting_weights", "select_runs", "start_score", "starting_point", "t_interval",
 ]

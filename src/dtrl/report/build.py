@@ -19,6 +19,7 @@ from dtrl.report.load import (
     EVALUATION_COLUMNS,
     GroupResult,
     RunResult,
+    apply_labels,
     evaluation_rows,
     group_runs,
     load_runs,
@@ -88,6 +89,10 @@ class ReportConfig:
     """KEY=VALUE ...: the runs with these hyperparameter values are the reference of an ablation; every
     other variant of the same (task, algorithm) is compared with it seed by seed, on the same pretrained
     DT (paired differences of the final and late scores, with Student-t intervals; paired.csv)"""
+    label: tuple[str, ...] = ()
+    """NAME=GLOB ...: name the column of the runs whose path (or a folder above it) matches GLOB, e.g.
+    `--label 'GRPO-DT from the HF DT=runs/hf-grpo'`. Columns are made first: one per algorithm, setting
+    and starting point (--init, --dataset); a label that would join runs of two columns is refused"""
     training_metrics: tuple[str, ...] = ()
     """metrics.jsonl keys (e.g. losses/actor_q losses/critic_loss) to average between evaluations, store
     in evaluations.csv and draw per column over iterations (training_<task>.png); keys already in a
@@ -306,6 +311,7 @@ def build_report(config: ReportConfig) -> dict:
     x_names = check_options(config)
     reference = parse_reference(config.reference)
     runs = select_runs(load_runs(config.run_dirs, config.from_csv), config.only)
+    apply_labels(runs, config.label)
     trained = training_keys(config, runs)
     groups = report_groups(runs, config.finished_only)
     out = make_folder(config.out)

@@ -5,9 +5,11 @@ table's columns."""
 from __future__ import annotations
 
 import csv
+import fnmatch
 import json
 import math
 import os
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +59,8 @@ class RunResult:
     """column label: the algorithm plus hyperparameters that distinguish it within its task"""
     variant: dict = field(default_factory=dict)
     """the hyperparameters in the label, {config key (dotted when nested): value}"""
+    start: str = ""
+    """what the run started from (``starting_point``), when that differs within its (task, algorithm)"""
 
 
 @dataclass
@@ -157,10 +161,32 @@ def _looks_like_path(value: object) -> bool:
     return isinstance(value, str) and (os.sep in value or "/" in value)
 
 
+_SEED_FOLDER = re.compile(r"(?<![A-Za-z0-9])seed\d+")
+
+
+def starting_point(config: dict) -> str:
+    """What a run started from: its ``--init`` (a Hugging Face ``hf:`` model or a dtrl run/policy folder)
+    and ``--dataset``, as ``init=..., dataset=...`` ("" for neither). A sweep names the DT of seed N
+    ``.../seedN`` (``--init runs/pretrain/{task}/dt/seed{seed}``), one DT per seed by design (Table 1, the
+    robustness studies): a path differing from another only in such a ``seedN`` folder is the same
+    starting point with another seed (``seed*``). Two runs whose inits differ otherwise (a Hugging Face
+    model and a dtrl pretrain; two pretraining recipes) started from different places."""
+    parts = []
+    for key in ("init", "dataset"):
+        value = config.get(key)
+        if value:
+            text = str(value)
+            text = text if text.startswith("hf:") else os.path.normpath(text)
+            parts.append(f"{key}={_SEED_FOLDER.sub('seed*', text)}")
+    return ", ".join(parts)
+
+
 def label_variants(runs: list[RunResult]) -> None:
-    """Label each run by its algorithm plus the hyperparameters that vary within its (task, algo),
-    so a sweep over e.g. clip_eps gives one column per value instead of mixing them. Runs read from
-    an older evaluations.csv without configs keep the label stored there."""
+    """Label each run by its algorithm plus what varies within its (task, algo): the hyperparameters, so
+    a sweep over e.g. clip_eps gives one column per value instead of mixing them, and the starting point
+    (``starting_point``: ``from init=...``), so runs finetuned from different models are never pooled as
+    seeds of one method. Runs read from an older evaluations.csv without configs keep the label stored
+    there."""
     by_group: dict[tuple[str, str], list[RunResult]] = defaultdict(list)
     for run in runs:
         if run.config:
@@ -170,10 +196,46 @@ def label_variants(runs: list[RunResult]) -> None:
         keys = sorted(set().union(*flats))
         varying = [k for k in keys
                    if len({repr(f.get(k)) for f in flats}) > 1 and not any(_looks_like_path(f.get(k)) for f in flats)]
-        for run, flat in zip(group, flats):
+        starts = [starting_point(r.config) for r in group]
+        several_starts = len(set(starts)) > 1
+        for run, flat, start in zip(group, flats, starts):
             run.variant = {k: flat.get(k) for k in varying}
-            suffix = ", ".join(f"{k}={flat.get(k)}" for k in varying)
+            run.start = f"from {start or 'scratch'}" if several_starts else ""
+            suffix = ", ".join([f"{k}={flat.get(k)}" for k in varying] + ([run.start] if run.start else []))
             run.label = f"{run.algo} ({suffix})" if suffix else run.algo
+
+
+def _matches(run: RunResult, pattern: str) -> bool:
+    """The run's path (as the report lists it) or a folder above it matches the glob ``pattern``."""
+    path = Path(relative_path(run.path))
+    pattern = pattern.rstrip("/")
+    return any(fnmatch.fnmatch(str(p), pattern) for p in (path, *path.parents) if str(p) != ".")
+
+
+def apply_labels(runs: list[RunResult], labels: tuple[str, ...]) -> None:
+    """``--label NAME=GLOB``: the runs below a path matching GLOB form a column named NAME (the name ends
+    at the first ``=``; a sweep's run paths hold ``=``, names seldom do). A name only renames a column:
+    runs the report would put in different columns (another algorithm, setting or starting point) are
+    refused, as is a name another column of the task already has."""
+    for item in labels:
+        name, sep, pattern = item.partition("=")
+        if not sep or not pattern or not name.strip():
+            raise DtrlError(f"--label takes NAME=GLOB (the column's name, the runs whose path matches GLOB), "
+                            f"got {item!r}")
+        chosen = [run for run in runs if _matches(run, pattern)]
+        if not chosen:
+            raise DtrlError(f"--label {item}: no run's path matches {pattern!r}")
+        for task in sorted({run.task for run in chosen}):
+            columns = sorted({run.label for run in chosen if run.task == task})
+            if len(columns) > 1:
+                raise DtrlError(f"--label {item}: its {task} runs belong to {len(columns)} columns "
+                                f"({'; '.join(columns)}); runs that differ in more than the seed are never "
+                                "pooled: give each column its own --label")
+            others = {run.label for run in runs if run.task == task and not _matches(run, pattern)}
+            if name.strip() in others:
+                raise DtrlError(f"--label {item}: {task} already has a column named {name.strip()!r}")
+        for run in chosen:
+            run.label = name.strip()
 
 
 def group_runs(runs: list[RunResult]) -> dict[tuple[str, str], GroupResult]:

@@ -51,7 +51,8 @@ def mean_std_curve(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndar
 def _variant_text(group: GroupResult) -> str:
     """What sets a column apart within its algorithm (``lr=..., ...``), or its whole label."""
     variant = group.runs[0].variant if group.runs else {}
-    return ", ".join(f"{key}={value}" for key, value in variant.items()) or group.label
+    start = [group.runs[0].start] if group.runs and group.runs[0].start else []
+    return ", ".join([f"{key}={value}" for key, value in variant.items()] + start) or group.label
 
 
 def draw_curves(axes, groups: list[GroupResult], x_names: tuple[str, ...], colors: dict[str, str],
