@@ -12,9 +12,10 @@ from typing import Literal
 import numpy as np
 import torch
 
-from dtrl.algos.run_loop import SavedPolicy, evaluate_policy
+from dtrl.algos.run_loop import RunLoop, SavedPolicy, evaluate_policy
 from dtrl.config import CommonConfig
 from dtrl.data import load_dataset
+from dtrl.envs import BatchedEnv
 from dtrl.errors import DtrlError
 from dtrl.models.loading import load_policy
 from dtrl.optim import make_optimizer
@@ -170,6 +171,21 @@ def soft_update(target: torch.nn.Module, source: torch.nn.Module, tau: float) ->
             t.lerp_(s, tau)
 
 
+
+
+def open_dt_run(config: DTFinetuneConfig, algo: str, rng: np.random.Generator, components: dict, policy, task,
+                device, eval_rtg: float) -> RunLoop:
+    """The RunLoop of a DT finetuning run: evaluated at ``eval_rtg`` with the run's online context, the
+    finetuned DT saved as RUN/policy, its weights' digest recorded as what the run started from."""
+    return RunLoop(config, algo, rng, components, init=policy,
+                   evaluate=lambda: evaluate_dt_policy(policy, task, config, device, eval_rtg),
+                   saved_policy=saved_dt_policy(algo, policy, policy.model, task, config, eval_rtg))
+
+
+def collection_envs(loop: RunLoop, task, config: DTFinetuneConfig) -> BatchedEnv:
+    """The env copies a loop collects its ``trajectories_per_iteration`` episodes in, closed with the loop."""
+    return loop.closing(BatchedEnv(task, config.trajectories_per_iteration, seed=config.seed,
+                                   num_threads=config.env_threads))
 
 
 def saved_dt_policy(algo: str, policy, model, task, config: DTFinetuneConfig, eval_rtg: float) -> SavedPolicy:

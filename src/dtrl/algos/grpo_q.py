@@ -36,19 +36,18 @@ import torch
 from dtrl.algos.buffers import TrajectoryBuffer, WindowSampler, rollout_extra, trajectory_segments
 from dtrl.algos.dt_finetune import (
     build_dt_optimizers,
-    evaluate_dt_policy,
+    collection_envs,
     online_targets,
+    open_dt_run,
     optimizer_step,
     prepare_policy,
-    saved_dt_policy,
     segment_history_length,
     soft_update,
     temperature_step,
 )
-from dtrl.algos.run_loop import RunLoop, episode_seeds, rollout_charts, scheduled_learning_rate, set_learning_rate
+from dtrl.algos.run_loop import episode_seeds, rollout_charts, scheduled_learning_rate, set_learning_rate
 from dtrl.algos.td3 import TD3CriticConfig, build_critic, window_critic_loss
 from dtrl.config import parse_config, resolve_device
-from dtrl.envs import BatchedEnv
 from dtrl.errors import DtrlError
 from dtrl.models.distributions import ActionDistribution
 from dtrl.objectives import clipped_surrogate, group_advantages, surrogate_stats
@@ -263,11 +262,8 @@ def train(config: GRPOQConfig) -> dict:
     learner = dict(model=model, target_model=target_model, critic=critic, critic_target=critic_target,
                    optimizer=optimizer, critic_optimizer=critic_optimizer,
                    temperature_optimizer=temperature_optimizer)
-    with RunLoop(config, ALGO, rng, {**learner, "buffer": buffer}, init=policy,
-                 evaluate=lambda: evaluate_dt_policy(policy, task, config, device, eval_rtg),
-                 saved_policy=saved_dt_policy(ALGO, policy, model, task, config, eval_rtg)) as loop:
-        envs = loop.closing(BatchedEnv(task, config.trajectories_per_iteration, seed=config.seed,
-                                       num_threads=config.env_threads))
+    with open_dt_run(config, ALGO, rng, {**learner, "buffer": buffer}, policy, task, device, eval_rtg) as loop:
+        envs = collection_envs(loop, task, config)
         for iteration in loop:
             learning_rate = set_learning_rate(optimizer, scheduled_learning_rate(config, iteration))
             # line 2: roll out with the online target; FIFO buffer (RTGs as conditioned, never relabeled)

@@ -27,27 +27,19 @@ from dtrl.algos.buffers import TrajectoryBuffer
 from dtrl.algos.dt_finetune import (
     DTFinetuneConfig,
     build_dt_optimizers,
-    evaluate_dt_policy,
+    collection_envs,
     load_offline_dataset,
     offline_seed_trajectories,
     online_targets,
+    open_dt_run,
     optimizer_step,
     prepare_policy,
-    saved_dt_policy,
     supervised_loss,
     temperature_step,
 )
-from dtrl.algos.run_loop import (
-    RunLoop,
-    episode_seeds,
-    mean_metrics,
-    rollout_charts,
-    scheduled_learning_rate,
-    set_learning_rate,
-)
+from dtrl.algos.run_loop import episode_seeds, mean_metrics, rollout_charts, scheduled_learning_rate, set_learning_rate
 from dtrl.config import parse_config, resolve_device
 from dtrl.data import SequenceSampler
-from dtrl.envs import BatchedEnv
 from dtrl.errors import DtrlError
 from dtrl.rollout import rollout_episodes
 from dtrl.runs import seed_everything
@@ -158,11 +150,8 @@ def train(config: ODTConfig) -> dict:
     buffer = TrajectoryBuffer(config.buffer_size)
     buffer.seed_with_top(offline_seed_trajectories(dataset, task))
     components = dict(model=model, optimizer=optimizer, temperature_optimizer=temperature_optimizer, buffer=buffer)
-    with RunLoop(config, ALGO, rng, components, init=policy,
-                 evaluate=lambda: evaluate_dt_policy(policy, task, config, device, eval_rtg),
-                 saved_policy=saved_dt_policy(ALGO, policy, model, task, config, eval_rtg)) as loop:
-        envs = loop.closing(BatchedEnv(task, config.trajectories_per_iteration, seed=config.seed,
-                                       num_threads=config.env_threads))
+    with open_dt_run(config, ALGO, rng, components, policy, task, device, eval_rtg) as loop:
+        envs = collection_envs(loop, task, config)
         for iteration in loop:
             learning_rate = set_learning_rate(optimizer, scheduled_learning_rate(config, iteration))
             # 1-2. collect with the online target, add to the FIFO buffer

@@ -35,28 +35,20 @@ import torch
 from dtrl.algos.buffers import TrajectoryBuffer, WindowSampler
 from dtrl.algos.dt_finetune import (
     build_dt_optimizers,
-    evaluate_dt_policy,
+    collection_envs,
     load_offline_dataset,
     offline_seed_trajectories,
     online_targets,
+    open_dt_run,
     optimizer_step,
     prepare_policy,
-    saved_dt_policy,
     soft_update,
     supervised_loss,
     temperature_step,
 )
-from dtrl.algos.run_loop import (
-    RunLoop,
-    episode_seeds,
-    mean_metrics,
-    rollout_charts,
-    scheduled_learning_rate,
-    set_learning_rate,
-)
+from dtrl.algos.run_loop import episode_seeds, mean_metrics, rollout_charts, scheduled_learning_rate, set_learning_rate
 from dtrl.algos.td3 import TD3CriticConfig, build_critic, window_critic_loss
 from dtrl.config import parse_config, resolve_device
-from dtrl.envs import BatchedEnv
 from dtrl.errors import DtrlError
 from dtrl.objectives import masked_mean
 from dtrl.rollout import rollout_episodes
@@ -284,11 +276,8 @@ def train(config: ODTTD3Config) -> dict:
     learner = build_learner(config, policy, task, dataset.obs_dim, dataset.act_dim, device)
     buffer = TrajectoryBuffer(config.buffer_size)
     buffer.seed_with_top(offline_seed_trajectories(dataset, task))
-    with RunLoop(config, ALGO, rng, learner.components(buffer), init=policy,
-                 evaluate=lambda: evaluate_dt_policy(policy, task, config, device, eval_rtg),
-                 saved_policy=saved_dt_policy(ALGO, policy, model, task, config, eval_rtg)) as loop:
-        envs = loop.closing(BatchedEnv(task, config.trajectories_per_iteration, seed=config.seed,
-                                       num_threads=config.env_threads))
+    with open_dt_run(config, ALGO, rng, learner.components(buffer), policy, task, device, eval_rtg) as loop:
+        envs = collection_envs(loop, task, config)
         loop.log_start()  # the curve starts at the pretrained DT, before the critic's warm-up
         if loop.state is None and config.critic_warmup_steps > 0:
             learner.warm_up_critic(WindowSampler(buffer, window, policy.reward_scale, policy.normalizer, rng,

@@ -30,25 +30,17 @@ from dtrl.algos.buffers import TrajectoryBuffer, rollout_extra, scatter_steps, t
 from dtrl.algos.dt_finetune import (
     DTFinetuneConfig,
     build_dt_optimizers,
-    evaluate_dt_policy,
+    collection_envs,
     online_targets,
+    open_dt_run,
     optimizer_step,
     prepare_policy,
-    saved_dt_policy,
     segment_history_length,
     temperature_step,
 )
-from dtrl.algos.run_loop import (
-    RunLoop,
-    episode_seeds,
-    mean_metrics,
-    rollout_charts,
-    scheduled_learning_rate,
-    set_learning_rate,
-)
+from dtrl.algos.run_loop import episode_seeds, mean_metrics, rollout_charts, scheduled_learning_rate, set_learning_rate
 from dtrl.config import parse_config, resolve_device
 from dtrl.data import returns_to_go
-from dtrl.envs import BatchedEnv
 from dtrl.errors import DtrlError
 from dtrl.models.critics import ValueNet, default_hidden_dim, default_layer_norm
 from dtrl.objectives import clipped_surrogate, lambda_returns, ppo_value_loss, surrogate_stats
@@ -281,11 +273,8 @@ def train(config: PPOConfig) -> dict:
     buffer = TrajectoryBuffer(config.trajectories_per_iteration * config.buffer_multiplier)
     components = dict(model=model, critic=critic, optimizer=optimizer, critic_optimizer=critic_optimizer,
                       temperature_optimizer=temperature_optimizer, buffer=buffer)
-    with RunLoop(config, ALGO, rng, components, init=policy,
-                 evaluate=lambda: evaluate_dt_policy(policy, task, config, device, eval_rtg),
-                 saved_policy=saved_dt_policy(ALGO, policy, model, task, config, eval_rtg)) as loop:
-        envs = loop.closing(BatchedEnv(task, config.trajectories_per_iteration, seed=config.seed,
-                                       num_threads=config.env_threads))
+    with open_dt_run(config, ALGO, rng, components, policy, task, device, eval_rtg) as loop:
+        envs = collection_envs(loop, task, config)
         for iteration in loop:
             learning_rate = set_learning_rate(optimizer, scheduled_learning_rate(config, iteration))
             # 1. rollout with the online target; log-probs and RTGs as sampled, FIFO buffer
