@@ -19,6 +19,7 @@ import datetime
 import os
 import pickle
 import platform
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -28,8 +29,10 @@ import mujoco
 import numpy as np
 import tyro
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: machine.py
 from dtrl.envs import BatchedEnv, BranchableEnv, default_num_workers, make
 from dtrl.tasks import Task, get_task
+from machine import cpu_name  # noqa: E402
 
 
 @dataclass
@@ -254,7 +257,7 @@ def _fast_path_row(args: Args, label: str, fast: bool, threads: int) -> dict:
 
 
 def fast_path_section(args: Args, rows: list[dict]) -> str:
-    model = _cpu_model()
+    model = cpu_name()
     return f"""## BatchedEnv fast path against bare mj_step
 
 - date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; machine: {model},
@@ -272,16 +275,6 @@ The fast path is bit-identical to the per-env path (tests/test_fast_envs.py).
                ("rate", "env steps/s", ".0f"), ("bare_rate", "bare mj_step env steps/s", ".0f"),
                ("wall_ratio", "ratio", ".2f"), ("cpu_ratio", "CPU ratio", ".2f")])}
 """
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _usable_cpus() -> int:
