@@ -397,3 +397,14 @@ def test_mujoco_warnings_go_to_stderr_not_a_log_file(tmp_path, monkeypatch, capf
     data.qvel[:] = 1e30
     mujoco.mj_step(model, data)
     assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
+
+
+def test_a_trial_option_tyro_rejects_in_a_sweep_is_shown_before_the_sweep_error(tmp_path, capsys):
+    spec = tmp_path / "s.toml"
+    spec.write_text(f'tasks = ["{TASK}"]\nalgos = ["grpo"]\nseeds = [0]\nout_root = "{tmp_path / "runs"}"\n'
+                    'args = ["--bogus-opt", "1"]\n')
+    assert cli(["sweep", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dtrl: error: unrecognized option --bogus-opt") and "Unrecognized options" in err
+    assert err.strip().splitlines()[-1].endswith("its arguments do not parse (see above)")
+    assert sys.stderr is sys.__stderr__ or "capture" in type(sys.stderr).__module__  # stderr is given back

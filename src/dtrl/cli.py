@@ -193,8 +193,9 @@ class _UsageErrors:
     def _on_error(self, event) -> None:
         # tyro prints its explanation right after this and exits: keep the text for main
         self.event = event
-        self._stderr, self._buffer = sys.stderr, io.StringIO()
-        sys.stderr = self._buffer
+        if self._buffer is None:
+            self._stderr, self._buffer = sys.stderr, io.StringIO()
+            sys.stderr = self._buffer
 
     def __exit__(self, *exc_info) -> None:
         if self._hook is not None:
@@ -203,6 +204,11 @@ class _UsageErrors:
             sys.stderr = self._stderr
             self.text = self._buffer.getvalue()
             self._buffer = None
+        if self.text is not None and not isinstance(exc_info[1], SystemExit):
+            # the command caught tyro's exit itself (a sweep validating its trials): show it now
+            print(self.first_line(), file=sys.stderr)
+            print(self.text, end="", file=sys.stderr)
+            self.text = None
 
     def first_line(self) -> str:
         return "dtrl: error: " + usage_error_line(self.event, self.text or "")
