@@ -294,30 +294,24 @@ def test_pretrain_on_a_full_disk_leaves_no_lock_or_empty_folder(small_disk, data
 def test_torch_save_on_a_full_disk_names_the_file_without_a_disk(tmp_path, monkeypatch):
     """The ENOSPC torch.save hides behind "[enforce fail] unexpected pos" is the one reported
     (a fake disk: every write after the first 4 KiB raises ENOSPC)."""
-    import builtins
     import errno
-    import io
 
-    real_open = builtins.open
+    import dtrl.files
 
-    class Full(io.BufferedWriter):
+    class Full(dtrl.files._RecordingFile):
         written = 0
 
         def write(self, data):
             Full.written += len(data)
             if Full.written > 4096:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                self.error = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                raise self.error
             return super().write(data)
-
-    def fake_open(file, mode="r", *args, **kwargs):
-        if str(file).endswith(".tmp") and mode == "wb":
-            return Full(io.FileIO(file, "w"))
-        return real_open(file, mode, *args, **kwargs)
 
     run = RunDir.create(tmp_path / "run", {"task": TASK, "algo": "test", "seed": 0})
     run.save_state({"iteration": 1}, 1)
     before = digest(tmp_path / "run" / "checkpoints")
-    monkeypatch.setattr(builtins, "open", fake_open)
+    monkeypatch.setattr(dtrl.files, "_RecordingFile", Full)
     with pytest.raises(DtrlError, match=r"cannot write .*state.pt: No space left on device$"):
         run.save_state({"iteration": 2, "weights": torch.zeros(100_000)}, 2)
     monkeypatch.undo()

@@ -10,6 +10,7 @@ created with ``open(..., "x")`` so it gets the usual umask permissions (``mkstem
 from __future__ import annotations
 
 import errno
+import io
 import os
 import shutil
 import uuid
@@ -80,36 +81,31 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
     its old content and the temp file is removed."""
 
     def write_file(temp: str) -> None:
-        with open(temp, "wb") as handle:
-            recording = _RecordingHandle(handle)
+        raw = _RecordingFile(temp, "w")
+        with io.BufferedWriter(raw) as handle:  # what open(temp, "wb") returns, with the raw writes watched
             try:
-                write(recording)
+                write(handle)
             except Exception as exc:
                 # torch.save turns the OSError of a full disk into "[enforce fail ...] unexpected pos"
-                if recording.error is not None and recording.error is not exc:
-                    raise recording.error from None
+                if raw.error is not None and raw.error is not exc:
+                    raise raw.error from None
                 raise
 
     atomic_write_with(path, write_file)
 
 
-class _RecordingHandle:
-    """A binary file handle that keeps the OSError its ``write`` raised, for writers (torch.save) that
-    replace it with an error of their own."""
+class _RecordingFile(io.FileIO):
+    """A raw file that keeps the OSError its ``write`` raised, for writers (torch.save) that replace
+    it with an error of their own."""
 
-    def __init__(self, handle: BinaryIO) -> None:
-        self._handle = handle
-        self.error: OSError | None = None
+    error: OSError | None = None
 
-    def write(self, data) -> int:
+    def write(self, data) -> int | None:
         try:
-            return self._handle.write(data)
+            return super().write(data)
         except OSError as exc:
             self.error = exc
             raise
-
-    def __getattr__(self, name: str):
-        return getattr(self._handle, name)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
