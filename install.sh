@@ -21,5 +21,5 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     "${PIP[@]}" "torch==2.13.0"
   fi
 fi
-"${PIP[@]}" -e ".[dev,sweep,report,wandb,hf]"
+"${PIP[@]}" -e ".[dev,sweep,report,wandb,hf,video]"
 echo "dtrl installed in .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__, "cuda" if torch.cuda.is_available() else "cpu")'))"

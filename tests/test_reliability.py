@@ -218,6 +218,15 @@ def test_huge_or_short_sizes_are_refused_before_the_run_dir(options, message, da
     assert cli(argv[:7] + ["--steps", "1", "--eval-episodes", "1", "--eval-every", "0"]) == 0  # the rerun is free
 
 
+@pytest.mark.parametrize("option", ["--sub-trajectory-length", "--eval-steps"])
+def test_grpo_windows_longer_than_the_horizon_are_refused_before_the_run_dir(option, tmp_path, capsys):
+    out = tmp_path / "grpo"
+    argv = ["finetune", "--algo", "grpo", "--task", TASK, "--init", str(tmp_path / "none"), "--out", str(out),
+            option, "100000000"]
+    one_line(capsys, cli(argv), f"{option} (100000000) must be <= the horizon of {TASK} (1000 steps)")
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("argv, first", [
     (["pretrain", "--task", TASK, "--batchsize", "3"], "unrecognized option --batchsize; did you mean --batch-size?"),
     (["pretrain", "--task", TASK, "--batch-size", "1e12"], "--batch-size: '1e12' is not an integer literal "

@@ -6,20 +6,23 @@ for every episode), with the settings it is given (the in-run evaluations). ``ev
 unless told otherwise. ``Actor`` acts one step at a time in a loop of your own, exactly as the rollout
 engine does (the same KV cache, RTG bookkeeping and short context). ``dtrl eval RUN`` loads a run
 directory's (or a policy directory's) policy and prints the normalised return mean ± std (raw
-returns for tasks without reference scores).
+returns for tasks without reference scores). ``record_video`` renders the first of those episodes
+headless into an MP4 or GIF (``dtrl eval --video``, ``--video-every`` during finetuning).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import tyro
 
 from dtrl.config import reject_non_finite, resolve_device
-from dtrl.envs import BatchedEnv
+from dtrl.envs import BatchedEnv, make
 from dtrl.errors import DtrlError
 from dtrl.models.loading import load_any_policy
 from dtrl.rollout import rollout_episodes
@@ -224,6 +227,110 @@ def default_context_length(policy, context_length: int | None = None) -> int | N
     return None if recorded is None else int(recorded)
 
 
+# ----------------------------------------------------------------------------------------------
+# Videos: MuJoCo renders without a display through EGL (MUJOCO_GL=egl) or, where EGL is missing,
+# OSMesa; a MUJOCO_GL the user set is taken as it is. MP4 needs imageio's ffmpeg (the `video` extra).
+
+HEADLESS_BACKENDS = ("egl", "osmesa")
+VIDEO_SUFFIXES = (".mp4", ".gif")
+GIF_MAX_FPS = 25  # GIF viewers clamp shorter frame delays: fewer frames, real-time playback
+
+
+def check_video_path(path: str | Path, option: str = "--video") -> Path:
+    """A ``.mp4`` / ``.gif`` path whose folder exists (checked before any work starts)."""
+    path = Path(path)
+    if path.suffix.lower() not in VIDEO_SUFFIXES:
+        raise DtrlError(f"{option} {path}: give a .mp4 or .gif file")
+    if path.is_dir() or not path.parent.is_dir():
+        raise DtrlError(f"{option} {path}: " + ("it is a folder" if path.is_dir() else
+                                                 f"the folder {path.parent} does not exist"))
+    try:
+        import imageio  # noqa: F401
+    except ImportError:
+        raise DtrlError("writing a video needs imageio: pip install 'dtrl[video]'") from None
+    if path.suffix.lower() == ".mp4":
+        check_mp4_writer()
+    return path
+
+
+def check_mp4_writer() -> None:
+    """MP4 files are written by imageio's ffmpeg (the ``video`` extra)."""
+    try:
+        import imageio_ffmpeg  # noqa: F401
+    except ImportError:
+        raise DtrlError("writing an MP4 needs imageio-ffmpeg: pip install 'dtrl[video]' "
+                        "(or give a .gif path)") from None
+
+
+def headless_env(task, seed: int):
+    """An env of ``task`` that renders ``rgb_array`` frames, on the first headless backend that works
+    (MUJOCO_GL as set, else EGL, else OSMesa); a one-line DtrlError naming what is missing when none does."""
+    chosen = os.environ.get("MUJOCO_GL")
+    errors = []
+    for backend in [chosen] if chosen else HEADLESS_BACKENDS:
+        os.environ["MUJOCO_GL"] = backend
+        env = None
+        try:
+            env = make(task, seed=seed, render_mode="rgb_array")
+            env.reset(seed=seed)
+            if np.asarray(env.render()).ndim != 3:
+                raise RuntimeError("no rgb_array frame")
+            return env
+        except Exception as exc:  # a backend that does not load is tried no further
+            errors.append(f"{backend}: {(str(exc).splitlines() or [type(exc).__name__])[0]}")
+            if env is not None:
+                env.close()
+    if not chosen:
+        del os.environ["MUJOCO_GL"]
+    raise DtrlError("cannot render headless (" + "; ".join(errors) + "): install EGL (Debian: libegl1) or "
+                    "OSMesa (libosmesa6), or set MUJOCO_GL to a backend that works here")
+
+
+def record_video(policy, task, path: str | Path, episodes: int = 1, target_rtg: float | None = None,
+                 context_length: int | None = None, seed: int = 0, device: str = "cpu",
+                 max_steps: int | None = None) -> dict:
+    """Render ``episodes`` episodes (seeds ``seed``, ``seed + 1``, ...: the first ones ``evaluate``
+    scores with these settings) of ``policy`` acting with its mean action, one after the other, into
+    ``path`` (.mp4 at the env's own frame rate, or .gif at most 25 frames a second). Returns
+    {"video": path, "frames": frames written, "returns": [each episode's return]}."""
+    import imageio.v2 as imageio
+
+    path, task = check_video_path(path), _task_of(policy, task)
+    markov = hasattr(policy, "predict")
+    actor = Actor(policy, target_rtg=None if markov else default_target_rtg(policy, task, target_rtg),
+                  context_length=None if markov else default_context_length(policy, context_length), device=device)
+    env = headless_env(task, seed)
+    fps = int(round(env.unwrapped_env.metadata.get("render_fps", 30)))
+    every = 1 if path.suffix.lower() == ".mp4" else -(-fps // GIF_MAX_FPS)
+    writer = (imageio.get_writer(path, fps=fps, macro_block_size=1) if every == 1
+              else imageio.get_writer(path, mode="I", duration=1000 * every / fps, loop=0))
+    frames, returns = 0, []
+    try:
+        for episode in range(episodes):
+            episode_return, written = _render_episode(env, actor, seed + episode, writer, every, max_steps)
+            returns.append(episode_return)
+            frames += written
+    finally:
+        writer.close()
+        env.close()
+    return {"video": str(path), "frames": frames, "returns": returns}
+
+
+def _render_episode(env, actor: Actor, seed: int, writer, every: int, max_steps: int | None) -> tuple[float, int]:
+    """One episode, every ``every``-th frame written; (its return, frames written)."""
+    obs, _ = env.reset(seed=seed)
+    actor.reset()
+    total, done, step, written = 0.0, False, 0, 0
+    while not done and (max_steps is None or step < max_steps):
+        if step % every == 0:
+            writer.append_data(env.render())
+            written += 1
+        obs, reward, terminated, truncated, _ = env.step(actor.act(obs))
+        actor.observe(reward)
+        total, done, step = total + float(reward), terminated or truncated, step + 1
+    return total, written
+
+
 def format_result(result: dict) -> str:
     """'normalised 45.2 ± 3.1 (return 1500.3 ± 101.2, 10 episodes, length 512)' or the raw-return form."""
     raw = f"return {result['eval_return_mean']:.1f} ± {result['eval_return_std']:.1f}"
@@ -262,6 +369,11 @@ class EvalConfig:
     """print the result as one JSON object instead of a sentence"""
     threads: int = 0
     """torch CPU threads (0: torch's default; 1 is much faster on a busy or 2-core machine)"""
+    video: str | None = None
+    """also record the first --video-episodes of the evaluated episodes, rendered headless (EGL, else
+    OSMesa), into this .mp4 or .gif file"""
+    video_episodes: int = 1
+    """episodes in the --video file"""
 
     def __post_init__(self) -> None:
         reject_non_finite(self)
@@ -276,6 +388,10 @@ class EvalConfig:
             raise DtrlError("--num-workers and --threads must be >= 0")
         if self.env_threads < 1:
             raise DtrlError(f"--env-threads must be >= 1, got {self.env_threads}")
+        if not 1 <= self.video_episodes <= self.episodes:
+            raise DtrlError(f"--video-episodes must be in [1, --episodes], got {self.video_episodes}")
+        if self.video is not None:
+            check_video_path(self.video)
 
 
 def main(argv: list[str]) -> int:
@@ -292,8 +408,12 @@ def main(argv: list[str]) -> int:
     result = evaluate_saved(policy, task, episodes=config.episodes, target_rtg=config.target_rtg,
                             context_length=config.context_length, seed=config.seed, device=device,
                             num_workers=config.num_workers, env_threads=config.env_threads)
+    if config.video is not None:
+        result["video"] = record_video(policy, task, config.video, episodes=config.video_episodes,
+                                       target_rtg=config.target_rtg, context_length=config.context_length,
+                                       seed=config.seed, device=device)["video"]
     if config.json:
         print(json.dumps(result))
     else:
-        print(f"{result['task']}: {format_result(result)}")
+        print(f"{result['task']}: {format_result(result)}" + (f"; video {result['video']}" if config.video else ""))
     return 0

@@ -12,11 +12,12 @@ from typing import Literal
 import numpy as np
 import torch
 
-from dtrl.algos.run_loop import RunLoop, SavedPolicy, evaluate_policy
+from dtrl.algos.run_loop import EVAL_SEED_OFFSET, RunLoop, SavedPolicy, evaluate_policy
 from dtrl.config import CommonConfig
 from dtrl.data import load_dataset
 from dtrl.envs import BatchedEnv
 from dtrl.errors import DtrlError
+from dtrl.evaluation import check_mp4_writer, record_video
 from dtrl.models.loading import load_policy
 from dtrl.optim import make_optimizer
 from dtrl.tasks import Task
@@ -69,11 +70,16 @@ class DTFinetuneConfig(CommonConfig):
     """torch CPU threads (0: torch's default, one per core). The cpu presets use 1: their small models ran
     up to 35x slower with torch's default on a 2-core machine running another job (2 PPO-DT iterations:
     95 s against 3.8 s)"""
+    video_every: int = 0
+    """also record the first evaluation episode as RUN/videos/iteration_N.mp4 at the evaluations of every
+    N-th iteration, rendered headless (EGL, else OSMesa; 0: no videos). Results do not depend on it"""
 
     def validate(self) -> None:
         super().validate()
-        if self.threads < 0:
-            raise DtrlError(f"threads must be >= 0, got {self.threads}")
+        if self.threads < 0 or self.video_every < 0:
+            raise DtrlError(f"threads and video-every must be >= 0, got {self.threads}, {self.video_every}")
+        if self.video_every > 0:
+            check_mp4_writer()
         if self.time_limit_s < 0:
             raise DtrlError(f"time-limit-s must be >= 0, got {self.time_limit_s}")
         if self.iterations < 1:
@@ -179,7 +185,17 @@ def open_dt_run(config: DTFinetuneConfig, algo: str, rng: np.random.Generator, c
     finetuned DT saved as RUN/policy, its weights' digest recorded as what the run started from."""
     return RunLoop(config, algo, rng, components, init=policy,
                    evaluate=lambda: evaluate_dt_policy(policy, task, config, device, eval_rtg),
-                   saved_policy=saved_dt_policy(algo, policy, policy.model, task, config, eval_rtg))
+                   saved_policy=saved_dt_policy(algo, policy, policy.model, task, config, eval_rtg),
+                   video=dt_video(policy, task, config, device, eval_rtg))
+
+
+def dt_video(policy, task, config: DTFinetuneConfig, device, eval_rtg: float):
+    """``--video-every``: the RunLoop's ``video(path)``, the first in-run evaluation episode of ``policy``
+    (same seed, RTG and context) rendered into ``path``; None without videos."""
+    if config.video_every <= 0:
+        return None
+    return lambda path: record_video(policy, task, path, target_rtg=eval_rtg, context_length=config.context_length,
+                                     seed=EVAL_SEED_OFFSET + config.seed, device=device)
 
 
 def collection_envs(loop: RunLoop, task, config: DTFinetuneConfig) -> BatchedEnv:

@@ -35,6 +35,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from dtrl import objectives
 from dtrl.algos.dt_finetune import (
     build_dt_optimizers,
+    dt_video,
     evaluate_dt_policy,
     online_targets,
     optimizer_step,
@@ -558,7 +559,8 @@ def train(config: GRPOConfig) -> dict:
                  initial_evaluation=lambda: evaluate_dt_policy(policy, task, config, device, eval_rtg),
                  saved_policy=saved_dt_policy(ALGO, policy, evaluated.model, task, config, eval_rtg),
                  extra_state=lambda: {"trajectory_buffer": list(trajectory_buffer)},
-                 keep_best=config.keep_best_policy) as loop:
+                 keep_best=config.keep_best_policy,
+                 video=dt_video(evaluated, task, config, device, eval_rtg)) as loop:
         if loop.state is not None:
             trajectory_buffer.extend(loop.state["trajectory_buffer"])
         branch_envs, collect_envs = make_envs(task, config)

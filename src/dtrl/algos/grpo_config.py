@@ -126,6 +126,15 @@ class GRPOConfig(DTFinetuneConfig):
         if not 0.0 <= self.policy_averaging < 1.0:
             raise DtrlError(f"policy-averaging must be in [0, 1), got {self.policy_averaging}")
         self._validate_dynamic_sampling()
+        self._validate_lengths()
+
+    def _validate_lengths(self) -> None:
+        # a branch ends at the episode's time limit anyway; a longer window only allocates (N x steps arrays)
+        horizon = get_task(self.task).max_episode_steps
+        for name in ("sub_trajectory_length", "eval_steps"):
+            if getattr(self, name) > horizon:
+                raise DtrlError(f"--{name.replace('_', '-')} ({getattr(self, name)}) must be <= the horizon of "
+                                f"{self.task} ({horizon} steps)")
 
     def _validate_dynamic_sampling(self) -> None:
         if self.dynamic_sampling_rounds < 0:

@@ -25,6 +25,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -319,17 +320,20 @@ class RunLoop:
       ``keep_best``, also to RUN/best_policy when an evaluation beats the best so far);
       ``extra_state()`` adds loop-specific entries to the checkpoint. A loop whose policy is not a
       DT passes ``checkpoint(iteration)`` instead.
+    - ``video(path)``: records the policy into ``path``, at the evaluations of every
+      ``config.video_every``-th iteration (RUN/videos/iteration_N.mp4).
     - ``untimed_s``: seconds the time limit does not count (IQL's offline phase)."""
 
     def __init__(self, config, algo: str, rng: np.random.Generator | None = None, components: dict | None = None, *,
                  evaluate: Callable[[], dict], saved_policy: SavedPolicy | None = None, init=None,
                  rng_key: str = "rng", extra_state: Callable[[], dict] | None = None,
                  checkpoint: Callable[[int], None] | None = None, keep_best: bool = False,
-                 initial_evaluation: Callable[[], dict] | None = None, log_iteration_zero: bool = True) -> None:
+                 initial_evaluation: Callable[[], dict] | None = None, log_iteration_zero: bool = True,
+                 video: Callable[[Path], object] | None = None) -> None:
         self.config, self.algo, self.rng, self.rng_key = config, algo, rng, rng_key
         self.components = components or {}
         self.evaluate, self.saved_policy, self.extra_state = evaluate, saved_policy, extra_state
-        self._checkpoint = checkpoint
+        self._checkpoint, self.video = checkpoint, video
         self.initial_evaluation = (initial_evaluation or evaluate) if log_iteration_zero else None
         self.clock = Clock()
         self.run, self.state = open_run(config, algo, init=init)
@@ -402,6 +406,10 @@ class RunLoop:
                 evaluation = self.evaluate()
             if self.best is not None:
                 self.best.update(evaluation, self.saved_policy, iteration)
+            if self.video is not None and iteration % config.video_every == 0:
+                with timer("video"):
+                    (self.run.path / "videos").mkdir(exist_ok=True)
+                    self.video(self.run.path / "videos" / f"iteration_{iteration}.mp4")
         self.last_evaluation = evaluation or self.last_evaluation
         self._evaluation = evaluation
         self.run.log(iteration_metrics(iteration, self.clock, **metrics, **evaluation, **timer.metrics))
