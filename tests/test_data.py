@@ -416,6 +416,8 @@ def test_medium_build_mechanics_with_a_tiny_sac_budget(tmp_path):
     attrs = read_attrs(out)
     assert attrs["level"] == "medium" and attrs["target_reached"] and attrs["sac_steps"] == 100
     assert read_attrs(replay)["level"] == "medium-replay"
+    # each file names the task it is (what --dataset without --task trains on)
+    assert (attrs["dtrl_task"], read_attrs(replay)["dtrl_task"]) == ("hopper-medium", "hopper-medium-replay")
     load_dataset(str(out), "hopper-medium")
     load_dataset(str(replay), "hopper-medium-replay")
 

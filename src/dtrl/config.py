@@ -198,11 +198,16 @@ def parse_config(
     presets: dict[str, Callable[[str], C]],
     description: str,
     prog: str,
+    task_of: Callable[[str | None, list[str]], str | None] | None = None,
 ) -> C:
     """Two-stage parse: ``--task`` and ``--preset`` pick the defaults, then tyro applies overrides.
 
     ``presets`` maps a preset name to a function of the task name returning a full config; it may
-    raise DtrlError when the preset is not defined for that task.
+    raise DtrlError when the preset is not defined for that task. ``task_of(task, argv)`` (a command
+    whose inputs name their task: ``--dataset``, ``--init``) returns the task to run given ``--task``
+    (None when not given) and the whole command line, None to keep the config's default; it raises
+    DtrlError for a ``--task`` that contradicts the inputs, or for none where the inputs name none.
+    ``--help`` shows the defaults without it.
     """
     import tyro
 
@@ -218,12 +223,25 @@ def parse_config(
     if "-h" in argv or "--help" in argv:
         default = presets[preset](task) if task is not None else base
     else:
+        if task_of is not None:
+            task = task_of(known.task, argv) or task
         if task is not None:
             from dtrl.tasks import get_task
 
             get_task(task)  # unknown task -> one-line error before anything else
         default = presets[preset](task)
     return tyro.cli(config_cls, args=argv, default=default, description=description, prog=prog)
+
+
+def option_value(argv: list[str], option: str) -> str | None:
+    """The value of the last ``--option VALUE`` / ``--option=VALUE`` in ``argv``, None when absent."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == f"--{option}" and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            value = argv[i + 1]
+        elif arg.startswith(f"--{option}="):
+            value = arg.split("=", 1)[1]
+    return value
 
 
 def value_text(value) -> str:

@@ -7,6 +7,9 @@ Each algorithm is one module in ``dtrl.algos`` with its own ``main(argv) -> int`
 from __future__ import annotations
 
 import importlib
+import json
+import sys
+from pathlib import Path
 
 from dtrl.errors import DtrlError
 
@@ -64,7 +67,7 @@ def main(argv: list[str]) -> int:
             return 0
         raise DtrlError(f"finetune needs --algo (choose from {', '.join(ALGORITHMS)})")
     module, entry = _entry_point(algo)
-    return int(getattr(module, entry)(rest) or 0)
+    return int(getattr(module, entry)(with_task(rest)) or 0)
 
 
 def _entry_point(algo: str):
@@ -90,4 +93,56 @@ def parse(argv: list[str]):
     if algo is None:
         raise DtrlError(f"finetune needs --algo (choose from {', '.join(ALGORITHMS)})")
     module, entry = _entry_point(algo)
-    return getattr(module, entry.replace("main", "parse", 1))(rest)
+    return getattr(module, entry.replace("main", "parse", 1))(with_task(rest))
+
+
+def with_task(argv: list[str]) -> list[str]:
+    """``argv`` with the task its inputs name, when it gives no ``--task``: the ``--dataset``'s task
+    (``dtrl.data.task_of``; a ``--task`` that contradicts it is refused), else the task the ``--init``
+    policy was trained on. Without either, a command given ``--dataset`` or ``--init`` is refused (one
+    line: give --task) rather than run under a default task. An ``--init`` policy of another task than
+    the one run is a warning (a policy moved to a sibling task, or to a generic env id, is legitimate).
+    ``--help`` and commands with neither input are left as they are."""
+    from dtrl.config import option_value
+    from dtrl.data.task_of import same_task, task_for_dataset
+
+    if "-h" in argv or "--help" in argv:
+        return argv
+    task, dataset, init = (option_value(argv, name) for name in ("task", "dataset", "init"))
+    if dataset is None and init is None:
+        return argv
+    chosen = task_for_dataset(task, dataset, required=init is None) if dataset else task
+    policy_task = init_task(init, required=chosen is None) if init else None
+    chosen = chosen or policy_task
+    if chosen is None:
+        raise DtrlError(f"neither --dataset nor --init {init} names its task: give --task (see dtrl tasks)")
+    if policy_task is not None and not same_task(policy_task, chosen):
+        print(f"dtrl: warning: --init {init} is a policy of task {policy_task}; finetuning it on task {chosen}",
+              file=sys.stderr)
+    return argv if task is not None else [*argv, "--task", chosen]
+
+
+def init_task(init: str, required: bool = True) -> str | None:
+    """The task the ``--init`` policy records (``model.json`` of a policy or run directory; the stats
+    file of an ``hf:DIR``), None when it records none or (``required=False``) cannot be read here."""
+    from dtrl.models.checkpoint import META_FILE
+    from dtrl.models.huggingface import STATS_FILE
+    from dtrl.models.loading import HF_PREFIX
+
+    path = Path(init[len(HF_PREFIX):] if init.startswith(HF_PREFIX) else init)
+    files = [path / STATS_FILE] if init.startswith(HF_PREFIX) else [path / META_FILE, path / "policy" / META_FILE]
+    found = next((file for file in files if file.is_file()), None)
+    if found is None:
+        if required and not path.exists():
+            raise DtrlError(f"no policy at --init {init}: the path does not exist")
+        if required:
+            raise DtrlError(f"cannot tell the task of --init {init} (no {' or '.join(map(str, files))}): "
+                            "give --task (see dtrl tasks)")
+        return None
+    try:
+        task = json.loads(found.read_text()).get("task")
+    except (OSError, ValueError, AttributeError) as exc:
+        if required:
+            raise DtrlError(f"cannot read the task of --init {init} from {found}: {exc}") from None
+        return None
+    return str(task) if task else None

@@ -31,6 +31,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from dtrl.algos.run_loop import EVAL_SEED_OFFSET, Clock, iteration_metrics
 from dtrl.config import CommonConfig, ModelConfig, check_fits_in_memory, parse_config, resolve_device, to_dict
 from dtrl.data import SequenceSampler, StateNormalizer, load_dataset
+from dtrl.data.task_of import task_from_dataset_option
 from dtrl.errors import DtrlError
 from dtrl.evaluation import evaluate, format_result
 from dtrl.models import build_model
@@ -347,8 +348,10 @@ def _pretrain(config: PretrainConfig, run, task, device: str, dataset) -> dict:
 
 
 def parse(argv: list[str]) -> PretrainConfig:
-    """The run's config from the command line (a preset, then the overrides); validated, nothing run."""
-    return parse_config(PretrainConfig, argv, PRESETS, description=__doc__.split("\n\n")[0], prog="dtrl pretrain")
+    """The run's config from the command line (a preset, then the overrides); validated, nothing run.
+    The task follows ``--dataset`` when the data names one (``dtrl.data.task_of``)."""
+    return parse_config(PretrainConfig, argv, PRESETS, description=__doc__.split("\n\n")[0], prog="dtrl pretrain",
+                        task_of=task_from_dataset_option)
 
 
 def main(argv: list[str]) -> int:

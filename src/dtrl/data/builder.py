@@ -28,6 +28,7 @@ import numpy as np
 
 from dtrl.config import reject_non_finite
 from dtrl.data.hdf5 import write_d4rl
+from dtrl.data.task_of import TASK_ATTR, build_task_name
 from dtrl.errors import DtrlError
 from dtrl.tasks import TASKS, Task, get_task
 
@@ -320,6 +321,9 @@ def _attrs(task: Task, level: str, builder: str, config: BuildConfig, n: int, **
         "task": task.name, "env_id": task.env_id, "level": level, "dataset": f"{base}-{level}",
         "builder": builder, "seed": config.seed, "n_transitions": n, "dtrl_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        # the task this data is (hopper-medium-replay for the replay buffer of a hopper-medium build;
+        # "" where no dtrl task is, as door-random): what --dataset without --task trains on
+        TASK_ATTR: build_task_name(task, level) or "",
     }
     attrs.update({k: v for k, v in extra.items() if v is not None})
     return attrs

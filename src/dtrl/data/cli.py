@@ -94,6 +94,21 @@ def main(argv: list[str]) -> int:
     raise DtrlError(f"unknown data command {command!r} ({hint}choose from {', '.join(DATA_COMMANDS)})")
 
 
+def dataset_task(task_name: str | None, source: str, attrs: dict[str, Any] | None = None):
+    """The task ``dtrl data info|export`` reads ``source`` as: ``--task`` (refused when it contradicts
+    the task the dataset names, ``dtrl.data.task_of``), else the dataset's own task, else the env it
+    was recorded in (a description or an export needs no level). Returns (task, the name of the task
+    it is known to be, None when only its env is)."""
+    from dtrl.data.task_of import task_for_dataset
+    from dtrl.tasks import get_task
+
+    named = task_for_dataset(task_name, source, required=False)
+    if named is not None:
+        task = get_task(named)
+        return with_dataset_reference(task, source), task.name
+    return with_dataset_reference(infer_task(source, attrs), source), None
+
+
 def infer_task(source: str, attrs: dict[str, Any] | None = None):
     """The task a dataset belongs to: the file's ``task`` attribute, the registry task whose Minari id
     it is, or the env a Minari dataset says it was recorded in (its ``env_spec``)."""
@@ -129,20 +144,18 @@ def export(config: ExportConfig) -> str:
     from dtrl.data.dataset import HDF5_SUFFIXES, load_dataset
     from dtrl.data.hdf5 import read_attrs, read_d4rl
     from dtrl.data.minari_export import export_minari
-    from dtrl.tasks import get_task
 
     if not config.minari_id:
         raise DtrlError("dtrl data export: --minari-id NAMESPACE/NAME-v0 is required")
     path = Path(config.source)
     hdf5 = config.source.endswith(HDF5_SUFFIXES) or path.is_file()
     attrs = read_attrs(path) if hdf5 else {}
-    task = with_dataset_reference(get_task(config.task) if config.task else infer_task(config.source, attrs),
-                                  config.source)
+    task, named = dataset_task(config.task, config.source, attrs)
     dataset = load_dataset(config.source, task)
     next_observations = read_d4rl(path).get("next_observations") if hdf5 else None
     exported = export_minari(dataset, task, config.minari_id, next_observations=next_observations,
                              algorithm_name=str(attrs.get("builder") or attrs.get("algorithm_name") or "unknown"),
-                             store=config.store)
+                             store=config.store, dtrl_task=named)
     return (f"wrote Minari dataset {config.minari_id}: {exported.total_episodes} episodes, "
             f"{exported.total_steps} steps ({task.name}, {task.env_id}); load it with "
             f"minari.load_dataset({config.minari_id!r}) or --dataset {config.minari_id}")
@@ -160,11 +173,10 @@ def describe(source: str, task_name: str | None = None) -> str:
     """A human-readable summary: size, episodes, lengths, return mean ± std raw and normalised, dims, attrs."""
     from dtrl.data.dataset import HDF5_SUFFIXES, load_dataset, looks_like_minari_id
     from dtrl.data.hdf5 import read_attrs
-    from dtrl.tasks import get_task
 
     path = Path(source)
     attrs = read_attrs(path) if source.endswith(HDF5_SUFFIXES) or path.is_file() else {}
-    task = with_dataset_reference(get_task(task_name) if task_name else infer_task(source, attrs), source)
+    task, _ = dataset_task(task_name, source, attrs)
     dataset = load_dataset(source, task)
     if looks_like_minari_id(source):
         from minari.storage import get_dataset_path

@@ -276,7 +276,8 @@ def _minari_trajectories(dataset: Any, task: Task, name: str) -> tuple[list[Traj
     metadata = getattr(dataset, "storage", None)
     attrs: dict[str, Any] = {"minari_id": getattr(dataset, "id", None) or name}
     if metadata is not None and hasattr(metadata, "metadata"):
-        for key in ("dataset_id", "algorithm_name", "ref_min_score", "ref_max_score", "env_spec", "minari_version"):
+        for key in ("dataset_id", "algorithm_name", "ref_min_score", "ref_max_score", "env_spec", "minari_version",
+                    "dtrl_task"):
             if key in metadata.metadata and metadata.metadata[key] is not None:
                 attrs[key] = metadata.metadata[key] if not isinstance(metadata.metadata[key], (dict, list)) else str(
                     metadata.metadata[key])

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from dtrl.data.dataset import Dataset
+from dtrl.data.task_of import TASK_ATTR
 from dtrl.errors import DtrlError
 from dtrl.tasks import Task
 
@@ -37,10 +38,11 @@ def unflatten_goal_observations(flat: np.ndarray, space) -> dict[str, np.ndarray
 
 def export_minari(dataset: Dataset, task: Task, dataset_id: str, next_observations: np.ndarray | None = None,
                   algorithm_name: str | None = None, description: str | None = None,
-                  store: str | os.PathLike | None = None):
+                  store: str | os.PathLike | None = None, dtrl_task: str | None = None):
     """Create Minari dataset ``dataset_id`` (``namespace/name-vN``) from ``dataset``, with the task's
     env spec and reference scores; ``store`` is the Minari datasets folder (default: Minari's own,
-    ``MINARI_DATASETS_PATH``). Returns the ``minari.MinariDataset``."""
+    ``MINARI_DATASETS_PATH``); ``dtrl_task``: the dtrl task the data is, kept in the metadata
+    (``dtrl_task``) so that ``--dataset`` without ``--task`` trains on it. Returns the ``minari.MinariDataset``."""
     import gymnasium as gym
     import minari
     from minari.data_collector.episode_buffer import EpisodeBuffer
@@ -76,9 +78,12 @@ def export_minari(dataset: Dataset, task: Task, dataset_id: str, next_observatio
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Minari's notes about eval_env and missing optional metadata
-            return minari.create_dataset_from_buffers(
+            exported = minari.create_dataset_from_buffers(
                 dataset_id, buffers, env=env, algorithm_name=algorithm_name or "unknown",
                 ref_min_score=task.ref_min_score, ref_max_score=task.ref_max_score,
                 description=(description or f"{task.name} data exported by dtrl from {dataset.source}.") + note)
+        if dtrl_task:
+            exported.storage.update_metadata({TASK_ATTR: dtrl_task})
+        return exported
     finally:
         env.close()
