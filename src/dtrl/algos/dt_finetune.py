@@ -76,8 +76,10 @@ class DTFinetuneConfig(CommonConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.threads < 0 or self.video_every < 0:
-            raise DtrlError(f"threads and video-every must be >= 0, got {self.threads}, {self.video_every}")
+        if self.threads < 0:
+            raise DtrlError(f"threads must be >= 0, got {self.threads}")
+        if self.video_every < 0:
+            raise DtrlError(f"video-every must be >= 0, got {self.video_every}")
         if self.video_every > 0:
             check_mp4_writer()
         if self.time_limit_s < 0:
