@@ -56,3 +56,13 @@ def tiny_files(tmp_path_factory):
 
 def read_metrics(run):
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def one_line(capsys, code, *fragments) -> str:
+    """The command exited 2 with one ``dtrl: error:`` line holding every fragment, and no traceback."""
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.startswith("dtrl: error: ") and len(err.splitlines()) == 1, err
+    for fragment in fragments:
+        assert fragment in err, err
+    return err

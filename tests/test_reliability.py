@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import one_line
 from dtrl.cli import main as cli
 from dtrl.errors import DtrlError
 from dtrl.runs import RunDir
@@ -135,16 +136,6 @@ def test_data_build_on_a_full_disk_is_one_line_and_leaves_nothing(small_disk, ca
 # --- issue 40: the last ways in ------------------------------------------------------------------
 
 DTRL = [sys.executable, "-m", "dtrl"]
-
-
-def one_line(capsys, code, *fragments):
-    """The command exited 2 with one ``dtrl: error:`` line holding every fragment, and no traceback."""
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert err.startswith("dtrl: error: ") and len(err.splitlines()) == 1, err
-    for fragment in fragments:
-        assert fragment in err, err
-    return err
 
 
 @pytest.fixture(scope="module")

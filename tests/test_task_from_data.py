@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import one_line
 from dtrl.cli import main as dtrl
 from dtrl.data import read_attrs, read_d4rl, write_d4rl
 from dtrl.data.builder import BuildConfig, build
@@ -23,15 +24,6 @@ torch.set_num_threads(1)
 TINY = ["--preset", "cpu", "--model.n-layer", "1", "--model.n-head", "1", "--model.embed-dim", "16",
         "--model.context-length", "4", "--steps", "2", "--steps-per-iteration", "2", "--batch-size", "4",
         "--eval-every", "0", "--eval-episodes", "1", "--device", "cpu"]
-
-
-def one_line(capsys, code, *fragments) -> str:
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert err.startswith("dtrl: error: ") and len(err.splitlines()) == 1, err
-    for fragment in fragments:
-        assert fragment in err, err
-    return err
 
 
 @pytest.fixture(scope="module")
