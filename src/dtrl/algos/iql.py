@@ -325,14 +325,15 @@ class OnlineEpisode:
                             "count": self.count}}
 
     def restore(self, state: dict, seed: int) -> None:
+        episode = state.get("episode")
+        if episode is None:
+            return
+        self.count = episode["count"]  # also between episodes: the next one's reset seed follows from it
         if state.get("env_snapshot") is not None:
             self.env.reset(seed=seed)
             self.env.restore(state["env_snapshot"])
-            episode = state["episode"]
             self.obs = np.asarray(episode["obs"], np.float32)
-            self.episode_return, self.length, self.count = episode["return"], episode["length"], episode["count"]
-        elif state.get("episode") is not None:
-            self.count = state["episode"]["count"]
+            self.episode_return, self.length = episode["return"], episode["length"]
 
     def act_and_step(self, learner: IQLLearner, seed: int, device) -> tuple:
         """One env step with an action sampled from π (a new episode first if none runs); returns the
@@ -383,7 +384,7 @@ def train(config: IQLConfig) -> dict:
     rng = seed_everything(config.seed)
     dataset = load_offline_dataset(config.dataset, task, required=True)
     normalizer = StateNormalizer.from_trajectories(dataset.trajectories)
-    kind, reward_scale, reward_shift = reward_transform_for(config.reward_transform, task, dataset.trajectories)
+    _, reward_scale, reward_shift = reward_transform_for(config.reward_transform, task, dataset.trajectories)
     transform = lambda r: np.asarray(r, np.float32) * reward_scale + reward_shift  # noqa: E731
     learner = IQLLearner(config, dataset.obs_dim, dataset.act_dim, normalizer, device)
     replay = ReplayBuffer(dataset.obs_dim, dataset.act_dim, config.replay_capacity)
