@@ -77,6 +77,10 @@ def test_table_means_stds_bold_and_paper_column(runs_root, tmp_path, capsys):
     # walker2d-medium: ODT mean 81 beats GRPO 60; paper: ODT 76.49, GRPO-DT 158.34 (bold)
     assert rows["walker2d-medium"][1:] == ["**81.00 ± 1.41**", "76.49 ± 0.78", "60.00 ± 8.16", "**158.34 ± 3.75**"]
     assert "3 seed(s) per cell" in md
+    # what the ± are: ours the population std (np.std, ddof 0: std([90, 100, 110]) = 8.16 above), the paper's as printed
+    assert ("Our ± is the population standard deviation (ddof = 0, np.std) of the final scores over seeds; a "
+            "*(paper)* column's ± is the std over 3 seeds that the paper's Table 1 prints") in md
+    assert md.index("| walker2d-medium |") < md.index("Our ± is the population standard deviation")
     # per-run list: no iteration-0 evaluation here; the last quarter of iterations 1-4 is 3 and 4 (82.5, 110)
     assert "| hopper-random | GRPO-DT | 2 | – | 110.00 | 110.00 | 96.25 | 4 | no |" in md
     assert "100.00 ± 8.16" in printed and str(out / "report.csv") in printed
@@ -606,10 +610,12 @@ def test_claims_table_pairs_each_switch_with_table_1_and_applies_the_verdict_rul
     preset = {"hindsight_relabel": False, "reset_sampling": "active", "sub_trajectory_length": 15,
               "ratio_level": "sequence", "learning_rate": 1e-3}
 
-    def run(root, algo, seed, scores, finished=True, **switched):
+    def run(root, algo, seed, scores, finished=True, rtg=7200.0, **switched):
         path = tmp_path / "runs" / root / algo / "-".join([f"seed{seed}", *map(str, switched.values())])
+        target = {"eval_target_rtg": rtg} if rtg else {}
         make_run(path, {"task": "hopper-random", "algo": algo, "seed": seed, "init": f"runs/pretrain/seed{seed}",
-                        **preset, **switched}, [{**row, "iteration": row["iteration"] - 1} for row in curve(scores)])
+                        **preset, **switched}, [{**row, "iteration": row["iteration"] - 1, **target}
+                                                for row in curve(scores)])
         if finished:
             (path / "final.json").write_text("{}")
 
@@ -617,12 +623,14 @@ def test_claims_table_pairs_each_switch_with_table_1_and_applies_the_verdict_rul
         run("table1", "grpo", seed, [7, 20, 40, 50 + seed, 60 + seed])
         run("table1", "ppo", seed, [7, 20, 30, 30, 30])
         run("table1", "grpo-q", seed, [7, 10, 20, 25, 30 + 2 * seed])
-        run("table1", "odt", seed, [7, 9, 11, 13, 15])
+        run("table1", "odt", seed, [7, 9, 11, 13, 15], rtg=3600.0)
         # relabelling falls in every pair (agrees); uniform reset points rise (disagrees); L_traj 5 goes
         # both ways (inconclusive); PPO's relabelled runs: 2 of 3 finished (pending)
-        run("claims/fig1a_relabel", "grpo", seed, [7, 20, 20, 10, 10 - seed], hindsight_relabel=True)
-        run("claims/fig1a_relabel", "ppo", seed, [7, 9, 9, 9, 9], finished=seed < 3, hindsight_relabel=True)
-        run("claims/fig1e_reset_sampling", "grpo", seed, [7, 30, 60, 80 + seed, 90], reset_sampling="uniform")
+        # relabelled runs are evaluated at the task's eval RTG, Table 1's GRPO-DT and PPO-DT at g_online
+        run("claims/fig1a_relabel", "grpo", seed, [7, 20, 20, 10, 10 - seed], rtg=3600.0, hindsight_relabel=True)
+        run("claims/fig1a_relabel", "ppo", seed, [7, 9, 9, 9, 9], finished=seed < 3, rtg=3600.0,
+            hindsight_relabel=True)
+        run("claims/fig1e_reset_sampling", "grpo", seed, [7, 30, 60, 80 + seed, 90], rtg=None, reset_sampling="uniform")
         run("claims/fig3a_sub_trajectory_length", "grpo", seed, [7, 20, 40, 50 + seed, 60 + (-12, 9, 4)[seed - 1]],
             sub_trajectory_length=5)
         # token ratios: lower at the end on every seed (final) but higher over the last quarter (late)
@@ -646,6 +654,17 @@ def test_claims_table_pairs_each_switch_with_table_1_and_applies_the_verdict_rul
     assert relabel["report"] == "results/claims/fig1a_relabel/report.md"
     assert "[report](results/claims/fig1a_relabel/report.md)" in Path("claims.md").read_text()
     assert rows[("fig1a_relabel", "ppo", "true")]["verdict"] == "pending (2 of 3 pairs)"
+    # the RTG each side was scored at, from the runs' eval_target_rtg; a Δ across two RTGs is pointed out
+    text = Path("claims.md").read_text()
+    assert (relabel["preset_rtg"], relabel["value_rtg"]) == ("7200", "3600")
+    assert "| 0/3 | agrees | 7200 → 3600 |" in text and "| scored at RTG |" in text
+    assert "| Fig. 1e | grpo | reset_sampling | active → uniform |" in text and "| disagrees | 7200 → – |" in text
+    assert "| Fig. 1b | grpo | full_trajectories | false → true | 0 | 0 |" in text  # no pairs: no RTG
+    assert ("Scored at different target RTGs (preset → switched), so their Δ holds the change of target too: "
+            "Fig. 1a grpo false → true (7200 → 3600); Fig. 1a ppo false → true (7200 → 3600); "
+            "Fig. 3c grpo-q ODT (3600 → 7200).") in text
+    assert (rows[("fig3c_q_guided", "grpo-q", "its start")]["preset_rtg"], rows[("fig3c_q_guided", "grpo-q", "ODT")]
+            ["preset_rtg"]) == ("7200", "3600")
     assert rows[("fig1e_reset_sampling", "grpo", "uniform")]["verdict"] == "disagrees"
     assert rows[("fig3a_sub_trajectory_length", "grpo", "5")]["verdict"] == "inconclusive"
     assert rows[("fig3a_sub_trajectory_length", "grpo", "45")]["verdict"] == "pending (0 of 3 pairs)"
@@ -744,6 +763,10 @@ def test_report_shows_both_target_rtgs_and_what_each_method_spent(tmp_path):
                                        at_minutes=1.5))
     md = (tmp_path / "r" / "report.md").read_text()
     assert "| hopper-random | GRPO-DT | 2 | 7200 | 60.00 ± 10.00 | 3600 | 42.00 ± 2.00 |" in md
+    # their ± say what they are (np.std: std([50, 70]) = 10 above)
+    population = "the population standard deviation (ddof = 0, np.std)"
+    assert f"mean ± std over the runs that have both; ± is {population} over those runs." in md
+    assert f"Score: mean ± std over the runs, ± being {population}." in md
     # at 1.5 minutes: GRPO-DT's runs had evaluated iteration 1 (at 60 s), IQL only its iteration 0
     assert "## Score after 1.5 minutes of wall-clock time" in md
     assert "| hopper-random | GRPO-DT | 2 | 30.00 ± 5.00 | 1 | 5,000 | 60.00 |" in md
@@ -805,6 +828,8 @@ def test_training_metrics_are_averaged_between_evaluations_kept_in_the_csv_and_d
     assert summary["metric"] == "losses/actor_q" and summary["runs"] == "2"
     assert float(summary["first_mean"]) == pytest.approx(2.25) and float(summary["last_mean"]) == pytest.approx(5.25)
     assert "## Training metrics" in (out / "report.md").read_text()
+    assert ("`training_<task>.png`, mean ± std over seeds, ± being the population standard deviation (ddof = 0, "
+            "np.std).") in (out / "report.md").read_text()
     assert (out / "training_hopper-random.png").read_bytes()[:4] == b"\x89PNG"
     # rebuilt from the CSV alone (no --training-metrics), the column and the section come back unchanged
     again = tmp_path / "again"

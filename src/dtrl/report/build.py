@@ -49,6 +49,7 @@ from dtrl.report.tables import (
     paired_markdown,
     runs_table,
     statistics_markdown,
+    table_std_note,
     training_markdown,
 )
 
@@ -262,6 +263,7 @@ def report_markdown(config: ReportConfig, groups: dict[tuple[str, str], GroupRes
         f"reference scores), mean ± std over seeds ({seed_note}); best of ours and best of the paper's "
         "Table 1 per task in bold.",
         table,
+        table_std_note(table),
         *analysis_sections(config, found, unfinished),
         "## Runs",
         runs_table(runs),

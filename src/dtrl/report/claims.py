@@ -31,6 +31,7 @@ have the same one, else *mixed* (see the rows).
 from __future__ import annotations
 
 import csv
+import math
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -39,7 +40,7 @@ import numpy as np
 
 from dtrl.config import value_text
 from dtrl.errors import DtrlError
-from dtrl.report.load import group_runs, load_runs
+from dtrl.report.load import RunResult, group_runs, load_runs, relative_path
 from dtrl.report.stats import (
     bootstrap_estimates,
     late_mean,
@@ -110,8 +111,34 @@ VERDICT = {+1: "agrees", -1: "disagrees"}
 COLUMNS = ["claim", "figure", "method", "switch", "preset", "value", "runs", "pairs", "excluded", "expected", "d_final",
            "d_final_lo", "d_final_hi", "d_late", "d_late_lo", "d_late_hi", "wins", "verdict", "excluded_because",
            "preset_final", "preset_final_lo", "preset_final_hi", "value_final", "value_final_lo", "value_final_hi",
-           "finals", "report"]
+           "preset_rtg", "value_rtg", "finals", "report"]
 BOOTSTRAP_REPS = 2000
+
+
+def _scored_rows(run: RunResult) -> list[dict]:
+    key = "eval_normalized_mean" if run.metric == "normalized" else "eval_return_mean"
+    return [row for row in run.metrics if isinstance(row.get(key), (int, float)) and not isinstance(row[key], bool)
+            and math.isfinite(row[key])]
+
+
+def end_rtgs(run: RunResult) -> set:
+    """The target RTGs (``eval_target_rtg``) of the evaluations a run's final and late scores come from:
+    those of the last quarter of its iterations (None where an evaluation recorded none)."""
+    rows = _scored_rows(run)
+    last = rows[-1]["iteration"] if rows else 0
+    return {row.get("eval_target_rtg") for row in rows if row["iteration"] >= 0.75 * last}
+
+
+def start_rtgs(run: RunResult) -> set:
+    """The target RTG of a run's iteration-0 evaluation (``start_score``), as a set like ``end_rtgs``."""
+    rows = _scored_rows(run)
+    return {rows[0].get("eval_target_rtg")} if rows and rows[0]["iteration"] == 0 else set()
+
+
+def rtg_text(rtgs: set) -> str:
+    """One side's RTGs as the table prints them: 7200, several as 3600 / 7200, – where none was recorded."""
+    found = sorted(float(v) for v in rtgs if isinstance(v, (int, float)) and not isinstance(v, bool))
+    return " / ".join(f"{v:g}" for v in found) or "–"
 
 
 def verdict(expected: int, final: np.ndarray, late: np.ndarray) -> str:
@@ -140,10 +167,12 @@ def mean_interval(values: np.ndarray) -> tuple[float | None, float | None, float
     return estimates["mean"], estimates["mean_lo"], estimates["mean_hi"]
 
 
-def scores_row(seeds: list, reference: list[float], switched: list[float], report: str) -> dict:
-    """The paired runs' own scores: each side's mean final with its bootstrap interval, and per seed."""
+def scores_row(seeds: list, reference: list[float], switched: list[float], report: str,
+               rtgs: tuple[set, set] = (set(), set())) -> dict:
+    """The paired runs' own scores: each side's mean final with its bootstrap interval, and per seed;
+    ``rtgs``: the target RTGs each side's scores were evaluated at (reference, switched)."""
     row = {"finals": "; ".join(f"{seed}: {a:.1f} → {b:.1f}" for seed, a, b in zip(seeds, reference, switched)),
-           "report": report}
+           "preset_rtg": rtg_text(rtgs[0]), "value_rtg": rtg_text(rtgs[1]), "report": report}
     for side, values in (("preset", reference), ("value", switched)):
         row[f"{side}_final"], row[f"{side}_final_lo"], row[f"{side}_final_hi"] = mean_interval(np.array(values, float))
     return row
@@ -171,6 +200,7 @@ def claim_rows(claim: str, runs: list, task: str, presets: dict, report: str = "
         mine = [r for r in runs if r.config.get("algo") == algo and r.task == task]
         pairs, _ = paired_runs(group_runs(mine), {switch: value_text(reference)})
         value_of = {run.label: run.config.get(switch) for run in mine}  # the label names the switch's value
+        by_path = {relative_path(run.path): run for run in mine}  # as paired_runs names the runs of a pair
         by_value: dict[object, list[dict]] = defaultdict(list)
         for pair in pairs:
             by_value[value_of[pair["variant"]]].append(pair)
@@ -186,7 +216,9 @@ def claim_rows(claim: str, runs: list, task: str, presets: dict, report: str = "
                          **difference_row({"final": final, "late": late}), "wins": int((final > 0).sum()),
                          "verdict": verdict(expected[value], final, late), "excluded_because": "; ".join(excluded),
                          **scores_row([p["seed"] for p in found], [p["reference_final"] for p in found],
-                                      [p["variant_final"] for p in found], report)})
+                                      [p["variant_final"] for p in found], report,
+                                      tuple(set().union(*(end_rtgs(by_path[p[f"{side}_run"]]) for p in found))
+                                            for side in ("reference", "variant")))})
     return rows
 
 
@@ -195,25 +227,30 @@ def q_guided_rows(runs: list, task: str, report: str = "") -> list[dict]:
     against GRPO-DT, ODT and ODT+TD3 runs of the same seed and pretrained DT (shown, no verdict)."""
     finished = [r for r in runs if r.task == task and r.finished and r.final is not None]
     q_runs = [r for r in finished if r.config.get("algo") == "grpo-q"]
-    # per compared value: (seed, its score, Q-guided GRPO's final, Δ final, Δ late) per pair
-    compared = [("its start", +1, [(run.seed, start, run.final, run.final - start, late_mean(run) - start)
+    # per compared value: (seed, its score, Q-guided GRPO's final, Δ final, Δ late, the RTGs the two were
+    # evaluated at) per pair
+    compared = [("its start", +1, [(run.seed, start, run.final, run.final - start, late_mean(run) - start,
+                                    start_rtgs(run), end_rtgs(run))
                                    for run in q_runs if (start := start_score(run)) is not None])]
     for algo, name in Q_GUIDED_AGAINST.items():
         others = [r for r in finished if r.config.get("algo") == algo]
         bases = [(run, next((r for r in others if r.seed == run.seed and same_starting_weights(run, r)
                              and r.config.get("init") == run.config.get("init")), None)) for run in q_runs]
         compared.append((name, 0, [(run.seed, base.final, run.final, run.final - base.final,
-                                    late_mean(run) - late_mean(base)) for run, base in bases if base is not None]))
+                                    late_mean(run) - late_mean(base), end_rtgs(base), end_rtgs(run))
+                                   for run, base in bases if base is not None]))
     rows = []
     for value, expected, pairs in compared:
-        seeds, reference, switched, final, late = ([*v] for v in (zip(*pairs) if pairs else ([],) * 5))
+        seeds, reference, switched, final, late, reference_rtgs, rtgs = (
+            [*v] for v in (zip(*pairs) if pairs else ([],) * 7))
         final, late = np.array(final, float), np.array(late, float)
         rows.append({"claim": "fig3c_q_guided", "figure": Q_GUIDED[0], "method": "grpo-q", "switch": "compared with",
                      "preset": "", "value": value, "runs": len(q_runs), "pairs": len(final), "excluded": 0,
                      "expected": expected,
                      **difference_row({"final": final, "late": late}), "wins": int((final > 0).sum()),
                      "verdict": verdict(expected, final, late), "excluded_because": "",
-                     **scores_row(seeds, reference, switched, report)})
+                     **scores_row(seeds, reference, switched, report,
+                                  (set().union(*reference_rtgs), set().union(*rtgs)))})
     return rows
 
 
@@ -241,6 +278,10 @@ def _link_cell(row: dict) -> str:
     return f"[report]({row['report']})" if row["report"] else "–"
 
 
+def _rtg_cell(row: dict) -> str:
+    return f"{row['preset_rtg']} → {row['value_rtg']}" if row["pairs"] else "–"
+
+
 def _switched(row: dict) -> str:
     return f"{row['preset']} → {row['value']}" if row["preset"] else row["value"]
 
@@ -261,15 +302,23 @@ def claims_markdown(rows: list[dict], command: str, notes: str = "") -> str:
               "interval; *wins*: pairs where the switched run ended higher; *expected*: the paper's direction "
               "(− lower, + higher, 0 none). *Finished runs*: the claim's runs of that value; those without a "
               "finished Table 1 run of their seed and DT are not paired. Fig. 3c: Q-guided GRPO against its start "
-              "and against three Table 1 columns.", "",
+              "and against three Table 1 columns. *Scored at RTG*: the target return-to-go each side's final and "
+              "late scores were evaluated at (`eval_target_rtg` of the paired runs' evaluations over their last "
+              "quarter; Fig. 3c's start: its iteration-0 evaluation), preset → switched; – where none was "
+              "recorded.", "",
               "| figure | method | switch | preset → value | finished runs | pairs | excluded | expected | Δ final "
-              "| Δ late | wins | verdict |",
-              "|---|---|---|---|---:|---:|---:|:---:|---:|---:|---:|---|"]
+              "| Δ late | wins | verdict | scored at RTG |",
+              "|---|---|---|---|---:|---:|---:|:---:|---:|---:|---:|---|---:|"]
     sign = {-1: "−", 0: "0", 1: "+"}
     lines += [f"| {r['figure']} | {r['method']} | {r['switch']} | {_switched(r)} | {r['runs']} | {r['pairs']} "
               f"| {r['excluded']} "
               f"| {sign[r['expected']]} | {_cell(r, 'final')} | {_cell(r, 'late')} | {r['wins']}/{r['pairs']} "
-              f"| {r['verdict']} |" for r in rows]
+              f"| {r['verdict']} | {_rtg_cell(r)} |" for r in rows]
+    different = [f"{r['figure']} {r['method']} {_switched(r)} ({_rtg_cell(r)})" for r in rows
+                 if r["pairs"] and "–" not in (r["preset_rtg"], r["value_rtg"]) and r["preset_rtg"] != r["value_rtg"]]
+    if different:
+        lines += ["", "Scored at different target RTGs (preset → switched), so their Δ holds the change of target "
+                  "too: " + "; ".join(different) + "."]
     lines += ["", "The paired runs' own final scores: mean over seeds with a 95% bootstrap interval (rliable, as "
               "Table 1 gives them), and per seed (preset → switched; Fig. 3c: the compared column → Q-guided GRPO). "
               "The curves (over iterations, env steps and wall time), the paired curves and the training losses "

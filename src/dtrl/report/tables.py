@@ -50,6 +50,18 @@ def _fmt(mean: float | None, std: float | None, bold: bool = False) -> str:
 
 PAPER_COLUMNS = {"DT", "IQL", "ODT", "ODT+TD3", "PPO-DT", "GRPO-DT"}
 
+# what every ± std of report.md is: np.std over the runs, the population std
+STD_DEFINITION = "the population standard deviation (ddof = 0, np.std)"
+
+
+def table_std_note(table: str) -> str:
+    """The line under ``markdown_table``'s table that says what its ± are."""
+    note = f"Our ± is {STD_DEFINITION} of the final scores over seeds"
+    if "(paper) |" in table.splitlines()[0]:
+        note += ("; a *(paper)* column's ± is the std over 3 seeds that the paper's Table 1 prints (its ddof is "
+                 "not stated)")
+    return note + "."
+
 
 def markdown_table(groups: dict[tuple[str, str], GroupResult]) -> str:
     """Rows tasks, columns our algorithms, each followed by the paper's number for it (when the
@@ -188,7 +200,8 @@ def at_time_markdown(rows: list[dict], minutes: float) -> str:
         "Each run's last evaluation within its first "
         f"{minutes:g} minutes (wall-clock time of the machine that ran it, evaluations included), beside its "
         "final score at the end of its budget of iterations. The two differ where a method's iterations cost "
-        "more time as its episodes lengthen, or less since its code got faster.",
+        "more time as its episodes lengthen, or less since its code got faster. Score: mean ± std over the runs, "
+        f"± being {STD_DEFINITION}.",
         "",
         f"| task | algorithm | runs | score at {minutes:g} min | iterations by then | env steps by then | final |",
         "|---|---|---:|---:|---:|---:|---:|"]
@@ -206,7 +219,7 @@ def other_rtg_markdown(rows: list[dict]) -> str:
         "## Both target RTGs",
         "The DT methods condition on a target return; by default they are evaluated at different ones (the "
         "task's eval RTG, or g_online). Runs made with `--eval-other-rtg` were evaluated at both. Final score at "
-        "each, mean ± std over the runs that have both.",
+        f"each, mean ± std over the runs that have both; ± is {STD_DEFINITION} over those runs.",
         "",
         "| task | algorithm | runs | own RTG | final at own RTG | other RTG | final at other RTG |",
         "|---|---|---:|---:|---:|---:|---:|"]
@@ -221,7 +234,8 @@ def training_markdown(rows: list[dict]) -> str:
     lines = [
         "## Training metrics",
         "Each key's mean over the iterations between two evaluations; *first* and *last*: the first and the "
-        "last such interval of each run, averaged over runs. Curves: `training_<task>.png` (mean ± std over seeds).",
+        "last such interval of each run, averaged over runs. Curves: `training_<task>.png`, mean ± std over seeds, "
+        f"± being {STD_DEFINITION}.",
         "",
         "| task | algorithm | metric | runs | first | last |",
         "|---|---|---|---:|---:|---:|"]
