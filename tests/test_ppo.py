@@ -69,6 +69,21 @@ def test_ppo_two_iterations_from_the_cli(tiny_files, tmp_path):
     assert "eval_normalized_mean" in rows[-1]
 
 
+def test_env_threads_do_not_change_a_ppo_run(tiny_files, tmp_path):
+    """--env-threads steps PPO-DT's env copies on more threads; the run is the one a thread gives."""
+    _, policy = tiny_files
+    runs = {}
+    for threads in ("1", "2"):
+        runs[threads] = tmp_path / f"threads{threads}"
+        assert cli(["finetune", "--algo", "ppo", "--task", "hopper-random", "--init", str(policy),
+                    "--out", str(runs[threads]), "--iterations", "2", "--trajectories-per-iteration", "3",
+                    "--update-epochs", "1", "--minibatch-size", "16", "--critic-hidden-dim", "16",
+                    "--eval-episodes", "2", "--eval-every", "1", "--device", "cpu", "--env-threads", threads]) == 0
+    untimed = lambda row: {k: v for k, v in row.items() if k != "wall_time_s" and not k.startswith("time/")}  # noqa: E731
+    one, two = ([untimed(row) for row in read_metrics(runs[t])] for t in ("1", "2"))
+    assert one == two and one[-1]["env_steps"] > 0 and "eval_normalized_mean" in one[-1]
+
+
 def test_the_relabeling_ablation_trains_on_achieved_returns(tiny_files, tmp_path, monkeypatch):
     # the buffer's RTG tokens become the episodes' achieved returns-to-go; the log-probs stay the sampled ones
     from dtrl.algos import ppo

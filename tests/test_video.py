@@ -48,6 +48,19 @@ def test_eval_video_holds_the_evaluated_episode(renders, tiny_files, tmp_path, c
     assert len(frames) == first["eval_length_mean"]  # one frame per step (MP4: every frame)
 
 
+def test_max_fps_renders_every_kth_step_in_real_time(renders, tiny_files, tmp_path):
+    """`dtrl demo` caps its video at 25 frames a second: Hopper's 125 become every 5th step, played at 25."""
+    import imageio.v2 as imageio
+
+    policy = load_policy(tiny_files[1], task=TASK)
+    full = record_video(policy, TASK, tmp_path / "full.mp4", max_steps=42)
+    capped = record_video(policy, TASK, tmp_path / "capped.mp4", max_steps=42, max_fps=25)
+    assert capped["returns"] == full["returns"]  # the same steps, fewer frames of them
+    assert full["frames"] == 42 and capped["frames"] == 9 == len(read_frames(capped["video"]))  # steps 0, 5, ..., 40
+    with imageio.get_reader(capped["video"]) as reader:
+        assert reader.get_meta_data()["fps"] == pytest.approx(25)
+
+
 def test_video_every_records_at_the_evaluations_without_changing_the_run(renders, tiny_files, tmp_path):
     dataset, policy_dir = tiny_files
 

@@ -288,10 +288,12 @@ def headless_env(task, seed: int):
 
 def record_video(policy, task, path: str | Path, episodes: int = 1, target_rtg: float | None = None,
                  context_length: int | None = None, seed: int = 0, device: str = "cpu",
-                 max_steps: int | None = None) -> dict:
+                 max_steps: int | None = None, max_fps: int | None = None) -> dict:
     """Render ``episodes`` episodes (seeds ``seed``, ``seed + 1``, ...: the first ones ``evaluate``
     scores with these settings) of ``policy`` acting with its mean action, one after the other, into
-    ``path`` (.mp4 at the env's own frame rate, or .gif at most 25 frames a second). Returns
+    ``path`` (.mp4 at the env's own frame rate, or .gif at most 25 frames a second; ``max_fps`` caps
+    either by rendering every k-th step, which plays in real time and renders k times faster, as
+    software rendering takes ~0.1 s a frame). Returns
     {"video": path, "frames": frames written, "returns": [each episode's return]}."""
     import imageio.v2 as imageio
 
@@ -301,8 +303,9 @@ def record_video(policy, task, path: str | Path, episodes: int = 1, target_rtg: 
                   context_length=None if markov else default_context_length(policy, context_length), device=device)
     env = headless_env(task, seed)
     fps = int(round(env.unwrapped_env.metadata.get("render_fps", 30)))
-    every = 1 if path.suffix.lower() == ".mp4" else -(-fps // GIF_MAX_FPS)
-    writer = (imageio.get_writer(path, fps=fps, macro_block_size=1) if every == 1
+    caps = [cap for cap in (max_fps, GIF_MAX_FPS if path.suffix.lower() == ".gif" else None) if cap]
+    every = -(-fps // min(caps)) if caps else 1
+    writer = (imageio.get_writer(path, fps=fps / every, macro_block_size=1) if path.suffix.lower() == ".mp4"
               else imageio.get_writer(path, mode="I", duration=1000 * every / fps, loop=0))
     frames, returns = 0, []
     try:
