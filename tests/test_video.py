@@ -48,6 +48,29 @@ def test_eval_video_holds_the_evaluated_episode(renders, tiny_files, tmp_path, c
     assert len(frames) == first["eval_length_mean"]  # one frame per step (MP4: every frame)
 
 
+def test_the_camera_follows_the_agent(renders):
+    """gymnasium 1.x's free camera stays where the episode started; the video's camera (the model's
+    `track` camera) keeps a hopper that moved 6 m in the picture."""
+    import mujoco
+
+    env = headless_env(TASK, 0)
+    raw = env.unwrapped_env
+
+    def hopper_pixels() -> int:  # the hopper is orange-brown; floor and sky are not
+        frame = np.asarray(env.render()).astype(int)
+        return int(((frame[..., 0] - frame[..., 2]) > 60).sum())
+
+    try:
+        assert hopper_pixels() > 500
+        raw.data.qpos[0] += 6.0
+        mujoco.mj_forward(raw.model, raw.data)
+        assert hopper_pixels() > 500
+        raw.mujoco_renderer.camera_id = -1  # gymnasium's default: the hopper is out of the picture
+        assert hopper_pixels() == 0
+    finally:
+        env.close()
+
+
 def test_max_fps_renders_every_kth_step_in_real_time(renders, tiny_files, tmp_path):
     """`dtrl demo` caps its video at 25 frames a second: Hopper's 125 become every 5th step, played at 25."""
     import imageio.v2 as imageio

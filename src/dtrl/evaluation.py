@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import mujoco
 import numpy as np
 import tyro
 
@@ -272,6 +273,7 @@ def headless_env(task, seed: int):
         env = None
         try:
             env = make(task, seed=seed, render_mode="rgb_array")
+            _follow_the_agent(env)
             env.reset(seed=seed)
             if np.asarray(env.render()).ndim != 3:
                 raise RuntimeError("no rgb_array frame")
@@ -284,6 +286,19 @@ def headless_env(task, seed: int):
         del os.environ["MUJOCO_GL"]
     raise DtrlError("cannot render headless (" + "; ".join(errors) + "): install EGL (Debian: libegl1) or "
                     "OSMesa (libosmesa6), or set MUJOCO_GL to a backend that works here")
+
+
+def _follow_the_agent(env) -> None:
+    """Render from the model's own ``track`` camera where it has one (Hopper, Walker2d, Ant, HalfCheetah,
+    ...). gymnasium 1.x renders these envs from a free camera, on which the default camera config's
+    ``trackbodyid`` has no effect: the camera stays where the episode started and a hopper leaves the
+    picture within two seconds."""
+    renderer = getattr(env.unwrapped_env, "mujoco_renderer", None)
+    if renderer is None:
+        return
+    camera = mujoco.mj_name2id(renderer.model, mujoco.mjtObj.mjOBJ_CAMERA, "track")
+    if camera != -1:
+        renderer.camera_id = camera
 
 
 def record_video(policy, task, path: str | Path, episodes: int = 1, target_rtg: float | None = None,
