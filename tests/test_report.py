@@ -948,3 +948,20 @@ def test_runs_from_different_starting_points_are_never_pooled(tmp_path, monkeypa
                            (["x=nothing/*"], "no run's path matches"), (["GRPO-DT"], "NAME=GLOB")):
         assert cli_main(["report", "runs", "--label", *label, "--out", str(tmp_path / "r5")]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_an_option_added_after_a_run_does_not_split_its_seeds(tmp_path):
+    """A run made before `--dynamic-sampling` existed has no such key; it did what the option's default
+    (the preset's value) does, so it pools with a later run at that default, and not with one that set it."""
+    base = {"task": "hopper-random", "algo": "grpo", "preset": "paper-small", "learning_rate": 5e-5}
+    make_run(tmp_path / "runs" / "old" / "seed1", {**base, "seed": 1}, eval_rows(12.0))
+    make_run(tmp_path / "runs" / "new" / "seed2",
+             {**base, "seed": 2, "dynamic_sampling": False, "dynamic_sampling_rounds": 3, "video_every": 0},
+             eval_rows(13.0))
+    groups = build_report(ReportConfig(run_dirs=(str(tmp_path / "runs"),), out=str(tmp_path / "r1")))["groups"]
+    assert [(label, len(group.scores)) for (_, label), group in groups.items()] == [("GRPO-DT", 2)]
+    make_run(tmp_path / "runs" / "ds" / "seed1", {**base, "seed": 1, "dynamic_sampling": True,
+                                                   "dynamic_sampling_rounds": 3}, eval_rows(20.0))
+    groups = build_report(ReportConfig(run_dirs=(str(tmp_path / "runs"),), out=str(tmp_path / "r2")))["groups"]
+    assert sorted((label, len(group.scores)) for (_, label), group in groups.items()) == [
+        ("GRPO-DT (dynamic_sampling=False)", 2), ("GRPO-DT (dynamic_sampling=True)", 1)]

@@ -5,7 +5,10 @@ table's columns."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import fnmatch
+import functools
+import importlib
 import json
 import math
 import os
@@ -38,7 +41,7 @@ OFFLINE_ALGOS = ("DT", "Reinformer")
 _NOT_HYPERPARAMETERS = {"seed", "out", "run_info", "resume", "force", "device", "init", "dataset", "task",
                         "algo", "preset", "eval_every", "eval_episodes", "eval_other_rtg", "checkpoint_every",
                         "command", "threads", "env_threads", "track", "wandb_project", "wandb_entity",
-                        "init_weights_sha256"}
+                        "init_weights_sha256", "video_every"}
 
 
 @dataclass
@@ -181,6 +184,22 @@ def starting_point(config: dict) -> str:
     return ", ".join(parts)
 
 
+@functools.cache
+def preset_defaults(algo: str | None, preset: str | None, task: str | None) -> dict:
+    """The flat config that ``dtrl finetune --algo ALGO --preset PRESET --task TASK`` (or ``dtrl pretrain``)
+    starts from today; {} where that cannot be built (an unknown algorithm, preset or task). Options are
+    added with the earlier behaviour as their default, so for a run made before an option existed, this
+    is what the option stood for."""
+    from dtrl.algos.finetune import ALGORITHMS
+
+    module = "pretrain" if algo == "pretrain" else ALGORITHMS.get(str(algo), ("",))[0].partition(":")[0]
+    try:
+        presets = importlib.import_module(f"dtrl.algos.{module}").PRESETS
+        return flatten_config(dataclasses.asdict(presets[preset](task)))
+    except (ImportError, AttributeError, KeyError, DtrlError, TypeError, ValueError):
+        return {}
+
+
 def label_variants(runs: list[RunResult]) -> None:
     """Label each run by its algorithm plus what varies within its (task, algo): the hyperparameters, so
     a sweep over e.g. clip_eps gives one column per value instead of mixing them, and the starting point
@@ -194,6 +213,12 @@ def label_variants(runs: list[RunResult]) -> None:
     for group in by_group.values():
         flats = [flatten_config({k: v for k, v in r.config.items() if k not in _NOT_HYPERPARAMETERS}) for r in group]
         keys = sorted(set().union(*flats))
+        for run, flat in zip(group, flats):
+            # an option added after the run was made: the run did what its default does today
+            missing = [k for k in keys if k not in flat]
+            if missing:
+                defaults = preset_defaults(run.config.get("algo"), run.config.get("preset"), run.config.get("task"))
+                flat.update({k: defaults[k] for k in missing if k in defaults})
         varying = [k for k in keys
                    if len({repr(f.get(k)) for f in flats}) > 1 and not any(_looks_like_path(f.get(k)) for f in flats)]
         starts = [starting_point(r.config) for r in group]
