@@ -965,3 +965,14 @@ def test_an_option_added_after_a_run_does_not_split_its_seeds(tmp_path):
     groups = build_report(ReportConfig(run_dirs=(str(tmp_path / "runs"),), out=str(tmp_path / "r2")))["groups"]
     assert sorted((label, len(group.scores)) for (_, label), group in groups.items()) == [
         ("GRPO-DT (dynamic_sampling=False)", 2), ("GRPO-DT (dynamic_sampling=True)", 1)]
+
+
+def test_run_phases_averages_each_metric_over_the_rows_that_record_it(monkeypatch):
+    run_phases = study_script(monkeypatch, "run_phases")
+    rows = eval_rows(40.0, iterations=8, every=2)  # evaluations at 2, 4, 6, 8: 10, 20, 30, 40
+    for row in rows:
+        row["grpo/groups_dropped"] = row["iteration"]
+    means = run_phases.phase_means(rows, 1, 4, ["eval_normalized_mean", "grpo/groups_dropped", "absent"])
+    assert means[:2] == [15.0, 2.5] and np.isnan(means[2])
+    text = run_phases.table("run", rows, ["1-4", "5-8"], ["eval_normalized_mean"])
+    assert text.splitlines()[-2:] == ["| 1-4 | 15.0 |", "| 5-8 | 35.0 |"]

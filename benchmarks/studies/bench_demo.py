@@ -73,8 +73,11 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def section(args: Args, rows: list[dict]) -> str:
-    commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip()
+def current_commit() -> str:
+    return subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip()
+
+
+def section(args: Args, rows: list[dict], commit: str) -> str:
     label = rows[0]["label"] if rows else args.algo
     flags = " ".join([f"--seeds {' '.join(map(str, args.seeds))}", f"--algo {args.algo}",
                       *(f"--extra={e}" for e in args.extra)])
@@ -86,6 +89,7 @@ def section(args: Args, rows: list[dict]) -> str:
 
 def main() -> None:
     args = tyro.cli(Args, description=__doc__.split("\n\n")[0])
+    commit = current_commit()  # what the demos run (the repository may move on while they do)
     rows = []
     for seed in args.seeds:
         rows.append(run_demo(args, seed))
@@ -94,7 +98,7 @@ def main() -> None:
     if args.write:
         text = RESULTS.read_text() if RESULTS.exists() else HEADER
         head, _, rest = text.partition("\n## ")
-        RESULTS.write_text(head.rstrip() + "\n\n" + section(args, rows) + ("\n## " + rest if rest else ""))
+        RESULTS.write_text(head.rstrip() + "\n\n" + section(args, rows, commit) + ("\n## " + rest if rest else ""))
         print(f"wrote {RESULTS}")
 
 
