@@ -10,7 +10,8 @@
 Why PPO-DT by default: on hopper-random it is the method that learns within the demo's minutes, in the
 paper (Table 1: PPO-DT 107.0, GRPO-DT 99.2) and in dtrl's Table 1 at CPU scale, where GRPO-DT's cpu preset
 gains a few points in ten minutes on some seeds and stalls on others (benchmarks/results/table1-cpu.md,
-grpo.md). ``--algo grpo`` runs GRPO-DT instead; benchmarks/results/demo.md has both, measured.
+grpo.md). ``--algo grpo`` runs GRPO-DT instead. benchmarks/results/demo.md has the default's minutes
+and gains per seed, measured.
 
 Every stage writes an ordinary artefact (dataset file, run directories) under ``--out``; running
 the demo again resumes where it stopped (stages whose output is complete are skipped).
