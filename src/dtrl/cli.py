@@ -30,7 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("dtrl.report", "tables (markdown, CSV) and learning curves from run directories"),
     "sweep": ("dtrl.sweep", "a grid of seeds x tasks x algorithms x overrides on Ray Tune"),
     "hf": ("dtrl.hf_cli", "import | export: Hugging Face DecisionTransformerModel <-> dtrl policy"),
-    "demo": ("dtrl.demo", "build data, pretrain, finetune with GRPO-DT, evaluate before/after"),
+    "demo": ("dtrl.demo", "build data, pretrain, finetune (PPO-DT or GRPO-DT), evaluate before/after, curve and video"),
 }
 
 EXIT_BROKEN_PIPE = 141
