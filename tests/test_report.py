@@ -976,3 +976,52 @@ def test_run_phases_averages_each_metric_over_the_rows_that_record_it(monkeypatc
     assert means[:2] == [15.0, 2.5] and np.isnan(means[2])
     text = run_phases.table("run", rows, ["1-4", "5-8"], ["eval_normalized_mean"])
     assert text.splitlines()[-2:] == ["| 1-4 | 15.0 |", "| 5-8 | 35.0 |"]
+
+
+def test_table1_on_another_task_takes_the_tuned_settings_at_that_tasks_budgets(tmp_path, monkeypatch, capsys):
+    """Issue 38: walker2d-medium's Table 1 runs each method's setting tuned on hopper-random at budgets
+    calibrated on walker2d-medium; hopper-random's specs and budget.md section are left as they are."""
+    monkeypatch.chdir(tmp_path)
+    budget = tmp_path / "budget.csv"
+    with open(budget, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=report_budget.COLUMNS)
+        writer.writeheader()
+        for task, iterations in (("hopper-random", 3), ("walker2d-medium", 5)):
+            writer.writerows({"task": task, "method": m, "minutes": 20, "iterations": iterations, "env_steps": 1,
+                              "grad_updates": 1, "wall_time_s": 1, "cpu": "x", "date": "d", "commit": "c"}
+                             for m in report_budget.METHODS)
+    chosen = tmp_path / "chosen.csv"
+    with open(chosen, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["task", "algo", "chosen", "flags"])
+        writer.writeheader()
+        writer.writerows({"task": "hopper-random", "algo": m, "chosen": "True",
+                          "flags": "--learning-rate 0.001 --learning-rate-schedule linear"} for m in report_budget.METHODS)
+    calibrate = study_script(monkeypatch, "calibrate_budget")
+    report_budget.write_specs("hopper-random", 20.0, tmp_path / "sweeps", budget, chosen,
+                              presets=calibrate.cpu_presets("hopper-random"))
+    (tmp_path / "budget.md").write_text((tmp_path / "budget.md").read_text() + "\nNotes (by hand): kept.\n")
+    hopper_specs = {p.name: p.read_text() for p in (tmp_path / "sweeps").iterdir()}
+    with pytest.raises(DtrlError, match="no chosen setting for .* on walker2d-medium"):  # no tuning there
+        report_budget.write_specs("walker2d-medium", 20.0, tmp_path / "sweeps", budget, chosen,
+                                  presets=calibrate.cpu_presets("walker2d-medium"))
+    written = report_budget.write_specs("walker2d-medium", 20.0, tmp_path / "sweeps", budget, chosen,
+                                        presets=calibrate.cpu_presets("walker2d-medium"), tuned_task="hopper-random")
+    assert [p.name for p in written] == ["table1_cpu_walker2d-medium.toml", "budget.md"]
+    assert {p.name: p.read_text() for p in (tmp_path / "sweeps").iterdir() if p.name in hopper_specs} == hopper_specs
+    tomllib = importlib.import_module("tomllib" if sys.version_info >= (3, 11) else "tomli")
+    spec = tomllib.loads((tmp_path / "sweeps" / "table1_cpu_walker2d-medium.toml").read_text())
+    assert spec["tasks"] == ["walker2d-medium"] and spec["algo_args"]["grpo"][:2] == ["--iterations", "5"]
+    assert spec["algo_args"]["grpo"][-5:] == ["--learning-rate", "0.001", "--learning-rate-schedule", "linear",
+                                              "--eval-other-rtg"]
+    assert cli_main(["sweep", str(tmp_path / "sweeps" / "table1_cpu_walker2d-medium.toml"), "--dry-run"]) == 0
+    assert "runs/table1_cpu/walker2d-medium/odt/seed1" in capsys.readouterr().out
+    # budget.md: hopper-random's section and notes stay; walker2d-medium gets its own, replaced when rewritten
+    for _ in range(2):
+        report_budget.write_specs("walker2d-medium", 20.0, tmp_path / "sweeps", budget, chosen,
+                                  presets=calibrate.cpu_presets("walker2d-medium"), tuned_task="hopper-random")
+        text = (tmp_path / "budget.md").read_text()
+        assert text.startswith("# Equal-compute budgets: hopper-random") and "Notes (by hand): kept." in text
+        assert text.count("## walker2d-medium, 20 minutes") == 1 and text.count("| grpo | 5 |") == 1
+    report_budget.write_specs("hopper-random", 20.0, tmp_path / "sweeps", budget, chosen,
+                              presets=calibrate.cpu_presets("hopper-random"))
+    assert (tmp_path / "budget.md").read_text().count("## walker2d-medium, 20 minutes") == 1  # kept by hopper's

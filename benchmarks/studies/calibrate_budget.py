@@ -7,6 +7,15 @@ completed in ``--minutes`` of training on one core *of the calibration machine*,
     nice python benchmarks/studies/calibrate_budget.py --task hopper-random --minutes 20 [--parallel 2]
     python benchmarks/studies/calibrate_budget.py --task hopper-random --write-specs   # sweeps from the CSV
 
+Table 1 on another task (issue 38: walker2d-medium, hopper-medium) keeps each method's setting tuned on
+hopper-random and calibrates the budgets on the task itself, starting from that task's DT of seed 1:
+
+    nice python benchmarks/studies/calibrate_budget.py --task walker2d-medium --minutes 20 --parallel 2 \
+        --data data/walker2d-medium.hdf5 --pretrained runs/pretrain/walker2d-medium/pretrain/seed1
+    python benchmarks/studies/calibrate_budget.py --task walker2d-medium --write-specs \
+        --tuned benchmarks/results/tuning_cpu/chosen.csv --tuned-task hopper-random
+        # -> sweeps/table1_cpu_walker2d-medium.toml and a walker2d-medium section in budget.md
+
 Each method runs its ``cpu`` preset (seed 0, one torch thread, no in-run evaluation, the shared
 pretrained DT for the DT methods) with ``--time-limit-s``; iterations, env steps and gradient updates
 reached are appended to ``benchmarks/results/budget.csv`` with the machine and the commit. A method
@@ -57,7 +66,6 @@ from dtrl.report.budget import (
     variant_budget,
     write_specs,
 )
-from dtrl.report.claims import CLAIMS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: machine.py
 from machine import cpu_name, ensure_inputs  # noqa: E402
@@ -164,16 +172,16 @@ def main() -> None:
     parser.add_argument("--variants-csv", type=Path, default=VARIANTS_CSV)
     parser.add_argument("--tuned", type=Path, help="with --write-specs: chosen.csv of dtrl report --choose over "
                         "the tuning sweep; its settings go into Table 1's and the claims' specs")
+    parser.add_argument("--tuned-task", help="with --write-specs --tuned: the task the tuning sweep ran on, when "
+                        "--task is another (Table 1 on more tasks: only sweeps/table1_cpu_TASK.toml is written)")
     args = parser.parse_args()
     if args.write_specs:
         try:
             written = write_specs(args.task, args.minutes, args.sweeps, args.budget_csv, args.tuned,
-                                  presets=cpu_presets(args.task))
+                                  presets=cpu_presets(args.task), tuned_task=args.tuned_task)
         except DtrlError as exc:
             raise SystemExit(str(exc)) from None
-        tuning, table1, claims, budget_md = written
-        print(f"wrote {tuning}, {table1} and {claims} ({len(CLAIMS)} claims)")
-        print(f"wrote {budget_md}")
+        print("wrote " + ", ".join(str(path) for path in written))
         return
     args.data = args.data or Path(f"data/{args.task}.hdf5")
     args.pretrained = args.pretrained or Path(f"runs/pretrain-{args.task}-cpu")

@@ -123,11 +123,13 @@ def read_tuned(path: Path, task: str) -> dict[str, list[str]]:
 
 
 def write_specs(task: str, minutes: float, sweeps: Path, budget_csv: Path, tuned_csv: Path | None = None, *,
-                presets: dict) -> list[Path]:
+                presets: dict, tuned_task: str | None = None) -> list[Path]:
     """The comparison's sweep specs in ``sweeps`` (tuning_cpu.toml, table1_cpu.toml, claims.toml) from the
     calibrated budgets of ``budget_csv`` and, with ``tuned_csv``, each method's tuned setting; then budget.md
     beside ``budget_csv``. ``presets``: {algo: its cpu preset config}, the claims' reference values.
-    Returns the files written."""
+    ``tuned_task``: the task the tuning sweep ran on, when ``task`` is another one (Table 1 on more tasks keeps
+    each method's setting from the first task's grid, at budgets calibrated on ``task``): then only that
+    task's Table 1 spec is written, ``table1_cpu_<task>.toml``. Returns the files written."""
     budget = {r["method"]: int(r["iterations"]) for r in read_budget(budget_csv)
               if r["task"] == task and float(r["minutes"]) == minutes}
     missing = [m for m in METHODS if m not in budget]
@@ -138,10 +140,12 @@ def write_specs(task: str, minutes: float, sweeps: Path, budget_csv: Path, tuned
                                                                    Path("runs/pretrain/{task}/pretrain/seed{seed}"))]
                  for m in METHODS}
     tuning_algo_args = dict(algo_args)  # the grid itself runs each method's preset plus the grid's values
+    other_task = tuned_task is not None and tuned_task != task
     if tuned_csv is not None:
-        tuned = read_tuned(tuned_csv, task)
+        tuned = read_tuned(tuned_csv, tuned_task or task)
         algo_args = {m: args + tuned[m] for m, args in algo_args.items()}
-        settings = (f"# Each method's setting chosen by the tuning sweep ({tuned_csv}, written with\n"
+        settings = (f"# Each method's setting chosen by the tuning sweep{f' on {tuned_task}' if other_task else ''} "
+                    f"({tuned_csv}, written with\n"
                     "# benchmarks/studies/calibrate_budget.py --write-specs --tuned).\n")
     else:
         settings = ("# Each method's cpu preset as it is: no tuned setting yet (once tuning is reported, rewrite\n"
@@ -155,6 +159,10 @@ def write_specs(task: str, minutes: float, sweeps: Path, budget_csv: Path, tuned
     common = (f'command = "finetune"\nalgos = {toml_list(METHODS)}\ntasks = {toml_list([task])}\n')
     resources = "\n[resources]\ncpus = 1\ngpus = 0\n"
     sweeps.mkdir(parents=True, exist_ok=True)
+    if other_task:
+        return [write_table1_spec(sweeps / f"table1_cpu_{task}.toml", header, settings, common, algo_args,
+                                  resources, f" on {task}"),
+                write_budget_markdown(task, minutes, budget_csv)]
     (sweeps / "tuning_cpu.toml").write_text(
         header + "# Tuning protocol: the same grid, budget and seed for every method; the chosen setting per\n"
         "# method has the highest late score, the mean of the evaluations over the last quarter of the run\n"
@@ -163,15 +171,7 @@ def write_specs(task: str, minutes: float, sweeps: Path, budget_csv: Path, tuned
         + 'out_root = "runs/tuning_cpu"\nargs = ["--preset", "cpu", "--threads", "1"]\n'
         + f"\n[algo_args]\n{table}\n\n[overrides]\n"
         + "".join(f"{name} = {toml_list(values)}\n" for name, values in GRID.items()) + resources)
-    # Table 1 reports the DT methods at both target RTGs (they default to different ones)
-    table1 = "\n".join(f'"{m}" = {toml_list(a + (["--eval-other-rtg"] if m in NEEDS_INIT else []))}'
-                        for m, a in algo_args.items())
-    (sweeps / "table1_cpu.toml").write_text(
-        header + "# Table 1 at CPU scale: 3 seeds, every method at its calibrated budget.\n"
-        "# Held-out seeds: the tuning sweep chose each setting on seed 0, which Table 1 does not use.\n" + settings
-        + common + f'seeds = {toml_list(EVALUATION_SEEDS)}\n'
-        + 'out_root = "runs/table1_cpu"\nargs = ["--preset", "cpu", "--threads", "1"]\n'
-        + f"\n[algo_args]\n{table1}\n" + resources)
+    write_table1_spec(sweeps / "table1_cpu.toml", header, settings, common, algo_args, resources)
     claim_algos = [m for m in METHODS if any(m in algos for algos, _ in CLAIMS.values())]
     studies = "".join(
         f"\n[studies.{claim}]\nalgos = {toml_list(algos)}\n[studies.{claim}.overrides]\n"
@@ -191,26 +191,55 @@ def write_specs(task: str, minutes: float, sweeps: Path, budget_csv: Path, tuned
             write_budget_markdown(task, minutes, budget_csv)]
 
 
+def write_table1_spec(path: Path, header: str, settings: str, common: str, algo_args: dict, resources: str,
+                      on_task: str = "") -> Path:
+    """Table 1's spec: 3 held-out seeds, every method at its calibrated budget; the DT methods are reported
+    at both target RTGs (they default to different ones)."""
+    table1 = "\n".join(f'"{m}" = {toml_list(a + (["--eval-other-rtg"] if m in NEEDS_INIT else []))}'
+                        for m, a in algo_args.items())
+    path.write_text(
+        header + f"# Table 1 at CPU scale{on_task}: 3 seeds, every method at its calibrated budget.\n"
+        "# Held-out seeds: the tuning sweep chose each setting on seed 0, which Table 1 does not use.\n" + settings
+        + common + f'seeds = {toml_list(EVALUATION_SEEDS)}\n'
+        + 'out_root = "runs/table1_cpu"\nargs = ["--preset", "cpu", "--threads", "1"]\n'
+        + f"\n[algo_args]\n{table1}\n" + resources)
+    return path
+
+
 def write_budget_markdown(task: str, minutes: float, budget_csv: Path) -> Path:
     """benchmarks/results/budget.md: the calibration as a table, with machine, date and command. Notes
     written by hand below the table (from a line starting with "Notes") are kept."""
     rows = [r for r in read_budget(budget_csv) if r["task"] == task and float(r["minutes"]) == minutes]
-    lines = [
-        f"# Equal-compute budgets: {task}, {minutes:g} minutes of training per method on one core", "",
-        f"Each method's `cpu` preset ran alone on one core (one torch thread, seed 0, no in-run evaluation) for "
-        f"{minutes:g} minutes of training; the iterations it completed are its budget in `sweeps/table1_cpu.toml`, "
-        "`sweeps/tuning_cpu.toml` and `sweeps/claims.toml`. Iterations are what the studies run, so they give the same "
-        "work on any machine; env steps and gradient updates show how differently the methods spend it.", "",
-        f"Command: `nice python benchmarks/studies/calibrate_budget.py --task {task} --minutes {minutes:g} "
-        "--parallel 2` (two methods at a time on the 2 cores), then `--write-specs`.", "",
-        "| method | iterations | env steps | gradient updates | training s | machine | date | commit |",
-        "|---|---:|---:|---:|---:|---|---|---|"]
+    command = (f"Command: `nice python benchmarks/studies/calibrate_budget.py --task {task} --minutes {minutes:g} "
+               "--parallel 2` (two methods at a time on the 2 cores), then `--write-specs`.")
+    table = ["| method | iterations | env steps | gradient updates | training s | machine | date | commit |",
+             "|---|---:|---:|---:|---:|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['method']} | {int(r['iterations']):,} | {int(r['env_steps']):,} | "
+        table.append(f"| {r['method']} | {int(r['iterations']):,} | {int(r['env_steps']):,} | "
                      f"{int(r['grad_updates']):,} | {float(r['wall_time_s']):.0f} | {r['cpu']} | {r['date']} | "
                      f"{r['commit']} |")
     out = budget_csv.parent / "budget.md"
     old = out.read_text().splitlines() if out.exists() else []
-    notes = next((old[i:] for i, line in enumerate(old) if line.startswith("Notes")), [])
-    out.write_text("\n".join(lines + ([""] + notes if notes else [])) + "\n")
+    title = "# Equal-compute budgets: "
+    first_task = old[0][len(title):].split(",", 1)[0] if old and old[0].startswith(title) else task
+    if first_task != task:
+        # another task's budgets (Table 1 on more tasks): its own section at the end, replaced when written again
+        heading = f"## {task}, {minutes:g} minutes"
+        start = next((i for i, line in enumerate(old) if line == heading), len(old))
+        end = next((i for i in range(start + 1, len(old)) if old[i].startswith("## ")), len(old))
+        section = [heading, "", f"The same calibration on {task}: a DT method's iteration costs what this task's data "
+                   f"and episodes make it cost. The budgets of `sweeps/table1_cpu_{task}.toml`.", "", command, "",
+                   *table, ""]
+        out.write_text("\n".join([*old[:start], *([""] if start == len(old) else []), *section, *old[end:]])
+                       .rstrip("\n").replace("\n\n\n", "\n\n") + "\n")
+        return out
+    lines = [
+        f"{title}{task}, {minutes:g} minutes of training per method on one core", "",
+        f"Each method's `cpu` preset ran alone on one core (one torch thread, seed 0, no in-run evaluation) for "
+        f"{minutes:g} minutes of training; the iterations it completed are its budget in `sweeps/table1_cpu.toml`, "
+        "`sweeps/tuning_cpu.toml` and `sweeps/claims.toml`. Iterations are what the studies run, so they give the same "
+        "work on any machine; env steps and gradient updates show how differently the methods spend it.", "",
+        command, "", *table]
+    kept = next((old[i:] for i, line in enumerate(old) if line.startswith("Notes")), [])  # notes and later sections
+    out.write_text("\n".join(lines + ([""] + kept if kept else [])) + "\n")
     return out
