@@ -994,8 +994,9 @@ def test_table1_on_another_task_takes_the_tuned_settings_at_that_tasks_budgets(t
     with open(chosen, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["task", "algo", "chosen", "flags"])
         writer.writeheader()
-        writer.writerows({"task": "hopper-random", "algo": m, "chosen": "True",
-                          "flags": "--learning-rate 0.001 --learning-rate-schedule linear"} for m in report_budget.METHODS)
+        flags = "--learning-rate 0.001 --learning-rate-schedule linear"
+        writer.writerows({"task": "hopper-random", "algo": m, "chosen": "True", "flags": flags}
+                         for m in report_budget.METHODS)
     calibrate = study_script(monkeypatch, "calibrate_budget")
     report_budget.write_specs("hopper-random", 20.0, tmp_path / "sweeps", budget, chosen,
                               presets=calibrate.cpu_presets("hopper-random"))
