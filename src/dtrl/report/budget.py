@@ -208,7 +208,9 @@ def write_table1_spec(path: Path, header: str, settings: str, common: str, algo_
 
 def write_budget_markdown(task: str, minutes: float, budget_csv: Path) -> Path:
     """benchmarks/results/budget.md: the calibration as a table, with machine, date and command. Notes
-    written by hand below the table (from a line starting with "Notes") are kept."""
+    written by hand below the table (from a line starting with "Notes") are kept. The file's first task
+    (hopper-random's comparison) is its title; another task's budgets are a ``## TASK, N minutes`` section
+    at the end, replaced when written again."""
     rows = [r for r in read_budget(budget_csv) if r["task"] == task and float(r["minutes"]) == minutes]
     command = (f"Command: `nice python benchmarks/studies/calibrate_budget.py --task {task} --minutes {minutes:g} "
                "--parallel 2` (two methods at a time on the 2 cores), then `--write-specs`.")
@@ -240,6 +242,7 @@ def write_budget_markdown(task: str, minutes: float, budget_csv: Path) -> Path:
         "`sweeps/tuning_cpu.toml` and `sweeps/claims.toml`. Iterations are what the studies run, so they give the same "
         "work on any machine; env steps and gradient updates show how differently the methods spend it.", "",
         command, "", *table]
-    kept = next((old[i:] for i, line in enumerate(old) if line.startswith("Notes")), [])  # notes and later sections
+    # the notes by hand and the other tasks' sections after them are kept
+    kept = next((old[i:] for i, line in enumerate(old) if line.startswith(("Notes", "## "))), [])
     out.write_text("\n".join(lines + ([""] + kept if kept else [])) + "\n")
     return out
