@@ -57,7 +57,7 @@ STD_DEFINITION = "the population standard deviation (ddof = 0, np.std)"
 def table_std_note(table: str) -> str:
     """The line under ``markdown_table``'s table that says what its ± are."""
     note = f"Our ± is {STD_DEFINITION} of the final scores over seeds"
-    if "(paper) |" in table.splitlines()[0]:
+    if "(paper) |" in (table.splitlines() or [""])[0]:
         note += ("; a *(paper)* column's ± is the std over 3 seeds that the paper's Table 1 prints (its ddof is "
                  "not stated)")
     return note + "."
