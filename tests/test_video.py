@@ -46,6 +46,9 @@ def test_eval_video_holds_the_evaluated_episode(renders, tiny_files, tmp_path, c
     first = evaluate(policy, TASK, episodes=1, target_rtg=result["eval_target_rtg"], seed=0)
     assert recorded["returns"][0] == pytest.approx(first["eval_return_mean"], rel=1e-5)
     assert len(frames) == first["eval_length_mean"]  # one frame per step (MP4: every frame)
+    assert cli(["eval", str(policy_dir), "--episodes", "1", "--video", str(tmp_path / "fast.mp4"), "--video-fps", "25",
+                "--threads", "1"]) == 0
+    assert len(read_frames(tmp_path / "fast.mp4")) == -(-first["eval_length_mean"] // 5)  # Hopper: 125 / 25
 
 
 def test_the_camera_follows_the_agent(renders):
@@ -95,9 +98,11 @@ def test_video_every_records_at_the_evaluations_without_changing_the_run(renders
         return [{k: v for k, v in json.loads(line).items() if not (k.startswith("time/") or k == "wall_time_s")}
                 for line in (out / "metrics.jsonl").read_text().splitlines()]
 
-    with_videos = run(tmp_path / "v", "--video-every", "2")
+    with_videos = run(tmp_path / "v", "--video-every", "2", "--video-fps", "25")
     assert sorted(p.name for p in (tmp_path / "v" / "videos").iterdir()) == ["iteration_2.mp4"]
     assert with_videos == run(tmp_path / "plain")  # recording draws no random numbers the run uses
+    frames = read_frames(tmp_path / "v" / "videos" / "iteration_2.mp4")  # every 5th of the episode's steps
+    assert len(frames) == -(-with_videos[-1]["eval_length_mean"] // 5)
 
 
 def test_bad_video_paths_are_refused_before_any_work(tiny_files, tmp_path, capsys):
@@ -108,4 +113,6 @@ def test_bad_video_paths_are_refused_before_any_work(tiny_files, tmp_path, capsy
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("dtrl: error:") and message in err[0]
     assert cli(["finetune", "--algo", "odt", "--task", TASK, "--video-every", "-1"]) == 2
-    assert "video-every must be >= 0" in capsys.readouterr().err
+    assert "video-every and video-fps must be >= 0" in capsys.readouterr().err
+    assert cli(["eval", str(policy_dir), "--video", str(tmp_path / "x.mp4"), "--video-fps", "-1"]) == 2
+    assert "--video-fps must be >= 0" in capsys.readouterr().err

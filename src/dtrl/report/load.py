@@ -41,7 +41,7 @@ OFFLINE_ALGOS = ("DT", "Reinformer")
 _NOT_HYPERPARAMETERS = {"seed", "out", "run_info", "resume", "force", "device", "init", "dataset", "task",
                         "algo", "preset", "eval_every", "eval_episodes", "eval_other_rtg", "checkpoint_every",
                         "command", "threads", "env_threads", "track", "wandb_project", "wandb_entity",
-                        "init_weights_sha256", "video_every"}
+                        "init_weights_sha256", "video_every", "video_fps"}
 
 
 @dataclass
