@@ -22,6 +22,8 @@ from pathlib import Path
 
 import tyro
 
+from dtrl.demo import DEMO_FINETUNING
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: machine.py
 from machine import cpu_name  # noqa: E402
 
@@ -55,7 +57,7 @@ def run_demo(args: Args, seed: int) -> dict:
     started = time.time()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     summary = json.loads((out / "demo_results.json").read_text())
-    label = next(k for k in summary if k not in ("pretrained DT", "algo", "seed", "minutes", "video"))
+    label = DEMO_FINETUNING[args.algo]["label"]
     before, after = summary["pretrained DT"]["eval_normalized_mean"], summary[label]["eval_normalized_mean"]
     return {"seed": seed, "label": label, "before": before, "after": after, "gain": after - before,
             "minutes": summary["minutes"], "process_minutes": (time.time() - started) / 60,

@@ -35,7 +35,7 @@ from dtrl.algos.run_loop import EVAL_SEED_OFFSET
 from dtrl.config import reject_non_finite, resolve_device
 from dtrl.data import cli as data_cli
 from dtrl.errors import DtrlError
-from dtrl.evaluation import default_context_length, default_target_rtg, evaluate, record_video
+from dtrl.evaluation import check_mp4_writer, default_context_length, default_target_rtg, evaluate, record_video
 from dtrl.models.loading import load_policy
 from dtrl.runs import read_metrics
 from dtrl.tasks import get_task
@@ -213,10 +213,9 @@ def _record_video(config: DemoConfig, policy, task, target: float, context, devi
     """One evaluation episode of the finetuned policy, rendered headless; a missing renderer or
     encoder is a one-line note, never a failed demo (the results are already written)."""
     try:
-        import imageio_ffmpeg  # noqa: F401
-
+        check_mp4_writer()
         path = root / "finetuned.mp4"
-    except ImportError:
+    except DtrlError:
         path = root / "finetuned.gif"
     try:
         return record_video(policy, task, path, episodes=1, target_rtg=target, context_length=context,

@@ -72,10 +72,8 @@ def main(argv: list[str]) -> int:
 
 def _entry_point(algo: str):
     """(the algorithm's module, the name of its main function)."""
-    if algo not in ALGORITHMS:
-        raise DtrlError(f"unknown algorithm {algo!r} (choose from {', '.join(ALGORITHMS)})")
-    module_part, _, entry = ALGORITHMS[algo][0].partition(":")
-    module_name = f"dtrl.algos.{module_part}"
+    module_name = algorithm_module(algo)
+    entry = ALGORITHMS[algo][0].partition(":")[2]
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -84,6 +82,13 @@ def _entry_point(algo: str):
                             f"({module_name} missing)") from None
         raise
     return module, entry or "main"
+
+
+def algorithm_module(algo: str) -> str:
+    """The module of ``--algo ALGO`` (``dtrl.algos.grpo``; its config's ``PRESETS`` live there)."""
+    if algo not in ALGORITHMS:
+        raise DtrlError(f"unknown algorithm {algo!r} (choose from {', '.join(ALGORITHMS)})")
+    return f"dtrl.algos.{ALGORITHMS[algo][0].partition(':')[0]}"
 
 
 def parse(argv: list[str]):

@@ -232,8 +232,10 @@ def write_budget_markdown(task: str, minutes: float, budget_csv: Path) -> Path:
         section = [heading, "", f"The same calibration on {task}: a DT method's iteration costs what this task's data "
                    f"and episodes make it cost. The budgets of `sweeps/table1_cpu_{task}.toml`.", "", command, "",
                    *table, ""]
-        out.write_text("\n".join([*old[:start], *([""] if start == len(old) else []), *section, *old[end:]])
-                       .rstrip("\n").replace("\n\n\n", "\n\n") + "\n")
+        before = old[:start]
+        while before and not before[-1]:
+            before.pop()
+        out.write_text("\n".join([*before, "", *section, *old[end:]]).rstrip("\n") + "\n")
         return out
     lines = [
         f"{title}{task}, {minutes:g} minutes of training per method on one core", "",

@@ -190,11 +190,11 @@ def preset_defaults(algo: str | None, preset: str | None, task: str | None) -> d
     starts from today; {} where that cannot be built (an unknown algorithm, preset or task). Options are
     added with the earlier behaviour as their default, so for a run made before an option existed, this
     is what the option stood for."""
-    from dtrl.algos.finetune import ALGORITHMS
+    from dtrl.algos.finetune import algorithm_module
 
-    module = "pretrain" if algo == "pretrain" else ALGORITHMS.get(str(algo), ("",))[0].partition(":")[0]
     try:
-        presets = importlib.import_module(f"dtrl.algos.{module}").PRESETS
+        module = "dtrl.algos.pretrain" if algo == "pretrain" else algorithm_module(str(algo))
+        presets = importlib.import_module(module).PRESETS
         return flatten_config(dataclasses.asdict(presets[preset](task)))
     except (ImportError, AttributeError, KeyError, DtrlError, TypeError, ValueError):
         return {}
