@@ -34,6 +34,7 @@ from dtrl.report.stats import (
     other_rtg_rows,
     paired_runs,
     parse_reference,
+    ranking_rows,
     training_rows,
 )
 from dtrl.report.tables import (
@@ -47,6 +48,8 @@ from dtrl.report.tables import (
     markdown_table,
     other_rtg_markdown,
     paired_markdown,
+    paper_means,
+    ranking_markdown,
     runs_table,
     statistics_markdown,
     table_std_note,
@@ -148,6 +151,7 @@ class Analyses:
 
     statistics: list[dict] | None
     """rliable's intervals over seeds; None without rliable"""
+    ranking: list[dict]
     improvement: list[dict]
     other_rtg: list[dict]
     compute: list[dict]
@@ -200,7 +204,8 @@ def analyse(config: ReportConfig, groups: dict[tuple[str, str], GroupResult], re
     choices = choose_settings(groups, config.choose) if config.choose else []
     if config.choose and not choices:
         raise DtrlError(f"--choose {config.choose}: no finished run with an evaluation to rank")
-    return Analyses(statistics=statistics, improvement=improvement_rows(groups), other_rtg=other_rtg_rows(groups),
+    return Analyses(statistics=statistics, ranking=ranking_rows(groups, statistics, paper_means(groups)),
+                    improvement=improvement_rows(groups), other_rtg=other_rtg_rows(groups),
                     compute=compute_rows(groups),
                     at_time=at_time_rows(groups, config.at_minutes) if config.at_minutes else [],
                     training=training_rows(groups, trained) if trained else [], pairs=pairs, unpaired=unpaired,
@@ -222,7 +227,8 @@ def statistics_section(statistics: list[dict] | None, reps: int) -> list[str]:
 def analysis_sections(config: ReportConfig, found: Analyses, unfinished: int) -> list[str]:
     """The markdown sections after the table, in the report's order; those without rows are left out."""
     sections = statistics_section(found.statistics, config.bootstrap_reps)
-    for rows, section in ((found.improvement, improvement_markdown), (found.other_rtg, other_rtg_markdown),
+    for rows, section in ((found.ranking, ranking_markdown), (found.improvement, improvement_markdown),
+                          (found.other_rtg, other_rtg_markdown),
                           (found.compute, compute_markdown)):
         if rows:
             sections.append(section(rows))
@@ -278,7 +284,8 @@ def write_tables(out: Path, markdown: str, groups: dict[tuple[str, str], GroupRe
     atomic_write_text(out / "evaluations.csv",
                       csv_text(evaluation_rows(runs, trained), EVALUATION_COLUMNS + list(trained)))
     files = [out / "report.md", out / "report.csv", out / "evaluations.csv"]
-    for name, rows in (("statistics", found.statistics), ("improvement", found.improvement),
+    for name, rows in (("statistics", found.statistics), ("ranking", found.ranking),
+                       ("improvement", found.improvement),
                        ("other_rtg", found.other_rtg), ("compute", found.compute), ("at_time", found.at_time),
                        ("training", found.training), ("chosen", found.choices), ("paired", found.pairs)):
         if rows:

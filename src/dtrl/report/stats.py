@@ -98,6 +98,59 @@ def interval_estimates(groups: dict[tuple[str, str], GroupResult], reps: int, se
     return rows
 
 
+def ranking_rows(groups: dict[tuple[str, str], GroupResult], statistics: list[dict] | None,
+                 paper: dict[str, dict[str, float]]) -> list[dict]:
+    """Per task with two or more columns: who wins (highest mean final score over seeds), the runner-up,
+    and whether their 95% intervals (rliable's, from ``statistics``) are apart; then the ranking of the
+    columns the paper's Table 1 also has (``paper``: {task: {label: paper mean}}): its best against
+    ours, Kendall's tau between the two orders (scipy; None below 3 columns) and GRPO-DT's rank in each
+    (1 = best). The question a reader of a comparison asks first: does the paper's ranking hold here."""
+    intervals = {(row["task"], row["algorithm"]): (row["final_mean_lo"], row["final_mean_hi"])
+                 for row in statistics or []}
+    by_task: dict[str, list[GroupResult]] = defaultdict(list)
+    for group in groups.values():
+        if group.scores:
+            by_task[group.task].append(group)
+    rows = []
+    for task, task_groups in sorted(by_task.items()):
+        if len(task_groups) < 2:
+            continue
+        ranked = sorted(task_groups, key=lambda g: (-g.mean, g.label))
+        first, second = ranked[0], ranked[1]
+        lo1, hi1 = intervals.get((task, first.label), (None, None))
+        lo2, hi2 = intervals.get((task, second.label), (None, None))
+        paper_means = paper.get(task, {}) if first.metric == "normalized" else {}
+        shared = [g for g in ranked if g.label in paper_means]
+        paper_order = sorted(shared, key=lambda g: (-paper_means[g.label], g.label))
+        row = {"task": task, "columns": len(ranked),
+               "winner": first.label, "winner_mean": first.mean, "winner_lo": lo1, "winner_hi": hi1,
+               "runner_up": second.label, "runner_up_mean": second.mean, "runner_up_lo": lo2, "runner_up_hi": hi2,
+               "apart": None if lo1 is None or hi2 is None else bool(lo1 > hi2),
+               "shared": len(shared),
+               "ours_best_shared": shared[0].label if shared else None,
+               "paper_best": paper_order[0].label if paper_order else None,
+               "paper_best_mean": paper_means[paper_order[0].label] if paper_order else None,
+               "kendall_tau": _kendall_tau([g.mean for g in shared], [paper_means[g.label] for g in shared]),
+               "grpo_rank_ours": None, "grpo_rank_paper": None}
+        row["same_best"] = None if not shared else row["ours_best_shared"] == row["paper_best"]
+        for order, key in ((shared, "grpo_rank_ours"), (paper_order, "grpo_rank_paper")):
+            row[key] = next((i + 1 for i, g in enumerate(order) if g.label == "GRPO-DT"), None)
+        rows.append(row)
+    return rows
+
+
+def _kendall_tau(ours: list[float], paper: list[float]) -> float | None:
+    """Kendall's tau-b of two orders of the same columns; None below 3 columns or without scipy."""
+    if len(ours) < 3:
+        return None
+    try:
+        from scipy.stats import kendalltau
+    except ImportError:
+        return None
+    tau = kendalltau(ours, paper).statistic
+    return None if math.isnan(tau) else float(tau)
+
+
 def improvement_rows(groups: dict[tuple[str, str], GroupResult]) -> list[dict]:
     """Per (task, column): final − start of each run that has both, its mean with a 95% Student-t
     interval over runs, and how many runs ended above where they started."""

@@ -137,6 +137,47 @@ def csv_rows(groups: dict[tuple[str, str], GroupResult]) -> list[dict]:
     return rows
 
 
+def paper_means(groups: dict[tuple[str, str], GroupResult]) -> dict[str, dict[str, float]]:
+    """{task: {column label: the paper's Table 1 mean}} for the normalised-score columns the paper has."""
+    paper = paper_table()
+    means: dict[str, dict[str, float]] = {}
+    for (task, label), group in groups.items():
+        entry = paper.get(paper_dataset_name(task), {}).get(label) if group.metric == "normalized" else None
+        if entry:
+            means.setdefault(task, {})[label] = entry[0]
+    return means
+
+
+def ranking_markdown(rows: list[dict]) -> str:
+    def interval(row: dict, name: str) -> str:
+        bounds = f" [{row[name + '_lo']:.1f}, {row[name + '_hi']:.1f}]" if row[name + "_lo"] is not None else ""
+        return f"{row[name]} {row[name + '_mean']:.1f}{bounds}"
+
+    def verdict(value: bool | None) -> str:
+        return "–" if value is None else ("yes" if value else "no")
+
+    lines = [
+        "## Who wins each task, and does the paper's ranking hold",
+        "The column with the highest mean final score and the runner-up, with their 95% intervals "
+        "(Statistics over seeds); *apart*: the winner's interval lies above the runner-up's (with 3 seeds an "
+        "interval spans about the lowest to the highest seed). Then only the columns the paper's Table 1 "
+        "also has, ranked by our means and by the paper's: the best of each, Kendall's τ between the two "
+        "orders (1: the same order, −1: reversed; – below 3 columns) and GRPO-DT's rank in each (1 = best).",
+        "",
+        "| task | winner: final mean [95% CI] | runner-up [95% CI] | apart | paper's methods here | "
+        "best here | best in the paper | same best | Kendall τ | GRPO-DT rank here / in the paper |",
+        "|---|---|---|---|---:|---|---|---|---:|---:|"]
+    for row in rows:
+        paper_best = (f"{row['paper_best']} {row['paper_best_mean']:.1f}" if row["paper_best"] else "–")
+        tau = f"{row['kendall_tau']:+.2f}" if row["kendall_tau"] is not None else "–"
+        grpo = (f"{row['grpo_rank_ours']} / {row['grpo_rank_paper']} of {row['shared']}"
+                if row["grpo_rank_ours"] else "–")
+        lines.append(f"| {row['task']} | {interval(row, 'winner')} | {interval(row, 'runner_up')} | "
+                     f"{verdict(row['apart'])} | {row['shared']} | {row['ours_best_shared'] or '–'} | {paper_best} | "
+                     f"{verdict(row['same_best'])} | {tau} | {grpo} |")
+    return "\n".join(lines)
+
+
 def csv_text(rows: list[dict], columns: list[str] | None = None) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns or list(rows[0]))
