@@ -1026,6 +1026,28 @@ def test_table1_on_another_task_takes_the_tuned_settings_at_that_tasks_budgets(t
     report_budget.write_specs("hopper-random", 20.0, tmp_path / "sweeps", budget, chosen,
                               presets=calibrate.cpu_presets("hopper-random"))
     assert (tmp_path / "budget.md").read_text().count("## walker2d-medium, 20 minutes") == 1  # kept by hopper's
+    # hopper-medium: the SB3 lines read no dataset and hopper-random's are on the same env (Hopper-v5), so they
+    # are neither calibrated nor run again; IQL reads the dataset and must be
+    with open(budget, "a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=report_budget.COLUMNS)
+        writer.writerows({"task": "hopper-medium", "method": m, "minutes": 20, "iterations": 7, "env_steps": 1,
+                          "grad_updates": 1, "wall_time_s": 1, "cpu": "x", "date": "d", "commit": "c"}
+                         for m in ("grpo", "grpo-q", "ppo", "odt", "odt-td3"))
+    with pytest.raises(DtrlError, match="no calibration yet for iql on hopper-medium"):
+        report_budget.write_specs("hopper-medium", 20.0, tmp_path / "sweeps", budget, chosen,
+                                  presets=calibrate.cpu_presets("hopper-medium"), tuned_task="hopper-random")
+    with open(budget, "a", newline="") as handle:
+        csv.DictWriter(handle, fieldnames=report_budget.COLUMNS).writerow(
+            {"task": "hopper-medium", "method": "iql", "minutes": 20, "iterations": 7, "env_steps": 1,
+             "grad_updates": 1, "wall_time_s": 1, "cpu": "x", "date": "d", "commit": "c"})
+    report_budget.write_specs("hopper-medium", 20.0, tmp_path / "sweeps", budget, chosen,
+                              presets=calibrate.cpu_presets("hopper-medium"), tuned_task="hopper-random")
+    text = (tmp_path / "sweeps" / "table1_cpu_hopper-medium.toml").read_text()
+    spec = tomllib.loads(text)
+    assert spec["algos"] == ["grpo", "grpo-q", "ppo", "odt", "odt-td3", "iql"] and set(spec["algo_args"]) == \
+        set(spec["algos"])
+    assert "# sb3-ppo: not run on hopper-medium" in text and "--share-across-tasks sb3-ppo" in text
+    assert "walker2d" not in text  # Walker2d's SB3 runs are another env's
 
 
 def test_who_wins_each_task_and_whether_the_papers_ranking_holds(tmp_path):
@@ -1056,3 +1078,34 @@ def test_who_wins_each_task_and_whether_the_papers_ranking_holds(tmp_path):
     text = (tmp_path / "out" / "report.md").read_text()
     assert "| walker2d-medium | PPO-DT 52.0 [50.0, 54.0] | ODT 31.0 [30.0, 32.0] | yes | 3 | PPO-DT | " \
            "GRPO-DT 158.3 | no | -0.33 | 3 / 1 of 3 |" in text
+
+
+def test_methods_without_a_dataset_run_once_per_env_and_count_in_each_of_its_tasks(tmp_path):
+    def runs(task, algo, scores, **config):
+        for seed, final in enumerate(scores, start=1):
+            make_run(tmp_path / "runs" / task / algo / f"seed{seed}",
+                     {"task": task, "algo": algo, "seed": seed, "preset": "cpu", **config}, eval_rows(final))
+
+    runs("hopper-random", "sb3-ppo", [40, 80, 120])
+    runs("hopper-medium", "ppo", [60, 70, 80], init="runs/pretrain/hopper-medium/pretrain/seed{seed}")
+    runs("walker2d-medium", "ppo", [20, 30, 40], init="runs/pretrain/walker2d-medium/pretrain/seed{seed}")
+    root = str(tmp_path / "runs")
+    report = build_report(ReportConfig(run_dirs=(root,), out=str(tmp_path / "out"), bootstrap_reps=100,
+                                       share_across_tasks=("sb3-ppo",)))
+    groups = report["groups"]
+    # hopper-medium's SB3 PPO column is hopper-random's 3 runs (Hopper-v5 both, same settings); Walker2d has none
+    assert groups[("hopper-medium", "SB3 PPO")].scores == groups[("hopper-random", "SB3 PPO")].scores == [40, 80, 120]
+    assert ("walker2d-medium", "SB3 PPO") not in groups
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "SB3 PPO on hopper-medium: the 3 hopper-random run(s) (--share-across-tasks" in text
+    assert "--share-across-tasks sb3-ppo" in text  # the command that regenerates it
+    # each run once in the runs list and in evaluations.csv, so a report rebuilt from it shares again
+    assert len(report["runs"]) == 9
+    with open(tmp_path / "out" / "evaluations.csv") as handle:
+        assert {r["task"] for r in csv.DictReader(handle) if r["algorithm"] == "SB3 PPO"} == {"hopper-random"}
+    # refused: a method that read a pretrained DT, and a task with runs of its own of the shared method
+    with pytest.raises(DtrlError, match="read a dataset or a pretrained DT"):
+        build_report(ReportConfig(run_dirs=(root,), out=str(tmp_path / "x"), share_across_tasks=("ppo",)))
+    runs("hopper-medium", "sb3-ppo", [50, 50, 50])
+    with pytest.raises(DtrlError, match="has sb3-ppo runs of its own beside those of hopper-"):
+        build_report(ReportConfig(run_dirs=(root,), out=str(tmp_path / "y"), share_across_tasks=("sb3-ppo",)))

@@ -130,17 +130,19 @@ def write_specs(task: str, minutes: float, sweeps: Path, budget_csv: Path, tuned
     ``tuned_task``: the task the tuning sweep ran on, when ``task`` is another one (Table 1 on more tasks keeps
     each method's setting from the first task's grid, at budgets calibrated on ``task``): then only that
     task's Table 1 spec is written, ``table1_cpu_<task>.toml``. Returns the files written."""
-    budget = {r["method"]: int(r["iterations"]) for r in read_budget(budget_csv)
-              if r["task"] == task and float(r["minutes"]) == minutes}
-    missing = [m for m in METHODS if m not in budget]
+    rows = read_budget(budget_csv)
+    budget = {r["method"]: int(r["iterations"]) for r in rows if r["task"] == task and float(r["minutes"]) == minutes}
+    other_task = tuned_task is not None and tuned_task != task
+    shared = shared_env_runs(task, minutes, rows) if other_task else {}
+    missing = [m for m in METHODS if m not in budget and m not in shared]
     if missing:
         raise DtrlError(f"no calibration yet for {', '.join(missing)} on {task} ({minutes} min): run without "
                          "--write-specs first")
+    methods = [m for m in METHODS if m not in shared]
     algo_args = {m: ["--iterations", str(budget[m]), *method_args(m, Path("data/{task}.hdf5"),
                                                                    Path("runs/pretrain/{task}/pretrain/seed{seed}"))]
-                 for m in METHODS}
+                 for m in methods}
     tuning_algo_args = dict(algo_args)  # the grid itself runs each method's preset plus the grid's values
-    other_task = tuned_task is not None and tuned_task != task
     if tuned_csv is not None:
         tuned = read_tuned(tuned_csv, tuned_task or task)
         algo_args = {m: args + tuned[m] for m, args in algo_args.items()}
@@ -156,7 +158,11 @@ def write_specs(task: str, minutes: float, sweeps: Path, budget_csv: Path, tuned
               "# benchmarks/results/budget.csv: every method runs the iterations it completed in that many minutes\n"
               "# of training on one core of the calibration machine (equal compute, machine-independent).\n"
               "# The DT methods of a seed share the pretrained DT of sweeps/pretrain.toml (same seed).\n")
-    common = (f'command = "finetune"\nalgos = {toml_list(METHODS)}\ntasks = {toml_list([task])}\n')
+    if shared:
+        header += "".join(f"# {m}: not run on {task}. It reads no dataset, and the {other} runs of Table 1 are on "
+                          f"the same env: they count here too\n# (dtrl report --share-across-tasks {m}).\n"
+                          for m, other in shared.items())
+    common = (f'command = "finetune"\nalgos = {toml_list(methods)}\ntasks = {toml_list([task])}\n')
     resources = "\n[resources]\ncpus = 1\ngpus = 0\n"
     sweeps.mkdir(parents=True, exist_ok=True)
     if other_task:
@@ -189,6 +195,26 @@ def write_specs(task: str, minutes: float, sweeps: Path, budget_csv: Path, tuned
         + resources + studies)
     return [sweeps / "tuning_cpu.toml", sweeps / "table1_cpu.toml", sweeps / "claims.toml",
             write_budget_markdown(task, minutes, budget_csv)]
+
+
+def shared_env_runs(task: str, minutes: float, rows: list[dict]) -> dict[str, str]:
+    """{method: the task whose Table 1 runs are also ``task``'s} for the methods that read neither a dataset nor
+    a pretrained DT (the SB3 lines), not calibrated on ``task`` but on another task of the same env: they run
+    once per env (hopper-random's SB3 runs are hopper-medium's)."""
+    from dtrl.tasks import get_task
+
+    env_id = get_task(task).env_id
+    shared = {}
+    for method in METHODS:
+        if method in NEEDS_INIT | NEEDS_DATASET:
+            continue
+        here = [r for r in rows if r["method"] == method and float(r["minutes"]) == minutes]
+        if any(r["task"] == task for r in here):
+            continue
+        others = sorted(r["task"] for r in here if get_task(r["task"]).env_id == env_id)
+        if others:
+            shared[method] = others[0]
+    return shared
 
 
 def write_table1_spec(path: Path, header: str, settings: str, common: str, algo_args: dict, resources: str,

@@ -24,6 +24,7 @@ from dtrl.report.load import (
     group_runs,
     load_runs,
     select_runs,
+    share_across_tasks,
 )
 from dtrl.report.plots import X_KEYS, plot_paired_curves, plot_performance_profile, plot_task, plot_training
 from dtrl.report.stats import (
@@ -97,6 +98,10 @@ class ReportConfig:
     """NAME=GLOB ...: name the column of the runs whose path (or a folder above it) matches GLOB, e.g.
     `--label 'GRPO-DT from the HF DT=runs/hf-grpo'`. Columns are made first: one per algorithm, setting
     and starting point (--init, --dataset); a label that would join runs of two columns is refused"""
+    share_across_tasks: tuple[str, ...] = ()
+    """ALGO ...: methods that read no dataset and no pretrained DT (e.g. `sb3-ppo sb3-sac`), run once per
+    env: their runs count in every task of the report on the same env with the same settings (Table 1's
+    SB3 lines on hopper-random are those of hopper-medium too); said under the table"""
     training_metrics: tuple[str, ...] = ()
     """metrics.jsonl keys (e.g. losses/actor_q losses/critic_loss) to average between evaluations, store
     in evaluations.csv and draw per column over iterations (training_<task>.png); keys already in a
@@ -257,8 +262,9 @@ def runs_notes(runs: list[RunResult], finished_only: bool) -> list[str]:
 
 
 def report_markdown(config: ReportConfig, groups: dict[tuple[str, str], GroupResult], runs: list[RunResult],
-                    found: Analyses, table: str) -> str:
-    """report.md: the command that made it, the table, the analyses' sections, the runs."""
+                    found: Analyses, table: str, share_notes: list[str]) -> str:
+    """report.md: the command that made it, the table (and which runs count in more than one task), the
+    analyses' sections, the runs."""
     seeds = sorted({len(g.scores) for g in groups.values() if g.scores})
     seed_note = f"{seeds[0]} seed(s) per cell" if len(seeds) == 1 else "seeds per cell vary (see report.csv)"
     unfinished = sum(1 for r in runs if not r.finished)
@@ -270,6 +276,7 @@ def report_markdown(config: ReportConfig, groups: dict[tuple[str, str], GroupRes
         "Table 1 per task in bold.",
         table,
         table_std_note(table),
+        *share_notes,
         *analysis_sections(config, found, unfinished),
         "## Runs",
         runs_table(runs),
@@ -322,11 +329,13 @@ def build_report(config: ReportConfig) -> dict:
     runs = select_runs(load_runs(config.run_dirs, config.from_csv), config.only)
     apply_labels(runs, config.label)
     trained = training_keys(config, runs)
-    groups = report_groups(runs, config.finished_only)
+    shared, share_notes = share_across_tasks(runs, config.share_across_tasks)
+    groups = report_groups(runs + shared, config.finished_only)
     out = make_folder(config.out)
     found = analyse(config, groups, reference, trained)
     table = markdown_table(groups)
-    files = write_tables(out, report_markdown(config, groups, runs, found, table), groups, runs, trained, found)
+    markdown = report_markdown(config, groups, runs, found, table, share_notes)
+    files = write_tables(out, markdown, groups, runs, trained, found)
     files += write_plots(out, config, groups, x_names, trained, found.pairs)
     return {"markdown": table, "files": files, "groups": groups, "runs": runs, "pairs": found.pairs,
             "choices": found.choices}

@@ -273,6 +273,54 @@ def group_runs(runs: list[RunResult]) -> dict[tuple[str, str], GroupResult]:
     return groups
 
 
+def share_across_tasks(runs: list[RunResult], algos: tuple[str, ...]) -> tuple[list[RunResult], list[str]]:
+    """Copies of the runs of ``algos`` (``dtrl finetune --algo`` names) for every other task of the report on
+    the same environment, and one note per share. For methods that read no dataset and no pretrained DT
+    (the SB3 lines), a run on hopper-random is a run on hopper-medium: the same env, reference scores and
+    settings, so Table 1 runs them once per env (issue 38) and shows them in each of its tasks. Refused
+    where that is not so: a run that read a dataset or a DT, tasks whose envs, reference scores or
+    preset settings differ, or a task that has runs of its own of that method."""
+    shared: list[RunResult] = []
+    notes: list[str] = []
+    tasks = {run.task for run in runs}
+    for algo in algos:
+        sources = [run for run in runs if run.config.get("algo") == algo]
+        if not sources:
+            raise DtrlError(f"--share-across-tasks {algo}: no run of that algorithm in the report")
+        for run in sources:
+            if run.config.get("dataset") or run.config.get("init"):
+                raise DtrlError(f"--share-across-tasks {algo}: {relative_path(run.path)} read a dataset or a "
+                                "pretrained DT, so it belongs to its own task")
+        for source_task in sorted({run.task for run in sources}):
+            from_task = [run for run in sources if run.task == source_task]
+            for task in sorted(tasks - {source_task}):
+                if not _same_setting(algo, from_task[0], task):
+                    continue
+                if any(run.task == task for run in sources):
+                    raise DtrlError(f"--share-across-tasks {algo}: {task} has {algo} runs of its own beside "
+                                    f"those of {source_task} on the same env; report one of them")
+                shared += [dataclasses.replace(run, task=task) for run in from_task]
+                notes.append(f"{from_task[0].algo} on {task}: the {len(from_task)} {source_task} run(s) "
+                             f"(--share-across-tasks: the same env and settings; the method reads no dataset).")
+    return shared, notes
+
+
+def _same_setting(algo: str, run: RunResult, task: str) -> bool:
+    """Whether ``run`` (of another task) is also a run of ``task``: the same env, episode horizon and
+    reference scores, and a preset whose settings differ in nothing but the task's name."""
+    _, mine = canonical_task(run.task)
+    _, other = canonical_task(task)
+    if mine is None or other is None:
+        return False
+    same = lambda field_name: getattr(mine, field_name) == getattr(other, field_name)  # noqa: E731
+    if not all(map(same, ("env_id", "env_kwargs", "max_episode_steps", "ref_min_score", "ref_max_score"))):
+        return False
+    preset = run.config.get("preset")
+    ours = {k: v for k, v in preset_defaults(algo, preset, run.task).items() if k != "task"}
+    theirs = {k: v for k, v in preset_defaults(algo, preset, task).items() if k != "task"}
+    return bool(ours) and ours == theirs
+
+
 def column_order(labels: set[str]) -> list[str]:
     def key(label: str):
         base = label.split(" (", 1)[0] if label not in ALGO_ORDER else label
