@@ -208,7 +208,7 @@ def test_seed_everything_is_deterministic():
     assert a == (random.random(), np.random.rand(), torch.rand(2).tolist())
 
 
-def test_resume_drops_metrics_after_checkpoint_and_torn_line(tmp_path):
+def test_resume_drops_metrics_after_checkpoint_and_torn_line(tmp_path, capsys):
     run = RunDir.create(tmp_path / "run", CONFIG)
     for iteration in range(6):
         run.log({"iteration": iteration, "wall_time_s": 10.0 * iteration})
@@ -218,7 +218,9 @@ def test_resume_drops_metrics_after_checkpoint_and_torn_line(tmp_path):
     with open(tmp_path / "run" / "metrics.jsonl", "a") as handle:
         handle.write('{"iteration": 6, "wall_ti')  # a write torn by kill -9
 
-    resumed = RunDir.resume(tmp_path / "run", {**CONFIG, "resume": True, "lr": 3e-4})
+    # lr changed; video_fps is an option the run's dtrl did not have yet: recorded, not a changed setting
+    resumed = RunDir.resume(tmp_path / "run", {**CONFIG, "resume": True, "lr": 3e-4, "video_fps": 0})
+    assert capsys.readouterr().err.strip().endswith("with changed settings: lr")
     assert resumed.checkpoint_iteration == 3
     assert [r["iteration"] for r in read_metrics(tmp_path / "run")] == [0, 1, 2, 3]
     assert resumed.load_state() == {"iteration": 3}
@@ -229,6 +231,8 @@ def test_resume_drops_metrics_after_checkpoint_and_torn_line(tmp_path):
     config = read_config(tmp_path / "run")
     assert config["lr"] == 3e-4  # changed settings are applied and recorded
     assert config["run_info"]["resumes"][0]["changed"] == {"lr": {"was": 1e-4, "now": 3e-4}}
+    assert config["run_info"]["resumes"][0]["options_added_since"] == {"video_fps": 0}
+    assert config["video_fps"] == 0
 
 
 def test_resume_errors_are_one_line(tmp_path):

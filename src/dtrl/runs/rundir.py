@@ -68,6 +68,20 @@ def _run_info(config: dict) -> dict:
     return info
 
 
+def _settings_now(path: Path, stored: dict, config: dict) -> tuple[dict, dict]:
+    """Apply ``config`` to a resumed run's ``stored`` config: ({key: {"was", "now"}} of the changed settings,
+    warned about on stderr; {key: value} of the options this dtrl has and the run's did not (e.g.
+    --video-fps), which are not settings the user changed: the run did what their defaults do)."""
+    changed = changed_settings(stored, config)
+    added = {k: v["now"] for k, v in changed.items() if k not in stored}
+    changed = {k: v for k, v in changed.items() if k in stored}
+    if changed:
+        print(f"dtrl: warning: resuming {path} with changed settings: {', '.join(changed)}", file=sys.stderr)
+    stored.update({k: v["now"] for k, v in changed.items()})
+    stored.update(added)
+    return changed, added
+
+
 class RunDir:
     """A run directory opened for writing: ``create`` a new one or ``resume`` an existing one."""
 
@@ -179,13 +193,10 @@ class RunDir:
             if isinstance(row.get("wall_time_s"), (int, float)):
                 offset = max(offset, float(row["wall_time_s"]))
 
-        changed = {}
-        if config is not None:
-            changed = changed_settings(stored, config)
-            if changed:
-                print(f"dtrl: warning: resuming {path} with changed settings: {', '.join(changed)}", file=sys.stderr)
-                stored.update({k: v["now"] for k, v in changed.items()})
+        changed, added = _settings_now(path, stored, config) if config is not None else ({}, {})
         record = {"time": _now_iso(), "from_iteration": iteration, "hostname": socket.gethostname(), "changed": changed}
+        if added:
+            record["options_added_since"] = added
         final = path / FINAL_FILE
         if final.is_file():
             # Continuing a finished run (e.g. with more --iterations): it is unfinished until it
