@@ -121,11 +121,16 @@ def runs_table(runs: list[RunResult]) -> str:
                               "evaluation; *late*: the mean of the evaluations over the last quarter of the run.")
 
 
+def _paper_entry(paper: dict, group: GroupResult) -> tuple[float, float | None] | None:
+    """The paper's (mean, std) for a column of ours, None where its Table 1 has no such cell."""
+    return paper.get(paper_dataset_name(group.task), {}).get(group.label) if group.metric == "normalized" else None
+
+
 def csv_rows(groups: dict[tuple[str, str], GroupResult]) -> list[dict]:
     paper = paper_table()
     rows = []
     for (task, label), group in sorted(groups.items()):
-        paper_entry = paper.get(paper_dataset_name(task), {}).get(label) if group.metric == "normalized" else None
+        paper_entry = _paper_entry(paper, group)
         rows.append({
             "task": task, "algorithm": label, "metric": group.metric, "n_seeds": len(group.scores),
             "mean": round(group.mean, 4) if group.scores else "", "std": round(group.std, 4) if group.scores else "",
@@ -142,7 +147,7 @@ def paper_means(groups: dict[tuple[str, str], GroupResult]) -> dict[str, dict[st
     paper = paper_table()
     means: dict[str, dict[str, float]] = {}
     for (task, label), group in groups.items():
-        entry = paper.get(paper_dataset_name(task), {}).get(label) if group.metric == "normalized" else None
+        entry = _paper_entry(paper, group)
         if entry:
             means.setdefault(task, {})[label] = entry[0]
     return means
