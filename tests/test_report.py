@@ -1109,3 +1109,42 @@ def test_methods_without_a_dataset_run_once_per_env_and_count_in_each_of_its_tas
     runs("hopper-medium", "sb3-ppo", [50, 50, 50])
     with pytest.raises(DtrlError, match="has sb3-ppo runs of its own beside those of hopper-"):
         build_report(ReportConfig(run_dirs=(root,), out=str(tmp_path / "y"), share_across_tasks=("sb3-ppo",)))
+
+
+def test_report_tex_is_a_booktabs_table_with_intervals_and_bolds_what_the_seeds_cannot_separate(tmp_path):
+    finals = {("hopper-random", "grpo"): [90, 100, 110], ("hopper-random", "ppo"): [85, 95, 105],
+              ("hopper-random", "odt"): [30, 31, 32], ("walker2d-medium", "grpo"): [50, 60, 70],
+              ("walker2d-medium", "odt"): [80, 80, 83]}
+    for (task, algo), scores in finals.items():
+        for seed, final in enumerate(scores, start=1):
+            make_run(tmp_path / "runs" / task / algo / f"seed{seed}", {"task": task, "algo": algo, "seed": seed},
+                     eval_rows(final))
+    result = build_report(ReportConfig(run_dirs=(str(tmp_path / "runs"),), out=str(tmp_path / "out"),
+                                       bootstrap_reps=200, label=("my_ODT 100%=*/odt/*",)))
+    tex = (tmp_path / "out" / "report.tex").read_text()
+    assert tmp_path / "out" / "report.tex" in result["files"]
+    with open(tmp_path / "out" / "statistics.csv") as handle:
+        ci = {(r["task"], r["algorithm"]): (float(r["final_mean_lo"]), float(r["final_mean_hi"]))
+              for r in csv.DictReader(handle)}
+    rows = {line.split(" & ")[0]: [c.strip() for c in line.rstrip(" \\").split(" & ")[1:]]
+            for line in tex.splitlines() if " & " in line}
+    # header: the column labels, LaTeX-escaped (a label's _ and % would break the document)
+    assert rows[""] == ["PPO-DT", "GRPO-DT", "my\\_ODT 100\\%"]
+    assert tex.count("\\toprule") == tex.count("\\midrule") == tex.count("\\bottomrule") == 1
+    assert "\\begin{tabular}{lccc}" in tex and "\\label{tab:dtrl-final}" in tex
+
+    def cell(task, label, mean):
+        lo, hi = ci[(task, label)]
+        return f"{mean:.1f} [{lo:.1f}, {hi:.1f}]"
+    # hopper-random: GRPO-DT 100 is best; PPO-DT's interval reaches 100, so the seeds cannot separate them;
+    # ODT's [30, 32] does not
+    assert ci[("hopper-random", "PPO-DT")][1] >= 100 > ci[("hopper-random", "my_ODT 100%")][1]
+    assert rows["hopper-random"] == ["\\bfseries " + cell("hopper-random", "PPO-DT", 95),
+                                     "\\bfseries " + cell("hopper-random", "GRPO-DT", 100),
+                                     cell("hopper-random", "my_ODT 100%", 31)]
+    # the paper's rows: its Table 1 (PPO-DT 107.0 ± 1.0 best on hopper-random); a relabelled ODT has no paper cell
+    assert rows["hopper-random (paper)"] == ["\\bfseries 107.0 $\\pm$ 1.0", "99.2 $\\pm$ 3.8", "--"]
+    assert rows["walker2d-medium"] == ["--", cell("walker2d-medium", "GRPO-DT", 60),
+                                       "\\bfseries " + cell("walker2d-medium", "my_ODT 100%", 81)]
+    assert rows["walker2d-medium (paper)"] == ["109.5 $\\pm$ 9.0", "\\bfseries 158.3 $\\pm$ 3.8", "--"]
+    assert "over 3 seeds" in tex and "95\\% stratified-bootstrap interval" in tex

@@ -46,6 +46,7 @@ from dtrl.report.tables import (
     csv_rows,
     csv_text,
     improvement_markdown,
+    latex_table,
     markdown_table,
     other_rtg_markdown,
     paired_markdown,
@@ -70,7 +71,7 @@ class ReportConfig:
     bootstrap_reps: int = 2000
     """bootstrap resamples of the rliable confidence intervals"""
     out: str = "report"
-    """folder for report.md, report.csv and the curve PNGs (created if missing)"""
+    """folder for report.md, report.csv, report.tex (LaTeX) and the curve PNGs (created if missing)"""
     x: tuple[Literal["iterations", "env_steps", "wall_time_s"], ...] = ("iterations",)
     """x axis of the learning curves; several give one panel each, side by side (Table 1 at CPU scale:
     --x iterations env_steps wall_time_s, since the methods spend samples and time very differently)"""
@@ -285,12 +286,17 @@ def report_markdown(config: ReportConfig, groups: dict[tuple[str, str], GroupRes
 
 def write_tables(out: Path, markdown: str, groups: dict[tuple[str, str], GroupResult], runs: list[RunResult],
                  trained: tuple[str, ...], found: Analyses) -> list[Path]:
-    """report.md, report.csv, evaluations.csv and one CSV per analysis with rows; the paths written."""
+    """report.md, report.csv, report.tex (without pandas: none), evaluations.csv and one CSV per analysis
+    with rows; the paths written."""
     atomic_write_text(out / "report.md", markdown)
     atomic_write_text(out / "report.csv", csv_text(csv_rows(groups)))
     atomic_write_text(out / "evaluations.csv",
                       csv_text(evaluation_rows(runs, trained), EVALUATION_COLUMNS + list(trained)))
     files = [out / "report.md", out / "report.csv", out / "evaluations.csv"]
+    latex = latex_table(groups, found.statistics)
+    if latex is not None:
+        atomic_write_text(out / "report.tex", latex)
+        files.append(out / "report.tex")
     for name, rows in (("statistics", found.statistics), ("ranking", found.ranking),
                        ("improvement", found.improvement),
                        ("other_rtg", found.other_rtg), ("compute", found.compute), ("at_time", found.at_time),

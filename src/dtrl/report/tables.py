@@ -103,6 +103,60 @@ def markdown_table(groups: dict[tuple[str, str], GroupResult]) -> str:
     return "\n".join(lines)
 
 
+def latex_table(groups: dict[tuple[str, str], GroupResult], statistics: list[dict] | None) -> str | None:
+    """report.tex: the final-score table ready for a paper (booktabs, via pandas' ``Styler.to_latex``), or
+    None without pandas. Rows: the tasks, each followed by the paper's Table 1 row where it has one;
+    columns: our methods. Our cells are mean [95% interval] (rliable's, from ``statistics``; mean ± std
+    without them); bold: the highest mean of a row and every column whose interval reaches it, so that a
+    reader sees which columns the seeds cannot separate from the best, not only the best."""
+    try:
+        import pandas as pd
+    except ImportError:
+        return None
+    paper = paper_table()
+    intervals = {(row["task"], row["algorithm"]): (row["final_mean_lo"], row["final_mean_hi"])
+                 for row in statistics or []}
+    labels = column_order({label for _, label in groups})
+    cells: dict[str, dict[str, str]] = {}
+    bold: list[tuple[str, str]] = []
+    seeds: set[int] = set()
+    for task in sorted({task for task, _ in groups}):
+        scored = {label: g for label in labels if (g := groups.get((task, label))) is not None and g.scores}
+        metric = next(iter(scored.values())).metric if scored else "normalized"
+        name = task if metric == "normalized" else f"{task} (raw return)"
+        cells[name] = {label: "--" for label in labels}
+        best = max((g.mean for g in scored.values()), default=None)
+        for label, group in scored.items():
+            seeds.add(len(group.scores))
+            interval = intervals.get((task, label))
+            cells[name][label] = (f"{group.mean:.1f} [{interval[0]:.1f}, {interval[1]:.1f}]" if interval
+                                  else f"{group.mean:.1f} $\\pm$ {group.std:.1f}")
+            reaches = interval is not None and interval[1] >= best
+            if len(scored) > 1 and (round(group.mean, 1) == round(best, 1) or reaches):
+                bold.append((name, label))
+        paper_row = {label: paper[paper_dataset_name(task)][label] for label in labels
+                     if metric == "normalized" and label in paper.get(paper_dataset_name(task), {})}
+        if paper_row:
+            cells[f"{task} (paper)"] = {label: "--" for label in labels}
+            paper_best = max(mean for mean, _ in paper_row.values())
+            for label, (mean, std) in paper_row.items():
+                cells[f"{task} (paper)"][label] = f"{mean:.1f}" if std is None else f"{mean:.1f} $\\pm$ {std:.1f}"
+                if len(paper_row) > 1 and round(mean, 1) == round(paper_best, 1):
+                    bold.append((f"{task} (paper)", label))
+    frame = pd.DataFrame.from_dict(cells, orient="index", columns=labels)
+    counted = f"{min(seeds)}" if len(seeds) == 1 else f"{min(seeds)}--{max(seeds)}" if seeds else "0"
+    spread = ("mean [95\\% stratified-bootstrap interval of the mean, rliable]" if intervals
+              else "mean $\\pm$ population std")
+    caption = (f"Final D4RL-normalised return of each method's last policy, {spread} over {counted} seeds. "
+               "Bold: the highest mean of a row and every column whose interval reaches it. "
+               "Rows marked (paper): the paper's Table 1, mean $\\pm$ std over 3 seeds, its best in bold.")
+    styler = frame.style.format(escape=None).format_index(escape="latex", axis=0).format_index(escape="latex", axis=1)
+    styler = styler.apply(lambda column: ["font-weight: bold;" if (row, column.name) in bold else ""
+                                          for row in column.index], axis=0)
+    return styler.to_latex(hrules=True, convert_css=True, caption=caption, label="tab:dtrl-final",
+                           position_float="centering", column_format="l" + "c" * len(labels))
+
+
 def runs_table(runs: list[RunResult]) -> str:
     """One line per run: where it started (iteration 0), where it ended, its best and late scores."""
     lines = ["| task | algorithm | seed | start | final score | best | late | evaluations | finished | run |",
