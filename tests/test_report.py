@@ -52,6 +52,13 @@ def eval_rows(final: float, iterations: int = 4, env_steps_per_iteration: int = 
     return rows
 
 
+def make_final_runs(root, finals: dict[tuple[str, str], list[float]]) -> None:
+    """Runs under ``root``/task/algo/seedN (seeds from 1) whose curves end at the given final scores."""
+    for (task, algo), scores in finals.items():
+        for seed, final in enumerate(scores, start=1):
+            make_run(root / task / algo / f"seed{seed}", {"task": task, "algo": algo, "seed": seed}, eval_rows(final))
+
+
 @pytest.fixture
 def runs_root(tmp_path):
     root = tmp_path / "runs"
@@ -1055,10 +1062,7 @@ def test_who_wins_each_task_and_whether_the_papers_ranking_holds(tmp_path):
               ("hopper-random", "sb3-ppo"): [108, 112, 116],
               ("walker2d-medium", "ppo"): [50, 52, 54], ("walker2d-medium", "odt"): [30, 31, 32],
               ("walker2d-medium", "grpo"): [10, 11, 12]}
-    for (task, algo), scores in finals.items():
-        for seed, final in enumerate(scores, start=1):
-            make_run(tmp_path / "runs" / task / algo / f"seed{seed}", {"task": task, "algo": algo, "seed": seed},
-                     eval_rows(final))
+    make_final_runs(tmp_path / "runs", finals)
     build_report(ReportConfig(run_dirs=(str(tmp_path / "runs"),), out=str(tmp_path / "out"), bootstrap_reps=200))
     with open(tmp_path / "out" / "ranking.csv") as handle:
         rows = {r["task"]: r for r in csv.DictReader(handle)}
@@ -1115,10 +1119,7 @@ def test_report_tex_is_a_booktabs_table_with_intervals_and_bolds_what_the_seeds_
     finals = {("hopper-random", "grpo"): [90, 100, 110], ("hopper-random", "ppo"): [85, 95, 105],
               ("hopper-random", "odt"): [30, 31, 32], ("walker2d-medium", "grpo"): [50, 60, 70],
               ("walker2d-medium", "odt"): [80, 80, 83]}
-    for (task, algo), scores in finals.items():
-        for seed, final in enumerate(scores, start=1):
-            make_run(tmp_path / "runs" / task / algo / f"seed{seed}", {"task": task, "algo": algo, "seed": seed},
-                     eval_rows(final))
+    make_final_runs(tmp_path / "runs", finals)
     result = build_report(ReportConfig(run_dirs=(str(tmp_path / "runs"),), out=str(tmp_path / "out"),
                                        bootstrap_reps=200, label=("my_ODT 100%=*/odt/*",)))
     tex = (tmp_path / "out" / "report.tex").read_text()
