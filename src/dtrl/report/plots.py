@@ -68,7 +68,7 @@ def draw_curves(axes, groups: list[GroupResult], x_names: tuple[str, ...], color
                 # a pretraining run's x axis (gradient steps) is not the finetuning runs' one: draw its
                 # final score as a level. It is the DT as its pretraining evaluated it (full context); a
                 # finetuning run's iteration 0 evaluates the same weights at its own context and RTG, so
-                # the curves may start elsewhere (walker2d-medium: 25.6 here, 41-49 at context 1)
+                # the curves may start elsewhere (on walker2d-medium, far above this level at context 1)
                 ax.axhline(group.mean, color="0.35", linestyle="--", linewidth=1.2,
                            label=f"{group.label} pretrained, final (n={len(group.scores)})")
                 ax.axhspan(group.mean - group.std, group.mean + group.std, color="0.35", alpha=0.1)
