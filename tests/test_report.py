@@ -1149,3 +1149,19 @@ def test_report_tex_is_a_booktabs_table_with_intervals_and_bolds_what_the_seeds_
                                        "\\bfseries " + cell("walker2d-medium", "my_ODT 100%", 81)]
     assert rows["walker2d-medium (paper)"] == ["109.5 $\\pm$ 9.0", "\\bfseries 158.3 $\\pm$ 3.8", "--"]
     assert "over 3 seeds" in tex and "95\\% stratified-bootstrap interval" in tex
+
+
+def test_figures_in_vector_formats_for_a_paper(runs_root, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert cli_main(["report", str(runs_root), "--out", str(out), "--bootstrap-reps", "50", "--figures", "pdf", "svg",
+                     "--training-metrics", "losses/policy"]) == 0
+    printed = capsys.readouterr().out
+    for name in ("curves", "performance_profile", "training"):
+        for task in ("hopper-random", "walker2d-medium"):
+            assert (out / f"{name}_{task}.pdf").read_bytes()[:5] == b"%PDF-"
+            assert b"<svg" in (out / f"{name}_{task}.svg").read_bytes()[:1000]
+            assert not (out / f"{name}_{task}.png").exists() and str(out / f"{name}_{task}.pdf") in printed
+    assert "--figures pdf svg" in (out / "report.md").read_text()  # the command that regenerates it
+    assert cli_main(["report", str(runs_root), "--out", str(tmp_path / "o2"), "--figures", "eps"]) == 2
+    err = capsys.readouterr().err
+    assert "--figures" in err and "png" in err

@@ -27,10 +27,12 @@ and ``chosen.csv`` gives the command-line flags of the best. With ``--training-m
 evaluations joins that evaluation's row of ``evaluations.csv`` (so ``--from-csv`` reads it back), with
 ``training_<task>.png`` (one panel per key, mean ± std over seeds) and a section of first and last values:
 the losses that say why a run did or did not learn, kept where the run directories are not.
+``report.tex`` is the final-score table for a paper (booktabs; mean with its 95% interval, the paper's
+rows beside), and ``--figures png pdf`` writes every figure in each format asked for (PDF, SVG: vector).
 
 The package, by concern: ``load`` (run directories and evaluations.csv files into runs and columns),
-``stats`` (scores, intervals, pairs), ``tables`` (markdown and CSV, the tuning choice), ``plots`` (PNG),
-``build`` (the command). The studies' own analyses live beside them: ``claims`` (the paper's claims and
+``stats`` (scores, intervals, pairs), ``tables`` (markdown, CSV and LaTeX, the tuning choice), ``plots``
+(PNG, PDF, SVG), ``build`` (the command). The studies' own analyses live beside them: ``claims`` (the paper's claims and
 their verdicts), ``budget`` (equal-compute budgets and the comparison's sweep specs), ``episodes``
 (episode lengths by phase of a run); their command lines are in ``benchmarks/studies/``.
 """

@@ -26,7 +26,14 @@ from dtrl.report.load import (
     select_runs,
     share_across_tasks,
 )
-from dtrl.report.plots import X_KEYS, plot_paired_curves, plot_performance_profile, plot_task, plot_training
+from dtrl.report.plots import (
+    FIGURE_FORMATS,
+    X_KEYS,
+    plot_paired_curves,
+    plot_performance_profile,
+    plot_task,
+    plot_training,
+)
 from dtrl.report.stats import (
     at_time_rows,
     compute_rows,
@@ -71,10 +78,13 @@ class ReportConfig:
     bootstrap_reps: int = 2000
     """bootstrap resamples of the rliable confidence intervals"""
     out: str = "report"
-    """folder for report.md, report.csv, report.tex (LaTeX) and the curve PNGs (created if missing)"""
+    """folder for report.md, report.csv, report.tex (LaTeX) and the figures (created if missing)"""
     x: tuple[Literal["iterations", "env_steps", "wall_time_s"], ...] = ("iterations",)
     """x axis of the learning curves; several give one panel each, side by side (Table 1 at CPU scale:
     --x iterations env_steps wall_time_s, since the methods spend samples and time very differently)"""
+    figures: tuple[Literal["png", "pdf", "svg"], ...] = ("png",)
+    """formats of every figure (curves, performance profiles, training metrics): PNG to look at, PDF or
+    SVG (vector) for a paper; several write one file each"""
     finished_only: bool = False
     """tables, statistics and curves from finished runs only (a sweep still running: its unfinished runs
     are listed and kept in evaluations.csv, not counted)"""
@@ -175,6 +185,9 @@ def check_options(config: ReportConfig) -> tuple[str, ...]:
         raise DtrlError(f"--x takes one or more of {', '.join(X_KEYS)}, got {' '.join(map(str, x_names)) or 'none'}")
     if config.at_minutes < 0:
         raise DtrlError(f"--at-minutes must be >= 0, got {config.at_minutes:g}")
+    if not config.figures or any(fmt not in FIGURE_FORMATS for fmt in config.figures):
+        raise DtrlError(f"--figures takes one or more of {', '.join(FIGURE_FORMATS)}, got "
+                        f"{' '.join(map(str, config.figures)) or 'none'}")
     if not config.run_dirs and not config.from_csv:
         raise DtrlError("no run directories given (dtrl report RUN_DIR... ; a folder of runs, or --from-csv FILE)")
     return x_names
@@ -311,19 +324,18 @@ def write_plots(out: Path, config: ReportConfig, groups: dict[tuple[str, str], G
                 trained: tuple[str, ...], pairs: list[dict]) -> list[Path]:
     """The paired curves (with --reference), then per task its curves, performance profile and training
     metrics; the paths written."""
-    files = plot_paired_curves(pairs, groups, x_names, out) if pairs else []
+    formats = config.figures
+    files = plot_paired_curves(pairs, groups, x_names, out, formats) if pairs else []
     by_task: dict[str, list[GroupResult]] = defaultdict(list)
     for group in groups.values():
         by_task[group.task].append(group)
     for task, task_groups in sorted(by_task.items()):
         name = task.replace("/", "_")
-        plot_task(task, task_groups, x_names, out / f"curves_{name}.png")
-        files.append(out / f"curves_{name}.png")
-        if plot_performance_profile(task, task_groups, out / f"performance_profile_{name}.png",
-                                    config.bootstrap_reps):
-            files.append(out / f"performance_profile_{name}.png")
-        if trained and plot_training(task, task_groups, trained, out / f"training_{name}.png"):
-            files.append(out / f"training_{name}.png")
+        files += plot_task(task, task_groups, x_names, out / f"curves_{name}.png", formats)
+        files += plot_performance_profile(task, task_groups, out / f"performance_profile_{name}.png",
+                                          config.bootstrap_reps, formats)
+        if trained:
+            files += plot_training(task, task_groups, trained, out / f"training_{name}.png", formats)
     return files
 
 

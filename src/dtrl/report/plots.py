@@ -109,7 +109,8 @@ def _figure_colors(labels: set[str]) -> dict[str, str]:
     return {label: cycle[i % len(cycle)] for i, label in enumerate(column_order(labels))}
 
 
-def plot_task(task: str, groups: list[GroupResult], x_names: tuple[str, ...], out_file: Path) -> None:
+def plot_task(task: str, groups: list[GroupResult], x_names: tuple[str, ...], out_file: Path,
+              formats: tuple[str, ...] = ("png",)) -> list[Path]:
     """``curves_<task>.png``: every column's learning curve, one panel per x axis. When an algorithm has
     several columns (a grid, an ablation), one row of panels per algorithm, so that a grid of 6 settings
     x 8 methods stays readable; the pretrained DT's level is drawn in every row."""
@@ -122,19 +123,18 @@ def plot_task(task: str, groups: list[GroupResult], x_names: tuple[str, ...], ou
         fig, axes, colors = _figure(1, x_names, {g.label for g in groups})
         draw_curves(axes[0], groups, x_names, colors)
         fig.suptitle(task)
-        save_figure(fig, out_file)
-        return
+        return save_figure(fig, out_file, formats)
     fig, axes, _ = _figure(len(online), x_names, {g.label for g in groups})
     for row, algo in zip(axes, online):
         row_groups = by_algo[algo] + offline
         colors = _figure_colors({g.label for g in row_groups})
         draw_curves(row, row_groups, x_names, colors, short_labels=True)
         row[0].set_title(f"{task}: {algo}", loc="left", fontsize=10)
-    save_figure(fig, out_file)
+    return save_figure(fig, out_file, formats)
 
 
 def plot_paired_curves(pairs: list[dict], groups: dict[tuple[str, str], GroupResult], x_names: tuple[str, ...],
-                       out: Path) -> list[Path]:
+                       out: Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
     """``paired_curves_<task>.png``: one row per variant, drawn beside the reference runs it is paired
     with only (the same seeds and pretrained DTs), not beside every reference run."""
     by_run = {(g.task, relative_path(r.path)): (g, r) for g in groups.values() for r in g.runs}
@@ -154,14 +154,14 @@ def plot_paired_curves(pairs: list[dict], groups: dict[tuple[str, str], GroupRes
         for ax_row, row in zip(axes, variants.values()):
             draw_curves(ax_row, row, x_names, colors)
         fig.suptitle(f"{task}: paired runs (same seed and DT)")
-        png = out / f"paired_curves_{task.replace('/', '_')}.png"
-        save_figure(fig, png)
-        files.append(png)
+        files += save_figure(fig, out / f"paired_curves_{task.replace('/', '_')}.png", formats)
     return files
 
 
-def plot_training(task: str, groups: list[GroupResult], keys: tuple[str, ...], out_file: Path) -> bool:
-    """``training_<task>.png``: one panel per key, each column's between-evaluation means over iterations."""
+def plot_training(task: str, groups: list[GroupResult], keys: tuple[str, ...], out_file: Path,
+                  formats: tuple[str, ...] = ("png",)) -> list[Path]:
+    """``training_<task>.png``: one panel per key, each column's between-evaluation means over iterations;
+    the paths written (none when no column recorded any of the keys)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -189,14 +189,14 @@ def plot_training(task: str, groups: list[GroupResult], keys: tuple[str, ...], o
     fig.suptitle(task)
     if not drawn:
         plt.close(fig)
-        return False
-    save_figure(fig, out_file)
-    return True
+        return []
+    return save_figure(fig, out_file, formats)
 
 
-def plot_performance_profile(task: str, groups: list[GroupResult], out_file: Path, reps: int) -> bool:
+def plot_performance_profile(task: str, groups: list[GroupResult], out_file: Path, reps: int,
+                             formats: tuple[str, ...] = ("png",)) -> list[Path]:
     """rliable's score distribution (fraction of runs above each score, with CI bands) of the final
-    scores; False when rliable is missing or fewer than two seeds exist."""
+    scores; the paths written (none when rliable is missing or fewer than two seeds exist)."""
     try:
         import matplotlib
 
@@ -205,10 +205,10 @@ def plot_performance_profile(task: str, groups: list[GroupResult], out_file: Pat
         from rliable import library as rly
         from rliable import plot_utils
     except ImportError:
-        return False
+        return []
     scores = {g.label: np.asarray(g.scores, float)[:, None] for g in groups if len(g.scores) >= 2}
     if not scores:
-        return False
+        return []
     highest = max(float(v.max()) for v in scores.values())
     thresholds = np.linspace(0.0, max(highest, 1e-6) * 1.05, 81)
     np.random.seed(0)
@@ -220,16 +220,24 @@ def plot_performance_profile(task: str, groups: list[GroupResult], out_file: Pat
                                          else r"final return $\tau$")
     ax.set_title(task)
     ax.legend(fontsize=8)
-    save_figure(fig, out_file)
-    return True
+    return save_figure(fig, out_file, formats)
 
 
-def save_figure(fig, out_file: Path) -> None:
-    """Write ``fig`` as a PNG atomically and close it."""
+FIGURE_FORMATS = ("png", "pdf", "svg")
+"""what ``--figures`` may ask for: PNG to look at, PDF and SVG (vector) to put in a paper"""
+
+
+def save_figure(fig, out_file: Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
+    """Write ``fig`` atomically once per format (``out_file`` with that suffix), close it; the paths written."""
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
+    written = []
     try:
-        atomic_write_with(out_file, lambda temp: fig.savefig(temp, dpi=110, format="png"))
+        for fmt in formats:
+            path = out_file.with_suffix(f".{fmt}")
+            atomic_write_with(path, lambda temp, fmt=fmt: fig.savefig(temp, dpi=110, format=fmt))
+            written.append(path)
     finally:
         plt.close(fig)
+    return written
