@@ -1061,7 +1061,11 @@ def test_who_wins_each_task_and_whether_the_papers_ranking_holds(tmp_path):
     finals = {("hopper-random", "ppo"): [100, 105, 110], ("hopper-random", "grpo"): [90, 100, 110],
               ("hopper-random", "sb3-ppo"): [108, 112, 116],
               ("walker2d-medium", "ppo"): [50, 52, 54], ("walker2d-medium", "odt"): [30, 31, 32],
-              ("walker2d-medium", "grpo"): [10, 11, 12]}
+              ("walker2d-medium", "grpo"): [10, 11, 12],
+              ("hopper-medium", "grpo"): [120, 125, 130], ("hopper-medium", "ppo"): [100, 101, 102],
+              ("hopper-medium", "odt"): [90, 91, 92],
+              ("hopper-medium-replay", "grpo"): [100, 110, 120], ("hopper-medium-replay", "ppo"): [98, 104, 110],
+              ("hopper-medium-replay", "odt"): [10, 11, 12]}
     make_final_runs(tmp_path / "runs", finals)
     build_report(ReportConfig(run_dirs=(str(tmp_path / "runs"),), out=str(tmp_path / "out"), bootstrap_reps=200))
     with open(tmp_path / "out" / "ranking.csv") as handle:
@@ -1079,9 +1083,18 @@ def test_who_wins_each_task_and_whether_the_papers_ranking_holds(tmp_path):
     assert (walker["paper_best"], float(walker["paper_best_mean"]), walker["same_best"]) == ("GRPO-DT", 158.34, "False")
     assert float(walker["kendall_tau"]) == pytest.approx(-1 / 3)
     assert (walker["grpo_rank_ours"], walker["grpo_rank_paper"]) == ("3", "1")
+    # the reading rule's verdicts: GRPO-DT wins only with the best mean and an interval above the runner-up's
+    # and PPO-DT's; the orders agree at tau >= 0.6, in part above 0
+    assert (hopper["grpo_verdict"], walker["grpo_verdict"], walker["tau_verdict"]) == \
+        ("does not win", "does not win", "does not agree")
+    medium, replay = rows["hopper-medium"], rows["hopper-medium-replay"]
+    # hopper-medium: GRPO-DT [120, 130] above PPO-DT [100, 102]; ours and the paper's order GRPO > PPO > ODT
+    assert (medium["grpo_verdict"], float(medium["kendall_tau"]), medium["tau_verdict"]) == ("wins", 1.0, "agrees")
+    # hopper-medium-replay: GRPO-DT leads PPO-DT but [100, 120] overlaps [98, 110]
+    assert (replay["winner"], replay["apart"], replay["grpo_verdict"]) == ("GRPO-DT", "False", "ahead, not apart")
     text = (tmp_path / "out" / "report.md").read_text()
-    assert "| walker2d-medium | PPO-DT 52.0 [50.0, 54.0] | ODT 31.0 [30.0, 32.0] | yes | 3 | PPO-DT | " \
-           "GRPO-DT 158.3 | no | -0.33 | 3 / 1 of 3 |" in text
+    assert "| walker2d-medium | PPO-DT 52.0 [50.0, 54.0] | ODT 31.0 [30.0, 32.0] | yes | does not win | 3 | PPO-DT | " \
+           "GRPO-DT 158.3 | no | -0.33 | does not agree | 3 / 1 of 3 |" in text
 
 
 def test_methods_without_a_dataset_run_once_per_env_and_count_in_each_of_its_tasks(tmp_path):

@@ -98,13 +98,43 @@ def interval_estimates(groups: dict[tuple[str, str], GroupResult], reps: int, se
     return rows
 
 
+# The reading rule of Table 1 on the medium tasks (benchmarks/results/table1-cpu.md, written before their
+# runs): Kendall's tau >= 0.6 (at most 3 of 15 pairs of six columns swapped) is agreement, above 0 in part.
+TAU_AGREES = 0.6
+
+
+def grpo_verdict(ranked: list[GroupResult], intervals: dict[tuple[str, str], tuple[float, float]]) -> str | None:
+    """Whether GRPO-DT wins a task by the reading rule: *wins* if it has the highest mean of every column
+    and its 95% interval lies above both the runner-up's and PPO-DT's; *ahead, not apart* if it has the
+    highest mean but cannot be separated from one of them (or no intervals are known); *does not win*
+    otherwise. None without a GRPO-DT column. ``ranked``: the task's columns, best mean first."""
+    if not any(g.label == "GRPO-DT" for g in ranked):
+        return None
+    if ranked[0].label != "GRPO-DT":
+        return "does not win"
+    task = ranked[0].task
+    lo = intervals.get((task, "GRPO-DT"), (None, None))[0]
+    rivals = {ranked[1].label} | ({"PPO-DT"} if any(g.label == "PPO-DT" for g in ranked) else set())
+    highs = [intervals.get((task, label), (None, None))[1] for label in rivals]
+    apart = lo is not None and all(high is not None and lo > high for high in highs)
+    return "wins" if apart else "ahead, not apart"
+
+
+def tau_verdict(tau: float | None) -> str | None:
+    """The reading rule's word for a Kendall's tau between our order and the paper's."""
+    if tau is None:
+        return None
+    return "agrees" if tau >= TAU_AGREES else "in part" if tau > 0 else "does not agree"
+
+
 def ranking_rows(groups: dict[tuple[str, str], GroupResult], statistics: list[dict] | None,
                  paper: dict[str, dict[str, float]]) -> list[dict]:
     """Per task with two or more columns: who wins (highest mean final score over seeds), the runner-up,
-    and whether their 95% intervals (rliable's, from ``statistics``) are apart; then the ranking of the
-    columns the paper's Table 1 also has (``paper``: {task: {label: paper mean}}): its best against
-    ours, Kendall's tau between the two orders (scipy; None below 3 columns) and GRPO-DT's rank in each
-    (1 = best). The question a reader of a comparison asks first: does the paper's ranking hold here."""
+    and whether their 95% intervals (rliable's, from ``statistics``) are apart, and whether GRPO-DT wins
+    (``grpo_verdict``); then the ranking of the columns the paper's Table 1 also has (``paper``: {task:
+    {label: paper mean}}): its best against ours, Kendall's tau between the two orders (scipy; None below
+    3 columns) with the rule's word for it, and GRPO-DT's rank in each (1 = best). The question a reader
+    of a comparison asks first: does the paper's ranking hold here."""
     intervals = {(row["task"], row["algorithm"]): (row["final_mean_lo"], row["final_mean_hi"])
                  for row in statistics or []}
     by_task: dict[str, list[GroupResult]] = defaultdict(list)
@@ -133,6 +163,8 @@ def ranking_rows(groups: dict[tuple[str, str], GroupResult], statistics: list[di
                "kendall_tau": _kendall_tau([g.mean for g in shared], [paper_means[g.label] for g in shared]),
                "grpo_rank_ours": None, "grpo_rank_paper": None}
         row["same_best"] = None if not shared else row["ours_best_shared"] == row["paper_best"]
+        row["grpo_verdict"] = grpo_verdict(ranked, intervals)
+        row["tau_verdict"] = tau_verdict(row["kendall_tau"])
         for order, key in ((shared, "grpo_rank_ours"), (paper_order, "grpo_rank_paper")):
             row[key] = next((i + 1 for i, g in enumerate(order) if g.label == "GRPO-DT"), None)
         rows.append(row)
