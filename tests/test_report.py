@@ -972,6 +972,15 @@ def test_an_option_added_after_a_run_does_not_split_its_seeds(tmp_path):
     groups = build_report(ReportConfig(run_dirs=(str(tmp_path / "runs"),), out=str(tmp_path / "r2")))["groups"]
     assert sorted((label, len(group.scores)) for (_, label), group in groups.items()) == [
         ("GRPO-DT (dynamic_sampling=False)", 2), ("GRPO-DT (dynamic_sampling=True)", 1)]
+    # the old run is the reference of an ablation of the option (seed 1 pairs with seed 1), and --only selects it
+    for run in ("old/seed1", "new/seed2", "ds/seed1"):
+        (tmp_path / "runs" / run / "final.json").write_text("{}")
+    report = build_report(ReportConfig(run_dirs=(str(tmp_path / "runs"),), out=str(tmp_path / "r3"),
+                                       reference=("dynamic_sampling=false",)))
+    assert [(p["seed"], p["reference_final"], p["variant_final"]) for p in report["pairs"]] == [(1, 12.0, 20.0)]
+    report = build_report(ReportConfig(run_dirs=(str(tmp_path / "runs"),), out=str(tmp_path / "r4"),
+                                       only=("dynamic_sampling=false",)))
+    assert sorted(str(run.path.relative_to(tmp_path / "runs")) for run in report["runs"]) == ["new/seed2", "old/seed1"]
 
 
 def test_run_phases_averages_each_metric_over_the_rows_that_record_it(monkeypatch):

@@ -200,6 +200,16 @@ def preset_defaults(algo: str | None, preset: str | None, task: str | None) -> d
         return {}
 
 
+def with_added_options(run: RunResult, flat: dict, keys) -> dict:
+    """``flat`` (the run's flattened config) with each of ``keys`` it lacks filled in by today's preset
+    default: an option added after the run was made, so the run did what that default does today."""
+    missing = [k for k in keys if k not in flat]
+    if missing:
+        defaults = preset_defaults(run.config.get("algo"), run.config.get("preset"), run.config.get("task"))
+        flat.update({k: defaults[k] for k in missing if k in defaults})
+    return flat
+
+
 def label_variants(runs: list[RunResult]) -> None:
     """Label each run by its algorithm plus what varies within its (task, algo): the hyperparameters, so
     a sweep over e.g. clip_eps gives one column per value instead of mixing them, and the starting point
@@ -214,11 +224,7 @@ def label_variants(runs: list[RunResult]) -> None:
         flats = [flatten_config({k: v for k, v in r.config.items() if k not in _NOT_HYPERPARAMETERS}) for r in group]
         keys = sorted(set().union(*flats))
         for run, flat in zip(group, flats):
-            # an option added after the run was made: the run did what its default does today
-            missing = [k for k in keys if k not in flat]
-            if missing:
-                defaults = preset_defaults(run.config.get("algo"), run.config.get("preset"), run.config.get("task"))
-                flat.update({k: defaults[k] for k in missing if k in defaults})
+            with_added_options(run, flat, keys)
         varying = [k for k in keys
                    if len({repr(f.get(k)) for f in flats}) > 1 and not any(_looks_like_path(f.get(k)) for f in flats)]
         starts = [starting_point(r.config) for r in group]
@@ -335,7 +341,7 @@ def select_runs(runs: list[RunResult], only: tuple[str, ...]) -> list[RunResult]
     wanted = key_values(only, "--only", "a config key as in config.json, e.g. algo=grpo")
     if not wanted:
         return runs
-    configs = [flatten_config(run.config) for run in runs]
+    configs = [with_added_options(run, flatten_config(run.config), wanted) for run in runs]
     unknown = sorted(key for key in wanted if not any(key in config for config in configs))
     if unknown:
         raise DtrlError(f"--only {', '.join(unknown)}: no run's config.json has this key")

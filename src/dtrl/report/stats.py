@@ -11,7 +11,15 @@ import numpy as np
 
 from dtrl.config import key_values, value_matches
 from dtrl.errors import DtrlError
-from dtrl.report.load import OFFLINE_ALGOS, GroupResult, RunResult, flatten_config, relative_path, training_means
+from dtrl.report.load import (
+    OFFLINE_ALGOS,
+    GroupResult,
+    RunResult,
+    flatten_config,
+    relative_path,
+    training_means,
+    with_added_options,
+)
 
 
 def score_points(run: RunResult) -> list[tuple[int, float]]:
@@ -333,9 +341,11 @@ def parse_reference(items: tuple[str, ...]) -> dict[str, str]:
 
 def reference_group(groups: list[GroupResult], reference: dict[str, str]) -> GroupResult | None:
     """The one column of a (task, algorithm) whose runs all have the reference values (a key a run's
-    config lacks counts as None); None if no column has them."""
-    found = [g for g in groups if g.runs and all(value_matches(flatten_config(run.config).get(key), text)
-                                                 for run in g.runs for key, text in reference.items())]
+    config lacks is today's preset default where the option was added after the run, else None); None if
+    no column has them."""
+    found = [g for g in groups if g.runs and all(
+        value_matches(with_added_options(run, flatten_config(run.config), reference).get(key), text)
+        for run in g.runs for key, text in reference.items())]
     if len(found) > 1:
         raise DtrlError(f"--reference {' '.join(f'{k}={v}' for k, v in reference.items())} matches "
                         f"{len(found)} columns of {found[0].task} ({', '.join(g.label for g in found)}): "
