@@ -228,15 +228,18 @@ FIGURE_FORMATS = ("png", "pdf", "svg")
 
 
 def save_figure(fig, out_file: Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
-    """Write ``fig`` atomically once per format (``out_file`` with that suffix), close it; the paths written."""
+    """Write ``fig`` atomically once per format (``out_file`` with that suffix), close it; the paths written.
+    PDFs embed TrueType fonts (``pdf.fonttype`` 42): many venues refuse matplotlib's default Type 3."""
+    import matplotlib
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
     written = []
     try:
-        for fmt in formats:
+        for fmt in dict.fromkeys(formats):
             path = out_file.with_suffix(f".{fmt}")
-            atomic_write_with(path, lambda temp, fmt=fmt: fig.savefig(temp, dpi=110, format=fmt))
+            with matplotlib.rc_context({"pdf.fonttype": 42}):
+                atomic_write_with(path, lambda temp, fmt=fmt: fig.savefig(temp, dpi=110, format=fmt))
             written.append(path)
     finally:
         plt.close(fig)

@@ -132,7 +132,8 @@ def tau_verdict(tau: float | None) -> str | None:
     """The reading rule's word for a Kendall's tau between our order and the paper's."""
     if tau is None:
         return None
-    return "agrees" if tau >= TAU_AGREES else "in part" if tau > 0 else "does not agree"
+    # tau is a ratio of pair counts (9 / 15 = 0.6 exactly), computed in floating point: compare with a margin
+    return "agrees" if tau >= TAU_AGREES - 1e-9 else "in part" if tau > 1e-9 else "does not agree"
 
 
 def ranking_rows(groups: dict[tuple[str, str], GroupResult], statistics: list[dict] | None,
@@ -141,10 +142,12 @@ def ranking_rows(groups: dict[tuple[str, str], GroupResult], statistics: list[di
     and whether their 95% intervals (rliable's, from ``statistics``) are apart, and whether GRPO-DT wins
     (``grpo_verdict``); then the ranking of the columns the paper's Table 1 also has (``paper``: {task:
     {label: paper mean}}): its best against ours, Kendall's tau between the two orders (scipy; None below
-    3 columns) with the rule's word for it, and GRPO-DT's rank in each (1 = best). The question a reader
-    of a comparison asks first: does the paper's ranking hold here."""
+    3 columns) with the rule's word for it where every column of the paper's row is here, and GRPO-DT's
+    rank in each (1 = best). The question a reader of a comparison asks first: does the paper's ranking
+    hold here."""
+    # one seed's "interval" is a point: it separates nothing
     intervals = {(row["task"], row["algorithm"]): (row["final_mean_lo"], row["final_mean_hi"])
-                 for row in statistics or []}
+                 for row in statistics or [] if row["n_seeds"] >= 2}
     by_task: dict[str, list[GroupResult]] = defaultdict(list)
     for group in groups.values():
         if group.scores:
@@ -172,7 +175,8 @@ def ranking_rows(groups: dict[tuple[str, str], GroupResult], statistics: list[di
                "grpo_rank_ours": None, "grpo_rank_paper": None}
         row["same_best"] = None if not shared else row["ours_best_shared"] == row["paper_best"]
         row["grpo_verdict"] = grpo_verdict(ranked, intervals)
-        row["tau_verdict"] = tau_verdict(row["kendall_tau"])
+        # the rule's thresholds are for the paper's whole row (six columns): fewer say less
+        row["tau_verdict"] = tau_verdict(row["kendall_tau"]) if len(shared) == len(paper_means) else None
         for order, key in ((shared, "grpo_rank_ours"), (paper_order, "grpo_rank_paper")):
             row[key] = next((i + 1 for i, g in enumerate(order) if g.label == "GRPO-DT"), None)
         rows.append(row)

@@ -111,6 +111,7 @@ def latex_table(groups: dict[tuple[str, str], GroupResult], statistics: list[dic
     reader sees which columns the seeds cannot separate from the best, not only the best."""
     try:
         import pandas as pd
+        import pandas.io.formats.style  # noqa: F401  (needs jinja2)
     except ImportError:
         return None
     paper = paper_table()
@@ -120,41 +121,58 @@ def latex_table(groups: dict[tuple[str, str], GroupResult], statistics: list[dic
     cells: dict[str, dict[str, str]] = {}
     bold: list[tuple[str, str]] = []
     seeds: set[int] = set()
+    kinds: set[str] = set()  # what the cells hold: "interval", "std", "raw", "paper", "paper without std"
     for task in sorted({task for task, _ in groups}):
         scored = {label: g for label in labels if (g := groups.get((task, label))) is not None and g.scores}
         metric = next(iter(scored.values())).metric if scored else "normalized"
         name = task if metric == "normalized" else f"{task} (raw return)"
+        kinds |= set() if metric == "normalized" else {"raw"}
         cells[name] = {label: "--" for label in labels}
         best = max((g.mean for g in scored.values()), default=None)
         for label, group in scored.items():
             seeds.add(len(group.scores))
             interval = intervals.get((task, label))
+            kinds.add("interval" if interval else "std")
             cells[name][label] = (f"{group.mean:.1f} [{interval[0]:.1f}, {interval[1]:.1f}]" if interval
                                   else f"{group.mean:.1f} $\\pm$ {group.std:.1f}")
             reaches = interval is not None and interval[1] >= best
             if len(scored) > 1 and (round(group.mean, 1) == round(best, 1) or reaches):
                 bold.append((name, label))
-        paper_row = {label: paper[paper_dataset_name(task)][label] for label in labels
-                     if metric == "normalized" and label in paper.get(paper_dataset_name(task), {})}
-        if paper_row:
+        whole_paper_row = paper.get(paper_dataset_name(task), {}) if metric == "normalized" else {}
+        shown = {label: whole_paper_row[label] for label in labels if label in whole_paper_row}
+        if shown:
             cells[f"{task} (paper)"] = {label: "--" for label in labels}
-            paper_best = max(mean for mean, _ in paper_row.values())
-            for label, (mean, std) in paper_row.items():
+            # the paper's best over its whole row, not only the columns this report has
+            paper_best = max(mean for mean, _ in whole_paper_row.values())
+            for label, (mean, std) in shown.items():
+                kinds.add("paper" if std is not None else "paper without std")
                 cells[f"{task} (paper)"][label] = f"{mean:.1f}" if std is None else f"{mean:.1f} $\\pm$ {std:.1f}"
-                if len(paper_row) > 1 and round(mean, 1) == round(paper_best, 1):
+                if len(whole_paper_row) > 1 and round(mean, 1) == round(paper_best, 1):
                     bold.append((f"{task} (paper)", label))
     frame = pd.DataFrame.from_dict(cells, orient="index", columns=labels)
-    counted = f"{min(seeds)}" if len(seeds) == 1 else f"{min(seeds)}--{max(seeds)}" if seeds else "0"
-    spread = ("mean [95\\% stratified-bootstrap interval of the mean, rliable]" if intervals
-              else "mean $\\pm$ population std")
-    caption = (f"Final D4RL-normalised return of each method's last policy, {spread} over {counted} seeds. "
-               "Bold: the highest mean of a row and every column whose interval reaches it. "
-               "Rows marked (paper): the paper's Table 1, mean $\\pm$ std over 3 seeds, its best in bold.")
+    caption = _latex_caption(kinds, seeds)
     styler = frame.style.format(escape=None).format_index(escape="latex", axis=0).format_index(escape="latex", axis=1)
     styler = styler.apply(lambda column: ["font-weight: bold;" if (row, column.name) in bold else ""
                                           for row in column.index], axis=0)
     return styler.to_latex(hrules=True, convert_css=True, caption=caption, label="tab:dtrl-final",
                            position_float="centering", column_format="l" + "c" * len(labels))
+
+
+def _latex_caption(kinds: set[str], seeds: set[int]) -> str:
+    """report.tex's caption, saying only what its cells hold (``kinds``: see ``latex_table``)."""
+    counted = f"{min(seeds)}" if len(seeds) == 1 else f"{min(seeds)}--{max(seeds)}" if seeds else "0"
+    score = "D4RL-normalised return" + ("; rows marked raw return: the return" if "raw" in kinds else "")
+    spread = " or ".join(text for kind, text in (
+        ("interval", "mean [95\\% stratified-bootstrap interval of the mean, rliable]"),
+        ("std", "mean $\\pm$ population std")) if kind in kinds)
+    reach = " and every column whose interval reaches it" if "interval" in kinds else ""
+    text = f"Final score of each method's last policy ({score}), {spread} over {counted} seeds. " \
+           f"Bold: the highest mean of a row{reach}."
+    if kinds & {"paper", "paper without std"}:
+        text += (" Rows marked (paper): the paper's Table 1, mean $\\pm$ std over 3 seeds"
+                 + (" (where it prints a std)" if "paper without std" in kinds else "")
+                 + "; bold where the paper's best of its row is shown.")
+    return text
 
 
 def runs_table(runs: list[RunResult]) -> str:
@@ -197,14 +215,13 @@ def csv_rows(groups: dict[tuple[str, str], GroupResult]) -> list[dict]:
 
 
 def paper_means(groups: dict[tuple[str, str], GroupResult]) -> dict[str, dict[str, float]]:
-    """{task: {column label: the paper's Table 1 mean}} for the normalised-score columns the paper has."""
+    """{task: {column label: the paper's Table 1 mean}}: the paper's whole row for each task of the report
+    scored in normalised return (not only the columns the report has, so a ranking can tell how many of
+    the paper's columns it compares)."""
     paper = paper_table()
-    means: dict[str, dict[str, float]] = {}
-    for (task, label), group in groups.items():
-        entry = _paper_entry(paper, group)
-        if entry:
-            means.setdefault(task, {})[label] = entry[0]
-    return means
+    return {group.task: {label: mean for label, (mean, _) in paper[paper_dataset_name(group.task)].items()}
+            for group in groups.values()
+            if group.metric == "normalized" and paper_dataset_name(group.task) in paper}
 
 
 def ranking_markdown(rows: list[dict]) -> str:
@@ -224,7 +241,8 @@ def ranking_markdown(rows: list[dict]) -> str:
         "orders (1: the same order, −1: reversed; – below 3 columns) and GRPO-DT's rank in each (1 = best). "
         "The verdicts apply the reading rule of the medium tasks (benchmarks/results/table1-cpu.md): GRPO-DT "
         f"*wins* with the highest mean and an interval above the runner-up's and PPO-DT's, is *ahead, not "
-        f"apart* with the highest mean only; the orders *agree* at τ ≥ {TAU_AGREES}, *in part* above 0.",
+        f"apart* with the highest mean only (an interval needs 2 seeds); the orders *agree* at τ ≥ {TAU_AGREES}, "
+        "*in part* above 0, said only where every column of the paper's row is here.",
         "",
         "| task | winner: final mean [95% CI] | runner-up [95% CI] | apart | GRPO-DT | paper's methods here | "
         "best here | best in the paper | same best | Kendall τ | orders | GRPO-DT rank here / in the paper |",
@@ -338,8 +356,8 @@ def training_markdown(rows: list[dict]) -> str:
     lines = [
         "## Training metrics",
         "Each key's mean over the iterations between two evaluations; *first* and *last*: the first and the "
-        "last such interval of each run, averaged over runs. Curves: `training_<task>.png`, mean ± std over seeds, "
-        f"± being {STD_DEFINITION}.",
+        "last such interval of each run, averaged over runs. Curves: the figure `training_<task>`, mean ± std "
+        f"over seeds, ± being {STD_DEFINITION}.",
         "",
         "| task | algorithm | metric | runs | first | last |",
         "|---|---|---|---:|---:|---:|"]
@@ -356,7 +374,7 @@ def paired_markdown(pairs: list[dict], reference: dict[str, str], unpaired: int)
         "pretrained DT; Δ = variant − reference. *Final*: the last evaluation. *Late*: the mean of the "
         "evaluations over the last quarter of the run's iterations. Mean Δ with a 95% Student-t interval over "
         "pairs (none below two pairs); with a handful of pairs it is wide, and `wins` says in how many pairs "
-        "the variant ended higher. Every pair is in paired.csv, and paired_curves_<task>.png draws the paired "
+        "the variant ended higher. Every pair is in paired.csv, and the figure paired_curves_<task> draws the paired "
         "runs.",
         "",
         "| task | variant | reference | pairs | Δ final [95% CI] | wins | Δ late [95% CI] "
