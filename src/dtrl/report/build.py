@@ -286,8 +286,8 @@ def report_markdown(config: ReportConfig, groups: dict[tuple[str, str], GroupRes
         "# dtrl report",
         f"Made by: `{command_line(config)}`",
         "Final D4RL-normalised return (last evaluation of each run; tasks marked *raw return* have no "
-        f"reference scores), mean ± std over seeds ({seed_note}); best of ours and best of the paper's "
-        "Table 1 per task in bold.",
+        f"reference scores), mean ± std over seeds ({seed_note}); best of ours and the best of the paper's "
+        "Table 1 row per task in bold (when that column is here).",
         table,
         table_std_note(table),
         *share_notes,

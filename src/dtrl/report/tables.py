@@ -65,7 +65,7 @@ def table_std_note(table: str) -> str:
 
 def markdown_table(groups: dict[tuple[str, str], GroupResult]) -> str:
     """Rows tasks, columns our algorithms, each followed by the paper's number for it (when the
-    paper has that algorithm); the best of ours and the best of the paper's per row in bold."""
+    paper has that algorithm); the best of ours and the paper's best of its row (when shown) in bold."""
     paper = paper_table()
     tasks = sorted({task for task, _ in groups})
     labels = column_order({label for _, label in groups})
@@ -82,8 +82,8 @@ def markdown_table(groups: dict[tuple[str, str], GroupResult]) -> str:
         best = max(scored.values()) if scored else None
         metric = next((g.metric for g in row_groups.values() if g is not None), "normalized")
         paper_row = paper.get(paper_dataset_name(task), {}) if metric == "normalized" else {}
-        paper_scores = {c: paper_row[c][0] for kind, c in columns if kind == "paper" and c in paper_row}
-        paper_best = max(paper_scores.values()) if paper_scores else None
+        # the paper's best is that of its whole row: a shown column that is not it stays plain
+        paper_best = max((mean for mean, _ in paper_row.values()), default=None)
         cells = [task if metric == "normalized" else f"{task} (raw return)"]
         for kind, label in columns:
             if kind == "ours":
@@ -96,7 +96,7 @@ def markdown_table(groups: dict[tuple[str, str], GroupResult]) -> str:
                     cells.append(_fmt(group.mean, group.std, bold=bold))
             elif label in paper_row:
                 mean, std = paper_row[label]
-                cells.append(_fmt(mean, std, bold=len(paper_scores) > 1 and round(mean, 2) == round(paper_best, 2)))
+                cells.append(_fmt(mean, std, bold=len(paper_row) > 1 and round(mean, 2) == round(paper_best, 2)))
             else:
                 cells.append("–")
         lines.append("| " + " | ".join(cells) + " |")
