@@ -1148,7 +1148,7 @@ def test_methods_without_a_dataset_run_once_per_env_and_count_in_each_of_its_tas
 def test_report_tex_is_a_booktabs_table_with_intervals_and_bolds_what_the_seeds_cannot_separate(tmp_path):
     finals = {("hopper-random", "grpo"): [90, 100, 110], ("hopper-random", "ppo"): [85, 95, 105],
               ("hopper-random", "odt"): [30, 31, 32], ("walker2d-medium", "grpo"): [50, 60, 70],
-              ("walker2d-medium", "odt"): [80, 80, 83]}
+              ("walker2d-medium", "odt"): [80, 80, 83], ("hopper-medium", "grpo"): [70]}
     make_final_runs(tmp_path / "runs", finals)
     result = build_report(ReportConfig(run_dirs=(str(tmp_path / "runs"),), out=str(tmp_path / "out"),
                                        bootstrap_reps=200, label=("my_ODT 100%=*/odt/*",)))
@@ -1178,7 +1178,10 @@ def test_report_tex_is_a_booktabs_table_with_intervals_and_bolds_what_the_seeds_
     assert rows["walker2d-medium"] == ["--", cell("walker2d-medium", "GRPO-DT", 60),
                                        "\\bfseries " + cell("walker2d-medium", "my_ODT 100%", 81)]
     assert rows["walker2d-medium (paper)"] == ["109.5 $\\pm$ 9.0", "\\bfseries 158.3 $\\pm$ 3.8", "--"]
-    assert "over 3 seeds" in tex and "95\\% stratified-bootstrap interval" in tex
+    # one seed: its score alone, no interval of one point
+    assert rows["hopper-medium"] == ["--", "70.0", "--"]
+    assert "95\\% stratified-bootstrap interval of the mean, rliable] over 1--3 seeds (the score alone where one " \
+           "seed has finished)" in tex
     # the paper's best is that of its whole row: where its best column (PPO-DT on hopper-random) is not in the
     # table, no paper cell is bold
     without_ppo = tmp_path / "without_ppo"

@@ -115,13 +115,14 @@ def latex_table(groups: dict[tuple[str, str], GroupResult], statistics: list[dic
     except ImportError:
         return None
     paper = paper_table()
+    # one seed's "interval" is a point: such a cell shows the score alone
     intervals = {(row["task"], row["algorithm"]): (row["final_mean_lo"], row["final_mean_hi"])
-                 for row in statistics or []}
+                 for row in statistics or [] if row["n_seeds"] >= 2}
     labels = column_order({label for _, label in groups})
     cells: dict[str, dict[str, str]] = {}
     bold: list[tuple[str, str]] = []
     seeds: set[int] = set()
-    kinds: set[str] = set()  # what the cells hold: "interval", "std", "raw", "paper", "paper without std"
+    kinds: set[str] = set()  # what the cells hold: "interval", "std", "single", "raw", "paper", "paper without std"
     for task in sorted({task for task, _ in groups}):
         scored = {label: g for label in labels if (g := groups.get((task, label))) is not None and g.scores}
         metric = next(iter(scored.values())).metric if scored else "normalized"
@@ -132,9 +133,12 @@ def latex_table(groups: dict[tuple[str, str], GroupResult], statistics: list[dic
         for label, group in scored.items():
             seeds.add(len(group.scores))
             interval = intervals.get((task, label))
-            kinds.add("interval" if interval else "std")
-            cells[name][label] = (f"{group.mean:.1f} [{interval[0]:.1f}, {interval[1]:.1f}]" if interval
-                                  else f"{group.mean:.1f} $\\pm$ {group.std:.1f}")
+            kind = "single" if len(group.scores) == 1 else "interval" if interval else "std"
+            kinds.add(kind)
+            cells[name][label] = {"single": f"{group.mean:.1f}",
+                                  "interval": f"{group.mean:.1f} [{interval[0]:.1f}, {interval[1]:.1f}]"
+                                  if interval else "",
+                                  "std": f"{group.mean:.1f} $\\pm$ {group.std:.1f}"}[kind]
             reaches = interval is not None and interval[1] >= best
             if len(scored) > 1 and (round(group.mean, 1) == round(best, 1) or reaches):
                 bold.append((name, label))
@@ -164,9 +168,10 @@ def _latex_caption(kinds: set[str], seeds: set[int]) -> str:
     score = "D4RL-normalised return" + ("; rows marked raw return: the return" if "raw" in kinds else "")
     spread = " or ".join(text for kind, text in (
         ("interval", "mean [95\\% stratified-bootstrap interval of the mean, rliable]"),
-        ("std", "mean $\\pm$ population std")) if kind in kinds)
+        ("std", "mean $\\pm$ population std")) if kind in kinds) or "score"
+    single = " (the score alone where one seed has finished)" if "single" in kinds and spread != "score" else ""
     reach = " and every column whose interval reaches it" if "interval" in kinds else ""
-    text = f"Final score of each method's last policy ({score}), {spread} over {counted} seeds. " \
+    text = f"Final score of each method's last policy ({score}): {spread} over {counted} seeds{single}. " \
            f"Bold: the highest mean of a row{reach}."
     if kinds & {"paper", "paper without std"}:
         text += (" Rows marked (paper): the paper's Table 1, mean $\\pm$ std over 3 seeds"
