@@ -1219,3 +1219,32 @@ def test_the_order_verdict_at_the_rules_thresholds():
     # 6 columns, 12 of their 15 pairs in the same order and 3 swapped: tau = (12 - 3) / 15 = 0.6, the rule's bar
     assert [tau_verdict(t) for t in (9 / 15, 0.6 - 1e-12, 7 / 15, 1 / 15, 0.0, -1.0, None)] == \
         ["agrees", "agrees", "in part", "in part", "does not agree", "does not agree", None]
+
+
+def test_across_tasks_aggregates_every_column_and_the_probability_grpo_dt_beats_it(tmp_path):
+    from scipy.stats import trim_mean
+
+    finals = {("hopper-random", "grpo"): [90, 100, 110], ("walker2d-medium", "grpo"): [50, 60, 70],
+              ("hopper-random", "odt"): [30, 31, 32], ("walker2d-medium", "odt"): [20, 21, 22],
+              ("hopper-random", "ppo"): [95, 100, 105], ("walker2d-medium", "ppo"): [55, 60, 200],
+              ("hopper-random", "iql"): [10, 11, 12], ("walker2d-medium", "iql"): [10]}
+    make_final_runs(tmp_path / "runs", finals)
+    build_report(ReportConfig(run_dirs=(str(tmp_path / "runs"),), out=str(tmp_path / "out"), bootstrap_reps=500))
+    with open(tmp_path / "out" / "across_tasks.csv") as handle:
+        rows = {r["algorithm"]: r for r in csv.DictReader(handle)}
+    grpo, odt, ppo = rows["GRPO-DT"], rows["ODT"], rows["PPO-DT"]
+    # the point estimates are over all 6 runs of a column: the mean, and the IQM that drops PPO-DT's outlying 200
+    assert float(grpo["mean"]) == pytest.approx(80.0) and float(ppo["mean"]) == pytest.approx(615 / 6)
+    assert float(ppo["iqm"]) == pytest.approx(trim_mean([95, 100, 105, 55, 60, 200], 0.25)) == pytest.approx(90.0)
+    assert float(ppo["iqm_lo"]) <= float(ppo["iqm"]) <= float(ppo["iqm_hi"])
+    # every GRPO-DT run beats every ODT run on both tasks; against PPO-DT it is a coin toss or worse
+    assert [float(odt[f"p_grpo_better{end}"]) for end in ("", "_lo", "_hi")] == [1.0, 1.0, 1.0]
+    assert 0.3 < float(ppo["p_grpo_better"]) <= 0.5 and grpo["p_grpo_better"] == ""
+    # IQL has one run on walker2d-medium: not counted, and said so
+    assert rows["IQL"]["iqm"] == "" and rows["IQL"]["runs_per_task"] == "3 1"
+    section = (tmp_path / "out" / "report.md").read_text().split("## Across tasks")[1].split("## ")[0]
+    assert "Not counted" in section and "IQL (3 1)" in section
+    # ODT's IQM: the middle half of 20, 21, 22, 30, 31, 32
+    lines = [line for line in section.splitlines() if line.startswith("| ")]
+    assert [line.split(" | ")[0] for line in lines[1:]] == ["| PPO-DT", "| GRPO-DT", "| ODT"]  # by IQM
+    assert lines[-1].startswith("| ODT | 3 | 26.0 [") and lines[-1].endswith("| 1.00 [1.00, 1.00] |")

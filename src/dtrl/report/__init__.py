@@ -27,6 +27,8 @@ and ``chosen.csv`` gives the command-line flags of the best. With ``--training-m
 evaluations joins that evaluation's row of ``evaluations.csv`` (so ``--from-csv`` reads it back), with
 ``training_<task>.png`` (one panel per key, mean ± std over seeds) and a section of first and last values:
 the losses that say why a run did or did not learn, kept where the run directories are not.
+With two or more normalised-score tasks, ``across_tasks.csv`` and its section pool each column's runs
+over the tasks (rliable's IQM, mean and probability of improvement of GRPO-DT over each column).
 ``report.tex`` is the final-score table for a paper (booktabs; mean with its 95% interval, the paper's
 rows beside), and ``--figures png pdf`` writes every figure in each format asked for (PDF, SVG: vector).
 

@@ -35,6 +35,7 @@ from dtrl.report.plots import (
     plot_training,
 )
 from dtrl.report.stats import (
+    across_tasks_rows,
     at_time_rows,
     compute_rows,
     improvement_rows,
@@ -46,6 +47,7 @@ from dtrl.report.stats import (
     training_rows,
 )
 from dtrl.report.tables import (
+    across_tasks_markdown,
     at_time_markdown,
     choice_markdown,
     choose_settings,
@@ -168,6 +170,7 @@ class Analyses:
     statistics: list[dict] | None
     """rliable's intervals over seeds; None without rliable"""
     ranking: list[dict]
+    across_tasks: list[dict]
     improvement: list[dict]
     other_rtg: list[dict]
     compute: list[dict]
@@ -224,6 +227,7 @@ def analyse(config: ReportConfig, groups: dict[tuple[str, str], GroupResult], re
     if config.choose and not choices:
         raise DtrlError(f"--choose {config.choose}: no finished run with an evaluation to rank")
     return Analyses(statistics=statistics, ranking=ranking_rows(groups, statistics, paper_means(groups)),
+                    across_tasks=across_tasks_rows(groups, config.bootstrap_reps),
                     improvement=improvement_rows(groups), other_rtg=other_rtg_rows(groups),
                     compute=compute_rows(groups),
                     at_time=at_time_rows(groups, config.at_minutes) if config.at_minutes else [],
@@ -246,7 +250,8 @@ def statistics_section(statistics: list[dict] | None, reps: int) -> list[str]:
 def analysis_sections(config: ReportConfig, found: Analyses, unfinished: int) -> list[str]:
     """The markdown sections after the table, in the report's order; those without rows are left out."""
     sections = statistics_section(found.statistics, config.bootstrap_reps)
-    for rows, section in ((found.ranking, ranking_markdown), (found.improvement, improvement_markdown),
+    for rows, section in ((found.ranking, ranking_markdown), (found.across_tasks, across_tasks_markdown),
+                          (found.improvement, improvement_markdown),
                           (found.other_rtg, other_rtg_markdown),
                           (found.compute, compute_markdown)):
         if rows:
@@ -311,6 +316,7 @@ def write_tables(out: Path, markdown: str, groups: dict[tuple[str, str], GroupRe
         atomic_write_text(out / "report.tex", latex)
         files.append(out / "report.tex")
     for name, rows in (("statistics", found.statistics), ("ranking", found.ranking),
+                       ("across_tasks", found.across_tasks),
                        ("improvement", found.improvement),
                        ("other_rtg", found.other_rtg), ("compute", found.compute), ("at_time", found.at_time),
                        ("training", found.training), ("chosen", found.choices), ("paired", found.pairs)):

@@ -264,6 +264,32 @@ def ranking_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def across_tasks_markdown(rows: list[dict]) -> str:
+    def interval(row: dict, name: str, digits: int = 1) -> str:
+        return f"{row[name]:.{digits}f} [{row[name + '_lo']:.{digits}f}, {row[name + '_hi']:.{digits}f}]"
+
+    counted = [row for row in rows if "iqm" in row]
+    left_out = [row for row in rows if "iqm" not in row]
+    lines = [
+        "## Across tasks",
+        f"Every column's final scores over the {counted[0]['tasks']} normalised-score tasks at once (Agarwal et al. "
+        "2021, rliable): the interquartile mean (IQM: the mean of the middle half of all runs, robust to one "
+        "outlying run) and the mean, with 95% stratified-bootstrap intervals (runs resampled within each task); "
+        "*P(GRPO-DT better)*: the probability that a GRPO-DT run scores above this column's on a task drawn at "
+        "random (0.5: no difference), with its interval. Ordered by IQM.",
+        "",
+        "| column | runs per task | IQM [95% CI] | mean [95% CI] | P(GRPO-DT better) [95% CI] |",
+        "|---|---:|---:|---:|---:|"]
+    lines += [f"| {row['algorithm']} | {row['runs_per_task']} | {interval(row, 'iqm')} | {interval(row, 'mean')} | "
+              f"{interval(row, 'p_grpo_better', 2) if row['p_grpo_better'] is not None else '–'} |"
+              for row in counted]
+    if left_out:
+        lines += ["", "Not counted (a column needs the same number, at least 2, of finished runs on every task; "
+                  "runs per task in the report's order of tasks): "
+                  + ", ".join(f"{row['algorithm']} ({row['runs_per_task']})" for row in left_out) + "."]
+    return "\n".join(lines)
+
+
 def csv_text(rows: list[dict], columns: list[str] | None = None) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns or list(rows[0]))
