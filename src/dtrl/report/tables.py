@@ -107,8 +107,8 @@ def latex_table(groups: dict[tuple[str, str], GroupResult], statistics: list[dic
     """report.tex: the final-score table ready for a paper (booktabs, via pandas' ``Styler.to_latex``), or
     None without pandas. Rows: the tasks, each followed by the paper's Table 1 row where it has one;
     columns: our methods. Our cells are mean [95% interval] (rliable's, from ``statistics``; mean ± std
-    without them); bold: the highest mean of a row and every column whose interval reaches it, so that a
-    reader sees which columns the seeds cannot separate from the best, not only the best."""
+    without them; the score alone for one seed); bold: the highest mean of a row and every column whose
+    interval reaches it, so that a reader sees which columns the seeds cannot separate from the best."""
     try:
         import pandas as pd
         import pandas.io.formats.style  # noqa: F401  (needs jinja2)
@@ -127,18 +127,21 @@ def latex_table(groups: dict[tuple[str, str], GroupResult], statistics: list[dic
         scored = {label: g for label in labels if (g := groups.get((task, label))) is not None and g.scores}
         metric = next(iter(scored.values())).metric if scored else "normalized"
         name = task if metric == "normalized" else f"{task} (raw return)"
-        kinds |= set() if metric == "normalized" else {"raw"}
+        if metric != "normalized":
+            kinds.add("raw")
         cells[name] = {label: "--" for label in labels}
         best = max((g.mean for g in scored.values()), default=None)
         for label, group in scored.items():
             seeds.add(len(group.scores))
             interval = intervals.get((task, label))
-            kind = "single" if len(group.scores) == 1 else "interval" if interval else "std"
+            if len(group.scores) == 1:
+                kind, text = "single", f"{group.mean:.1f}"
+            elif interval:
+                kind, text = "interval", f"{group.mean:.1f} [{interval[0]:.1f}, {interval[1]:.1f}]"
+            else:
+                kind, text = "std", f"{group.mean:.1f} $\\pm$ {group.std:.1f}"
             kinds.add(kind)
-            cells[name][label] = {"single": f"{group.mean:.1f}",
-                                  "interval": f"{group.mean:.1f} [{interval[0]:.1f}, {interval[1]:.1f}]"
-                                  if interval else "",
-                                  "std": f"{group.mean:.1f} $\\pm$ {group.std:.1f}"}[kind]
+            cells[name][label] = text
             reaches = interval is not None and interval[1] >= best
             if len(scored) > 1 and (round(group.mean, 1) == round(best, 1) or reaches):
                 bold.append((name, label))
@@ -245,7 +248,7 @@ def ranking_markdown(rows: list[dict]) -> str:
         "also has, ranked by our means and by the paper's: the best of each, Kendall's τ between the two "
         "orders (1: the same order, −1: reversed; – below 3 columns) and GRPO-DT's rank in each (1 = best). "
         "The verdicts apply the reading rule of the medium tasks (benchmarks/results/table1-cpu.md): GRPO-DT "
-        f"*wins* with the highest mean and an interval above the runner-up's and PPO-DT's, is *ahead, not "
+        "*wins* with the highest mean and an interval above the runner-up's and PPO-DT's, is *ahead, not "
         f"apart* with the highest mean only (an interval needs 2 seeds); the orders *agree* at τ ≥ {TAU_AGREES}, "
         "*in part* above 0, said only where every column of the paper's row is here.",
         "",
