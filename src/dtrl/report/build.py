@@ -84,7 +84,7 @@ class ReportConfig:
     x: tuple[Literal["iterations", "env_steps", "wall_time_s"], ...] = ("iterations",)
     """x axis of the learning curves; several give one panel each, side by side (Table 1 at CPU scale:
     --x iterations env_steps wall_time_s, since the methods spend samples and time very differently)"""
-    figures: tuple[Literal["png", "pdf", "svg"], ...] = ("png",)
+    figures: tuple[Literal[FIGURE_FORMATS], ...] = ("png",)  # one home for the list: plots.FIGURE_FORMATS
     """formats of every figure (curves, performance profiles, training metrics): PNG to look at, PDF or
     SVG (vector) for a paper; several write one file each"""
     finished_only: bool = False
