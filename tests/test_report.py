@@ -767,6 +767,10 @@ def test_report_shows_both_target_rtgs_and_what_each_method_spent(tmp_path):
              [{"iteration": it, "env_steps": 1000 * it, "grad_updates": 5000 + 1000 * it, "wall_time_s": 120.0 * it,
                "eval_normalized_mean": 5.0, "eval_return_mean": 150.0} for it in range(5)])
     (tmp_path / "runs" / "iql" / "seed0" / "final.json").write_text("{}")
+    # a pretrained DT evaluated during its pretraining: its clock is not a finetuning budget's
+    make_run(tmp_path / "runs" / "pretrain" / "seed0", {"task": "hopper-random", "algo": "pretrain", "seed": 0},
+             [{"iteration": it, "env_steps": 0, "grad_updates": 100 * it, "wall_time_s": 60.0 * it,
+               "eval_normalized_mean": 3.0 * it, "eval_return_mean": 90.0 * it} for it in range(4)])
     result = build_report(ReportConfig(run_dirs=(str(tmp_path / "runs"),), out=str(tmp_path / "r"), bootstrap_reps=20,
                                        at_minutes=1.5))
     md = (tmp_path / "r" / "report.md").read_text()
@@ -779,6 +783,9 @@ def test_report_shows_both_target_rtgs_and_what_each_method_spent(tmp_path):
     assert "## Score after 1.5 minutes of wall-clock time" in md
     assert "| hopper-random | GRPO-DT | 2 | 30.00 ± 5.00 | 1 | 5,000 | 60.00 |" in md
     assert "| hopper-random | IQL | 1 | 5.00 ± 0.00 | 0 | 0 | 5.00 |" in md
+    at_time = md.split("## Score after 1.5 minutes")[1].split("\n## ")[0]
+    assert "| hopper-random | DT |" in md and "| hopper-random | DT |" not in at_time
+    assert "Pretrained DTs are not listed" in at_time
     with pytest.raises(DtrlError, match="--at-minutes must be >= 0"):
         build_report(ReportConfig(run_dirs=(str(tmp_path / "runs"),), out=str(tmp_path / "r3"), at_minutes=-1))
     assert "| hopper-random | IQL |" not in md.split("## Both target RTGs")[1].split("##")[0]  # no second RTG

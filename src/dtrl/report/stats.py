@@ -309,10 +309,14 @@ def compute_rows(groups: dict[tuple[str, str], GroupResult]) -> list[dict]:
 def at_time_rows(groups: dict[tuple[str, str], GroupResult], minutes: float) -> list[dict]:
     """Per (task, column): the score of each run's last evaluation at or before ``minutes`` of its
     wall-clock time, with the iterations and env steps it had reached. Runs evaluated by then only, and
-    finished runs or runs that got that far (an unfinished run short of it says nothing of that time)."""
+    finished runs or runs that got that far (an unfinished run short of it says nothing of that time).
+    Pretraining columns (DT) are left out: their clock is pretraining's, not a finetuning budget's, and
+    the DT a finetuning run starts from is the finished one, whatever its pretraining took."""
     key = {"normalized": "eval_normalized_mean", "raw": "eval_return_mean"}
     rows = []
     for (task, label), group in sorted(groups.items()):
+        if group.algo in OFFLINE_ALGOS:
+            continue
         reached = []
         for run in group.runs:
             times = [row["wall_time_s"] for row in run.metrics if isinstance(row.get("wall_time_s"), (int, float))]

@@ -356,7 +356,8 @@ def at_time_markdown(rows: list[dict], minutes: float) -> str:
         "Each run's last evaluation within its first "
         f"{minutes:g} minutes (wall-clock time of the machine that ran it, evaluations included), beside its "
         "final score at the end of its budget of iterations. The two differ where a method's iterations cost "
-        "more time as its episodes lengthen, or less since its code got faster. Score: mean ± std over the runs, "
+        "more time as its episodes lengthen, or less since its code got faster. Pretrained DTs are not listed: "
+        "finetuning does not change them, and their clock is pretraining's. Score: mean ± std over the runs, "
         f"± being {STD_DEFINITION}.",
         "",
         f"| task | algorithm | runs | score at {minutes:g} min | iterations by then | env steps by then | final |",
