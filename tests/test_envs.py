@@ -214,6 +214,32 @@ def test_bad_task_name_is_a_dtrl_error():
         BatchedEnv("no-such-task", 2)
 
 
+def test_gymnasium_envs_need_no_gymnasium_robotics():
+    """Without gymnasium-robotics (a GPU image that cannot fetch it, say) Hopper and the other gymnasium
+    envs still run, and an AntMaze or Adroit task says which package it needs."""
+    import subprocess
+    import sys
+
+    script = """
+import sys
+sys.modules["gymnasium_robotics"] = None  # import gymnasium_robotics raises ImportError
+from dtrl.envs import make
+from dtrl.errors import DtrlError
+env = make("hopper-medium", seed=0)
+env.reset()
+env.step(env.action_space.sample())
+for name in ("antmaze-umaze", "AdroitHandRelocate-v1"):
+    try:
+        make(name)
+    except DtrlError as exc:
+        print(exc)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2 and all("gymnasium-robotics, which is not installed" in line for line in lines), lines
+
+
 def test_batched_group_restore_starts_identical_copies():
     with BatchedEnv("hopper-medium", 4, seed=0) as envs:
         envs.reset()

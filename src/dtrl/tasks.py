@@ -260,11 +260,26 @@ def register_all() -> None:
     # gymnasium-robotics 1.4.2 prints a notice on import: the dense rewards of the Adroit door and
     # hammer v1 envs changed in 1.2.1 without a version bump (v2 ids come with 1.4.3). Known and
     # noted in docs; kept off stderr because every BatchedEnv worker process would repeat it.
-    with contextlib.redirect_stderr(io.StringIO()):
-        import gymnasium_robotics
-
-    gym.register_envs(gymnasium_robotics)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            import gymnasium_robotics
+    except ImportError:
+        # gymnasium's own envs (Hopper, Walker2d, Ant, ...) do not need it; a task that does gets
+        # ROBOTICS_HINT with the env error (dtrl.envs)
+        gymnasium_robotics = None
+    if gymnasium_robotics is not None:
+        gym.register_envs(gymnasium_robotics)
     _gymnasium_robotics_registered = True
+
+
+ROBOTICS_HINT = ("AntMaze and Adroit come from gymnasium-robotics, which is not installed: "
+                 "pip install gymnasium-robotics")
+
+
+def gymnasium_robotics_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("gymnasium_robotics") is not None
 
 
 # gymnasium's own MuJoCo envs, and gymnasium-robotics' MuJoCo ones (mazes with the ant or the point
@@ -283,7 +298,9 @@ def _generic_task(env_id: str) -> Task:
         spec = gym.spec(env_id)
     except gym.error.Error as exc:
         known = ", ".join(sorted(TASKS))
-        raise DtrlError(f"unknown task {env_id!r}: not a dtrl task ({known}) nor a gymnasium env id ({exc})") from None
+        hint = "" if gymnasium_robotics_installed() else f"; {ROBOTICS_HINT}"
+        raise DtrlError(f"unknown task {env_id!r}: not a dtrl task ({known}) nor a gymnasium env id "
+                        f"({exc}){hint}") from None
     entry = str(spec.entry_point)
     if not any(kind in entry for kind in _MUJOCO_ENTRY_POINTS):
         raise DtrlError(f"unknown task {env_id!r}: gymnasium env {env_id} is not a MuJoCo env ({entry})")

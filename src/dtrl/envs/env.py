@@ -10,7 +10,7 @@ import numpy as np
 from gymnasium import spaces
 
 from dtrl.errors import DtrlError
-from dtrl.tasks import Task, get_task, register_all
+from dtrl.tasks import ROBOTICS_HINT, Task, get_task, gymnasium_robotics_installed, register_all
 
 from .snapshot import MujocoStateKeeper, PhysicsSnapshot, pack_array, unpack_array
 
@@ -81,7 +81,8 @@ class BranchableEnv(gym.Wrapper):
             raw = gym.make(task.env_id, disable_env_checker=True, render_mode=render_mode,
                            **_env_kwargs(task)).unwrapped
         except gym.error.Error as exc:
-            raise DtrlError(f"cannot make env {task.env_id} for task {task.name}: {exc}") from None
+            hint = "" if gymnasium_robotics_installed() else f" ({ROBOTICS_HINT})"
+            raise DtrlError(f"cannot make env {task.env_id} for task {task.name}: {exc}{hint}") from None
         except TypeError as exc:
             raise DtrlError(f"env {task.env_id} rejects the kwargs of task {task.name} {task.env_kwargs}: "
                             f"{exc}") from None
