@@ -264,10 +264,8 @@ def register_all() -> None:
         with contextlib.redirect_stderr(io.StringIO()):
             import gymnasium_robotics
     except ImportError:
-        # gymnasium's own envs (Hopper, Walker2d, Ant, ...) do not need it; a task that does gets
-        # ROBOTICS_HINT with the env error (dtrl.envs)
-        gymnasium_robotics = None
-    if gymnasium_robotics is not None:
+        pass  # gymnasium's own envs do not need it; a task that does gets ROBOTICS_HINT with its error
+    else:
         gym.register_envs(gymnasium_robotics)
     _gymnasium_robotics_registered = True
 
