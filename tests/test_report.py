@@ -1255,3 +1255,38 @@ def test_across_tasks_aggregates_every_column_and_the_probability_grpo_dt_beats_
     lines = [line for line in section.splitlines() if line.startswith("| ")]
     assert [line.split(" | ")[0] for line in lines[1:]] == ["| PPO-DT", "| GRPO-DT", "| ODT"]  # by IQM
     assert lines[-1].startswith("| ODT | 3 | 26.0 [") and lines[-1].endswith("| 1.00 [1.00, 1.00] |")
+
+
+def test_one_table_per_task_puts_each_columns_seeds_interval_start_and_spend_on_one_line(tmp_path):
+    """The per-task table a paper's results section needs: every cell is the number another section of the
+    report (or its CSV) gives, so pasting it cannot introduce an error the report does not have."""
+    def curve(start: float, final: float) -> list[dict]:
+        return [{"iteration": it, "env_steps": 1000 * it, "grad_updates": 1000 * it, "wall_time_s": 60.0 * it,
+                 "eval_normalized_mean": start + (final - start) * it / 4,
+                 "eval_return_mean": 30 * (start + (final - start) * it / 4)} for it in range(5)]
+
+    for algo, finals in (("grpo", {1: 90.0, 2: 100.0, 3: 110.0}), ("odt", {1: 30.0, 3: 20.0})):
+        for seed, final in finals.items():
+            path = tmp_path / "runs" / algo / f"seed{seed}"
+            make_run(path, {"task": "hopper-random", "algo": algo, "seed": seed},
+                     curve(10.0 if algo == "grpo" else 25.0, final))
+            (path / "final.json").write_text("{}")
+    build_report(ReportConfig(run_dirs=(str(tmp_path / "runs"),), out=str(tmp_path / "r"), bootstrap_reps=50,
+                              at_minutes=2))
+    md = (tmp_path / "r" / "report.md").read_text()
+    section = md.split("## One table per task")[1].split("\n## ")[0]
+    with open(tmp_path / "r" / "statistics.csv") as handle:
+        stats = {row["algorithm"]: row for row in csv.DictReader(handle)}
+
+    def interval(algo: str) -> str:
+        row = stats[algo]
+        return f"{float(row['final_mean']):.1f} [{float(row['final_mean_lo']):.1f}, {float(row['final_mean_hi']):.1f}]"
+
+    assert ("| column | seed 1 | seed 2 | seed 3 | final mean [95% CI] | paper | start | improved | at 2 min | "
+            "env steps | updates | wall min |") in section
+    # at 2 minutes each run had evaluated iteration 2: GRPO-DT 50, 55, 60 (std 4.1), ODT 27.5 and 22.5
+    assert (f"| ODT | 30.0 | – | 20.0 | {interval('ODT')} | 30.4 | 25.0 | 1/2 | 25.0 ± 2.5 | 4k | 4.0k | "
+            "4.0–4.0 |") in section
+    assert (f"| GRPO-DT | 90.0 | 100.0 | 110.0 | **{interval('GRPO-DT')}** | 99.2 | 10.0 | 3/3 | 55.0 ± 4.1 | 4k | "
+            "4.0k | 4.0–4.0 |") in section
+    assert section.index("| ODT |") < section.index("| GRPO-DT |")  # the report's column order

@@ -64,6 +64,7 @@ from dtrl.report.tables import (
     runs_table,
     statistics_markdown,
     table_std_note,
+    task_tables_markdown,
     training_markdown,
 )
 
@@ -247,9 +248,12 @@ def statistics_section(statistics: list[dict] | None, reps: int) -> list[str]:
         statistics_markdown(statistics)]
 
 
-def analysis_sections(config: ReportConfig, found: Analyses, unfinished: int) -> list[str]:
+def analysis_sections(config: ReportConfig, groups: dict[tuple[str, str], GroupResult], found: Analyses,
+                      unfinished: int) -> list[str]:
     """The markdown sections after the table, in the report's order; those without rows are left out."""
     sections = statistics_section(found.statistics, config.bootstrap_reps)
+    sections.append(task_tables_markdown(groups, found.statistics, found.improvement, found.at_time, found.compute,
+                                         config.at_minutes))
     for rows, section in ((found.ranking, ranking_markdown), (found.across_tasks, across_tasks_markdown),
                           (found.improvement, improvement_markdown),
                           (found.other_rtg, other_rtg_markdown),
@@ -296,7 +300,7 @@ def report_markdown(config: ReportConfig, groups: dict[tuple[str, str], GroupRes
         table,
         table_std_note(table),
         *share_notes,
-        *analysis_sections(config, found, unfinished),
+        *analysis_sections(config, groups, found, unfinished),
         "## Runs",
         runs_table(runs),
         *runs_notes(runs, config.finished_only)]) + "\n"
