@@ -1290,3 +1290,4 @@ def test_one_table_per_task_puts_each_columns_seeds_interval_start_and_spend_on_
     assert (f"| GRPO-DT | 90.0 | 100.0 | 110.0 | **{interval('GRPO-DT')}** | 99.2 | 10.0 | 3/3 | 55.0 ± 4.1 | 4k | "
             "4.0k | 4.0–4.0 |") in section
     assert section.index("| ODT |") < section.index("| GRPO-DT |")  # the report's column order
+    assert "within its first 2 minutes, ± being the population standard deviation (ddof = 0, np.std)" in section

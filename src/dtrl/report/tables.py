@@ -293,16 +293,43 @@ def across_tasks_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _seed_order(seed: str) -> tuple:
+    """Integer seeds in numeric order (2 before 10), then any others by name."""
+    return (0, int(seed), "") if seed.lstrip("-").isdigit() else (1, 0, seed)
+
+
+def _task_table_row(group: GroupResult, seeds: list[str], rows: dict[str, dict | None], paper_entry,
+                    bold: bool, minutes: float) -> str:
+    """One column's line of ``task_tables_markdown``: ``rows`` holds its row of each section (None: none)."""
+    finals = {str(r.seed): r.final for r in group.runs if r.final is not None}
+    stats, gain, timed, spent = (rows[name] for name in ("statistics", "improvement", "at_time", "compute"))
+    if not group.scores:
+        mean = "–"
+    elif stats is not None:
+        mean = f"{stats['final_mean']:.1f} [{stats['final_mean_lo']:.1f}, {stats['final_mean_hi']:.1f}]"
+    else:
+        mean = f"{group.mean:.1f} ± {group.std:.1f}"
+    cells = [group.label, *(f"{finals[seed]:.1f}" if seed in finals else "–" for seed in seeds),
+             f"**{mean}**" if bold else mean, f"{paper_entry[0]:.1f}" if paper_entry else "–",
+             f"{gain['start_mean']:.1f}" if gain else "–", f"{gain['improved']}/{gain['runs']}" if gain else "–"]
+    if minutes:
+        cells.append(f"{timed['score_mean']:.1f} ± {timed['score_std']:.1f}" if timed else "–")
+    cells += [f"{spent['env_steps'] / 1000:,.0f}k" if spent else "–",
+              f"{spent['grad_updates'] / 1000:,.1f}k" if spent else "–",
+              f"{spent['wall_minutes_min']:.1f}–{spent['wall_minutes_max']:.1f}" if spent else "–"]
+    return "| " + " | ".join(cells) + " |"
+
+
 def task_tables_markdown(groups: dict[tuple[str, str], GroupResult], statistics: list[dict] | None,
                          improvement: list[dict], at_time: list[dict], compute: list[dict], minutes: float) -> str:
     """One table per task with what a paper's results table needs of each column on one line: the final
     score of every seed, the mean with its interval, the paper's number, where the runs started and how many
-    ended above it, the score at ``minutes`` of wall clock, and the spend per run. Every cell comes from a
-    row of another section of the report (or its CSV), so the two cannot disagree."""
+    ended above it, the score at ``minutes`` of wall clock, and the spend per run. Each cell is a number of
+    another section of the report (its rows, also in its CSV), so pasting this table adds no error of its own."""
     paper = paper_table()
-    by_key = {name: {(row["task"], row["algorithm"]): row for row in rows}
-              for name, rows in (("statistics", statistics or []), ("improvement", improvement),
-                                 ("at_time", at_time), ("compute", compute))}
+    sections = {name: {(row["task"], row["algorithm"]): row for row in rows}
+                for name, rows in (("statistics", statistics or []), ("improvement", improvement),
+                                   ("at_time", at_time), ("compute", compute))}
     interval_note = ("95% stratified-bootstrap interval over seeds (rliable)" if statistics is not None
                      else f"± {STD_DEFINITION} (install the report extra for intervals)")
     lines = [
@@ -310,45 +337,24 @@ def task_tables_markdown(groups: dict[tuple[str, str], GroupResult], statistics:
         "Each column's final score per seed, then their mean with a " + interval_note + "; *paper*: its Table 1, "
         "for orientation; *start*: the mean iteration-0 evaluation; *improved*: runs that ended above their "
         "start" + (f"; *at {minutes:g} min*: mean ± std of each run's last evaluation within its first "
-                   f"{minutes:g} minutes" if minutes else "") + "; env steps, gradient updates (totals, "
-        "pretraining's and offline phases' included) and wall-clock minutes (range, evaluations included): per "
-        "finished run. The best mean of each task in bold. The sections below give each number's details."]
+                   f"{minutes:g} minutes, ± being {STD_DEFINITION}" if minutes else "") + "; env steps, gradient "
+        "updates (totals, pretraining's and offline phases' included) and wall-clock minutes (range, evaluations "
+        "included): per finished run. The best mean of each task in bold. The sections below give each number's "
+        "details."]
     for task in sorted({task for task, _ in groups}):
         task_groups = [groups[(task, label)] for label in column_order({lb for t, lb in groups if t == task})]
-        seeds = sorted({str(r.seed) for g in task_groups for r in g.runs if r.final is not None},
-                       key=lambda seed: (not seed.lstrip("-").isdigit(), int(seed) if seed.lstrip("-").isdigit()
-                                         else 0, seed))
+        seeds = sorted({str(r.seed) for g in task_groups for r in g.runs if r.final is not None}, key=_seed_order)
         best = max((g.mean for g in task_groups if g.scores), default=None)
-        header = (["column"] + [f"seed {seed}" for seed in seeds]
-                  + ["final mean [95% CI]" if statistics is not None else "final mean ± std", "paper", "start",
-                     "improved"] + ([f"at {minutes:g} min"] if minutes else [])
-                  + ["env steps", "updates", "wall min"])
-        lines += ["", f"**{task}**" + (" (raw return)" if task_groups and task_groups[0].metric == "raw" else ""), "",
+        header = (["column", *(f"seed {seed}" for seed in seeds),
+                   "final mean [95% CI]" if statistics is not None else "final mean ± std", "paper", "start",
+                   "improved"] + ([f"at {minutes:g} min"] if minutes else []) + ["env steps", "updates", "wall min"])
+        lines += ["", f"**{task}**" + (" (raw return)" if task_groups[0].metric == "raw" else ""), "",
                   "| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
         for group in task_groups:
-            key = (task, group.label)
-            finals = {str(r.seed): r.final for r in group.runs if r.final is not None}
-            cells = [group.label] + [f"{finals[seed]:.1f}" if seed in finals else "–" for seed in seeds]
-            stats = by_key["statistics"].get(key)
-            if not group.scores:
-                mean = "–"
-            elif stats is not None:
-                mean = f"{stats['final_mean']:.1f} [{stats['final_mean_lo']:.1f}, {stats['final_mean_hi']:.1f}]"
-            else:
-                mean = f"{group.mean:.1f} ± {group.std:.1f}"
-            if group.scores and len(task_groups) > 1 and round(group.mean, 1) == round(best, 1):
-                mean = f"**{mean}**"
-            entry = _paper_entry(paper, group)
-            gain, timed, spent = (by_key[name].get(key) for name in ("improvement", "at_time", "compute"))
-            cells += [mean, f"{entry[0]:.1f}" if entry else "–",
-                      f"{gain['start_mean']:.1f}" if gain else "–",
-                      f"{gain['improved']}/{gain['runs']}" if gain else "–"]
-            if minutes:
-                cells.append(f"{timed['score_mean']:.1f} ± {timed['score_std']:.1f}" if timed else "–")
-            cells += [f"{spent['env_steps'] / 1000:,.0f}k" if spent else "–",
-                      f"{spent['grad_updates'] / 1000:,.1f}k" if spent else "–",
-                      f"{spent['wall_minutes_min']:.1f}–{spent['wall_minutes_max']:.1f}" if spent else "–"]
-            lines.append("| " + " | ".join(cells) + " |")
+            # ties judged as printed (1 decimal), so equal-looking means are bold together
+            bold = bool(group.scores) and len(task_groups) > 1 and round(group.mean, 1) == round(best, 1)
+            rows = {name: by_column.get((task, group.label)) for name, by_column in sections.items()}
+            lines.append(_task_table_row(group, seeds, rows, _paper_entry(paper, group), bold, minutes))
     return "\n".join(lines)
 
 
