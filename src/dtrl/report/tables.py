@@ -298,7 +298,8 @@ def _seed_order(seed: str) -> tuple:
     return (0, int(seed), "") if seed.lstrip("-").isdigit() else (1, 0, seed)
 
 
-def _task_table_row(group: GroupResult, seeds: list[str], rows: dict[str, dict | None], paper_entry,
+def _task_table_row(group: GroupResult, seeds: list[str], rows: dict[str, dict | None],
+                    paper_entry: tuple[float, float | None] | None,
                     bold: bool, minutes: float) -> str:
     """One column's line of ``task_tables_markdown``: ``rows`` holds its row of each section (None: none)."""
     finals = {str(r.seed): r.final for r in group.runs if r.final is not None}
